@@ -1,0 +1,40 @@
+# gptjax: `make train` trains the default experiment and prints samples; `make test` runs the tests.
+# Both create .venv and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# An NVIDIA GPU gets CUDA jaxlib and the full-size model; otherwise nanoGPT's CPU variant.
+ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+EXTRAS := test$(if $(filter gpu,$(ACCEL)),$(comma)cuda)
+comma := ,
+CONFIG ?= configs/shakespeare_char.py$(if $(filter cpu,$(ACCEL)),:cpu)
+WORKDIR ?= runs/shakespeare_char_$(ACCEL)
+# The shared data folder beside a checkout, when there is one (CI); otherwise the loaders download.
+export GPTJAX_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data))
+
+.PHONY: train test lint format clean
+
+$(BIN)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+train: $(BIN)/.installed
+	$(BIN)/python scripts/train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(BIN)/python scripts/sample.py --workdir=$(WORKDIR) --num_samples=2 --max_new_tokens=400
+
+test: $(BIN)/.installed lint
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,75 @@
+"""nanoGPT's "baby GPT" on Tiny Shakespeare, characters as tokens.
+
+Default (accelerator): 6 layers, 6 heads, 384 wide, context 256 (10.7M parameters).
+  python scripts/train.py --config=configs/shakespeare_char.py --workdir=/tmp/shakespeare_char
+  nanoGPT reports a best val loss of ~1.47 after 5000 iterations (about 3 minutes on an A100).
+
+`:cpu` variant (nanoGPT README's CPU run): 4 layers, 4 heads, 128 wide, context 64, batch 12,
+2000 iterations, no dropout (0.8M parameters).
+  python scripts/train.py --config=configs/shakespeare_char.py:cpu --workdir=/tmp/shakespeare_cpu
+  nanoGPT reports val loss ~1.88 at the end; see the README for what gptjax measures on 2 cores.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 1337  # nanoGPT's seed; parameters, dropout and batches all derive from it
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tiny_shakespeare"  # a built-in corpus name, or a local file / glob
+    c.data.path = config_dict.placeholder(str)  # optional explicit file for a built-in corpus
+    c.data.val_fraction = 0.1  # the last 10% of the text is the validation split (nanoGPT)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.block_size = 256  # context length in characters
+    c.model.n_layer = 6
+    c.model.n_head = 6
+    c.model.n_embd = 384
+    c.model.dropout = 0.2  # the model is small and the data is 1 MB: it overfits without dropout
+    c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
+    c.model.position = "learned"  # "learned" (GPT-2) or "sinusoidal"
+    c.model.tie_embeddings = True
+    c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")
+    c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
+    c.model.param_dtype = "float32"
+
+    c.opt = ml_collections.ConfigDict()
+    c.opt.lr = 1e-3  # high for a tiny model (nanoGPT)
+    c.opt.min_lr = 1e-4  # lr / 10, as Chinchilla
+    c.opt.warmup_iters = 100
+    c.opt.lr_decay_iters = 5000  # = max_iters: the cosine reaches min_lr at the end
+    c.opt.decay_lr = True
+    c.opt.beta1 = 0.9
+    c.opt.beta2 = 0.99  # a bit higher than GPT-2's 0.95 because few tokens go into each step
+    c.opt.weight_decay = 0.1  # on matrices only
+    c.opt.grad_clip = 1.0  # global-norm clipping; 0 disables
+
+    c.batch_size = 64  # sequences per optimizer step (global, all devices)
+    c.grad_accum = 1  # micro-batches per step: memory use ~ batch_size / grad_accum
+    c.max_iters = 5000  # optimizer steps
+    c.eval_interval = 250  # steps between evaluations (and checkpoints)
+    c.eval_iters = 200  # batches per split in each evaluation
+    c.log_interval = 10  # steps between metric lines
+    c.checkpoint_interval = 250  # steps between checkpoints
+    c.keep_checkpoints = 2  # how many recent checkpoints to keep
+    c.init_from = "scratch"  # "scratch", "resume" (must have a checkpoint), or another workdir
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.prompt = "\n"  # what scripts/sample.py starts from by default
+    c.sample.max_new_tokens = 500
+    c.sample.temperature = 0.8
+    c.sample.top_k = 200
+
+    if arg == "cpu":
+        c.model.update(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+        c.batch_size = 12
+        c.max_iters = 2000
+        c.opt.lr_decay_iters = 2000
+        c.eval_iters = 20
+        c.log_interval = 10
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} of shakespeare_char; use '' or 'cpu'")
+    return c

@@ -1,0 +1,1 @@
+"""gptjax: generative pretrained transformers in JAX/Flax."""

@@ -1,0 +1,100 @@
+"""Orbax checkpoints holding everything needed to resume or to sample: the TrainState (params,
+optimizer state, step, dropout key), the config, the tokenizer and a little metadata (best val loss).
+
+The data position needs no saving: batches are a pure function of (seed, step). Orbax writes each
+step into a temporary directory and renames it when complete, so a killed run never leaves a
+half-written checkpoint; a step that exists is never overwritten.
+"""
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "config", "tokenizer", "meta")
+
+
+class Checkpointer:
+    """The checkpoints of one workdir (`workdir/checkpoints/<step>`)."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, max_to_keep: int = 2, read_only: bool = False):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        if read_only and not self.directory.is_dir():
+            raise FileNotFoundError(
+                f"no checkpoint in {workdir}; train first with scripts/train.py --workdir={workdir}"
+            )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, save_interval_steps=0, max_to_keep=None
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                cleanup_tmp_directories=True,  # remove what a killed save left behind
+                enable_async_checkpointing=False,
+            )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, *, config: dict, tokenizer: dict, meta: dict) -> None:
+        if step in self.manager.all_steps():
+            return  # already saved (e.g. the final step coincides with an interval)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(config),
+                tokenizer=ocp.args.JsonSave(tokenizer),
+                meta=ocp.args.JsonSave({**meta, "step": step}),
+            ),
+        )
+        self.manager.wait_until_finished()
+
+    def restore_json(self, step: int | None = None) -> dict[str, dict]:
+        """config, tokenizer and meta of a step (default latest), without touching the arrays."""
+        step = self._step(step)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                config=ocp.args.JsonRestore(),
+                tokenizer=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return {name: restored[name] for name in ("config", "tokenizer", "meta")}
+
+    def restore_state(self, abstract_state: Any, step: int | None = None) -> Any:
+        """The TrainState of a step, shaped and placed like `abstract_state` (from jax.eval_shape)."""
+        step = self._step(step)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"checkpoint {self.directory}/{step} does not fit this config's model/optimizer "
+                f"({str(e).splitlines()[0][:200]}); train in a fresh --workdir or use the original config"
+            ) from e
+        state = restored["state"]
+        if int(state.step) != step:
+            raise RuntimeError(f"checkpoint {self.directory}/{step} holds step {int(state.step)}")
+        return state
+
+    def _step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(
+                f"no checkpoint in {self.directory}; train first with scripts/train.py --workdir=..."
+            )
+        return step
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) for restoring into the same placement as `tree`."""
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)

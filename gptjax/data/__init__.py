@@ -1,0 +1,32 @@
+"""Host-side data pipeline (numpy only): text sources, tokenizers, token memmaps, batches."""
+
+from gptjax.data.sources import (
+    TINY_SHAKESPEARE_URL,
+    DataError,
+    cache_dir,
+    load_text,
+    resolve_tiny_shakespeare,
+)
+from gptjax.data.tokenizers import (
+    CharTokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_json,
+)
+from gptjax.data.tokens import Dataset, get_batch, load_dataset, prepare_tokens
+
+__all__ = [
+    "TINY_SHAKESPEARE_URL",
+    "CharTokenizer",
+    "DataError",
+    "Dataset",
+    "cache_dir",
+    "get_batch",
+    "load_dataset",
+    "load_text",
+    "load_tokenizer",
+    "prepare_tokens",
+    "resolve_tiny_shakespeare",
+    "save_tokenizer",
+    "tokenizer_from_json",
+]

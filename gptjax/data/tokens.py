@@ -1,0 +1,154 @@
+"""Token memmaps on disk, encoded once per (text, tokenizer, split), and deterministic batches."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+from gptjax.data.sources import DataError, cache_dir, load_text
+from gptjax.data.tokenizers import CharTokenizer
+
+_FORMAT_VERSION = 1  # Bump when the on-disk layout changes so stale caches get a new key.
+_SPLIT_CODES = {"train": 0, "val": 1}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: comparing memmaps elementwise is moot.
+class Dataset:
+    """Train and val token streams (1-D memmaps) and the tokenizer that made them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: CharTokenizer
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    # uint16 halves disk and page-cache use for every vocab up to GPT-2's 50,257.
+    return np.dtype(np.uint16 if vocab_size < 2**16 else np.uint32)
+
+
+def _cache_key(text: str, tokenizer, val_fraction: float) -> str:
+    h = hashlib.sha256()
+    parts = [str(_FORMAT_VERSION), json.dumps(tokenizer.to_json(), sort_keys=True)]
+    parts += [repr(float(val_fraction)), text]
+    for part in parts:  # Length-prefixed, so different parts can never hash the same bytes.
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def _open(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    meta = json.loads((directory / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r", shape=(meta["train_tokens"],))
+    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r", shape=(meta["val_tokens"],))
+    return train, val
+
+
+def prepare_tokens(
+    text: str,
+    tokenizer,
+    *,
+    val_fraction: float = 0.1,
+    cache_root: pathlib.Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splits `text` into train/val, encodes both once into a cache, returns read-only memmaps.
+
+    The split is by characters, first (1 - val_fraction) as train, as nanoGPT's
+    shakespeare_char/prepare.py does (Tiny Shakespeare: 1,003,854 / 111,540).
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must be in (0, 1); nanoGPT uses 0.1")
+    root = pathlib.Path(cache_root) if cache_root is not None else cache_dir() / "tokens"
+    final = root / _cache_key(text, tokenizer, val_fraction)
+    if (final / "meta.json").is_file():
+        return _open(final)
+
+    n = int(len(text) * (1 - val_fraction))
+    train_text, val_text = text[:n], text[n:]
+    if not train_text or not val_text:
+        raise DataError(
+            f"text of {len(text)} characters leaves an empty split at val_fraction={val_fraction}; "
+            "use a longer text"
+        )
+    dtype = _token_dtype(tokenizer.vocab_size)
+    train = np.array(tokenizer.encode(train_text), dtype=dtype)
+    val = np.array(tokenizer.encode(val_text), dtype=dtype)
+
+    # Write into a temp dir, then rename: a killed process never leaves a half-written cache.
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        train.tofile(tmp / "train.bin")
+        val.tofile(tmp / "val.bin")
+        meta = {
+            "format": _FORMAT_VERSION,
+            "tokenizer": tokenizer.to_json(),
+            "val_fraction": val_fraction,
+            "dtype": dtype.name,
+            "train_tokens": len(train),
+            "val_tokens": len(val),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if final.exists() and not (final / "meta.json").is_file():
+            shutil.rmtree(final)  # Not written by us (we rename whole dirs); rebuild it.
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process finished the same cache first; its copy is identical.
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _open(final)
+
+
+def load_dataset(
+    source: str,
+    *,
+    path: str | None = None,
+    val_fraction: float = 0.1,
+    tokenizer=None,
+) -> Dataset:
+    """Text of `source` (see `load_text`) -> cached train/val tokens.
+
+    The tokenizer defaults to the characters of the whole text, as nanoGPT's shakespeare_char.
+    """
+    text = load_text(source, path)
+    if tokenizer is None:
+        tokenizer = CharTokenizer.from_text(text)
+    train, val = prepare_tokens(text, tokenizer, val_fraction=val_fraction)
+    return Dataset(train=train, val=val, tokenizer=tokenizer)
+
+
+def get_batch(
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    block_size: int,
+    seed: int,
+    step: int,
+    split: str = "train",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random windows of `tokens` as int32 (x_BT, y_BT), y the next token of each x.
+
+    The offsets depend only on (seed, step, split), so a resumed run sees exactly the
+    batches an uninterrupted run would.
+    """
+    if split not in _SPLIT_CODES:
+        raise DataError(f"split={split!r} is not one of {list(_SPLIT_CODES)}")
+    if len(tokens) < block_size + 1:
+        raise DataError(
+            f"{split} split has {len(tokens)} tokens, fewer than block_size+1={block_size + 1}; "
+            "lower config.model.block_size or use a larger corpus"
+        )
+    rng = np.random.default_rng([seed, step, _SPLIT_CODES[split]])
+    # Offsets uniform in [0, len - block_size - 1], so every window has its shifted target.
+    offsets_B = rng.integers(0, len(tokens) - block_size, size=batch_size)
+    window_BT = np.asarray(tokens[offsets_B[:, None] + np.arange(block_size + 1)], dtype=np.int32)
+    return window_BT[:, :-1], window_BT[:, 1:]

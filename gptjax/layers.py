@@ -1,0 +1,77 @@
+"""Building blocks shared by the attention and the model: norms, MLP, position encodings.
+
+Axis legend, used in every tensor suffix and einsum in gptjax:
+  B batch, T query length, S key/value length, D model width (n_embd), N heads, H head dim,
+  F MLP width (4*D), V vocab, L layers.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# GPT-2 initialises every weight from N(0, 0.02) (modeling_gpt2.py `_init_weights`, nanoGPT `_init_weights`).
+INIT_STD = 0.02
+
+
+def normal_init(std: float = INIT_STD) -> Callable:
+    return nn.initializers.normal(stddev=std)
+
+
+def residual_init(n_layer: int) -> Callable:
+    """GPT-2 scales projections that write into the residual stream by 1/sqrt(2*n_layer)."""
+    return normal_init(INIT_STD / np.sqrt(2 * n_layer))
+
+
+def layer_norm(name: str, *, use_bias: bool, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    # eps 1e-5 as GPT-2 (layer_norm_epsilon) and torch.nn.LayerNorm.
+    return nn.LayerNorm(epsilon=1e-5, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...) (Vaswani et al. 2017, 3.5)."""
+    pos = np.arange(max_len, dtype=np.float64)[:, None]
+    two_i = np.arange(0, d, 2, dtype=np.float64)[None, :]
+    angle = pos / np.power(10000.0, two_i / d)
+    table = np.zeros((max_len, d), dtype=np.float64)
+    table[:, 0::2] = np.sin(angle)
+    table[:, 1::2] = np.cos(angle[:, : d // 2])  # odd d: one fewer cosine column
+    return table.astype(np.float32)
+
+
+class MLP(nn.Module):
+    """GELU MLP, D -> F -> D. GPT-2 uses the tanh approximation of GELU, nanoGPT the exact one."""
+
+    n_embd: int
+    n_layer: int
+    use_bias: bool
+    dropout: float
+    gelu_tanh: bool
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, *, deterministic: bool) -> jax.Array:
+        dense = lambda features, init, name: nn.Dense(  # noqa: E731
+            features,
+            use_bias=self.use_bias,
+            kernel_init=init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+        h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD)
+        h_BTF = nn.gelu(h_BTF, approximate=self.gelu_tanh)
+        out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF)
+        return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)
+
+
+def positions_from_tokens(tokens_BT: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """Positions 0..T-1 (+ offset) for every row."""
+    T = tokens_BT.shape[1]
+    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32) + offset, tokens_BT.shape)

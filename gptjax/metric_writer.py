@@ -1,0 +1,85 @@
+"""Where training metrics go: workdir/metrics.jsonl (one JSON object per log step), TensorBoard
+event files in workdir/tensorboard, and a loss-curve PNG at the end. Only process 0 writes."""
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricWriter:
+    def __init__(self, workdir: str | pathlib.Path, *, resume_step: int):
+        self.workdir = pathlib.Path(workdir)
+        self.enabled = jax.process_index() == 0
+        self.tb = None
+        if not self.enabled:
+            return
+        # A run killed after its last checkpoint logged steps it will redo: drop them so the file
+        # reads like one uninterrupted run.
+        kept = [r for r in read_metrics(self.workdir) if r["step"] < resume_step]
+        with open(self.workdir / METRICS_FILE, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # TensorBoard logging is optional; the JSONL file is always written
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            self.tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=resume_step)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.workdir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for name, value in metrics.items():
+                self.tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _plain(v: Any) -> Any:
+    v = float(v)
+    return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf
+
+
+def plot_losses(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path | None:
+    """Writes workdir/loss.png: train loss per log step and val loss per evaluation."""
+    records = read_metrics(workdir)
+    if not records or jax.process_index() != 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for key, style in (("train_loss", "-"), ("eval_train_loss", "--"), ("val_loss", "o-")):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), float)]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, style, label=key, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = pathlib.Path(workdir) / "loss.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

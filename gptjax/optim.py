@@ -1,0 +1,39 @@
+"""The optimizer: gradient clipping, then AdamW on a warmup + cosine schedule (nanoGPT's recipe)."""
+
+from typing import Any
+
+import jax
+import optax
+
+
+def lr_schedule(opt: Any) -> optax.Schedule:
+    """Linear warmup 0 -> lr over `warmup_iters`, cosine lr -> min_lr until `lr_decay_iters`, then min_lr."""
+    if not opt.decay_lr:
+        return optax.constant_schedule(opt.lr)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=opt.lr,
+        warmup_steps=opt.warmup_iters,
+        decay_steps=max(opt.lr_decay_iters, opt.warmup_iters + 1),  # optax counts warmup in here
+        end_value=opt.min_lr,
+    )
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices (Dense kernels, embeddings) only; never on biases or LayerNorm scales."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(opt: Any) -> optax.GradientTransformation:
+    """`opt` is config.opt: lr, min_lr, warmup_iters, lr_decay_iters, decay_lr, beta1, beta2,
+    weight_decay, grad_clip (0 disables)."""
+    adamw = optax.adamw(
+        lr_schedule(opt),
+        b1=opt.beta1,
+        b2=opt.beta2,
+        eps=1e-8,  # torch.optim.AdamW default, as nanoGPT
+        weight_decay=opt.weight_decay,
+        mask=decay_mask,
+    )
+    # Always the same chain, so a run resumed with other settings still finds its optimizer state.
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip or float("inf")), adamw)

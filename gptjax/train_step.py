@@ -1,0 +1,91 @@
+"""Pure training and evaluation steps: TrainState, the loss, train_step, eval_step. No I/O here."""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from gptjax.model import GPT, GPTConfig
+
+
+class TrainState(train_state.TrainState):
+    """step, params, opt_state, plus the base dropout key (each step folds its step number in)."""
+
+    rng: jax.Array
+
+
+def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Initialises parameters and optimizer state (jit this, or `jax.eval_shape` it for the shapes)."""
+    model = GPT(config)
+    # A raw uint32 key (not a typed key array) so orbax can store it like any other array.
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+    dummy_BT = jnp.zeros((1, min(8, config.block_size)), jnp.int32)
+    params = model.init(init_rng, dummy_BT)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng)
+
+
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """Mean next-token cross entropy in float32 (nats)."""
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+
+
+def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> jax.Array:
+    logits_BTV, _ = apply_fn(
+        {"params": params}, x_BT, deterministic=deterministic, rngs={"dropout": dropout_rng}
+    )
+    return cross_entropy(logits_BTV, y_BT)
+
+
+def train_step(
+    state: TrainState, batch: tuple[jax.Array, jax.Array], grad_accum: int = 1
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a global batch (x_BT, y_BT) split into `grad_accum` micro-batches.
+
+    Gradients of equal-sized micro-batches are averaged, which equals the gradient of the whole batch.
+    """
+    x_BT, y_BT = batch
+    B, T = x_BT.shape
+    if B % grad_accum:
+        raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def micro_step(carry, micro):
+        loss_sum, grad_sum = carry
+        i, x_bT, y_bT = micro
+        loss, grads = grad_fn(
+            state.params, state.apply_fn, x_bT, y_bT, jax.random.fold_in(step_rng, i), False
+        )
+        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    micro_batches = (
+        jnp.arange(grad_accum),
+        x_BT.reshape(grad_accum, B // grad_accum, T),
+        y_BT.reshape(grad_accum, B // grad_accum, T),
+    )
+    (loss_sum, grad_sum), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro_batches)
+    loss = loss_sum / grad_accum
+    grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grad_sum)
+
+    new_state = state.apply_gradients(grads=grads)
+    updates = jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_state.params),
+        "update_norm": optax.global_norm(updates),
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Mean loss on a batch, dropout off."""
+    x_BT, y_BT = batch
+    return loss_fn(state.params, state.apply_fn, x_BT, y_BT, state.rng, True)
+
+
+# The usual jitted forms: the state is donated (updated in place) and grad_accum is static.
+jit_train_step = jax.jit(train_step, static_argnames="grad_accum", donate_argnums=0)
+jit_eval_step = jax.jit(eval_step)

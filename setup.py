@@ -1,0 +1,28 @@
+"""gptjax: generative pretrained transformers in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Lower bounds are the versions tested on this project's CI machine (Python 3.11, CPU).
+setup(
+    name="gptjax",
+    version="0.1.0",
+    description="Generative pretrained transformers (GPT) in JAX/Flax: train, fine-tune, sample.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gptjax", "gptjax.*", "configs"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml_collections>=1.1.0",
+        "absl-py>=2.5.1",
+        "numpy>=2.4",
+        "tqdm>=4.70",
+        "matplotlib>=3.11",
+        "tensorboardX>=2.6.5",
+    ],
+    extras_require={
+        "test": ["pytest>=9.0", "hypothesis>=6.150", "ruff>=0.17"],
+        "cuda": ["jax[cuda12]>=0.10.2"],
+    },
+)

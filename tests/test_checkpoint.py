@@ -1,0 +1,130 @@
+"""Tests for gptjax.checkpoint: exact round trips, retention, no overwrites, killed saves, and the
+message for a workdir without checkpoints."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.checkpoint import Checkpointer
+from gptjax.train import abstract_state
+from gptjax.train_step import jit_train_step
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+TOKENIZER = {"kind": "char", "chars": "\n !abc"}
+
+
+def assert_trees_equal(a, b):
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(x, y)
+
+
+def save(workdir, step, state, **kwargs):
+    ckpt = Checkpointer(workdir, **kwargs)
+    ckpt.save(step, state, config={"seed": step}, tokenizer=TOKENIZER, meta={"best_val_loss": 1.5})
+    ckpt.close()
+
+
+def test_round_trip_is_exact_and_training_continues_identically(
+    tmp_path, tiny_state, tiny_cfg, tiny_opt, tiny_batch
+):
+    state = tiny_state()
+    for _ in range(2):
+        state, _ = jit_train_step(state, tiny_batch)
+    config = {"model": dataclasses.asdict(tiny_cfg), "opt": tiny_opt.to_dict(), "seed": 0}
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(2, state, config=config, tokenizer=TOKENIZER, meta={"best_val_loss": 2.25})
+    ckpt.close()
+
+    abstract = jax.eval_shape(tiny_state)
+    # gptjax.train restores into abstract_state(...): it must describe the same arrays.
+    _, train_abstract = abstract_state(tiny_cfg, tiny_opt, seed=0)
+    describe = lambda tree: [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(tree)]
+    assert describe(train_abstract) == describe(abstract)
+
+    reader = Checkpointer(tmp_path, read_only=True)
+    assert reader.latest_step() == 2
+    restored = reader.restore_state(abstract)
+    assert_trees_equal(restored.params, state.params)
+    assert_trees_equal(restored.opt_state, state.opt_state)
+    assert int(restored.step) == int(state.step) == 2
+    np.testing.assert_array_equal(restored.rng, state.rng)
+    saved = reader.restore_json()
+    reader.close()
+    assert saved["config"] == config
+    assert saved["tokenizer"] == TOKENIZER
+    assert saved["meta"] == {"best_val_loss": 2.25, "step": 2}
+
+    # One more step from each gives the same parameters (the Adam moments and count came back).
+    after, _ = jit_train_step(state, tiny_batch)
+    after_restored, _ = jit_train_step(restored, tiny_batch)
+    assert_trees_equal(after_restored.params, after.params)
+    assert int(after_restored.step) == 3
+
+
+def test_max_to_keep_keeps_the_newest(tmp_path, tiny_state):
+    state = tiny_state()
+    for step in (1, 2, 3):
+        save(tmp_path, step, state.replace(step=jnp.int32(step)), max_to_keep=2)
+    reader = Checkpointer(tmp_path, read_only=True)
+    assert reader.manager.all_steps() == [2, 3]
+    reader.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]
+
+
+def test_saving_an_existing_step_keeps_the_first(tmp_path, tiny_state):
+    first = tiny_state().replace(step=jnp.int32(1))
+    second = first.replace(params=jax.tree_util.tree_map(lambda p: p + 1.0, first.params))
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(1, first, config={"n": 1}, tokenizer=TOKENIZER, meta={})
+    ckpt.save(1, second, config={"n": 2}, tokenizer=TOKENIZER, meta={})
+    ckpt.close()
+    reader = Checkpointer(tmp_path, read_only=True)
+    restored = reader.restore_state(jax.eval_shape(lambda: first))
+    assert_trees_equal(restored.params, first.params)
+    assert reader.restore_json()["config"] == {"n": 1}
+    reader.close()
+
+
+def test_a_killed_save_is_ignored(tmp_path, tiny_state):
+    state = tiny_state()
+    for step in (1, 2):
+        save(tmp_path, step, state.replace(step=jnp.int32(step)))
+    # What a save killed mid-write leaves: orbax's temporary directory, never renamed to "7".
+    leftover = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1700000000"
+    (leftover / "state").mkdir(parents=True)
+    (leftover / "state" / "partial").write_bytes(b"\0" * 10)
+
+    reader = Checkpointer(tmp_path, read_only=True)
+    assert reader.latest_step() == 2
+    assert reader.manager.all_steps() == [1, 2]
+    reader.close()
+    writer = Checkpointer(tmp_path)
+    assert writer.latest_step() == 2
+    # The run resumes and saves step 7 for real.
+    writer.save(7, state.replace(step=jnp.int32(7)), config={}, tokenizer=TOKENIZER, meta={})
+    assert writer.latest_step() == 7
+    writer.close()
+    assert not leftover.exists()
+
+
+def test_read_only_without_checkpoints_explains(tmp_path):
+    workdir = tmp_path / "never_trained"
+    with pytest.raises(FileNotFoundError) as err:
+        Checkpointer(workdir, read_only=True)
+    message = str(err.value)
+    assert str(workdir) in message and "train" in message
+    # A checkpoints directory that exists but holds no step fails on restore, not silently.
+    (workdir / "checkpoints").mkdir(parents=True)
+    reader = Checkpointer(workdir, read_only=True)
+    assert reader.latest_step() is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        reader.restore_json()
+    reader.close()

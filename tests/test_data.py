@@ -1,0 +1,265 @@
+"""Tests for gptjax.data: tokenizers, text sources, token caches and batches."""
+
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptjax.data import (
+    TINY_SHAKESPEARE_URL,
+    CharTokenizer,
+    DataError,
+    get_batch,
+    load_dataset,
+    load_text,
+    load_tokenizer,
+    prepare_tokens,
+    save_tokenizer,
+    sources,
+    tokenizer_from_json,
+    tokens,
+)
+
+# nanoGPT's shakespeare_char/prepare.py: 90/10 character split of the 1,115,394-char corpus.
+TS_TRAIN, TS_VAL = 1_003_854, 111_540
+
+
+@pytest.fixture
+def shakespeare(data_dir) -> pathlib.Path:
+    path = data_dir / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing; GPTJAX_DATA_DIR must hold the shared data")
+    return path
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_char_tokenizer_round_trip(data):
+    tok = CharTokenizer.from_text(data.draw(st.text(min_size=1), label="corpus"))
+    text = data.draw(st.text(alphabet=st.sampled_from(tok.chars)), label="text")
+    ids = tok.encode(text)
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == text
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == text
+
+
+def test_char_tokenizer_json_round_trip(tmp_path):
+    tok = CharTokenizer("zyx\n é")  # Not sorted: the given order must survive.
+    assert tokenizer_from_json(tok.to_json()).chars == tok.chars
+    assert tok.to_json() == {"kind": "char", "chars": "zyx\n é"}
+    save_tokenizer(tok, tmp_path / "tok.json")
+    loaded = load_tokenizer(tmp_path / "tok.json")
+    assert loaded.encode("x é\n") == tok.encode("x é\n") == [2, 4, 5, 3]
+    assert (loaded.bos_id, loaded.eos_id) == (None, None)
+    with pytest.raises(DataError, match="unknown tokenizer kind 'bpe'"):
+        tokenizer_from_json({"kind": "bpe"})
+
+
+def test_char_tokenizer_rejects_unknown_chars():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(DataError) as e:
+        tok.encode("abXc\t")
+    msg = str(e.value)
+    assert "'X'" in msg
+    assert "'\\t'" in msg
+    assert "training corpus" in msg
+    assert "\n" not in msg
+    with pytest.raises(DataError, match="and 5 more"):
+        tok.encode("0123456789ABCDE")  # 15 unknown: 10 shown.
+    with pytest.raises(DataError, match="outside the vocab"):
+        tok.decode([0, -1])  # Would silently decode as 'c' without the check.
+    with pytest.raises(DataError, match="duplicates"):
+        CharTokenizer("aba")
+
+
+def test_tiny_shakespeare_vocab(shakespeare):
+    tok = CharTokenizer.from_text(shakespeare.read_text())
+    assert tok.vocab_size == 65  # nanoGPT shakespeare_char's vocab size.
+    assert tok.chars[:2] == "\n "
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def test_tiny_shakespeare_resolution_order(tmp_path, tmp_cache, monkeypatch):
+    downloads = []
+
+    def fake_download(url, dest, sha256=None):
+        downloads.append((url, dest))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("downloaded")
+
+    monkeypatch.setattr(sources, "_download", fake_download)
+    data = tmp_path / "data"
+    (data / "tinyshakespeare").mkdir(parents=True)
+    (data / "tinyshakespeare" / "input.txt").write_text("from data dir")
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(data))
+    cached = tmp_cache / "tinyshakespeare" / "input.txt"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("from cache")
+    explicit = tmp_path / "mine.txt"
+    explicit.write_text("explicit")
+
+    assert load_text("tiny_shakespeare", str(explicit)) == "explicit"
+    with pytest.raises(DataError, match="does not exist"):
+        load_text("tiny_shakespeare", str(tmp_path / "nope.txt"))
+    assert load_text("tiny_shakespeare") == "from data dir"
+    (data / "tinyshakespeare" / "input.txt").unlink()
+    assert load_text("tiny_shakespeare") == "from cache"
+    assert downloads == []
+    cached.unlink()
+    assert load_text("tiny_shakespeare") == "downloaded"
+    assert downloads == [(TINY_SHAKESPEARE_URL, cached)]
+    assert load_text("tiny_shakespeare") == "downloaded"  # Now cached: no second download.
+    assert len(downloads) == 1
+
+
+def test_tiny_shakespeare_offline_error(tmp_path, tmp_cache, monkeypatch):
+    def offline(url, dest, sha256=None):
+        raise OSError("[Errno -3] Temporary failure\nin name resolution")
+
+    monkeypatch.setattr(sources, "_download", offline)
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(tmp_path))  # Exists but lacks the file.
+    with pytest.raises(DataError) as e:
+        load_text("tiny_shakespeare")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "GPTJAX_DATA_DIR" in msg
+    assert str(tmp_cache) in msg
+    assert TINY_SHAKESPEARE_URL in msg
+
+
+def test_download_checks_sha256_and_writes_atomically(shakespeare, tmp_path):
+    dest = tmp_path / "dl" / "input.txt"
+    sources._download(shakespeare.as_uri(), dest, sha256=sources.TINY_SHAKESPEARE_SHA256)
+    assert dest.read_bytes() == shakespeare.read_bytes()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("<html>captive portal</html>")
+    bad_dest = tmp_path / "dl" / "bad.txt"
+    with pytest.raises(DataError, match="do not match sha256"):
+        sources._download(bad.as_uri(), bad_dest, sha256=sources.TINY_SHAKESPEARE_SHA256)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["input.txt"]  # No partial files.
+
+
+def test_load_text_files_and_globs(tmp_path):
+    for name, text in [("b.txt", "B"), ("a.txt", "A"), ("c.txt", "C"), ("skip.md", "?")]:
+        (tmp_path / name).write_text(text)
+    (tmp_path / "dir.txt").mkdir()  # A directory matching the glob is not read.
+    assert load_text(str(tmp_path / "*.txt")) == "ABC"
+    assert load_text(str(tmp_path / "b.txt")) == "B"
+    with pytest.raises(DataError, match="matches no files"):
+        load_text(str(tmp_path / "*.csv"))
+    with pytest.raises(DataError, match="neither 'tiny_shakespeare' nor an existing file"):
+        load_text(str(tmp_path / "missing.txt"))
+    with pytest.raises(DataError, match="is a directory"):
+        load_text(str(tmp_path))
+    with pytest.raises(DataError, match="only used with source='tiny_shakespeare'"):
+        load_text(str(tmp_path / "a.txt"), path=str(tmp_path / "b.txt"))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_text(str(tmp_path / "empty.txt"))
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_text(str(tmp_path / "latin1.txt"))
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+def test_prepare_tokens_tiny_shakespeare(shakespeare, tmp_path, monkeypatch):
+    text = shakespeare.read_text()
+    tok = CharTokenizer.from_text(text)
+    train, val = prepare_tokens(text, tok, cache_root=tmp_path)
+    assert (len(train), len(val)) == (TS_TRAIN, TS_VAL)
+    assert isinstance(train, np.memmap)
+    assert train.dtype == val.dtype == np.uint16
+    assert tok.decode(train[:100]) == text[:100]
+    assert tok.decode(val[:100]) == text[TS_TRAIN : TS_TRAIN + 100]
+    assert tok.decode(val[-10:]) == text[-10:]
+    (cache,) = tmp_path.iterdir()  # One key dir, no temp dirs left behind.
+    assert sorted(p.name for p in cache.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+    def no_encode(text):
+        raise AssertionError("the second call must reuse the cache, not re-encode")
+
+    monkeypatch.setattr(tok, "encode", no_encode)
+    train2, val2 = prepare_tokens(text, tok, cache_root=tmp_path)
+    np.testing.assert_array_equal(train2, train)
+    np.testing.assert_array_equal(val2, val)
+
+
+def test_prepare_tokens_key_and_interrupted_write(tmp_path, monkeypatch):
+    text = "hello world, " * 10
+    tok = CharTokenizer.from_text(text)
+    n = len(text)
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokens.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_tokens(text, tok, cache_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # The temp dir is cleaned up, no cache entry made.
+    monkeypatch.undo()
+
+    train, val = prepare_tokens(text, tok, cache_root=tmp_path)
+    assert (len(train), len(val)) == (int(n * 0.9), n - int(n * 0.9))
+    train, val = prepare_tokens(text, tok, val_fraction=0.5, cache_root=tmp_path)
+    assert len(train) == len(val) == n // 2
+    assert len(list(tmp_path.iterdir())) == 2  # val_fraction is part of the key.
+    with pytest.raises(DataError, match="must be in"):
+        prepare_tokens(text, tok, val_fraction=0.0, cache_root=tmp_path)
+
+
+def test_load_dataset_from_file(tmp_path, tmp_cache):
+    (tmp_path / "corpus.txt").write_text("abcabcabcd" * 10)
+    ds = load_dataset(str(tmp_path / "corpus.txt"))
+    assert ds.tokenizer.chars == "abcd"
+    assert (len(ds.train), len(ds.val)) == (90, 10)
+    assert ds.tokenizer.decode(ds.val) == "abcabcabcd"
+    assert (tmp_cache / "tokens").is_dir()  # Default cache root honours $GPTJAX_CACHE_DIR.
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def test_get_batch_is_deterministic_and_shifted():
+    toks = np.arange(1000, dtype=np.uint16)  # Token value == position: shifts are easy to see.
+    kw = {"batch_size": 8, "block_size": 16, "seed": 3}
+    x, y = get_batch(toks, step=5, **kw)
+    assert x.shape == y.shape == (8, 16)
+    assert x.dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(y, x + 1)
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
+    x2, y2 = get_batch(toks, step=5, **kw)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+    assert not np.array_equal(get_batch(toks, step=6, **kw)[0], x)
+    assert not np.array_equal(get_batch(toks, step=5, split="val", **kw)[0], x)
+    assert not np.array_equal(get_batch(toks, step=5, batch_size=8, block_size=16, seed=4)[0], x)
+
+
+def test_get_batch_offsets_cover_the_whole_range():
+    toks = np.arange(10, dtype=np.uint16)
+    starts = set()
+    for step in range(50):
+        x, y = get_batch(toks, batch_size=4, block_size=8, seed=0, step=step)
+        starts.update(x[:, 0].tolist())
+        assert y.max() <= 9
+    assert starts == {0, 1}  # Offsets in [0, len - block_size - 1], both ends reached.
+
+
+def test_get_batch_rejects_short_splits():
+    with pytest.raises(DataError) as e:
+        get_batch(np.arange(16), batch_size=2, block_size=16, seed=0, step=0, split="val")
+    assert str(e.value) == (
+        "val split has 16 tokens, fewer than block_size+1=17; "
+        "lower config.model.block_size or use a larger corpus"
+    )
+    with pytest.raises(DataError, match="split='test'"):
+        get_batch(np.arange(100), batch_size=2, block_size=16, seed=0, step=0, split="test")

@@ -1,0 +1,341 @@
+"""Tests for gptjax.model (with gptjax.layers and gptjax.attention): shapes, causality, positions,
+the tied head, GPT-2 initialisation, the KV cache, config validation and the configs' sizes."""
+
+import dataclasses
+import functools
+import importlib
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.layers import sinusoidal_table
+from gptjax.model import GPT, GPTConfig, count_params, init_cache
+from gptjax.train import abstract_state, model_config
+
+# Implicit rank promotion hides shape bugs; the model must not rely on it (as nanodo's tests).
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@functools.cache
+def init_params(cfg: GPTConfig, seed: int = 0):
+    """Parameters of `cfg`, cached: eager init of a tiny model is faster than compiling it."""
+    tokens_BT = jnp.zeros((1, cfg.block_size), jnp.int32)
+    return GPT(cfg).init(jax.random.PRNGKey(seed), tokens_BT)["params"]
+
+
+def abstract_params(cfg: GPTConfig):
+    tokens_BT = jax.ShapeDtypeStruct((1, cfg.block_size), jnp.int32)
+    return jax.eval_shape(GPT(cfg).init, jax.random.PRNGKey(0), tokens_BT)["params"]
+
+
+def random_tokens(cfg: GPTConfig, shape, seed: int = 1) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).integers(0, cfg.vocab_size, shape, np.int32))
+
+
+def param_paths(params) -> dict[str, jax.Array]:
+    """{'h_0/attn/c_attn/kernel': array, ...}"""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {"/".join(k.key for k in path): leaf for path, leaf in flat}
+
+
+def capture_output(module_name: str, store: dict):
+    """An interceptor that records the output of `module_name.__call__` in `store`."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.module.name == module_name and context.method_name == "__call__":
+            store[module_name] = out
+        return out
+
+    return nn.intercept_methods(interceptor)
+
+
+# ----- Shapes and dtypes. -----
+
+
+@pytest.mark.parametrize(
+    "dtype, param_dtype",
+    [("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "bfloat16")],
+)
+def test_logits_are_float32_BTV_and_params_keep_param_dtype(tiny_cfg, dtype, param_dtype):
+    cfg = dataclasses.replace(tiny_cfg, dtype=dtype, param_dtype=param_dtype)
+    params = abstract_params(cfg)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype(param_dtype)}
+    tokens_BT = jax.ShapeDtypeStruct((3, 5), jnp.int32)
+    logits_BTV, cache = jax.eval_shape(GPT(cfg).apply, {"params": params}, tokens_BT)
+    assert logits_BTV.shape == (3, 5, cfg.vocab_size)
+    assert logits_BTV.dtype == jnp.float32
+    assert cache is None
+
+
+def test_bfloat16_compute_is_close_to_float32(tiny_cfg):
+    params = init_params(tiny_cfg)  # the compute dtype does not change the parameters
+    tokens_BT = random_tokens(tiny_cfg, (2, tiny_cfg.block_size))
+    f32_BTV, _ = GPT(tiny_cfg).apply({"params": params}, tokens_BT)
+    bf16_cfg = dataclasses.replace(tiny_cfg, dtype="bfloat16")
+    bf16_BTV, _ = jax.jit(GPT(bf16_cfg).apply)({"params": params}, tokens_BT)
+    assert bf16_BTV.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(bf16_BTV)))
+    assert not np.array_equal(bf16_BTV, f32_BTV)  # it did compute in bfloat16
+    # bfloat16 keeps 8 mantissa bits (relative error 2^-8 per rounding).
+    scale = float(jnp.abs(f32_BTV).max())
+    np.testing.assert_allclose(bf16_BTV, f32_BTV, rtol=0, atol=0.05 * scale)
+
+
+# ----- Causality. -----
+
+
+def logits_with_embedding_delta(cfg, params, tokens_BT, delta_BTD):
+    """The logits with `delta_BTD` added to the token embeddings (a differentiable input)."""
+
+    def add_delta(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.module.name == "wte" and context.method_name == "__call__":
+            out = out + delta_BTD.astype(out.dtype)
+        return out
+
+    with nn.intercept_methods(add_delta):
+        logits_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT)
+    return logits_BTV
+
+
+def test_causal_by_gradient(tiny_cfg):
+    """d logits[t] / d embedding[s] is exactly 0 for s > t and nonzero for every s <= t."""
+    cfg = tiny_cfg
+    T, D = cfg.block_size, cfg.n_embd
+    params = init_params(cfg)
+    tokens_1T = random_tokens(cfg, (1, T))
+    # A random projection of the logits, so that no cancellation can make a gradient vanish.
+    r_V = jax.random.normal(jax.random.PRNGKey(2), (cfg.vocab_size,))
+
+    def projected_logits_T(delta_1TD):
+        logits_1TV = logits_with_embedding_delta(cfg, params, tokens_1T, delta_1TD)
+        return jnp.einsum("BTV,V->T", logits_1TV, r_V)
+
+    jac_T1TD = jax.jit(jax.jacrev(projected_logits_T))(jnp.zeros((1, T, D)))
+    jac_TS = np.abs(np.asarray(jac_T1TD[:, 0])).sum(-1)  # [output position t, input position s]
+    future = np.triu(np.ones((T, T), bool), k=1)
+    assert np.all(jac_TS[future] == 0.0), jac_TS
+    assert np.all(jac_TS[~future] > 0.0), jac_TS
+
+
+def test_future_tokens_do_not_change_past_logits(tiny_cfg):
+    params = init_params(tiny_cfg)
+    T, t = tiny_cfg.block_size, 3
+    tokens_BT = random_tokens(tiny_cfg, (2, T), seed=1)
+    other_BT = tokens_BT.at[:, t + 1 :].set(random_tokens(tiny_cfg, (2, T - t - 1), seed=5))
+    assert bool(jnp.any(other_BT != tokens_BT))
+    apply = GPT(tiny_cfg).apply
+    logits_BTV, _ = apply({"params": params}, tokens_BT)
+    other_BTV, _ = apply({"params": params}, other_BT)
+    np.testing.assert_allclose(logits_BTV[:, : t + 1], other_BTV[:, : t + 1], rtol=0, atol=1e-6)
+    assert not np.allclose(logits_BTV[:, t + 1 :], other_BTV[:, t + 1 :])
+
+
+# ----- Position encodings. -----
+
+
+def closed_form_pe(pos: int, col: int, d: int) -> float:
+    """Vaswani et al. 2017, 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)."""
+    i = col // 2
+    angle = pos / 10000 ** (2 * i / d)
+    return math.sin(angle) if col % 2 == 0 else math.cos(angle)
+
+
+@pytest.mark.parametrize("d", [8, 7])
+def test_sinusoidal_table_matches_closed_form(d):
+    max_len = 50
+    table = sinusoidal_table(max_len, d)
+    assert table.shape == (max_len, d)
+    assert table.dtype == np.float32
+    for pos in (0, 1, 2, 17, 49):
+        for col in range(d):
+            assert table[pos, col] == pytest.approx(closed_form_pe(pos, col, d), abs=1e-6), (
+                pos,
+                col,
+            )
+
+
+def test_sinusoidal_model_adds_the_table_and_has_no_wpe(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, position="sinusoidal")
+    params = init_params(cfg)
+    assert "wpe" not in params
+    assert "wpe" in abstract_params(dataclasses.replace(cfg, position="learned"))
+    tokens_BT = random_tokens(cfg, (2, cfg.block_size))
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.name in ("wte", "h_0"):
+            seen[context.module.name] = out if context.module.name == "wte" else args[0]
+        return out
+
+    with nn.intercept_methods(record):
+        GPT(cfg).apply({"params": params}, tokens_BT)
+    # The first block's input is wte(tokens) + PE (no dropout at rate 0).
+    pe_BTD = np.asarray(seen["h_0"]) - np.asarray(seen["wte"])
+    T, D = cfg.block_size, cfg.n_embd
+    expected_TD = np.array([[closed_form_pe(p, c, D) for c in range(D)] for p in range(T)])
+    for b in range(2):
+        np.testing.assert_allclose(pe_BTD[b], expected_TD, atol=1e-6)
+
+
+# ----- The LM head. -----
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lm_head_tied_or_separate(tiny_cfg, tie):
+    # vocab 24 != width 16, so no other matrix has the head's shape.
+    cfg = dataclasses.replace(tiny_cfg, tie_embeddings=tie, vocab_size=24)
+    V, D = cfg.vocab_size, cfg.n_embd
+    params = init_params(cfg)
+    vd_shaped = sorted(k for k, p in param_paths(params).items() if p.shape == (V, D))
+    if tie:
+        assert "lm_head" not in params
+        assert vd_shaped == ["wte/embedding"]
+        head_VD = params["wte"]["embedding"]
+    else:
+        assert params["lm_head"].shape == (V, D)
+        assert vd_shaped == ["lm_head", "wte/embedding"]
+        head_VD = params["lm_head"]
+    tokens_BT = random_tokens(cfg, (2, cfg.block_size))
+    store = {}
+    with capture_output("ln_f", store):
+        logits_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT)
+    h_BTD = np.asarray(store["ln_f"], np.float64)
+    expected_BTV = h_BTD @ np.asarray(head_VD, np.float64).T
+    np.testing.assert_allclose(logits_BTV, expected_BTV, rtol=1e-5, atol=1e-6)
+
+
+# ----- Initialisation. -----
+
+
+def test_gpt2_init_statistics():
+    # 128 wide: the smallest matrix (D x D) has 16k entries, so the std is known to ~0.6%.
+    L = 4
+    cfg = GPTConfig(vocab_size=256, block_size=128, n_layer=L, n_head=4, n_embd=128, bias=True)
+    tokens_BT = jnp.zeros((1, 8), jnp.int32)
+    params = param_paths(jax.jit(GPT(cfg).init)(jax.random.PRNGKey(3), tokens_BT)["params"])
+    residual_std = 0.02 / math.sqrt(2 * L)  # GPT-2 paper, 2.3: scale residual layers by 1/sqrt(N)
+    # nanoGPT's _init_weights: every nn.Embedding (wte and wpe) from N(0, 0.02).
+    expected_std = {"wte/embedding": 0.02, "wpe/embedding": 0.02}
+    for i in range(L):
+        expected_std[f"h_{i}/attn/c_attn/kernel"] = 0.02
+        expected_std[f"h_{i}/mlp/fc/kernel"] = 0.02
+        expected_std[f"h_{i}/attn/c_proj/kernel"] = residual_std
+        expected_std[f"h_{i}/mlp/proj/kernel"] = residual_std
+    for name, std in expected_std.items():
+        w = np.asarray(params[name], np.float64)
+        assert w.std() == pytest.approx(std, rel=0.05), name
+        assert abs(w.mean()) < 0.05 * std, name
+    other = set(params) - set(expected_std)
+    assert other, "expected biases and LayerNorm parameters"
+    for name in other:
+        leaf = name.rsplit("/", 1)[-1]
+        assert leaf in ("bias", "scale"), name
+        np.testing.assert_array_equal(params[name], 0.0 if leaf == "bias" else 1.0, err_msg=name)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_flag(tiny_cfg, bias):
+    cfg = dataclasses.replace(tiny_cfg, bias=bias)
+    names = param_paths(abstract_params(cfg))
+    has_bias = sorted(k for k in names if k.endswith("/bias"))
+    if bias:
+        # Every Dense (4 per block) and LayerNorm (2 per block + ln_f) has one.
+        assert len(has_bias) == 6 * cfg.n_layer + 1
+    else:
+        assert has_bias == []
+    assert sum(k.endswith("/scale") for k in names) == 2 * cfg.n_layer + 1
+
+
+# ----- KV cache. -----
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_prefill_then_decode_equals_full_forward(tiny_cfg, position):
+    cfg = dataclasses.replace(tiny_cfg, position=position)
+    params = init_params(cfg)
+    B, T, prefix = 2, cfg.block_size, 3
+    tokens_BT = random_tokens(cfg, (B, T))
+    full_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT)
+
+    apply = jax.jit(GPT(cfg).apply)  # compiles once for the prefill, once for decoding
+    cache = init_cache(cfg, B)
+    logits_BPV, cache = apply({"params": params}, tokens_BT[:, :prefix], cache=cache)
+    np.testing.assert_allclose(logits_BPV, full_BTV[:, :prefix], rtol=0, atol=1e-5)
+    for t in range(prefix, T):
+        logits_B1V, cache = apply({"params": params}, tokens_BT[:, t : t + 1], cache=cache)
+        np.testing.assert_allclose(logits_B1V[:, 0], full_BTV[:, t], rtol=0, atol=1e-5, err_msg=t)
+    assert [int(c["end"]) for c in cache] == [T] * cfg.n_layer
+
+
+# ----- GPTConfig validation. -----
+
+
+def test_config_rejects_indivisible_heads():
+    with pytest.raises(ValueError) as err:
+        GPTConfig(vocab_size=10, n_embd=50, n_head=3)
+    assert "50" in str(err.value) and "3" in str(err.value)
+
+
+def test_from_mapping_rejects_unknown_key_and_variant():
+    with pytest.raises(ValueError, match="n_layers"):
+        GPTConfig.from_mapping({"n_layers": 2}, vocab_size=10)
+    with pytest.raises(ValueError, match="gpt5"):
+        GPTConfig.from_mapping({"variant": "gpt5"}, vocab_size=10)
+    with pytest.raises(ValueError, match="position"):
+        GPTConfig(vocab_size=10, position="rotary")
+
+
+def test_from_mapping_variant_and_overrides():
+    cfg = GPTConfig.from_mapping({"variant": "baby", "n_layer": 2}, vocab_size=65)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) == (2, 6, 384, 65)
+
+
+# ----- The configs in configs/. -----
+
+
+def expected_param_count(cfg: GPTConfig) -> int:
+    """A pre-LN GPT's parameter count, from its shapes (nanoGPT model.py)."""
+    V, C, L, D = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
+    dense = lambda d_in, d_out: d_in * d_out + (d_out if cfg.bias else 0)
+    layer_norm = D * (2 if cfg.bias else 1)  # scale (+ bias)
+    block = 2 * layer_norm + dense(D, 3 * D) + dense(D, D) + dense(D, 4 * D) + dense(4 * D, D)
+    return (
+        V * D  # wte
+        + (C * D if cfg.position == "learned" else 0)  # wpe
+        + L * block
+        + layer_norm  # ln_f
+        + (0 if cfg.tie_embeddings else V * D)  # lm_head
+    )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_param_count_formula(tiny_cfg, bias, position, tie):
+    cfg = dataclasses.replace(tiny_cfg, bias=bias, position=position, tie_embeddings=tie)
+    assert count_params(abstract_params(cfg)) == expected_param_count(cfg)
+
+
+@pytest.mark.parametrize(
+    "module, arg", [("shakespeare_char", ""), ("shakespeare_char", "cpu"), ("tiny", None)]
+)
+def test_configs_build(module, arg):
+    config = importlib.import_module(f"configs.{module}").get_config(arg)
+    cfg = model_config(config, vocab_size=65)
+    _, abstract = abstract_state(cfg, config.opt, config.seed)
+    n = count_params(abstract.params)
+    assert n > 0
+    assert n == expected_param_count(cfg)
+    # The optimizer state was built too (AdamW moments have the params' shapes).
+    assert count_params(abstract.opt_state) >= 2 * n
+    if (module, arg) == ("shakespeare_char", ""):
+        # nanoGPT prints "number of parameters: 10.65M" for this model (it excludes wpe).
+        wpe = cfg.block_size * cfg.n_embd
+        assert round((n - wpe) / 1e6, 2) == 10.65

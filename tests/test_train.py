@@ -1,0 +1,173 @@
+"""End-to-end training: learning, exact resume (also after SIGKILL), fine-tuning, one-line errors."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from gptjax import checkpoint
+from gptjax.data import DataError
+from gptjax.metric_writer import read_metrics
+from gptjax.train import load_params, train_and_evaluate
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+    c = tiny.get_config()
+    c.update(overrides)
+    return c
+
+
+def assert_params_equal(a, b):
+    flat_a, tree_a = jax.tree_util.tree_flatten(a)
+    flat_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def run_script(*args, check=True, timeout=300):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
+    """configs/tiny.py: the val loss falls from ~ln(65)=4.17 to below 2.8 by step 100."""
+    summary = train_and_evaluate(tiny.get_config(), tmp_path)
+    records = read_metrics(tmp_path)
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert val[0] > 4.0
+    assert val[100] < 2.8, val
+    assert summary["best_val_loss"] == min(val.values())
+    train = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in train] == list(range(0, 100, 10))
+    assert all(r["tokens_per_sec"] > 0 and r["lr"] >= 0 for r in train)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache):
+    """Training 30 steps in one go == 20 steps, stop, then resume to 30 (dropout on)."""
+    kw = dict(eval_interval=10, checkpoint_interval=10, log_interval=5)
+    config = tiny_config(max_iters=30, **kw)
+    config.model.dropout = 0.1
+    train_and_evaluate(config, tmp_path / "a")
+    config.max_iters = 20
+    train_and_evaluate(config, tmp_path / "b")
+    config.max_iters = 30
+    train_and_evaluate(config, tmp_path / "b")
+    assert_params_equal(load_params(tmp_path / "a")[0], load_params(tmp_path / "b")[0])
+    # The resumed run's log reads like the uninterrupted one.
+    losses = lambda w: [(r["step"], r.get("train_loss")) for r in read_metrics(w)]  # noqa: E731
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_ends_like_uninterrupted(tmp_path, data_dir, tmp_cache):
+    args = [
+        "scripts/train.py",
+        "--config=configs/tiny.py",
+        "--config.max_iters=300",
+        "--config.checkpoint_interval=20",
+        "--config.eval_interval=100",
+        "--config.model.dropout=0.1",
+    ]
+    run_script(*args, f"--workdir={tmp_path / 'straight'}")
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        [sys.executable, *args, f"--workdir={killed}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    ckpts = killed / "checkpoints"
+    while time.time() < deadline:
+        steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+        if steps and max(steps) >= 40:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()]
+    assert steps and max(steps) < 300, f"the run was not killed mid-way: {steps}"
+
+    run_script(*args, f"--workdir={killed}")
+    assert_params_equal(load_params(tmp_path / "straight")[0], load_params(killed)[0])
+
+
+def test_finetune_from_another_workdir(tmp_path, data_dir, tmp_cache):
+    train_and_evaluate(tiny_config(max_iters=20), tmp_path / "base")
+    base_params, _, base_tok, _ = load_params(tmp_path / "base")
+    # max_iters=0: the fine-tuning run only loads, evaluates and saves its starting point.
+    train_and_evaluate(tiny_config(max_iters=0, init_from=str(tmp_path / "base")), tmp_path / "ft")
+    ft_params, _, ft_tok, _ = load_params(tmp_path / "ft")
+    assert_params_equal(base_params, ft_params)
+    assert ft_tok.to_json() == base_tok.to_json()
+    # ...and trains from there: its val loss falls further.
+    train_and_evaluate(tiny_config(max_iters=40, init_from=str(tmp_path / "base")), tmp_path / "ft")
+    val = [r["val_loss"] for r in read_metrics(tmp_path / "ft") if "val_loss" in r]
+    assert val[-1] < val[0]
+
+
+def test_diverged_run_keeps_the_last_good_checkpoint(tmp_path, data_dir, tmp_cache):
+    config = tiny_config(max_iters=10, checkpoint_interval=10, eval_interval=10)
+    train_and_evaluate(config, tmp_path)
+    good = load_params(tmp_path)[0]
+    config.max_iters = 40
+    config.opt.update(lr=1e30, min_lr=1e30, decay_lr=False, grad_clip=0.0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train_and_evaluate(config, tmp_path)
+    assert checkpoint.Checkpointer(tmp_path, read_only=True).latest_step() == 10
+    assert_params_equal(good, load_params(tmp_path)[0])
+
+
+@pytest.mark.parametrize(
+    "text, block_size, match",
+    [
+        (None, 32, "neither .tiny_shakespeare. nor an existing file"),
+        ("", 32, "empty"),
+        ("To be, or not to be", 32, "fewer than block_size"),
+    ],
+)
+def test_bad_data_gives_one_clear_line(tmp_path, tmp_cache, text, block_size, match):
+    path = tmp_path / "corpus.txt"
+    if text is not None:
+        path.write_text(text)
+    config = tiny_config()
+    config.data.source = str(path)
+    config.model.block_size = block_size
+    with pytest.raises(DataError, match=match) as info:
+        train_and_evaluate(config, tmp_path / "w")
+    assert "\n" not in str(info.value)
+
+
+def test_scripts_print_one_line_errors(tmp_path, data_dir, tmp_cache):
+    cases = [
+        (["scripts/train.py", "--config=configs/tiny.py", "--config.model.foo=1"], "foo"),
+        (["scripts/train.py", "--config=configs/tiny.py", "--config.model.n_head=3"], "n_head=3"),
+        (["scripts/sample.py"], "no checkpoint"),
+    ]
+    for args, needle in cases:
+        result = run_script(*args, f"--workdir={tmp_path / 'none'}", check=False)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert "Traceback" not in result.stderr, result.stderr
+        assert lines[-1].startswith("error:") and needle in lines[-1], lines[-1]

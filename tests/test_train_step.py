@@ -1,0 +1,203 @@
+"""Tests for gptjax.train_step and gptjax.optim: learning, gradient accumulation, metrics, dropout
+keys, the weight-decay mask, the lr schedule and the eval loss."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from gptjax.model import GPT
+from gptjax.optim import decay_mask, lr_schedule, make_optimizer
+from gptjax.train_step import (
+    create_train_state,
+    jit_eval_step,
+    jit_train_step,
+    train_step,
+)
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def independent_loss(params, cfg, x_BT, y_BT):
+    """Mean next-token cross entropy written out with log_softmax (no optax, no gptjax loss)."""
+    logits_BTV, _ = GPT(cfg).apply({"params": params}, x_BT)
+    logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp_BTV, y_BT[..., None], axis=-1).mean()
+
+
+# One compiled gradient shared by the tests (cfg is static).
+independent_grad = jax.jit(jax.grad(independent_loss), static_argnums=1)
+
+
+def assert_trees_close(a, b, atol):
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=atol), a, b)
+
+
+# ----- Learning. -----
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_loss_falls_on_a_repeated_batch(tiny_state, tiny_cfg, tiny_opt, tiny_batch, position):
+    if position == "learned":
+        state = tiny_state()  # shares its compiled step with the other tests
+    else:
+        cfg = dataclasses.replace(tiny_cfg, position=position)
+        state = create_train_state(cfg, make_optimizer(tiny_opt), seed=0)
+    losses = []
+    for _ in range(30):
+        state, metrics = jit_train_step(state, tiny_batch)
+        losses.append(float(metrics["loss"]))
+    # Starts near uniform over the vocabulary (ln 16 = 2.77) and memorises the 32 tokens
+    # (measured: learned 0.3, sinusoidal 0.9 after 30 steps).
+    assert losses[0] == pytest.approx(math.log(tiny_cfg.vocab_size), rel=0.1)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert int(state.step) == 30
+
+
+# ----- Gradient accumulation. -----
+
+
+def test_grad_accum_equals_one_big_batch(tiny_cfg, tiny_batch):
+    """4 micro-batches of 1 give the update of one batch of 4 (dropout 0).
+
+    Plain SGD with lr 1 makes the update the gradient itself; AdamW's first update is ~lr*sign(g),
+    which would magnify rounding in near-zero gradients.
+    """
+    assert tiny_cfg.dropout == 0
+    state = create_train_state(tiny_cfg, optax.sgd(1.0), seed=0)
+    step = jax.jit(train_step, static_argnames="grad_accum")  # no donation: state is reused
+    one, m_one = step(state, tiny_batch, grad_accum=1)
+    four, m_four = step(state, tiny_batch, grad_accum=4)
+    assert_trees_close(one.params, four.params, atol=1e-6)
+    assert float(m_one["loss"]) == pytest.approx(float(m_four["loss"]), abs=1e-6)
+    assert float(m_one["grad_norm"]) == pytest.approx(float(m_four["grad_norm"]), rel=1e-5)
+    # The update really is the gradient (not, say, a sum over micro-batches).
+    grads = independent_grad(state.params, tiny_cfg, *tiny_batch)
+    expected = jax.tree_util.tree_map(jnp.subtract, state.params, grads)
+    assert_trees_close(four.params, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_accum=3"):
+        train_step(state, tiny_batch, grad_accum=3)
+
+
+# ----- Metrics. -----
+
+
+def test_metrics_are_finite_and_match_independent_norms(tiny_state, tiny_cfg, tiny_batch):
+    params = tiny_state().params  # a copy: jit_train_step deletes the state it is given
+    grads = independent_grad(params, tiny_cfg, *tiny_batch)
+    loss = independent_loss(params, tiny_cfg, *tiny_batch)
+    new_state, metrics = jit_train_step(tiny_state(), tiny_batch)
+    assert set(metrics) >= {"loss", "grad_norm", "param_norm", "update_norm"}
+    for name, value in metrics.items():
+        assert np.isfinite(float(value)), name
+
+    def global_norm(tree) -> float:  # in float64, independently of optax
+        leaves = jax.tree_util.tree_leaves(tree)
+        return math.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in leaves))
+
+    assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-5)
+    assert float(metrics["grad_norm"]) == pytest.approx(global_norm(grads), rel=1e-4)
+    assert float(metrics["param_norm"]) == pytest.approx(global_norm(new_state.params), rel=1e-5)
+    update = jax.tree_util.tree_map(jnp.subtract, new_state.params, params)
+    assert float(metrics["update_norm"]) == pytest.approx(global_norm(update), rel=1e-4)
+    assert float(metrics["update_norm"]) > 0
+
+
+# ----- Dropout randomness. -----
+
+
+def test_dropout_is_a_function_of_rng_and_step(tiny_cfg, tiny_opt, tiny_batch):
+    cfg = dataclasses.replace(tiny_cfg, dropout=0.5)
+    state = create_train_state(cfg, make_optimizer(tiny_opt), seed=0)
+    copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)
+    a, m_a = jit_train_step(copy(state), tiny_batch)
+    b, m_b = jit_train_step(copy(state), tiny_batch)
+    assert float(m_a["loss"]) == float(m_b["loss"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
+    # Another step number (or another base key) draws other masks.
+    _, m_step = jit_train_step(copy(a).replace(params=copy(state.params)), tiny_batch)
+    _, m_rng = jit_train_step(copy(state).replace(rng=jax.random.PRNGKey(99)), tiny_batch)
+    assert int(a.step) == 1
+    assert float(m_step["loss"]) != float(m_a["loss"])
+    assert float(m_rng["loss"]) != float(m_a["loss"])
+    # Dropout is on in training and off in evaluation.
+    assert float(jit_eval_step(copy(state), tiny_batch)) != float(m_a["loss"])
+
+
+# ----- Optimizer. -----
+
+
+def test_weight_decay_mask_is_matrices_only(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, bias=True, tie_embeddings=False)
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    params = jax.eval_shape(GPT(cfg).init, jax.random.PRNGKey(0), tokens)["params"]
+    flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_mask = dict(jax.tree_util.tree_flatten_with_path(decay_mask(params))[0])
+    kinds = set()
+    for path, p in flat_params:
+        name = path[-1].key
+        kinds.add(name)
+        assert flat_mask[path] == (p.ndim >= 2), path
+        assert flat_mask[path] == (name in ("kernel", "embedding", "lm_head")), path
+    assert kinds == {"kernel", "embedding", "lm_head", "bias", "scale"}
+
+
+def test_weight_decay_shrinks_only_matrices(tiny_state, tiny_opt):
+    """With zero gradients Adam's step is 0, so only decoupled weight decay moves parameters."""
+    params = tiny_state().params  # matrices and (1-D) LayerNorm scales
+    tx = make_optimizer(tiny_opt)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
+    new_params = optax.apply_updates(params, updates)
+    shrink = 1 - tiny_opt.lr * tiny_opt.weight_decay
+
+    def check(path, p, new):
+        expected = p * shrink if p.ndim >= 2 else p
+        np.testing.assert_allclose(new, expected, rtol=1e-6, err_msg=str(path))
+
+    jax.tree_util.tree_map_with_path(check, params, new_params)
+    assert {p.ndim for p in jax.tree_util.tree_leaves(params)} == {1, 2}
+
+
+def nanogpt_lr(it: int, lr: float, min_lr: float, warmup: int, decay: int) -> float:
+    """nanoGPT train.py get_lr, except that warmup starts from 0 at step 0 (nanoGPT: lr/warmup)."""
+    if it < warmup:
+        return lr * it / warmup
+    if it > decay:
+        return min_lr
+    ratio = (it - warmup) / (decay - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    opt = ml_collections.ConfigDict(
+        dict(lr=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=50, decay_lr=True)
+    )
+    schedule = lr_schedule(opt)
+    steps = np.arange(80)
+    lrs = np.asarray(schedule(jnp.asarray(steps)), np.float64)
+    assert lrs[0] == 0.0
+    assert lrs[10] == pytest.approx(1e-3, rel=1e-6)
+    np.testing.assert_allclose(lrs[50:], 1e-4, rtol=1e-6)
+    assert np.all(np.diff(lrs[:11]) > 0)  # warmup rises
+    assert np.all(np.diff(lrs[10:51]) < 0)  # cosine falls strictly to min_lr
+    expected = [nanogpt_lr(int(s), 1e-3, 1e-4, 10, 50) for s in steps]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-5, atol=1e-12)
+
+    constant = lr_schedule(ml_collections.ConfigDict(dict(lr=3e-4, decay_lr=False)))
+    for step in (0, 10, 10_000):
+        assert float(constant(step)) == pytest.approx(3e-4)
+
+
+# ----- Evaluation. -----
+
+
+def test_eval_step_is_mean_cross_entropy(tiny_state, tiny_cfg, tiny_batch):
+    state = tiny_state()
+    expected = float(independent_loss(state.params, tiny_cfg, *tiny_batch))
+    assert float(jit_eval_step(state, tiny_batch)) == pytest.approx(expected, rel=1e-6)
