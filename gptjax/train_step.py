@@ -21,7 +21,9 @@ def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
     dummy_BT = jnp.zeros((1, min(8, config.block_size)), jnp.int32)
     params = model.init(init_rng, dummy_BT)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng)
+    # A strongly typed step, like a restored one, so resuming does not recompile the train step.
+    return state.replace(step=jnp.asarray(0, jnp.int32))
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:

@@ -77,9 +77,9 @@ def tiny_state(tiny_cfg, tiny_opt):
     from gptjax.train_step import create_train_state
 
     state = create_train_state(tiny_cfg, make_optimizer(tiny_opt), seed=0)
-    # A strongly typed step (TrainState.create's is a weakly typed 0), as a restored checkpoint
-    # has it, so that fresh and restored states share one compiled train step.
-    state = state.replace(step=jnp.int32(0))
+    # A strongly typed step (TrainState.create's is a weakly typed 0), placed on a device, as a
+    # restored checkpoint is: then fresh and restored states share one compiled train step.
+    state = jax.device_put(state.replace(step=jnp.int32(0)), jax.devices()[0])
     return lambda: jax.tree_util.tree_map(jnp.copy, state)
 
 
