@@ -1,121 +1,741 @@
-"""Sampling from a trained GPT: a jitted prefill + KV-cache decode loop, and `generate` on text.
+"""Generation: sampling rules, a jitted prefill + KV-cache decode loop (sampling, greedy, beam search).
 
-Each segment prefills its context in one pass, then decodes one token per `lax.fori_loop` iteration
-against the cache. When prompt + new tokens exceed the context (block_size), generation slides the
-window: it keeps the last block_size // 2 tokens, recomputes their cache and goes on, so every token
-sees between block_size // 2 and block_size - 1 tokens of context.
+How `generate_ids` runs:
+  * Prompts longer than the context are cropped on the left (with a warning). The batch is left-padded
+    to the longest prompt, so every row writes its next token into the same column `cur`; a key mask
+    hides the pads and positions count real tokens only (a row's first token is position 0), so each
+    row gives the tokens its prompt gives alone.
+  * Prefill runs all but the last prompt token through the model in one pass and fills the KV cache.
+    Its length is rounded up to a power of two (more left pads, rolled out of the cache afterwards),
+    so that nearby prompt lengths share one compilation; so are the cache and the token buffer.
+  * Decoding is one jitted `lax.while_loop` over a DecodeState: each iteration feeds the token at `cur`
+    to the model, applies the rules to its logits, picks the next token and writes it at `cur + 1`.
+    It stops at the requested length, when every row has produced an EOS token (beam search: when no
+    beam can still improve the finished ones, as HF decides it), or when the cache is full.
+  * Past the context the window slides: the newest block_size // 2 tokens are run through prefill again
+    (a new cache, positions from 0) and decoding goes on, so each new token sees between block_size // 2
+    and block_size tokens. Left pads take room in the window, so a short row of a ragged batch may slide
+    earlier than it would alone.
+  * The loop can also stop after a chunk of tokens and go on from its state (the same compiled code):
+    the host prints text as it comes (streaming, one token per chunk) or checks stop strings between
+    chunks, and stops when every row has hit one.
 """
 
 import dataclasses
 import functools
+import os
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from gptjax.model import GPT, GPTConfig, init_cache
 
+DEFAULT_MAX_NEW_TOKENS = 100
+# Added to the scores of beams that must not be picked; HF's beam search uses the same constant.
+NEG_SCORE = -1.0e9
+STOP_CHECK_CHUNK = 32  # tokens decoded between two host-side checks of stop strings
+
+
+# ----- Options ------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
-class SampleOptions:
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0 means greedy (argmax)
-    top_k: int | None = 200  # keep the k most likely tokens; None or 0 keeps all
+class GenerateOptions:
+    """What to generate. Options with a name from HF's generate() have HF's meaning."""
+
+    max_new_tokens: int | None = None  # new tokens per sequence (default DEFAULT_MAX_NEW_TOKENS)
+    max_length: int | None = None  # longest prompt + new tokens; max_new_tokens wins when both are set
+    do_sample: bool | None = None  # None: sample unless temperature == 0 or num_beams > 1
+    temperature: float = 1.0  # divides the logits; 0 means greedy
+    top_k: int | None = None  # keep the k most likely tokens; None or 0 keeps all (HF's default is 50)
+    top_p: float | None = None  # keep the smallest set of most likely tokens with mass >= top_p
+    min_p: float | None = None  # keep tokens at least min_p times as likely as the most likely one
+    repetition_penalty: float | None = None  # > 1 makes tokens already in the text less likely
+    no_repeat_ngram_size: int | None = None  # n > 0: no n-gram of tokens occurs twice
+    num_return_sequences: int = 1  # sequences per prompt: samples, or the best beams
+    num_beams: int = 1  # > 1: beam search (deterministic)
+    length_penalty: float = 1.0  # beam search ranks by sum(log p) / new_length ** length_penalty
+    early_stopping: bool | str = False  # beam search: True, False (HF's heuristic) or "never"
+    eos_token_id: int | Sequence[int] | None = None  # a sequence ends after any of these tokens
+    stop: str | Sequence[str] = ()  # the text ends before the first of these strings (not included)
+    seed: int = 0  # same seed, same text
 
     def __post_init__(self):
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be > 0")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 or None keeps all tokens)")
+        eos = self.eos_token_id
+        eos = () if eos is None else (eos,) if isinstance(eos, int | np.integer) else tuple(eos)
+        object.__setattr__(self, "eos_token_id", tuple(int(e) for e in eos) or None)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        checks = [
+            (self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens={} must be > 0"),
+            (self.max_length is None or self.max_length > 0, "max_length={} must be > 0"),
+            (self.temperature >= 0, "temperature={} must be >= 0 (0 is greedy)"),
+            (self.top_k is None or self.top_k >= 0, "top_k={} must be >= 0 (0 or None keeps all)"),
+            (self.top_p is None or 0 < self.top_p <= 1, "top_p={} must be in (0, 1]"),
+            (self.min_p is None or 0 <= self.min_p <= 1, "min_p={} must be in [0, 1]"),
+            (
+                self.repetition_penalty is None or self.repetition_penalty > 0,
+                "repetition_penalty={} must be > 0",
+            ),
+            (
+                self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
+                "no_repeat_ngram_size={} < 0",
+            ),
+            (self.num_return_sequences >= 1, "num_return_sequences={} must be >= 1"),
+            (self.num_beams >= 1, "num_beams={} must be >= 1"),
+            (
+                self.early_stopping in (True, False, "never"),
+                "early_stopping={!r}: use True, False or 'never'",
+            ),
+            (all(e >= 0 for e in self.eos_token_id or ()), "eos_token_id={} must be token ids >= 0"),
+            (all(self.stop), "stop={!r} must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                name = message.split("=")[0]
+                raise ValueError(message.format(getattr(self, name)))
+        if self.num_beams > 1 and self.do_sample:
+            raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported; pick one")
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("temperature=0 means greedy decoding; it contradicts do_sample=True")
+        if self.mode == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}"
+            )
+        if self.mode == "greedy" and self.num_return_sequences > 1:
+            raise ValueError(
+                f"num_return_sequences={self.num_return_sequences} needs sampling or beam search: greedy "
+                "decoding gives one sequence per prompt"
+            )
+
+    @property
+    def mode(self) -> str:
+        """'beam', 'greedy' or 'sample'."""
+        if self.num_beams > 1:
+            return "beam"
+        return "greedy" if self.do_sample is False or self.temperature == 0 else "sample"
+
+    def rules(self) -> tuple:
+        """Rules in HF's order: penalties (every mode), then temperature, top-k, top-p, min-p (sampling)."""
+        rules = []
+        if self.repetition_penalty not in (None, 1.0):
+            rules.append(RepetitionPenalty(float(self.repetition_penalty)))
+        if self.no_repeat_ngram_size:
+            rules.append(NoRepeatNGram(self.no_repeat_ngram_size))
+        if self.mode == "sample":
+            if self.temperature != 1.0:
+                rules.append(Temperature(float(self.temperature)))
+            if self.top_k:
+                rules.append(TopK(self.top_k))
+            if self.top_p is not None and self.top_p < 1.0:
+                rules.append(TopP(float(self.top_p)))
+            if self.min_p:
+                rules.append(MinP(float(self.min_p)))
+        return tuple(rules)
 
 
-def next_token(logits_BV: jax.Array, rng: jax.Array, options: SampleOptions) -> jax.Array:
-    """Draws one token per row from float32 logits: temperature, then top-k, then a categorical."""
-    if options.temperature == 0:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    logits_BV = logits_BV / options.temperature
-    if options.top_k and options.top_k < logits_BV.shape[-1]:
-        kth_B1 = jax.lax.top_k(logits_BV, options.top_k)[0][:, -1:]
-        logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+# ----- Sampling rules: logits_BV -> logits_BV, each a frozen dataclass with one method ----------------------
+# Numbers are pytree leaves (changing them does not recompile); sizes are static fields.
 
 
-@functools.partial(jax.jit, static_argnames=("config", "n_new", "options"))
-def _segment(params, config: GPTConfig, context_BT, rng, n_new: int, options: SampleOptions):
-    """Prefills `context_BT`, then decodes `n_new` tokens (context + n_new <= block_size)."""
-    model = GPT(config)
-    B, T = context_BT.shape
-    cache = init_cache(config, B, T + n_new)
-    logits_BTV, cache = model.apply({"params": params}, context_BT, cache=cache)
-    first_B = next_token(logits_BTV[:, -1], jax.random.fold_in(rng, 0), options)
-    out_BN = jnp.zeros((B, n_new), jnp.int32).at[:, 0].set(first_B)
+@struct.dataclass
+class History:
+    """Each row's text so far (left pads, prompt, new tokens): what the penalties look at."""
 
-    def body(i, carry):
-        cache, out_BN = carry
-        prev_B1 = jax.lax.dynamic_slice_in_dim(out_BN, i - 1, 1, axis=1)
-        logits_B1V, cache = model.apply({"params": params}, prev_B1, cache=cache)
-        token_B = next_token(logits_B1V[:, 0], jax.random.fold_in(rng, i), options)
-        return cache, out_BN.at[:, i].set(token_B)
-
-    _, out_BN = jax.lax.fori_loop(1, n_new, body, (cache, out_BN))
-    return out_BN
+    tokens_BL: jax.Array  # int32
+    mask_BL: jax.Array  # bool: a real token (not a pad) that is already written
+    cur: jax.Array  # int32 scalar: the column of the newest token
 
 
-def generate_tokens(
-    params,
-    config: GPTConfig,
-    prompt: list[int],
-    options: SampleOptions,
-    *,
-    num_samples: int,
-    seed: int,
-) -> np.ndarray:
-    """`num_samples` continuations of one prompt, as token ids [num_samples, max_new_tokens]."""
-    if not prompt:
-        raise ValueError("the prompt is empty and this tokenizer has no BOS token; pass some text")
-    limit = config.block_size - 1  # leave room for at least one new token
-    if len(prompt) > limit:
-        warnings.warn(
-            f"prompt of {len(prompt)} tokens cropped to its last {limit} (block_size)", stacklevel=2
+@struct.dataclass
+class RepetitionPenalty:
+    """Divides positive, multiplies negative logits of tokens already in the text (Keskar et al. 2019)."""
+
+    penalty: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        seen_BV = _scatter_any(logits_BV.shape, history.tokens_BL, history.mask_BL)
+        penalized_BV = jnp.where(logits_BV < 0, logits_BV * self.penalty, logits_BV / self.penalty)
+        return jnp.where(seen_BV, penalized_BV, logits_BV)
+
+
+@struct.dataclass
+class NoRepeatNGram:
+    """Forbids every token that would complete an n-gram already in the text (HF's no_repeat_ngram_size)."""
+
+    n: int = struct.field(pytree_node=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        n, tokens_BL, mask_BL = self.n, history.tokens_BL, history.mask_BL
+        J = tokens_BL.shape[1] - n + 1  # n-grams start at columns 0..J-1
+        if J <= 0:
+            return logits_BV
+        # The newest n-1 tokens: a repeat is an earlier n-gram that starts with them.
+        cols_M = history.cur - (n - 2) + jnp.arange(n - 1)
+        last_BM = jnp.take(tokens_BL, jnp.clip(cols_M, 0), axis=1)
+        last_ok_B = jnp.all((cols_M >= 0)[None, :] & jnp.take(mask_BL, jnp.clip(cols_M, 0), axis=1), axis=1)
+        repeat_BJ = last_ok_B[:, None] & mask_BL[:, n - 1 :]
+        for i in range(n - 1):
+            repeat_BJ &= mask_BL[:, i : i + J] & (tokens_BL[:, i : i + J] == last_BM[:, i : i + 1])
+        banned_BV = _scatter_any(logits_BV.shape, tokens_BL[:, n - 1 :], repeat_BJ)
+        return jnp.where(banned_BV, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class Temperature:
+    """Divides the logits: < 1 sharpens the distribution, > 1 flattens it."""
+
+    temperature: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        return logits_BV / self.temperature
+
+
+@struct.dataclass
+class TopK:
+    """Keeps the k largest logits (and any tied with the k-th, as HF)."""
+
+    k: int = struct.field(pytree_node=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        if self.k >= logits_BV.shape[-1]:
+            return logits_BV
+        kth_B1 = jax.lax.top_k(logits_BV, self.k)[0][:, -1:]
+        return jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class TopP:
+    """Keeps the smallest set of most likely tokens whose probabilities sum to >= p (nucleus sampling)."""
+
+    p: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        # As HF: sort ascending and drop the tokens whose cumulative mass stays <= 1 - p (never the top one).
+        sorted_BV = jnp.sort(logits_BV, axis=-1)
+        cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+        n_drop_B1 = jnp.sum(cum_BV[:, :-1] <= 1 - self.p, axis=-1, keepdims=True)
+        min_kept_B1 = jnp.take_along_axis(sorted_BV, n_drop_B1, axis=-1)
+        return jnp.where(logits_BV < min_kept_B1, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class MinP:
+    """Keeps tokens whose probability is at least p times the most likely token's (Nguyen et al. 2024)."""
+
+    p: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        probs_BV = jax.nn.softmax(logits_BV, axis=-1)
+        threshold_B1 = self.p * jnp.max(probs_BV, axis=-1, keepdims=True)
+        return jnp.where(probs_BV < threshold_B1, -jnp.inf, logits_BV)
+
+
+def _scatter_any(shape_BV: tuple[int, int], ids_BL: jax.Array, where_BL: jax.Array) -> jax.Array:
+    """bool [B, V]: True at [b, ids_BL[b, l]] for every l where where_BL[b, l]."""
+    rows_BL = jnp.broadcast_to(jnp.arange(shape_BV[0])[:, None], ids_BL.shape)
+    return jnp.zeros(shape_BV, jnp.int32).at[rows_BL, ids_BL].add(where_BL.astype(jnp.int32)) > 0
+
+
+def apply_rules(rules: Sequence, logits_BV: jax.Array, history: History) -> jax.Array:
+    for rule in rules:
+        logits_BV = rule(logits_BV, history)
+    return logits_BV
+
+
+# ----- Decoding state, prefill and the model step ----------------------------------------------------------
+
+
+@struct.dataclass
+class BeamState:
+    """Beam search over K beams per prompt (rows b*K .. b*K+K-1 of the DecodeState); HF's bookkeeping."""
+
+    scores_BK: jax.Array  # running beams: sum of log-probabilities
+    fin_tokens_BKL: jax.Array  # the K best finished sequences so far, best first
+    fin_scores_BK: jax.Array  # their length-penalised scores (NEG_SCORE for an empty slot)
+    fin_done_BK: jax.Array  # bool: the slot holds a finished sequence
+    fin_len_BK: jax.Array  # int32: its number of new tokens
+    open_B: jax.Array  # bool: the running beams may still beat the finished ones
+
+
+@struct.dataclass
+class DecodeState:
+    tokens_BL: jax.Array  # int32: left pads, prompt, new tokens (columns > cur not yet written)
+    valid_BL: jax.Array  # bool: not a left pad
+    cache: list  # per layer KV cache of S slots; slot j holds column offset + j
+    kv_mask_BS: jax.Array  # bool: the cache slot is not a pad
+    cur: jax.Array  # int32 scalar: column of the newest token, fed to the model next
+    offset: jax.Array  # int32 scalar: column held by cache slot 0 (moves when the window slides)
+    first: jax.Array  # int32 scalar: column of the first new token
+    final: jax.Array  # int32 scalar: column of the last new token
+    pos_B: jax.Array  # int32: position of the token at `cur` (real tokens before it in the window)
+    done_B: jax.Array  # bool: the row has produced an EOS token
+    keys_B: jax.Array  # one PRNG key per row
+    beam: BeamState | None = None
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cache_len"))
+def _prefill_jit(params, tokens_BQ, valid_BQ, slack, *, config: GPTConfig, cache_len: int):
+    """(cache holding tokens_BQ[:, slack:] in slots 0.., kv_mask_BS, position of the next token)."""
+    B, Q = tokens_BQ.shape
+    positions_BQ = jnp.maximum(jnp.cumsum(valid_BQ, axis=1, dtype=jnp.int32) - 1, 0)
+    kv_mask_BS = jnp.ones((B, cache_len), bool).at[:, :Q].set(valid_BQ)
+    _, cache = GPT(config).apply(
+        {"params": params},
+        tokens_BQ,
+        positions_BT=positions_BQ,
+        cache=init_cache(config, B, cache_len),
+        kv_mask_BS=kv_mask_BS,
+    )
+    # Roll the `slack` leading pads out: slot j then holds column slack + j. The slots after the prefill
+    # are written before they are attended to, so are marked real.
+    roll = lambda x_BS: jnp.roll(x_BS, -slack, axis=1)  # noqa: E731
+    cache = [{"k": roll(c["k"]), "v": roll(c["v"]), "end": Q - slack} for c in cache]
+    kv_mask_BS = jnp.where(jnp.arange(cache_len) < Q - slack, roll(kv_mask_BS), True)
+    return cache, kv_mask_BS, jnp.sum(valid_BQ, axis=1, dtype=jnp.int32)
+
+
+def _prefill(
+    params, config: GPTConfig, tokens_BL: np.ndarray, valid_BL: np.ndarray, start: int, cache_len: int
+):
+    """Prefill of columns start..cur-1, left-padded to a bucket: the initial one and each window slide share
+    one compilation when their buckets agree."""
+    n = tokens_BL.shape[1] - start
+    Q = min(_bucket(max(n, 1)), cache_len)
+    tokens_BQ = np.zeros((tokens_BL.shape[0], Q), np.int32)
+    valid_BQ = np.zeros((tokens_BL.shape[0], Q), bool)
+    tokens_BQ[:, Q - n :] = tokens_BL[:, start:]
+    valid_BQ[:, Q - n :] = valid_BL[:, start:]
+    return _prefill_jit(params, tokens_BQ, valid_BQ, np.int32(Q - n), config=config, cache_len=cache_len)
+
+
+def _start(
+    params, config: GPTConfig, tokens_BL, valid_BL, P: int, final: int, keys_B, cache_len: int, num_beams
+):
+    """The state before the first new token: a prefill of all but the last prompt token; beam scores."""
+    cache, kv_mask_BS, pos_B = _prefill(
+        params, config, tokens_BL[:, : P - 1], valid_BL[:, : P - 1], 0, cache_len
+    )
+    B, L = tokens_BL.shape
+    beam = None
+    if num_beams:
+        K, N = num_beams, B // num_beams
+        scores_BK = np.zeros((N, K), np.float32)
+        scores_BK[:, 1:] = NEG_SCORE  # only beam 0 is live at first, so the beams differ (HF)
+        beam = BeamState(
+            scores_BK=scores_BK,
+            fin_tokens_BKL=np.zeros((N, K, L), np.int32),
+            fin_scores_BK=np.full((N, K), NEG_SCORE, np.float32),
+            fin_done_BK=np.zeros((N, K), bool),
+            fin_len_BK=np.zeros((N, K), np.int32),
+            open_B=np.ones((N,), bool),
         )
-        prompt = prompt[-limit:]
-    tokens_BT = np.tile(np.asarray(prompt, np.int32), (num_samples, 1))
-    context_BT = tokens_BT
-    rng = jax.random.PRNGKey(seed)
-    new = []
-    remaining = options.max_new_tokens
-    while remaining:
-        n_new = min(remaining, config.block_size - context_BT.shape[1])
-        rng, seg_rng = jax.random.split(rng)
-        out_BN = np.asarray(_segment(params, config, jnp.asarray(context_BT), seg_rng, n_new, options))
-        new.append(out_BN)
-        remaining -= n_new
-        tokens_BT = np.concatenate([tokens_BT, out_BN], axis=1)
-        context_BT = tokens_BT[:, -(config.block_size // 2) :]  # slide the window
-    return np.concatenate(new, axis=1)
+    state = DecodeState(
+        tokens_BL=tokens_BL,
+        valid_BL=valid_BL,
+        cache=cache,
+        kv_mask_BS=kv_mask_BS,
+        cur=np.int32(P - 1),
+        offset=np.int32(0),
+        first=np.int32(P),
+        final=np.int32(final),
+        pos_B=pos_B,
+        done_B=np.zeros((B,), bool),
+        keys_B=keys_B,
+        beam=beam,
+    )
+    return jax.device_put(state)
+
+
+def _slide(params, config: GPTConfig, state: DecodeState) -> DecodeState:
+    """Restarts the window at the newest block_size // 2 tokens: a new cache, positions from 0."""
+    cur, keep = int(state.cur), max(config.block_size // 2, 1)
+    start = cur - (keep - 1)
+    tokens_BL, valid_BL = np.asarray(state.tokens_BL)[:, :cur], np.asarray(state.valid_BL)[:, :cur]
+    cache, kv_mask_BS, pos_B = _prefill(params, config, tokens_BL, valid_BL, start, state.kv_mask_BS.shape[1])
+    return state.replace(cache=cache, kv_mask_BS=kv_mask_BS, offset=jnp.int32(start), pos_B=pos_B)
+
+
+def _forward(params, config: GPTConfig, state: DecodeState) -> tuple[jax.Array, list]:
+    """float32 logits_BV of the token after `cur`, and the cache with `cur` written."""
+    token_B1 = jax.lax.dynamic_slice_in_dim(state.tokens_BL, state.cur, 1, axis=1)
+    logits_B1V, cache = GPT(config).apply(
+        {"params": params},
+        token_B1,
+        positions_BT=state.pos_B[:, None],
+        cache=state.cache,
+        kv_mask_BS=state.kv_mask_BS,
+    )
+    return logits_B1V[:, 0], cache
+
+
+def _history(state: DecodeState) -> History:
+    written_L = jnp.arange(state.tokens_BL.shape[1]) <= state.cur
+    return History(state.tokens_BL, state.valid_BL & written_L[None, :], state.cur)
+
+
+def _finished(state: DecodeState, early_stopping) -> jax.Array:
+    """True when no row needs more tokens (beams: HF's `_beam_search_has_unfinished_sequences`)."""
+    if state.beam is None:
+        return jnp.all(state.done_B)
+    b = state.beam
+    return ~jnp.any(b.open_B) | (jnp.all(b.fin_done_BK) & (early_stopping is True))
+
+
+def _sample_step(params, config, state: DecodeState, rules, eos_E, greedy: bool) -> DecodeState:
+    logits_BV, cache = _forward(params, config, state)
+    logits_BV = apply_rules(rules, logits_BV, _history(state))
+    if greedy:
+        token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    else:
+        # Row r's key is fold_in(seed, sample index), then the new token's index: a row's text does not
+        # depend on the rest of the batch.
+        keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.keys_B, state.cur + 1 - state.first)
+        token_B = jax.vmap(jax.random.categorical)(keys_B, logits_BV).astype(jnp.int32)
+    return _advance(state, token_B, cache, eos_E)
+
+
+def _advance(state: DecodeState, token_B: jax.Array, cache: list, eos_E: jax.Array) -> DecodeState:
+    """Writes the next tokens after `cur` (pads for finished rows) and moves `cur` to them."""
+    token_B = jnp.where(state.done_B, 0, token_B)
+    return state.replace(
+        tokens_BL=jax.lax.dynamic_update_slice_in_dim(state.tokens_BL, token_B[:, None], state.cur + 1, 1),
+        cache=cache,
+        cur=state.cur + 1,
+        pos_B=state.pos_B + 1,
+        done_B=state.done_B | jnp.isin(token_B, eos_E),
+    )
+
+
+def _beam_step(params, config, state: DecodeState, rules, eos_E, length_penalty, early_stopping):
+    """One step of HF's vectorised beam search (generation/utils.py `_beam_search`), without sampling."""
+    b = state.beam
+    N, K = b.scores_BK.shape
+    logits_RV, cache = _forward(params, config, state)  # R = N*K rows
+    V = logits_RV.shape[-1]
+    logp_RV = apply_rules(rules, jax.nn.log_softmax(logits_RV, axis=-1), _history(state))
+    cand_BC = (logp_RV.reshape(N, K, V) + b.scores_BK[:, :, None]).reshape(N, K * V)
+    # Keep (1 + number of EOS ids) * K candidates (at least 2K): K of them at least do not end.
+    C = max(2, 1 + eos_E.shape[0]) * K
+    top_BC, index_BC = jax.lax.top_k(cand_BC, C)
+    parent_BC, token_BC = index_BC // V, (index_BC % V).astype(jnp.int32)
+    new_len = state.cur + 2 - state.first  # new tokens, this one included
+    ends_BC = jnp.isin(token_BC, eos_E) | (state.cur + 1 == state.final)
+
+    # Finished: the ending candidates among the top K join the finished ones if they score better.
+    tokens_BKL = state.tokens_BL.reshape(N, K, -1)
+    cand_tokens_BCL = jnp.take_along_axis(tokens_BKL, parent_BC[:, :, None], axis=1)
+    cand_tokens_BCL = cand_tokens_BCL.at[:, :, state.cur + 1].set(token_BC)
+    just_done_BC = ends_BC & (jnp.arange(C) < K)[None, :]
+    fin_score_BC = top_BC / new_len.astype(jnp.float32) ** length_penalty
+    full_B1 = jnp.all(b.fin_done_BK, axis=1, keepdims=True) & (early_stopping is True)
+    fin_score_BC += NEG_SCORE * (full_B1 | ~b.open_B[:, None] | ~just_done_BC)
+    merged_BM = jnp.concatenate([b.fin_scores_BK, fin_score_BC], axis=1)
+    pick_BK = jax.lax.top_k(merged_BM, K)[1]
+    take = lambda a, c: jnp.take_along_axis(jnp.concatenate([a, c], axis=1), pick_BK, axis=1)  # noqa: E731
+    new_len_BC = jnp.full((N, C), new_len, jnp.int32)
+    fin_tokens_BKL = jnp.take_along_axis(
+        jnp.concatenate([b.fin_tokens_BKL, cand_tokens_BCL], axis=1), pick_BK[:, :, None], axis=1
+    )
+
+    # Running: the K best candidates that do not end continue.
+    run_BC = top_BC + NEG_SCORE * ends_BC
+    keep_BK = jax.lax.top_k(run_BC, K)[1]
+    scores_BK = jnp.take_along_axis(run_BC, keep_BK, axis=1)
+    rows_R = (jnp.take_along_axis(parent_BC, keep_BK, axis=1) + K * jnp.arange(N)[:, None]).reshape(-1)
+    token_R = jnp.take_along_axis(token_BC, keep_BK, axis=1).reshape(-1)
+    cache = jax.tree_util.tree_map(lambda x: x[rows_R] if x.ndim else x, cache)
+    tokens_RL = state.tokens_BL[rows_R]
+
+    beam = BeamState(
+        scores_BK=scores_BK,
+        fin_tokens_BKL=fin_tokens_BKL,
+        fin_scores_BK=jnp.take_along_axis(merged_BM, pick_BK, axis=1),
+        fin_done_BK=take(b.fin_done_BK, just_done_BC),
+        fin_len_BK=take(b.fin_len_BK, new_len_BC),
+        open_B=b.open_B,
+    )
+    # Can the best running beam still beat the worst finished one? (HF's `_check_early_stop_heuristic`)
+    never = (early_stopping == "never") & (length_penalty > 0.0)
+    best_len = jnp.where(never, state.final + 1 - state.first, new_len)
+    best_B1 = scores_BK[:, :1] / best_len.astype(jnp.float32) ** length_penalty
+    worst_BK = jnp.where(beam.fin_done_BK, jnp.min(beam.fin_scores_BK, axis=1, keepdims=True), NEG_SCORE)
+    beam = beam.replace(open_B=beam.open_B & jnp.any(best_B1 > worst_BK, axis=1))
+    return state.replace(
+        tokens_BL=jax.lax.dynamic_update_slice_in_dim(tokens_RL, token_R[:, None], state.cur + 1, 1),
+        valid_BL=state.valid_BL[rows_R],
+        cache=cache,
+        kv_mask_BS=state.kv_mask_BS[rows_R],
+        cur=state.cur + 1,
+        pos_B=state.pos_B[rows_R] + 1,
+        beam=beam,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mode", "early_stopping"), donate_argnames=("state",))
+def _decode(
+    params, state: DecodeState, rules, eos_E, length_penalty, stop_at, *, config, mode, early_stopping
+):
+    """Decodes until column `stop_at` is written, every row is finished, or the cache is full."""
+    cache_len = state.kv_mask_BS.shape[1]
+
+    def cond(state):
+        room = state.cur - state.offset < cache_len
+        return (state.cur < stop_at) & room & ~_finished(state, early_stopping)
+
+    def body(state):
+        if mode == "beam":
+            return _beam_step(params, config, state, rules, eos_E, length_penalty, early_stopping)
+        return _sample_step(params, config, state, rules, eos_E, greedy=mode == "greedy")
+
+    state = jax.lax.while_loop(cond, body, state)
+    return state, _finished(state, early_stopping)
+
+
+# ----- Host side: token ids in, token ids out ----------------------------------------------------------
+
+
+def _bucket(n: int) -> int:
+    """n rounded up to a power of two (at least 16): nearby lengths share one compilation."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _prepare(params, config: GPTConfig, prompts, options: GenerateOptions) -> tuple[DecodeState, int, int]:
+    """(state after prefill, longest prompt P, last column to write); prompts checked, cropped, padded."""
+    prompts = [[int(t) for t in p] for p in prompts]
+    if not prompts:
+        raise ValueError("no prompts given")
+    for p in prompts:
+        if not p:
+            raise ValueError("a prompt is empty: give at least one token (e.g. the tokenizer's BOS token)")
+        if not all(0 <= t < config.vocab_size for t in p):
+            raise ValueError(f"prompt token ids must be in [0, {config.vocab_size}); got {p[:20]}")
+    if max(map(len, prompts)) > config.block_size:
+        warnings.warn(
+            f"prompt of {max(map(len, prompts))} tokens cropped on the left to the context, "
+            f"block_size={config.block_size}",
+            stacklevel=3,
+        )
+        prompts = [p[-config.block_size :] for p in prompts]
+    P = max(map(len, prompts))
+    n_new = options.max_new_tokens
+    if n_new is None:
+        n_new = options.max_length - P if options.max_length is not None else DEFAULT_MAX_NEW_TOKENS
+        if n_new <= 0:
+            raise ValueError(f"max_length={options.max_length} leaves no room after the {P}-token prompt")
+
+    copies = options.num_beams if options.mode == "beam" else options.num_return_sequences
+    B = len(prompts) * copies
+    L = _bucket(P + n_new)
+    S = config.block_size if P + n_new > config.block_size else min(config.block_size, L)
+    tokens_BL = np.zeros((B, L), np.int32)
+    valid_BL = np.ones((B, L), bool)
+    for row in range(B):
+        p = prompts[row // copies]
+        tokens_BL[row, P - len(p) : P] = p
+        valid_BL[row, : P - len(p)] = False
+    keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(options.seed), jnp.arange(B) % copies)
+    final = P + n_new - 1
+    num_beams = options.num_beams if options.mode == "beam" else None
+    state = _start(params, config, tokens_BL, valid_BL, P, final, keys_B, S, num_beams)
+    return state, P, final
+
+
+def generate_ids(
+    params: Any,
+    config: GPTConfig,
+    prompts: Sequence[Sequence[int]],
+    options: GenerateOptions | None = None,
+    *,
+    on_chunk: Callable[[np.ndarray], bool] | None = None,
+    chunk: int | None = None,
+) -> list[list[np.ndarray]]:
+    """New token ids: for each prompt, num_return_sequences int32 arrays (ending with the EOS if one came).
+
+    on_chunk(new_tokens_BN), when given, is called every `chunk` new tokens (not in beam search) with
+    the tokens of every row so far; it returns True to stop early.
+    """
+    options = options or GenerateOptions()
+    state, P, final = _prepare(params, config, prompts, options)
+    mode, S = options.mode, state.kv_mask_BS.shape[1]
+    rules = options.rules()
+    eos_E = jnp.asarray(options.eos_token_id or (), jnp.int32)
+    length_penalty = jnp.float32(options.length_penalty)
+    if mode == "beam":
+        on_chunk = None
+    chunk = chunk or STOP_CHECK_CHUNK
+    cur = P - 1
+    while True:
+        stop_at = final if on_chunk is None else min(cur + chunk, final)
+        state, finished = _decode(
+            params,
+            state,
+            rules,
+            eos_E,
+            length_penalty,
+            jnp.int32(stop_at),
+            config=config,
+            mode=mode,
+            early_stopping=options.early_stopping,
+        )
+        cur, offset = int(state.cur), int(state.offset)
+        if on_chunk is not None and on_chunk(np.asarray(state.tokens_BL)[:, P : cur + 1]):
+            break
+        if bool(finished) or cur >= final:
+            break
+        if cur - offset == S:
+            state = _slide(params, config, state)
+
+    eos, n_prompts = set(options.eos_token_id or ()), len(prompts)
+    if mode == "beam":
+        fin_tokens = np.asarray(state.beam.fin_tokens_BKL)
+        fin_len = np.asarray(state.beam.fin_len_BK)
+        R = options.num_return_sequences
+        return [[fin_tokens[i, r, P : P + fin_len[i, r]] for r in range(R)] for i in range(n_prompts)]
+    new_BN = np.asarray(state.tokens_BL)[:, P : cur + 1]
+    out = []
+    for row in new_BN:
+        ends = [i for i, t in enumerate(row) if t in eos]
+        out.append(row[: ends[0] + 1] if ends else row)
+    R = options.num_return_sequences
+    return [out[i * R : (i + 1) * R] for i in range(n_prompts)]
+
+
+# ----- Text in, text out ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Completion:
+    prompt: str
+    text: str  # the new text only (without the prompt, an EOS token or a stop string)
+    token_ids: np.ndarray  # the new tokens behind `text` (an EOS token or the stop string's included)
+    options: GenerateOptions  # as used: saved defaults and the tokenizer's EOS filled in
+
+
+def load(model: Any) -> tuple[Any, GPTConfig, Any, dict]:
+    """(params, config, tokenizer, saved sample defaults) of a workdir or a (params, config, tokenizer)."""
+    if isinstance(model, str | os.PathLike):
+        from gptjax.train import load_params  # sampling needs a checkpoint; training never imports this
+
+        params, config, tokenizer, saved = load_params(model)
+        return params, config, tokenizer, saved.to_dict().get("sample", {})
+    if isinstance(model, tuple) and len(model) in (3, 4):
+        params, config, tokenizer = model[:3]
+        saved = model[3] if len(model) == 4 else {}
+        saved = saved.to_dict() if hasattr(saved, "to_dict") else dict(saved)
+        return params, config, tokenizer, dict(saved.get("sample", saved))
+    raise ValueError(
+        "model must be a workdir or a (params, GPTConfig, tokenizer) tuple (as load_params gives)"
+    )
+
+
+def _find_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Index of the first stop string in text, or None."""
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(found) if found else None
+
+
+def complete(
+    model: Any,
+    prompts: str | Sequence[str],
+    *,
+    stream: bool | Callable[[str], None] = False,
+    **options: Any,
+) -> list[Completion]:
+    """num_return_sequences Completions per prompt, prompt by prompt. See `generate` for the arguments."""
+    params, config, tokenizer, saved = load(model)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    fields = {f.name for f in dataclasses.fields(GenerateOptions)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown generation options {sorted(unknown)}; known: {sorted(fields)}")
+    defaults = {k: v for k, v in saved.items() if k in fields and v is not None}
+    if options.get("max_length") is not None:
+        defaults.pop("max_new_tokens", None)  # an explicit max_length beats a saved max_new_tokens
+    options = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    options.setdefault("eos_token_id", tokenizer.eos_id)
+    opts = GenerateOptions(**options)
+
+    ids = []
+    for p in prompts:
+        ids.append(tokenizer.encode(p))
+        if not ids[-1]:
+            start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+            if start is None:
+                raise ValueError("the prompt is empty and the tokenizer has no BOS/EOS token to start from")
+            ids[-1] = [start]
+    eos = set(opts.eos_token_id or ())
+
+    def until_eos(new: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(the tokens before the first EOS, whether there was one)."""
+        ends = [i for i, t in enumerate(new) if t in eos]
+        return (new[: ends[0]], True) if ends else (new, False)
+
+    def finish(new: np.ndarray) -> Completion:
+        tokens, _ = until_eos(new)
+        text = tokenizer.decode(tokens)
+        cut = _find_stop(text, opts.stop)
+        if cut is None:
+            return Completion("", text, new, opts)
+        # The fewest tokens whose text contains the stop string.
+        n = next(
+            i
+            for i in range(len(tokens) + 1)
+            if _find_stop(tokenizer.decode(tokens[:i]), opts.stop) is not None
+        )
+        return Completion("", text[:cut], new[:n], opts)
+
+    on_chunk, chunk = None, None
+    if stream or opts.stop:
+        if stream and (len(prompts) > 1 or opts.num_return_sequences > 1 or opts.mode == "beam"):
+            raise ValueError("stream needs one prompt, one sequence and no beam search")
+        write = stream if callable(stream) else lambda s: print(s, end="", flush=True)
+        shown = [0]  # characters of the first row printed so far
+        hold = max(map(len, opts.stop), default=1) - 1  # a stop string may be starting at the end
+
+        def on_chunk(new_BN: np.ndarray) -> bool:
+            texts, stopped = [], []
+            for row in new_BN:
+                tokens, ended = until_eos(row)
+                texts.append(tokenizer.decode(tokens))
+                stopped.append(ended or _find_stop(texts[-1], opts.stop) is not None)
+            if stream:
+                cut = _find_stop(texts[0], opts.stop)
+                text = texts[0][:cut] if stopped[0] else texts[0][: len(texts[0]) - hold]
+                text = text.rstrip("\ufffd")  # the first bytes of a character split across tokens
+                write(text[shown[0] :])
+                shown[0] = max(shown[0], len(text))
+            return all(stopped)
+
+        chunk = 1 if stream else STOP_CHECK_CHUNK
+
+    new_ids = generate_ids(params, config, ids, opts, on_chunk=on_chunk, chunk=chunk)
+    out = [
+        dataclasses.replace(finish(new), prompt=prompt)
+        for prompt, seqs in zip(prompts, new_ids, strict=True)
+        for new in seqs
+    ]
+    if stream:
+        write(out[0].text[shown[0] :] + "\n")
+    return out
 
 
 def generate(
-    workdir: str,
-    prompt: str,
+    model: Any,
+    prompts: str | Sequence[str],
     *,
-    num_samples: int = 1,
-    seed: int = 0,
-    **options,
+    stream: bool | Callable[[str], None] = False,
+    **options: Any,
 ) -> list[str]:
-    """Continuations of `prompt` from the latest checkpoint in `workdir`, as text."""
-    from gptjax.train import load_params  # sampling needs the checkpoint, training never needs this
+    """Prompt + generated text for each prompt (num_return_sequences each, prompt by prompt).
 
-    params, config, tokenizer, _ = load_params(workdir)
-    ids = generate_tokens(
-        params,
-        config,
-        tokenizer.encode(prompt),
-        SampleOptions(**options),
-        num_samples=num_samples,
-        seed=seed,
-    )
-    return [prompt + tokenizer.decode(row) for row in ids]
+    model: a training workdir (its latest checkpoint; options left unset take its config.sample values)
+    or a (params, GPTConfig, tokenizer) tuple. options: the fields of GenerateOptions. stream=True prints
+    the text as it comes (one prompt, one sequence), or calls the given function with each piece.
+    """
+    return [c.prompt + c.text for c in complete(model, prompts, stream=stream, **options)]

@@ -1,48 +1,89 @@
-"""Samples text from a trained model: python scripts/sample.py --workdir=W --prompt="ROMEO:"
+"""Samples text from a trained model.
 
-Options left unset take the values saved with the model's config (config.sample).
+  python scripts/sample.py --workdir=W --prompt="ROMEO:" --num_samples=3 --top_p=0.9 --seed=1
+  python scripts/sample.py --workdir=W --prompt=FILE:prompt.txt --num_beams=4 --out=samples.jsonl
+
+Options left unset take the values saved with the model's config (config.sample), then the defaults of
+gptjax.sample.GenerateOptions (HF generate() names and meanings). One sample streams to the terminal as
+it is generated; several are printed when done. --out=F.jsonl also writes one JSON object per sample.
 """
+
+import codecs
+import dataclasses
+import json
 
 from absl import flags
 
 from gptjax import cli, sample
-from gptjax.train import load_params
 
 flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
-flags.DEFINE_string("prompt", None, "Text to continue; FILE:path reads it from a file.")
+flags.DEFINE_multi_string(
+    "prompt", None, "Text to continue; FILE:path reads it from a file. Repeat for a batch."
+)
+flags.DEFINE_integer("num_samples", 1, "Sequences per prompt (samples, or the best beams).")
+flags.DEFINE_string(
+    "out", None, "Also write the samples to this .jsonl file (prompt, text, num_tokens, options)."
+)
 flags.DEFINE_integer("max_new_tokens", None, "Tokens to generate per sample.")
-flags.DEFINE_integer("num_samples", 1, "How many samples to draw.")
+flags.DEFINE_integer("max_length", None, "Longest prompt + new tokens (when max_new_tokens is unset).")
+flags.DEFINE_boolean("do_sample", None, "Sample (default) or decode greedily (--nodo_sample).")
 flags.DEFINE_float("temperature", None, "Softmax temperature; 0 is greedy.")
 flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens; 0 keeps all.")
-flags.DEFINE_integer("seed", 0, "Same seed, same text.")
+flags.DEFINE_float(
+    "top_p", None, "Sample among the most likely tokens holding this probability mass, in (0, 1]."
+)
+flags.DEFINE_float("min_p", None, "Drop tokens less likely than min_p times the most likely one.")
+flags.DEFINE_float("repetition_penalty", None, "> 1 makes tokens already in the text less likely.")
+flags.DEFINE_integer("no_repeat_ngram_size", None, "No n-gram of this many tokens occurs twice.")
+flags.DEFINE_integer("num_beams", None, "Beam search with this many beams (deterministic).")
+flags.DEFINE_float("length_penalty", None, "Beam search: score = sum(log p) / length ** length_penalty.")
+flags.DEFINE_enum("early_stopping", None, ["true", "false", "never"], "Beam search stopping rule (HF's).")
+flags.DEFINE_multi_integer("eos_token_id", None, "A sample ends after this token; repeat for several.")
+flags.DEFINE_multi_string("stop", None, "The text ends before this string (\\n etc. understood); repeatable.")
+flags.DEFINE_integer("seed", None, "Same seed, same text.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
+
+OPTIONS = [f.name for f in dataclasses.fields(sample.GenerateOptions) if f.name != "num_return_sequences"]
+
+
+def read_prompt(prompt: str) -> str:
+    if prompt.startswith("FILE:"):
+        with open(prompt[len("FILE:") :], encoding="utf-8") as f:
+            return f.read()
+    return prompt
 
 
 def main(argv):
     del argv
-    params, config, tokenizer, saved = load_params(FLAGS.workdir)
-    defaults = saved.get("sample", {})
-    pick = lambda flag, key: flag if flag is not None else defaults.get(key)  # noqa: E731
-    prompt = pick(FLAGS.prompt, "prompt") or "\n"
-    if prompt.startswith("FILE:"):
-        with open(prompt[len("FILE:") :], encoding="utf-8") as f:
-            prompt = f.read()
-    options = sample.SampleOptions(
-        max_new_tokens=pick(FLAGS.max_new_tokens, "max_new_tokens"),
-        temperature=pick(FLAGS.temperature, "temperature"),
-        top_k=pick(FLAGS.top_k, "top_k"),
+    model = sample.load(FLAGS.workdir)
+    prompts = [read_prompt(p) for p in FLAGS.prompt or [model[3].get("prompt") or "\n"]]
+    options = {name: FLAGS[name].value for name in OPTIONS if FLAGS[name].value is not None}
+    if "early_stopping" in options:
+        options["early_stopping"] = {"true": True, "false": False, "never": "never"}[
+            options["early_stopping"]
+        ]
+    if "stop" in options:
+        options["stop"] = [codecs.decode(s, "unicode_escape") for s in options["stop"]]
+    single = len(prompts) == 1 and FLAGS.num_samples == 1 and (FLAGS.num_beams or 1) == 1
+    if single:
+        print(prompts[0], end="", flush=True)
+    completions = sample.complete(
+        model, prompts, stream=single, num_return_sequences=FLAGS.num_samples, **options
     )
-    ids = sample.generate_tokens(
-        params,
-        config,
-        tokenizer.encode(prompt),
-        options,
-        num_samples=FLAGS.num_samples,
-        seed=FLAGS.seed,
-    )
-    for i, row in enumerate(ids):
-        print(f"----- sample {i} -----\n{prompt}{tokenizer.decode(row)}", flush=True)
+    if not single:
+        for i, c in enumerate(completions):
+            print(f"----- sample {i} -----\n{c.prompt}{c.text}", flush=True)
+    if FLAGS.out:
+        with open(FLAGS.out, "w", encoding="utf-8") as f:
+            for c in completions:
+                record = dict(
+                    prompt=c.prompt,
+                    text=c.text,
+                    num_tokens=len(c.token_ids),
+                    options=dataclasses.asdict(c.options),
+                )
+                f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

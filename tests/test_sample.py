@@ -1,0 +1,438 @@
+"""Generation: cached logits = full forward, greedy = argmax, rules, beams, seeds, ragged batches, errors.
+
+Compilations dominate the run time, so tests share shapes: every token buffer rounds up to 16 columns
+(prompt + new tokens <= 16) and the batches are 1 or 3 prompts, times 2 samples.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gptjax
+from gptjax import sample
+from gptjax.data import CharTokenizer
+from gptjax.model import GPT
+from gptjax.sample import GenerateOptions
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROMPTS = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]  # ragged: the batch is left-padded
+
+
+@pytest.fixture(autouse=True)
+def strict_ranks():
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def params(tiny_cfg):
+    return GPT(tiny_cfg).init(jax.random.key(0), jnp.zeros((1, tiny_cfg.block_size), jnp.int32))["params"]
+
+
+@pytest.fixture(scope="module")
+def full_logits(tiny_cfg, params):
+    """logits_V after `tokens` (at most block_size) from the plain forward pass, no cache."""
+    apply = jax.jit(lambda p, t: GPT(tiny_cfg).apply({"params": p}, t)[0])
+
+    def logits(tokens):
+        padded = np.zeros((1, tiny_cfg.block_size), np.int32)  # right pads: causal, so they change nothing
+        padded[0, : len(tokens)] = tokens
+        return np.asarray(apply(params, padded))[0, len(tokens) - 1]
+
+    return logits
+
+
+def run(params, cfg, prompts, **options):
+    """Token lists: one list of new tokens per prompt and return sequence."""
+    out = sample.generate_ids(params, cfg, prompts, GenerateOptions(**options))
+    return [[a.tolist() for a in seqs] for seqs in out]
+
+
+def reference_greedy(cfg, full_logits, prompt, n):
+    """Argmax of the full model, with the documented window: past block_size, keep the newest half."""
+    tokens, start = list(prompt[-cfg.block_size :]), 0
+    for _ in range(n):
+        if len(tokens) - start > cfg.block_size:
+            start = len(tokens) - cfg.block_size // 2
+        tokens.append(int(np.argmax(full_logits(tokens[start:]))))
+    return tokens[len(prompt[-cfg.block_size :]) :]
+
+
+# ----- The engine against the plain model --------------------------------------------------------------
+
+
+def test_cached_logits_match_full_forward(tiny_cfg, params, full_logits):
+    """Prefill + cached steps (left pads, bucket roll, window slides) give the full forward's logits."""
+    state, P, final = sample._prepare(params, tiny_cfg, PROMPTS, GenerateOptions(max_new_tokens=11))
+    S = state.kv_mask_BS.shape[1]
+    forward = jax.jit(sample._forward, static_argnums=1)
+    rng = np.random.default_rng(0)
+    slides = 0
+    for _ in range(final - P + 1):
+        if int(state.cur) - int(state.offset) == S:
+            state = sample._slide(params, tiny_cfg, state)
+            slides += 1
+        logits_BV, cache = forward(params, tiny_cfg, state)
+        cur, offset = int(state.cur), int(state.offset)
+        tokens, valid = np.asarray(state.tokens_BL), np.asarray(state.valid_BL)
+        for b in range(len(PROMPTS)):
+            window = tokens[b, offset : cur + 1][valid[b, offset : cur + 1]]
+            np.testing.assert_allclose(logits_BV[b], full_logits(window), rtol=1e-5, atol=1e-5)
+        next_B = jnp.asarray(rng.integers(0, tiny_cfg.vocab_size, len(PROMPTS)), jnp.int32)
+        state = sample._advance(state, next_B, cache, jnp.zeros((0,), jnp.int32))
+    assert slides >= 2
+
+
+def test_greedy_is_argmax_of_full_model(tiny_cfg, params, full_logits):
+    for prompt, n in [(PROMPTS[0], 3), (PROMPTS[2], 13)]:  # within the context, then sliding past it
+        got = run(params, tiny_cfg, [prompt], max_new_tokens=n, do_sample=False)[0][0]
+        assert got == reference_greedy(tiny_cfg, full_logits, prompt, n)
+    assert run(params, tiny_cfg, [PROMPTS[2]], max_new_tokens=13, temperature=0) == [[got]]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(do_sample=False), dict(top_k=2, num_return_sequences=2), dict(num_beams=2, num_return_sequences=2)],
+    ids=["greedy", "sample", "beams"],
+)
+def test_ragged_batch_equals_each_prompt_alone(tiny_cfg, params, options):
+    batch = run(params, tiny_cfg, PROMPTS, max_new_tokens=3, **options)
+    alone = [run(params, tiny_cfg, [p], max_new_tokens=3, **options)[0] for p in PROMPTS]
+    assert batch == alone
+
+
+def test_seed_fixes_the_text(tiny_cfg, params):
+    a, b, c = (
+        run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=8, top_k=2, num_return_sequences=2, seed=s)
+        for s in (1, 1, 2)
+    )
+    assert a == b and a != c and a[0][0] != a[0][1]
+
+
+def test_sampling_rules_hold_on_the_model(tiny_cfg, params, full_logits):
+    """Sampled tokens lie in the top-k, and in the top-p and min-p sets, of the model's distribution."""
+    prompt = PROMPTS[2]
+    top_k = run(params, tiny_cfg, [prompt], max_new_tokens=5, top_k=2, num_return_sequences=2)[0]
+    top_p_min_p = run(
+        params, tiny_cfg, [prompt], max_new_tokens=5, top_p=0.3, min_p=0.9, num_return_sequences=2
+    )[0]
+
+    def top_k_set(probs):
+        return set(np.argsort(-probs)[:2])
+
+    def top_p_min_p_set(probs):
+        top_p = np.argsort(-probs)[: np.searchsorted(np.cumsum(np.sort(probs)[::-1]), 0.3) + 1]
+        return set(top_p) & set(np.flatnonzero(probs >= 0.9 * probs.max()))
+
+    for seqs, allowed in [(top_k, top_k_set), (top_p_min_p, top_p_min_p_set)]:
+        for tokens in seqs:
+            text = list(prompt)
+            for t in tokens:
+                logits = full_logits(text).astype(np.float64)
+                assert t in allowed(np.exp(logits - np.logaddexp.reduce(logits)))
+                text.append(t)
+    greedy = run(params, tiny_cfg, [prompt], max_new_tokens=5, do_sample=False)[0][0]
+    assert all(any(s != greedy for s in seqs) for seqs in (top_k, top_p_min_p))  # they did sample
+
+
+def test_no_repeat_ngram_and_repetition_penalty_on_the_model(tiny_cfg, params):
+    plain = run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=20, do_sample=False)[0][0]
+    assert len(set(zip(plain, plain[1:], strict=False))) < len(plain) - 1  # greedy repeats bigrams
+    for n in (2, 3):
+        options = dict(max_new_tokens=20, no_repeat_ngram_size=n, do_sample=False)
+        text = PROMPTS[0] + run(params, tiny_cfg, [PROMPTS[0]], **options)[0][0]
+        grams = list(zip(*(text[i:] for i in range(n)), strict=False))
+        assert len(grams) == len(set(grams)), text
+    penalised = run(
+        params, tiny_cfg, [PROMPTS[0]], max_new_tokens=20, repetition_penalty=1e6, do_sample=False
+    )
+    assert len(set(penalised[0][0])) > len(set(plain))
+
+
+# ----- Each rule on made-up logits --------------------------------------------------------------------
+
+
+def fake_history(rng, B=4, L=12, vocab=3):
+    """Random tokens with left pads and unwritten columns past `cur` (garbage the rules must ignore)."""
+    tokens_BL = rng.integers(0, vocab, (B, L)).astype(np.int32)
+    cur = L - 3
+    mask_BL = np.arange(L)[None, :] <= cur
+    mask_BL = mask_BL & (np.arange(L)[None, :] >= rng.integers(0, 4, (B, 1)))
+    history = sample.History(jnp.asarray(tokens_BL), jnp.asarray(mask_BL), jnp.int32(cur))
+    return history, tokens_BL, mask_BL, cur
+
+
+def probs_of(logits_BV):
+    return np.exp(logits_BV - np.logaddexp.reduce(logits_BV, axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_top_k_keeps_exactly_k(seed):
+    logits_BV = np.random.default_rng(seed).normal(size=(4, 50)).astype(np.float32)
+    for k in (1, 7, 49, 50):
+        out_BV = np.asarray(sample.TopK(k)(jnp.asarray(logits_BV), None))
+        kept_BV = np.isfinite(out_BV)
+        assert (kept_BV.sum(-1) == k).all()
+        np.testing.assert_array_equal(kept_BV, logits_BV >= np.sort(logits_BV)[:, -k:][:, :1])
+        np.testing.assert_array_equal(out_BV[kept_BV], logits_BV[kept_BV])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_top_p_keeps_the_smallest_set_with_mass_p(seed):
+    logits_BV = np.random.default_rng(seed).normal(scale=2.0, size=(4, 50)).astype(np.float32)
+    probs_BV = probs_of(logits_BV.astype(np.float64))
+    for p in (0.05, 0.3, 0.75, 0.999):
+        kept_BV = np.isfinite(np.asarray(sample.TopP(p)(jnp.asarray(logits_BV), None)))
+        for kept, probs in zip(kept_BV, probs_BV, strict=True):
+            m = kept.sum()
+            assert set(np.flatnonzero(kept)) == set(np.argsort(-probs)[:m])  # the m most likely
+            top = np.sort(probs)[::-1]
+            assert top[:m].sum() >= p - 1e-6 and top[: m - 1].sum() < p + 1e-6  # and the fewest
+
+
+def test_min_p_keeps_tokens_near_the_top():
+    logits_BV = np.random.default_rng(0).normal(scale=2.0, size=(4, 50)).astype(np.float32)
+    probs_BV = probs_of(logits_BV.astype(np.float64))
+    for p in (0.0, 0.05, 0.5, 1.0):
+        kept_BV = np.isfinite(np.asarray(sample.MinP(p)(jnp.asarray(logits_BV), None)))
+        np.testing.assert_array_equal(kept_BV, probs_BV >= p * probs_BV.max(-1, keepdims=True) * (1 - 1e-6))
+
+
+def test_temperature_divides():
+    logits_BV = jnp.asarray([[1.0, -2.0, 4.0]])
+    np.testing.assert_allclose(sample.Temperature(0.5)(logits_BV, None), [[2.0, -4.0, 8.0]])
+
+
+def test_repetition_penalty_is_hfs_formula():
+    history, tokens_BL, mask_BL, _ = fake_history(np.random.default_rng(0), vocab=6)
+    logits_BV = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    out_BV = np.asarray(sample.RepetitionPenalty(1.7)(jnp.asarray(logits_BV), history))
+    for b in range(4):
+        seen = set(tokens_BL[b][mask_BL[b]].tolist())
+        for v in range(6):
+            x = logits_BV[b, v]
+            want = (x * 1.7 if x < 0 else x / 1.7) if v in seen else x  # HF RepetitionPenaltyLogitsProcessor
+            np.testing.assert_allclose(out_BV[b, v], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_no_repeat_ngram_forbids_exactly_the_repeated_ngrams(n):
+    for seed in range(5):
+        history, tokens_BL, mask_BL, cur = fake_history(np.random.default_rng(seed), vocab=3)
+        out_BV = np.asarray(sample.NoRepeatNGram(n)(jnp.zeros((4, 3)), history))
+        for b in range(4):
+            text = tokens_BL[b][mask_BL[b]].tolist()  # the real, written tokens
+            last = tuple(text[len(text) - (n - 1) :]) if n > 1 else ()
+            banned = {text[j + n - 1] for j in range(len(text) - n + 1) if tuple(text[j : j + n - 1]) == last}
+            assert set(np.flatnonzero(np.isinf(out_BV[b]))) == banned, (n, text)
+
+
+def test_rules_follow_hfs_order():
+    options = GenerateOptions(
+        top_p=0.9, min_p=0.1, top_k=5, temperature=0.7, no_repeat_ngram_size=2, repetition_penalty=1.2
+    )
+    names = [type(r).__name__ for r in options.rules()]
+    assert names == ["RepetitionPenalty", "NoRepeatNGram", "Temperature", "TopK", "TopP", "MinP"]
+    greedy = GenerateOptions(top_k=5, temperature=0.7, repetition_penalty=1.2, do_sample=False)
+    assert [type(r).__name__ for r in greedy.rules()] == ["RepetitionPenalty"]  # no warpers (as HF)
+
+
+# ----- Beams, EOS, lengths -----------------------------------------------------------------------------
+
+
+def test_beam_search_with_one_beam_is_greedy(tiny_cfg, params, monkeypatch):
+    greedy = run(params, tiny_cfg, PROMPTS, max_new_tokens=11, do_sample=False)
+    first = greedy[0][0][2]
+    greedy_eos = run(params, tiny_cfg, PROMPTS, max_new_tokens=11, do_sample=False, eos_token_id=first)
+    monkeypatch.setattr(GenerateOptions, "mode", property(lambda self: "beam"))  # beam code, 1 beam
+    assert run(params, tiny_cfg, PROMPTS, max_new_tokens=11) == greedy
+    beam_eos = run(params, tiny_cfg, PROMPTS, max_new_tokens=11, eos_token_id=first, early_stopping=True)
+    assert beam_eos == greedy_eos
+
+
+def test_beams_are_the_best_sequences_best_first(tiny_cfg, params, full_logits):
+    seqs = run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=3, num_beams=2, num_return_sequences=2)[0]
+
+    def score(new):
+        text = PROMPTS[0] + new
+        logp = [full_logits(text[:i]) - np.logaddexp.reduce(full_logits(text[:i])) for i in range(5, 8)]
+        return sum(lp[t] for lp, t in zip(logp, new, strict=True))
+
+    scores = [score(s) for s in seqs]
+    assert len({tuple(s) for s in seqs}) == 2 and scores == sorted(scores, reverse=True)
+    assert scores[0] >= score(run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=3, do_sample=False)[0][0])
+
+
+def test_eos_ends_rows_and_the_loop(tiny_cfg, params):
+    plain = run(params, tiny_cfg, PROMPTS, max_new_tokens=11, do_sample=False)
+    eos = (plain[0][0][1], plain[1][0][3], plain[2][0][0])
+    out = run(params, tiny_cfg, PROMPTS, max_new_tokens=11, do_sample=False, eos_token_id=eos)
+    for (p,), (o,) in zip(plain, out, strict=True):
+        end = next(i for i, t in enumerate(p) if t in eos)
+        assert o == p[: end + 1]
+
+
+def test_lengths_and_cropping(tiny_cfg, params):
+    out = run(params, tiny_cfg, PROMPTS, max_length=7, do_sample=False)
+    assert [len(s[0]) for s in out] == [2, 2, 2]  # max_length counts the longest prompt (5)
+    long = list(range(1, 13))
+    with pytest.warns(UserWarning, match="cropped"):
+        cropped = run(params, tiny_cfg, [long], max_new_tokens=3, do_sample=False)
+    assert cropped == run(params, tiny_cfg, [long[-tiny_cfg.block_size :]], max_new_tokens=3, do_sample=False)
+
+
+# ----- Text: gptjax.generate, stop strings, streaming, errors -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(tiny_cfg, params):
+    return params, tiny_cfg, CharTokenizer("abcdefghijklmnop")
+
+
+def test_generate_text(model):
+    options = dict(max_new_tokens=4, num_return_sequences=2, top_k=2)
+    texts = gptjax.generate(model, ["abc", "p", "ghi"], **options)
+    assert len(texts) == 6 and all(len(t) == 3 + 4 for t in texts[:2]) and texts[2].startswith("p")
+    assert texts[0] != texts[1]
+    assert gptjax.generate(model, "abc", **options) == texts[:2]
+
+
+def test_stop_strings_and_streaming(model):
+    (full,) = gptjax.generate(model, "abc", max_new_tokens=11, do_sample=False)
+    new = full[3:]
+    stop = new[4:6]
+    pieces = []
+    (c,) = sample.complete(
+        model, "abc", max_new_tokens=11, do_sample=False, stop=["zz", stop], stream=pieces.append
+    )
+    assert c.text == new[: new.find(stop)] and len(c.token_ids) == new.find(stop) + len(stop)
+    assert "".join(pieces) == c.text + "\n" and len(pieces) > 2  # streamed piece by piece
+    assert gptjax.generate(model, "abc", max_new_tokens=11, do_sample=False, stop=stop) == ["abc" + c.text]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(top_p=0.0), "top_p=0.0 must be in (0, 1]"),
+        (dict(top_p=1.5), "top_p=1.5 must be in (0, 1]"),
+        (dict(temperature=-1.0), "temperature=-1.0 must be >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens=0 must be > 0"),
+        (dict(num_beams=0), "num_beams=0 must be >= 1"),
+        (dict(top_k=-1), "top_k=-1 must be >= 0"),
+        (dict(min_p=2.0), "min_p=2.0 must be in [0, 1]"),
+        (dict(repetition_penalty=0.0), "repetition_penalty=0.0 must be > 0"),
+        (dict(num_beams=2, num_return_sequences=3), "num_return_sequences=3 must be <= num_beams=2"),
+        (dict(do_sample=False, num_return_sequences=2), "needs sampling or beam search"),
+        (dict(num_beams=2, do_sample=True), "beam sampling"),
+        (dict(max_length=3), "leaves no room after the 3-token prompt"),
+        (dict(top_q=0.5), "unknown generation options ['top_q']"),
+    ],
+)
+def test_bad_options_give_one_line_errors(model, options, message):
+    with pytest.raises(ValueError) as e:
+        gptjax.generate(model, "abc", **options)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_empty_prompt_needs_a_start_token(model):
+    with pytest.raises(ValueError, match="empty and the tokenizer has no BOS/EOS"):
+        gptjax.generate(model, "", max_new_tokens=2)
+
+    class WithEos(CharTokenizer):
+        def __init__(self, chars):
+            super().__init__(chars)
+            self.eos_id = 0  # as GPT-2's <|endoftext|>: a document starts after one
+
+    params, cfg, _ = model
+    (text,) = gptjax.generate(
+        (params, cfg, WithEos("abcdefghijklmnop")), "", max_new_tokens=3, do_sample=False
+    )
+    expected = run(params, cfg, [[0]], max_new_tokens=3, do_sample=False, eos_token_id=0)[0][0]
+    assert text == "".join("abcdefghijklmnop"[t] for t in expected if t != 0)
+
+
+# ----- HF generate() on a converted random GPT-2 (needs torch + transformers; see scripts/bench.py) -------
+
+
+def test_greedy_and_beams_match_hf_generate():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from gptjax.model import GPTConfig
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    ).eval()
+    # The GPT-2 import of the compatibility issue will replace this mapping (HF Conv1D weights are in x out).
+    sd = {k: jnp.asarray(v.numpy()) for k, v in hf.state_dict().items()}
+    ln = lambda n: {"scale": sd[n + ".weight"], "bias": sd[n + ".bias"]}  # noqa: E731
+    dense = lambda n: {"kernel": sd[n + ".weight"], "bias": sd[n + ".bias"]}  # noqa: E731
+    params = {
+        "wte": {"embedding": sd["transformer.wte.weight"]},
+        "wpe": {"embedding": sd["transformer.wpe.weight"]},
+    }
+    params["ln_f"] = ln("transformer.ln_f")
+    for i in range(2):
+        h = f"transformer.h.{i}."
+        params[f"h_{i}"] = {
+            "ln_1": ln(h + "ln_1"),
+            "ln_2": ln(h + "ln_2"),
+            "attn": {"c_attn": dense(h + "attn.c_attn"), "c_proj": dense(h + "attn.c_proj")},
+            "mlp": {"fc": dense(h + "mlp.c_fc"), "proj": dense(h + "mlp.c_proj")},
+        }
+    cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 2]]
+    P = 5
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    for options in [
+        dict(max_new_tokens=10, eos_token_id=[1, 2], repetition_penalty=1.5, no_repeat_ngram_size=2),
+        dict(max_new_tokens=10, num_beams=3, num_return_sequences=2, eos_token_id=[1, 2]),
+        dict(max_new_tokens=10, num_beams=3, eos_token_id=[1, 2], length_penalty=-1.0, early_stopping=True),
+        dict(max_new_tokens=10, num_beams=3, eos_token_id=[1, 2], length_penalty=2.0, early_stopping="never"),
+    ]:
+        with torch.no_grad():
+            hf_out = hf.generate(ids, attention_mask=mask, pad_token_id=0, do_sample=False, **options).numpy()
+        eos = options.get("eos_token_id")
+        eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        want = []
+        for row in hf_out[:, P:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            want.append(row[:end])
+        got = [s for seqs in run(params, cfg, prompts, do_sample=False, **options) for s in seqs]
+        assert got == want, options
+
+
+# ----- scripts/sample.py -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sample_script(tmp_path, data_dir, tmp_cache):
+    from configs import tiny
+    from gptjax.train import train_and_evaluate
+
+    c = tiny.get_config()
+    c.update(max_iters=1, eval_iters=1, eval_interval=1, checkpoint_interval=1, batch_size=8)
+    train_and_evaluate(c, tmp_path / "w")
+    (tmp_path / "prompt.txt").write_text("ROMEO:\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    args = [sys.executable, "scripts/sample.py", f"--workdir={tmp_path / 'w'}", "--max_new_tokens=6"]
+    run_script = lambda *more: subprocess.run(  # noqa: E731
+        [*args, *more], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    out = tmp_path / "s.jsonl"
+    single = run_script("--prompt=FILE:" + str(tmp_path / "prompt.txt"), "--seed=3", f"--out={out}")
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert single.stdout == "ROMEO:\n" + record["text"] + "\n"  # streamed, then a newline
+    run_script("--prompt=ROMEO:", "--prompt=JULIET:", "--num_beams=3", "--num_samples=2", f"--out={out}")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["ROMEO:", "ROMEO:", "JULIET:", "JULIET:"]
+    assert all(r["num_tokens"] == 6 and len(r["text"]) == 6 for r in records)
+    assert records[0]["options"]["num_beams"] == 3 and records[0]["options"]["max_new_tokens"] == 6
