@@ -56,6 +56,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_interval = 250  # steps between checkpoints
     c.keep_checkpoints = 2  # how many recent checkpoints to keep
     c.init_from = "scratch"  # "scratch", "resume" (must have a checkpoint), or another workdir
+    c.steps_per_call = 1  # train steps per jitted call (lax.scan); intervals must be multiples of it
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mode = "auto"  # auto (mesh on several devices), single, pmap or mesh
+    c.parallel.mesh = dict(data=-1, fsdp=1, tensor=1)  # device counts per axis; -1 takes the rest
+    # logical parameter axis -> mesh axis ("embed" = model width: what FSDP shards)
+    c.parallel.rules = (
+        ("embed", "fsdp"),
+        ("vocab", "tensor"),
+        ("qkv", "tensor"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+    )
+    c.parallel.num_processes = 0  # > 1 starts jax.distributed (or set JAX_NUM_PROCESSES etc.)
+    c.parallel.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
+    c.parallel.process_id = config_dict.placeholder(int)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "\n"  # what scripts/sample.py starts from by default

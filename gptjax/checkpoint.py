@@ -69,6 +69,16 @@ class Checkpointer:
     def restore_state(self, abstract_state: Any, step: int | None = None) -> Any:
         """The TrainState of a step, shaped and placed like `abstract_state` (from jax.eval_shape)."""
         step = self._step(step)
+        # Leaves without a placement go to the first device, whatever topology saved them.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_state = jax.tree_util.tree_map(
+            lambda a: (
+                a
+                if getattr(a, "sharding", None) is not None
+                else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device)
+            ),
+            abstract_state,
+        )
         try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))

@@ -1,7 +1,8 @@
 """train_and_evaluate(config, workdir): the one imperative training loop, with all I/O and logging.
 
-Reads top to bottom: data -> model and optimizer -> initial state (scratch, resume or fine-tune) ->
-loop (evaluate, checkpoint, step, log) -> final evaluation, checkpoint and loss curve.
+Reads top to bottom: devices -> data -> model and optimizer -> initial state (scratch, resume or
+fine-tune) placed on the devices -> loop (evaluate, checkpoint, K steps per call, log) -> final
+evaluation, checkpoint and loss curve.
 """
 
 import functools
@@ -11,16 +12,18 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from gptjax import data as data_lib
+from gptjax import parallel
 from gptjax.checkpoint import Checkpointer
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params
 from gptjax.optim import lr_schedule, make_optimizer
-from gptjax.train_step import create_train_state, jit_eval_step, jit_train_step
+from gptjax.train_step import create_train_state, eval_step
 
 # Evaluation batches come from their own seed, so they never coincide with the training batches.
 EVAL_SEED_OFFSET = 1_000_003
@@ -50,26 +53,42 @@ def load_params(workdir: str | pathlib.Path, step: int | None = None):
     return state.params, cfg, tokenizer, config
 
 
-def evaluate(state, dataset: data_lib.Dataset, config: ml_collections.ConfigDict) -> dict:
+def batches(tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: str = "train"):
+    """This process's rows of the global batches of `steps`, stacked: (x_KbT, y_KbT)."""
+    rows = parallel.process_rows(config.batch_size)
+    xs, ys = zip(
+        *(
+            data_lib.get_batch(
+                tokens,
+                batch_size=config.batch_size,
+                block_size=config.model.block_size,
+                seed=seed,
+                step=step,
+                split=split,
+            )
+            for step in steps
+        ),
+        strict=True,
+    )
+    return np.stack(xs)[:, rows], np.stack(ys)[:, rows]
+
+
+@functools.partial(jax.jit, donate_argnums=())
+def _eval_losses(state, batches_KBT):
+    return jax.lax.map(lambda batch: eval_step(state, batch), batches_KBT)
+
+
+def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.Placement) -> dict:
     """Mean loss over `eval_iters` batches of each split, fresh for every evaluation (as nanoGPT)."""
     step = int(state.step)
     out = {}
-    for split, tokens in (("train", dataset.train), ("val", dataset.val)):
-        losses = [
-            jit_eval_step(
-                state,
-                data_lib.get_batch(
-                    tokens,
-                    batch_size=config.batch_size,
-                    block_size=config.model.block_size,
-                    seed=config.seed + EVAL_SEED_OFFSET,
-                    step=step * config.eval_iters + i,
-                    split=split,
-                ),
-            )
-            for i in range(config.eval_iters)
-        ]
-        out[split] = float(np.mean(jax.device_get(losses)))
+    for split in ("train", "val"):
+        steps = range(step * config.eval_iters, (step + 1) * config.eval_iters)
+        tokens = getattr(dataset, split)
+        xy = batches(tokens, config, seed=config.seed + EVAL_SEED_OFFSET, steps=steps, split=split)
+        if placement.mode == "mesh":
+            xy = placement.put_batch(xy)
+        out[split] = float(jnp.mean(_eval_losses(state, xy)))
     return out
 
 
@@ -82,11 +101,21 @@ def _check_finite(step: int, metrics: dict) -> None:
         )
 
 
+def _check_intervals(config: Any) -> int:
+    k = config.steps_per_call
+    for name in ("eval_interval", "checkpoint_interval", "max_iters"):
+        if config[name] % k:
+            raise ValueError(f"{name}={config[name]} must be a multiple of steps_per_call={k}")
+    return k
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
     Returns a summary: final step, best and last val loss, wall time and training tokens/s.
     """
+    K = _check_intervals(config)
+    parallel.init_distributed(config.parallel)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -119,34 +148,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     )
     tokenizer = dataset.tokenizer
     for split in ("train", "val"):  # fail now, with one clear line, rather than in the loop
-        data_lib.get_batch(
-            getattr(dataset, split),
-            batch_size=1,
-            block_size=config.model.block_size,
-            seed=0,
-            step=0,
-            split=split,
-        )
+        batches(getattr(dataset, split), config, seed=0, steps=range(1), split=split)
 
-    # ----- Model, optimizer, initial state. -----
+    # ----- Model, optimizer, initial state on the devices. -----
     cfg = model_config(config, tokenizer.vocab_size)
     init, abstract = abstract_state(cfg, config.opt, config.seed)
+    placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
     n_params = count_params(abstract.params)
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg}", flush=True)
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mode {placement.mode}", flush=True)
     if latest is not None:
-        state = ckpt.restore_state(abstract, latest)
+        if placement.mode == "mesh":  # restore each shard straight onto its device
+            abstract = jax.tree_util.tree_map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, placement.shardings
+            )
+        state = placement.put_state(ckpt.restore_state(abstract, latest))
     else:
-        state = jax.jit(init)()
+        if placement.mode == "mesh":  # initialise each shard on its device: no full copy anywhere
+            state = jax.jit(init, out_shardings=placement.shardings)()
+        else:
+            state = placement.put_state(jax.jit(init)())
         if source is not None:
             params, src_cfg, _, _ = load_params(source)
-            if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, state.params):
+            if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract.params):
                 raise ValueError(
                     f"init_from={source}: its model {src_cfg} does not match config.model {cfg}; "
                     "set config.model to the source model's shape"
                 )
-            state = state.replace(params=params)
+            state = placement.put_state(placement.get_state(state).replace(params=params))
             print(f"fine-tuning from {source}", flush=True)
-    start = int(state.step)
+    start = int(placement.get_state(state).step)
+    step_fn = placement.step_fn(config.grad_accum)
 
     # ----- The loop. -----
     schedule = lr_schedule(config.opt)
@@ -154,11 +186,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     tokens_per_step = config.batch_size * config.model.block_size
     best_val = meta.get("best_val_loss", float("inf"))
     saved_config = config.to_dict()
+    eval_records: dict[int, dict] = {}
 
     def save(step: int) -> None:
         ckpt.save(
             step,
-            state,
+            placement.get_state(state),
             config=saved_config,
             tokenizer=tokenizer.to_json(),
             meta={"best_val_loss": best_val, "n_params": n_params},
@@ -166,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     def evaluate_and_log(step: int) -> dict:
         nonlocal best_val
-        losses = evaluate(state, dataset, config)
+        losses = evaluate(placement.get_state(state), dataset, config, placement)
         _check_finite(step, losses)
         best_val = min(best_val, losses["val"])
         record = {"eval_train_loss": losses["train"], "val_loss": losses["val"]}
@@ -177,50 +210,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return losses
 
-    eval_records: dict[int, dict] = {}
     t_start = time.time()
     t_log, tokens_since_log = time.time(), 0
-    pending = None  # (step, device metrics) of the previous step, read after the next is dispatched
     train_seconds, train_tokens = 0.0, 0
+    pending = None  # (first step, device metrics [K]) of the previous call, read after the next is dispatched
 
-    def report(step: int, metrics: Any, check: bool = False) -> None:
-        """Logs a step's metrics on log steps (raising if not finite); `check` reads them anyway."""
+    def report(first: int, metrics: Any, check: bool = False) -> None:
+        """Logs the log steps among K steps' metrics; `check` reads them anyway and raises if not finite."""
         nonlocal t_log, tokens_since_log, train_seconds, train_tokens
-        if step % config.log_interval and not check:
+        logged = [j for j in range(K) if (first + j) % config.log_interval == 0]
+        if not logged and not check:
             return
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(step, values)
-        if step % config.log_interval:
+        values_K = {k: np.asarray(v) for k, v in jax.device_get(placement.metrics(metrics)).items()}
+        for j in range(K) if check else logged:
+            _check_finite(first + j, {k: float(v[j]) for k, v in values_K.items()})
+        if not logged:
             return
         now = time.time()
         tok_s = tokens_since_log / max(now - t_log, 1e-9)
-        if step > start:  # the first window includes compilation
+        if first > start:  # the first call includes compilation
             train_seconds += now - t_log
             train_tokens += tokens_since_log
         t_log, tokens_since_log = now, 0
-        values = {
-            "train_loss": values.pop("loss"),
-            "lr": float(schedule(step)),
-            "tokens_per_sec": tok_s,
-            **values,
-            **eval_records.pop(step, {}),
-        }
-        writer.write(step, values)
-        pbar.set_postfix(loss=f"{values['train_loss']:.4f}", tok_s=f"{tok_s:,.0f}")
+        for j in logged:
+            step = first + j
+            values = {k: float(v[j]) for k, v in values_K.items()}
+            record = {"train_loss": values.pop("loss"), "lr": float(schedule(step)), "tokens_per_sec": tok_s}
+            writer.write(step, {**record, **values, **eval_records.pop(step, {})})
+        pbar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{tok_s:,.0f}")
 
     pbar = tqdm(
-        range(start, config.max_iters),
-        initial=start,
         total=config.max_iters,
+        initial=start,
         desc="train",
         dynamic_ncols=True,
         disable=jax.process_index() != 0,
     )
-    for step in pbar:
+    for step in range(start, config.max_iters, K):
         due_eval = step % config.eval_interval == 0
         due_save = step % config.checkpoint_interval == 0 and step > start
         if (due_eval or due_save) and pending is not None:
-            # The previous step's metrics include the norm of the parameters about to be evaluated
+            # The previous call's metrics include the norm of the parameters about to be evaluated
             # and saved: read them first, so a diverged state is never written over a good one.
             report(*pending, check=True)
             pending = None
@@ -229,18 +259,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             t_log, tokens_since_log = time.time(), 0  # evaluation time is not training time
         if due_save:
             save(step)
-        x_BT, y_BT = data_lib.get_batch(
-            dataset.train,
-            batch_size=config.batch_size,
-            block_size=config.model.block_size,
-            seed=config.seed,
-            step=step,
-        )
-        state, metrics = jit_train_step(state, (x_BT, y_BT), grad_accum=config.grad_accum)
-        tokens_since_log += tokens_per_step
+        xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K))
+        state, metrics = step_fn(state, placement.put_batch(xy))
+        tokens_since_log += K * tokens_per_step
         if pending is not None:
             report(*pending)
         pending = (step, metrics)
+        pbar.update(K)
     pbar.close()
     if pending is not None:
         report(*pending, check=True)  # the final state must be finite before it is saved

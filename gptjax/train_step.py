@@ -40,17 +40,24 @@ def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> j
 
 
 def train_step(
-    state: TrainState, batch: tuple[jax.Array, jax.Array], grad_accum: int = 1
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array],
+    grad_accum: int = 1,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a global batch (x_BT, y_BT) split into `grad_accum` micro-batches.
 
     Gradients of equal-sized micro-batches are averaged, which equals the gradient of the whole batch.
+    Under `jax.pmap`, `axis_name` names the device axis: each device holds an equal share of the
+    batch, and gradients and loss are averaged over devices (`lax.pmean`).
     """
     x_BT, y_BT = batch
     B, T = x_BT.shape
     if B % grad_accum:
         raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
     step_rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:  # independent dropout masks on each device
+        step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(loss_fn)
 
     def micro_step(carry, micro):
@@ -70,6 +77,8 @@ def train_step(
     (loss_sum, grad_sum), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro_batches)
     loss = loss_sum / grad_accum
     grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grad_sum)
+    if axis_name is not None:
+        loss, grads = jax.lax.pmean((loss, grads), axis_name)
 
     new_state = state.apply_gradients(grads=grads)
     updates = jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
@@ -80,6 +89,20 @@ def train_step(
         "update_norm": optax.global_norm(updates),
     }
     return new_state, metrics
+
+
+def train_steps(
+    state: TrainState,
+    batches: tuple[jax.Array, jax.Array],
+    grad_accum: int = 1,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """K consecutive train steps in one call (`lax.scan`) on batches (x_KBT, y_KBT); metrics are [K].
+
+    Several steps per dispatch hide the host overhead that dominates small models.
+    """
+    step = lambda s, batch: train_step(s, batch, grad_accum, axis_name)  # noqa: E731
+    return jax.lax.scan(step, state, batches)
 
 
 def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> jax.Array:

@@ -5,6 +5,12 @@ import pathlib
 
 import pytest
 
+# Eight fake CPU devices for the data/FSDP/tensor-parallel tests, set before anything imports jax.
+# Training then runs in mesh mode ("auto" with several devices) across the end-to-end tests too.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
 
 @pytest.fixture
 def data_dir() -> pathlib.Path:

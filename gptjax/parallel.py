@@ -1,0 +1,218 @@
+"""Devices and placement: single device, `pmap` data parallelism, or a named mesh with sharded
+parameters (data / fsdp / tensor), plus multi-host start-up through `jax.distributed`.
+
+JAX's runtime is the engine: XLA inserts every collective. This file only says where arrays live.
+
+Mesh mode gives each parameter (and its optimizer moments) logical axis names from the table
+below, chosen by the parameter's name; `config.parallel.rules` maps logical axes to mesh axes.
+A dimension that the mesh axis does not divide stays replicated.
+"""
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gptjax.train_step import train_steps
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every data-parallel axis
+
+# Logical axes of each parameter, by the last two names of its path (module, param). Attention's
+# fused c_attn output (3*D: q | k | v, heads inside) and the MLP's hidden units are "tensor"-parallel
+# dims; "embed" (D) is what FSDP shards.
+LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
+    ("wte", "embedding"): ("vocab", "embed"),
+    ("wpe", "embedding"): (None, "embed"),
+    ("c_attn", "kernel"): ("embed", "qkv"),
+    ("c_attn", "bias"): ("qkv",),
+    ("c_proj", "kernel"): ("heads", "embed"),
+    ("c_proj", "bias"): ("embed",),
+    ("fc", "kernel"): ("embed", "mlp"),
+    ("fc", "bias"): ("mlp",),
+    ("proj", "kernel"): ("mlp", "embed"),
+    ("proj", "bias"): ("embed",),
+    ("ln_1", "scale"): ("embed",),
+    ("ln_1", "bias"): ("embed",),
+    ("ln_2", "scale"): ("embed",),
+    ("ln_2", "bias"): ("embed",),
+    ("ln_f", "scale"): ("embed",),
+    ("ln_f", "bias"): ("embed",),
+}
+# An untied LM head is a single parameter named lm_head: [V, D].
+HEAD_AXES = ("vocab", "embed")
+
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("qkv", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+)
+
+
+def init_distributed(parallel: Any) -> None:
+    """Starts jax.distributed when several processes take part; a no-op for one process.
+
+    Settings come from config.parallel (coordinator_address, num_processes, process_id) or the usual
+    environment; on TPU pods and under SLURM, jax.distributed.initialize() finds them itself.
+    """
+    if jax.distributed.is_initialized():
+        return
+    num = parallel.get("num_processes") or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+    auto = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if num > 1:
+        jax.distributed.initialize(
+            coordinator_address=parallel.get("coordinator_address")
+            or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+            num_processes=num,
+            process_id=parallel.get("process_id")
+            if parallel.get("process_id") is not None
+            else int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif auto or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+        jax.distributed.initialize()
+
+
+def resolve_mode(mode: str) -> str:
+    if mode == "auto":
+        return "mesh" if jax.device_count() > 1 else "single"
+    if mode not in ("single", "pmap", "mesh"):
+        raise ValueError(f"parallel.mode={mode!r} is unknown; use auto, single, pmap or mesh")
+    return mode
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over all devices with axes data, fsdp, tensor; one size may be -1 (the rest)."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"parallel.mesh {shape}: at most one axis may be -1")
+    if -1 in sizes:
+        known = int(np.prod([s for s in sizes if s != -1]))
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(
+            f"parallel.mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {int(np.prod(sizes))} "
+            f"devices but there are {len(devices)}; make the sizes multiply to the device count"
+        )
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_axes(path: tuple, leaf: Any) -> tuple[str | None, ...]:
+    """Logical axes of one state leaf (parameter or optimizer moment); () means replicated."""
+    names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+    axes: tuple[str | None, ...] = ()
+    if names and names[-1] == "lm_head":
+        axes = HEAD_AXES
+    elif len(names) >= 2:
+        axes = LOGICAL_AXES.get((str(names[-2]), str(names[-1])), ())
+    ndim = len(getattr(leaf, "shape", ()))
+    if not axes or ndim < len(axes):
+        return (None,) * ndim
+    return (None,) * (ndim - len(axes)) + axes  # leading stacked-layer axis, if any
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+    """A NamedSharding for every leaf of the TrainState, from its logical axes and `rules`."""
+    rule = dict(rules)
+
+    def sharding(path, leaf):
+        spec = []
+        for dim, axis in zip(leaf.shape, logical_axes(path, leaf), strict=True):
+            mesh_axis = rule.get(axis)
+            fits = mesh_axis is not None and dim % mesh.shape[mesh_axis] == 0
+            spec.append(mesh_axis if fits and mesh.shape[mesh_axis] > 1 else None)
+        return NamedSharding(mesh, P(*spec))
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches are [K steps, B, T]: B split over the data-parallel axes."""
+    return NamedSharding(mesh, P(None, BATCH_AXES, None))
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the TrainState and batches live for one parallel mode, and the matching step function."""
+
+    mode: str  # single | pmap | mesh
+    mesh: Mesh | None = None
+    shardings: Any = None  # mesh mode: NamedSharding tree of the TrainState
+
+    def put_state(self, state: Any) -> Any:
+        if self.mode == "pmap":  # one copy per local device, stacked on a leading axis
+            devices = jax.local_devices()
+            sharding = NamedSharding(Mesh(np.asarray(devices), ("devices",)), P("devices"))
+            stack = lambda x: jax.numpy.broadcast_to(x, (len(devices), *x.shape))  # noqa: E731
+            return jax.device_put(jax.tree_util.tree_map(stack, state), sharding)
+        if self.mode == "mesh":
+            return jax.device_put(state, self.shardings)
+        return state
+
+    def get_state(self, state: Any) -> Any:
+        """The state as one logical copy (pmap keeps one per device): what is saved and evaluated."""
+        if self.mode == "pmap":
+            return jax.tree_util.tree_map(lambda x: x[0], state)
+        return state
+
+    def put_batch(self, batch: tuple[np.ndarray, np.ndarray]) -> Any:
+        """Places this process's rows (x_KbT, y_KbT) of the global batch."""
+        if self.mode == "pmap":
+            n = jax.local_device_count()
+            return jax.tree_util.tree_map(
+                lambda a: a.reshape(a.shape[0], n, a.shape[1] // n, a.shape[2]).swapaxes(0, 1), batch
+            )
+        if self.mode == "mesh":
+            sharding = batch_sharding(self.mesh)
+            return jax.tree_util.tree_map(
+                lambda a: jax.make_array_from_process_local_data(sharding, a), batch
+            )
+        return batch
+
+    def step_fn(self, grad_accum: int):
+        """train_steps compiled for this placement, with the state donated."""
+        if self.mode == "pmap":
+            fn = functools.partial(train_steps, grad_accum=grad_accum, axis_name="devices")
+            return jax.pmap(fn, axis_name="devices", donate_argnums=0)
+        fn = functools.partial(train_steps, grad_accum=grad_accum)
+        if self.mode == "mesh":
+            return jax.jit(
+                fn,
+                in_shardings=(self.shardings, batch_sharding(self.mesh)),
+                out_shardings=(self.shardings, NamedSharding(self.mesh, P())),
+                donate_argnums=0,
+            )
+        return jax.jit(fn, donate_argnums=0)
+
+    def metrics(self, metrics: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
+
+
+def make_placement(parallel: Any, abstract_state: Any, global_batch: int) -> Placement:
+    mode = resolve_mode(parallel.mode)
+    if mode == "single":
+        if jax.process_count() > 1:
+            raise ValueError("parallel.mode='single' cannot span processes; use mesh or pmap")
+        return Placement("single")
+    n = jax.device_count()
+    if global_batch % n:
+        raise ValueError(f"batch_size={global_batch} must be divisible by the {n} devices in {mode} mode")
+    if mode == "pmap":
+        return Placement("pmap")
+    mesh = make_mesh(dict(parallel.mesh))
+    rules = tuple((k, v) for k, v in parallel.get("rules", DEFAULT_RULES))
+    return Placement("mesh", mesh, state_shardings(abstract_state, mesh, rules))
+
+
+def process_rows(global_batch: int) -> slice:
+    """The rows of each global batch that this process loads (all of them on one process)."""
+    per = global_batch // jax.process_count()
+    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)

@@ -1,0 +1,160 @@
+"""Data, FSDP and tensor parallelism on 8 fake CPU devices (see conftest), and two processes
+training together through jax.distributed."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import tiny
+from gptjax import parallel
+from gptjax.train import abstract_state, load_params, train_and_evaluate
+from gptjax.train_step import train_step, train_steps
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+N_DEVICES = 8
+
+
+def close(a, b, atol=1e-5):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A tiny model whose widths divide by 8, its initial state, and 3 steps of global batches."""
+    assert jax.device_count() == N_DEVICES, "conftest sets 8 fake CPU devices"
+    config = tiny.get_config()
+    config.model.update(n_embd=64, n_head=8, block_size=16, dropout=0.0)  # pmap draws per-device masks
+    cfg = __import__("gptjax.train", fromlist=["model_config"]).model_config(config, vocab_size=64)
+    init, abstract = abstract_state(cfg, config.opt, seed=0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, size=(3, 16, 17), dtype=np.int32)  # K=3 steps of B=16
+    batches = (tokens[..., :-1], tokens[..., 1:])
+    single = jax.jit(train_steps)(jax.jit(init)(), batches)[0]
+    return config, init, abstract, batches, single
+
+
+def run(placement, init, batches):
+    state = placement.put_state(jax.jit(init)())
+    state, metrics = placement.step_fn(grad_accum=1)(state, placement.put_batch(batches))
+    return placement.get_state(state), placement.metrics(metrics)
+
+
+def test_pmap_equals_single_device(setup):
+    config, init, abstract, batches, single = setup
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.parallel.mode = "pmap"
+    state, metrics = run(parallel.make_placement(config.parallel, abstract, 16), init, batches)
+    assert metrics["loss"].shape == (3,)
+    close(state.params, single.params)
+    close(state.opt_state, single.opt_state)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=8, tensor=1)])
+def test_mesh_equals_single_device(setup, mesh):
+    config, init, abstract, batches, single = setup
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.parallel.mode = "mesh"
+    config.parallel.mesh = mesh
+    placement = parallel.make_placement(config.parallel, abstract, 16)
+    state, _ = run(placement, init, batches)
+    close(state.params, single.params)
+    # The state lives where the placement says: every parameter sharded as planned.
+    for leaf, sharding in zip(
+        jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(placement.shardings), strict=True
+    ):
+        assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+
+
+def test_fsdp8_holds_an_eighth_of_the_parameters_per_device(setup):
+    config, init, abstract, _, _ = setup
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.parallel.update(mode="mesh", mesh=dict(data=1, fsdp=8, tensor=1))
+    placement = parallel.make_placement(config.parallel, abstract, 16)
+    state = jax.jit(init, out_shardings=placement.shardings)()
+    total = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    per_device = {d: 0 for d in jax.devices()}
+    for x in jax.tree_util.tree_leaves(state.params):
+        for shard in x.addressable_shards:
+            per_device[shard.device] += shard.data.size
+    assert max(per_device.values()) == total // 8, (total, per_device)
+    # Adam's moments are sharded the same way.
+    mu = state.opt_state[1][0].mu
+    assert mu["wte"]["embedding"].sharding.spec == state.params["wte"]["embedding"].sharding.spec
+
+
+def test_scan_of_steps_equals_a_loop_of_steps(setup):
+    _, init, _, batches, single = setup
+    state = jax.jit(init)()
+    step = jax.jit(train_step)
+    for k in range(3):
+        state, _ = step(state, (batches[0][k], batches[1][k]))
+    close(state.params, single.params, atol=1e-6)
+
+
+def test_mesh_shape_errors():
+    with pytest.raises(ValueError, match="needs 12 devices but there are 8"):
+        parallel.make_mesh(dict(data=3, fsdp=4, tensor=1))
+    assert parallel.make_mesh(dict(data=-1, fsdp=2, tensor=2)).shape["data"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, data_dir, tmp_cache):
+    """2 processes x 2 devices (jax.distributed over 127.0.0.1) == 1 process x 8 devices."""
+    overrides = dict(max_iters=20, eval_interval=10, checkpoint_interval=10, log_interval=5)
+    config = tiny.get_config()
+    config.update(overrides)
+    train_and_evaluate(config, tmp_path / "one")
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+    }
+    args = [f"--config.{k}={v}" for k, v in overrides.items()]
+    cmd = [
+        sys.executable,
+        "scripts/train.py",
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path / 'two'}",
+        *args,
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**env, "JAX_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "devices: 4 x cpu, mode mesh" in outputs[0]
+    # The checkpoint the two processes saved together restores in this single process.
+    close(load_params(tmp_path / "two")[0], load_params(tmp_path / "one")[0])
