@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.model.param_dtype = "float32"
+    c.model.attention = "einsum"  # "einsum" (reference, has attention dropout), "xla" or "cudnn" (flash)
+    c.model.remat = "none"  # recompute activations in the backward pass: none, full, dots, dots_no_batch
+    c.model.scan_layers = False  # nn.scan over the blocks: compiles one block instead of n_layer
 
     c.opt = ml_collections.ConfigDict()
     c.opt.lr = 1e-3  # high for a tiny model (nanoGPT)

@@ -20,6 +20,9 @@ from gptjax.layers import Dtype, normal_init, residual_init
 MASK_VALUE = float(np.finfo(np.float32).min)
 
 Cache = dict[str, Any]
+# "einsum": the reference written out here (the only one with attention-probability dropout);
+# "xla" / "cudnn": jax.nn.dot_product_attention (cudnn = fused flash attention on NVIDIA GPUs, bf16/fp16).
+IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 
 
 def init_cache(batch: int, max_len: int, n_head: int, head_dim: int, dtype: Dtype) -> Cache:
@@ -36,6 +39,7 @@ class CausalSelfAttention(nn.Module):
     dropout: float
     dtype: Dtype
     param_dtype: Dtype
+    implementation: str = "einsum"
 
     @nn.compact
     def __call__(
@@ -79,6 +83,23 @@ class CausalSelfAttention(nn.Module):
         if kv_mask_BS is not None:
             mask_BTS = mask_BTS & kv_mask_BS[:, None, :].astype(bool)
 
+        if self.implementation != "einsum":
+            if self.dropout and not deterministic:
+                raise ValueError(
+                    f"attention={self.implementation!r} has no attention dropout; "
+                    "set model.dropout=0 or model.attention='einsum'"
+                )
+            plain_causal = cache is None and kv_mask_BS is None  # lets cuDNN use its causal kernel
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH,
+                k_BSNH.astype(self.dtype),
+                v_BSNH.astype(self.dtype),
+                mask=None if plain_causal else jnp.broadcast_to(mask_BTS[:, None], (B, 1, T, S)),
+                is_causal=plain_causal,
+                implementation=None if self.implementation == "xla" else "cudnn",
+            )
+            return self._project(out_BTNH, deterministic), new_cache
+
         logits_BNTS = jnp.einsum(
             "BTNH,BSNH->BNTS", q_BTNH, k_BSNH.astype(self.dtype), preferred_element_type=jnp.float32
         ) / np.sqrt(H).astype(np.float32)
@@ -86,7 +107,16 @@ class CausalSelfAttention(nn.Module):
         probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(self.dtype)
         probs_BNTS = nn.Dropout(self.dropout)(probs_BNTS, deterministic=deterministic)
         out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs_BNTS, v_BSNH.astype(self.dtype))
+        return self._project(out_BTNH, deterministic), new_cache
 
-        out_BTD = dense(D, residual_init(self.n_layer), "c_proj")(out_BTNH.reshape(B, T, D))
-        out_BTD = nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)
-        return out_BTD, new_cache
+    def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:
+        B, T, N, H = out_BTNH.shape
+        out_BTD = nn.Dense(
+            N * H,
+            use_bias=self.use_bias,
+            kernel_init=residual_init(self.n_layer),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="c_proj",
+        )(out_BTNH.reshape(B, T, N * H))
+        return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

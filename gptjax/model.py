@@ -29,6 +29,13 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 
 POSITIONS = ("learned", "sinusoidal")
+# What a rematerialised block keeps from the forward pass; the rest is recomputed in the backward.
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep everything
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only block inputs: least memory
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the cheap rest
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weights' matmuls only
+}
 GELUS = ("tanh", "exact")
 
 
@@ -48,6 +55,11 @@ class GPTConfig:
     gelu: str = "tanh"  # GELU form: "tanh" approximation (GPT-2's gelu_new) or "exact" (nanoGPT)
     dtype: str = "float32"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of parameters
+    attention: str = (
+        "einsum"  # "einsum" (reference), "xla" or "cudnn" (flash) via jax.nn.dot_product_attention
+    )
+    remat: str = "none"  # activation checkpointing per block: a REMAT_POLICIES name
+    scan_layers: bool = False  # nn.scan over blocks: one compiled block, params stacked [L, ...]
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -57,6 +69,12 @@ class GPTConfig:
             )
         if self.gelu not in GELUS:
             raise ValueError(f"gelu={self.gelu!r} is unknown; use one of {GELUS}")
+        if self.attention not in attention.IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention={self.attention!r} is unknown; use one of {attention.IMPLEMENTATIONS}"
+            )
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r} is unknown; use one of {list(REMAT_POLICIES)}")
         if self.position not in POSITIONS:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -94,11 +112,16 @@ def init_cache(config: GPTConfig, batch: int, max_len: int | None = None) -> lis
 
 
 class Block(nn.Module):
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)). Positional arguments and a static `deterministic`
+    field, as nn.remat and nn.scan need."""
+
     config: GPTConfig
+    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, *, cache=None, kv_mask_BS=None, deterministic: bool):
+    def __call__(self, x_BTD, cache=None, kv_mask_BS=None):
         c = self.config
+        deterministic = self.deterministic
         norm = lambda name: layer_norm(  # noqa: E731
             name, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype
         )
@@ -108,6 +131,7 @@ class Block(nn.Module):
             n_layer=c.n_layer,
             use_bias=c.bias,
             dropout=c.dropout,
+            implementation=c.attention,
             dtype=c.dtype,
             param_dtype=c.param_dtype,
             name="attn",
@@ -125,6 +149,32 @@ class Block(nn.Module):
         )
         x_BTD = x_BTD + mlp(norm("ln_2")(x_BTD), deterministic=deterministic)
         return x_BTD, cache
+
+
+def stacked_layers(config: GPTConfig):
+    """The block module class: remat'ed by policy, and scanned over L when config.scan_layers."""
+    layer = Block
+    if config.remat != "none":
+        layer = nn.remat(layer, policy=REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
+    if config.scan_layers:
+        layer = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=config.n_layer,
+        )
+    return layer
+
+
+def unstack_layers(params: Any) -> Any:
+    """Params of a scan_layers model in the per-layer layout (h_0, h_1, ...), e.g. for decoding."""
+    params = dict(params)
+    stacked = params.pop("h")
+    n_layer = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    for i in range(n_layer):
+        params[f"h_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
+    return params
 
 
 class GPT(nn.Module):
@@ -175,16 +225,22 @@ class GPT(nn.Module):
             x_BTD = x_BTD + table[positions_BT]
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=deterministic)
 
-        new_cache = [] if cache is not None else None
-        for i in range(c.n_layer):
-            x_BTD, layer_cache = Block(c, name=f"h_{i}")(
-                x_BTD,
-                cache=cache[i] if cache is not None else None,
-                kv_mask_BS=kv_mask_BS,
-                deterministic=deterministic,
-            )
+        layer = stacked_layers(c)
+        new_cache = None
+        if c.scan_layers:
             if cache is not None:
-                new_cache.append(layer_cache)
+                raise ValueError(
+                    "KV-cache decoding needs per-layer params: use GPTConfig(scan_layers=False) "
+                    "with gptjax.model.unstack_layers(params)"
+                )
+            x_BTD, _ = layer(c, deterministic, name="h")(x_BTD, None, kv_mask_BS)
+        else:
+            new_cache = [] if cache is not None else None
+            for i in range(c.n_layer):
+                layer_cache = cache[i] if cache is not None else None
+                x_BTD, layer_cache = layer(c, deterministic, name=f"h_{i}")(x_BTD, layer_cache, kv_mask_BS)
+                if cache is not None:
+                    new_cache.append(layer_cache)
         x_BTD = layer_norm("ln_f", use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)(x_BTD)
 
         if c.tie_embeddings:
