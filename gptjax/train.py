@@ -115,6 +115,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Returns a summary: final step, best and last val loss, wall time and training tokens/s.
     """
     K = _check_intervals(config)
+    if config.data.get("tokenizer", "char") != "char":
+        raise ValueError(
+            f"data.tokenizer={config.data.tokenizer!r} is not available yet (only 'char'); "
+            "GPT-2 BPE training arrives with the GPT-2 compatibility work"
+        )
     parallel.init_distributed(config.parallel)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,41 @@
+"""GPT-2 124M reproduction on OpenWebText (nanoGPT's config/train_gpt2.py), and the model that
+scripts/bench.py measures for MFU.
+
+  python scripts/bench.py --config=configs/gpt2.py --mode=train        # step time, tokens/s, MFU
+  python scripts/train.py --config=configs/gpt2.py --workdir=runs/gpt2  # needs OpenWebText tokens
+
+nanoGPT reaches a val loss of ~2.85 after 600k steps of ~0.5M tokens (about 4 days on 8 A100s).
+Training needs OpenWebText tokenized with GPT-2's BPE (scripts/prepare_data.py and the BPE
+tokenizer come with the GPT-2 compatibility work); until then this config serves the benchmark.
+"""
+
+import ml_collections
+
+from configs import shakespeare_char
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = shakespeare_char.get_config()
+    c.data.source = "openwebtext"  # prepared token files (see the docstring)
+    c.data.tokenizer = "gpt2"  # GPT-2 BPE
+    c.data.vocab_size = 50304  # 50257 padded to a multiple of 64: faster matmuls (nanoGPT)
+
+    c.model.update(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False)
+    c.model.gelu = "tanh"  # GPT-2's gelu_new
+    c.model.dtype = "bfloat16"  # compute in bf16, parameters and optimizer state in fp32
+    c.model.attention = "cudnn"  # fused flash attention on NVIDIA GPUs; "xla" elsewhere
+
+    c.opt.update(lr=6e-4, min_lr=6e-5, warmup_iters=2000, lr_decay_iters=600_000, beta2=0.95)
+    # ~0.5M tokens per step: 480 sequences of 1024 tokens. grad_accum splits them into micro-batches
+    # of 12 on one GPU; with 8 GPUs in mesh mode each holds 480 / 8 and grad_accum can be 5.
+    c.batch_size = 480
+    c.grad_accum = 40
+    c.max_iters = 600_000
+    c.eval_interval = 1000
+    c.eval_iters = 200
+    c.log_interval = 10
+    c.checkpoint_interval = 1000
+    c.sample.max_new_tokens = 200
+    if arg:
+        raise ValueError(f"configs/gpt2.py takes no variant, got {arg!r}")
+    return c

@@ -1,0 +1,114 @@
+"""Training throughput and model FLOPs utilisation (MFU) of a config, on whatever devices JAX sees.
+
+FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu):
+  6 * N            forward + backward of every weight matmul, N = parameters without position embeddings
+  + 12 * L * T * D attention scores and weighted sums (QK^T and AV), forward + backward, T = context
+MFU = achieved model FLOP/s / (devices x peak FLOP/s of one device at the compute dtype).
+"""
+
+import resource
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from gptjax import parallel
+from gptjax.model import GPTConfig, count_params
+
+# Dense peak FLOP/s per device from the vendors' spec sheets: (bf16, fp32 as the chip runs f32 matmuls).
+PEAK_FLOPS: dict[str, tuple[float, float]] = {
+    "H200": (989e12, 494e12),  # SXM; fp32 matmuls run as TF32
+    "H100": (989e12, 494e12),  # SXM
+    "A100": (312e12, 156e12),  # TF32
+    "TPU v6": (918e12, 918e12),  # v6e (Trillium); f32 matmuls run as bf16 passes
+    "TPU v5p": (459e12, 459e12),
+    "TPU v5 lite": (197e12, 197e12),  # v5e
+    "TPU v5e": (197e12, 197e12),
+    "TPU v4": (275e12, 275e12),
+}
+
+
+def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
+    n = n_params - (cfg.block_size * cfg.n_embd if cfg.position == "learned" else 0)
+    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+def peak_flops(device: jax.Device, dtype: str) -> float | None:
+    """Per-device peak for `dtype`, None where unknown (CPUs)."""
+    kind = device.device_kind
+    for name, (bf16, fp32) in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def peak_memory_bytes() -> int:
+    """Peak device memory (GPU/TPU allocator), or the process's peak RSS on CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def benchmark_train(config: Any, vocab_size: int, *, steps: int = 10, warmup: int = 2) -> dict:
+    """Times `steps` jitted calls of config.steps_per_call train steps on random tokens."""
+    from gptjax.train import abstract_state, model_config  # the benchmark builds exactly what training builds
+
+    cfg = model_config(config, vocab_size)
+    init, abstract = abstract_state(cfg, config.opt, config.seed)
+    placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
+    K, B, T = config.steps_per_call, config.batch_size, cfg.block_size
+    rng = np.random.default_rng(0)
+    rows = parallel.process_rows(B)
+    xy = rng.integers(0, vocab_size, size=(K, B, T + 1), dtype=np.int32)[:, rows]
+    batch = placement.put_batch((xy[..., :-1], xy[..., 1:]))
+
+    if placement.mode == "mesh":
+        state = jax.jit(init, out_shardings=placement.shardings)()
+    else:
+        state = placement.put_state(jax.jit(init)())
+    step_fn = placement.step_fn(config.grad_accum)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile() if hasattr(step_fn, "lower") else step_fn
+    compile_s = time.perf_counter() - t0
+    run = lambda s: compiled(s, batch)  # noqa: E731
+    for _ in range(warmup):
+        state, metrics = run(state)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = run(state)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - t0) / K)
+    step_s = float(np.median(times))
+    n_params = count_params(abstract.params)
+    tokens_per_step = B * T
+    fpt = flops_per_token(cfg, n_params)
+    achieved = fpt * tokens_per_step / step_s
+    peak = peak_flops(jax.devices()[0], cfg.dtype)
+    return {
+        "mode": "train",
+        "device": jax.devices()[0].device_kind,
+        "n_devices": jax.device_count(),
+        "parallel": placement.mode,
+        "params": n_params,
+        "dtype": cfg.dtype,
+        "attention": cfg.attention,
+        "remat": cfg.remat,
+        "scan_layers": cfg.scan_layers,
+        "batch_size": B,
+        "grad_accum": config.grad_accum,
+        "block_size": T,
+        "steps_per_call": K,
+        "compile_s": round(compile_s, 2),
+        "step_ms": round(step_s * 1e3, 3),
+        "step_ms_min": round(min(times) * 1e3, 3),
+        "tokens_per_sec": round(tokens_per_step / step_s, 1),
+        "model_flops_per_token": fpt,
+        "achieved_tflops": round(achieved / 1e12, 3),
+        "mfu": round(achieved / (peak * jax.device_count()), 4) if peak else None,
+        "peak_memory_gb": round(peak_memory_bytes() / 2**30, 3),
+        "loss": float(np.asarray(placement.metrics(metrics)["loss"])[-1]),
+    }
