@@ -294,9 +294,9 @@ def _prefill_jit(params, tokens_BQ, valid_BQ, slack, *, config: GPTConfig, cache
     )
     # Roll the `slack` leading pads out: slot j then holds column slack + j. The slots after the prefill
     # are written before they are attended to, so are marked real.
-    roll = lambda x_BS: jnp.roll(x_BS, -slack, axis=1)  # noqa: E731
-    cache = [{"k": roll(c["k"]), "v": roll(c["v"]), "end": Q - slack} for c in cache]
-    kv_mask_BS = jnp.where(jnp.arange(cache_len) < Q - slack, roll(kv_mask_BS), True)
+    roll = lambda x, axis: jnp.roll(x, -slack, axis=axis)  # noqa: E731
+    cache = [{"k": roll(c["k"], 3), "v": roll(c["v"], 2), "end": Q - slack} for c in cache]  # BNHS, BNSH
+    kv_mask_BS = jnp.where(jnp.arange(cache_len) < Q - slack, roll(kv_mask_BS, 1), True)
     return cache, kv_mask_BS, jnp.sum(valid_BQ, axis=1, dtype=jnp.int32)
 
 
@@ -387,16 +387,28 @@ def _finished(state: DecodeState, early_stopping) -> jax.Array:
     return ~jnp.any(b.open_B) | (jnp.all(b.fin_done_BK) & (early_stopping is True))
 
 
+def _pick(rules, logits_BV: jax.Array, history: History, keys_B: jax.Array) -> jax.Array:
+    """Samples one token per row after the rules. After a TopK rule the later rules and the draw see only
+    the k survivors (the same distribution, k wide instead of V: a 50k-wide draw costs ms per token)."""
+    i = next((i for i, r in enumerate(rules) if isinstance(r, TopK) and r.k < logits_BV.shape[-1]), None)
+    if i is None:
+        logits_BV = apply_rules(rules, logits_BV, history)
+        return jax.vmap(jax.random.categorical)(keys_B, logits_BV).astype(jnp.int32)
+    top_BK, index_BK = jax.lax.top_k(apply_rules(rules[:i], logits_BV, history), rules[i].k)
+    top_BK = apply_rules(rules[i + 1 :], top_BK, history)
+    choice_B = jax.vmap(jax.random.categorical)(keys_B, top_BK)
+    return jnp.take_along_axis(index_BK, choice_B[:, None], axis=1)[:, 0].astype(jnp.int32)
+
+
 def _sample_step(params, config, state: DecodeState, rules, eos_E, greedy: bool) -> DecodeState:
     logits_BV, cache = _forward(params, config, state)
-    logits_BV = apply_rules(rules, logits_BV, _history(state))
     if greedy:
-        token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        token_B = jnp.argmax(apply_rules(rules, logits_BV, _history(state)), axis=-1).astype(jnp.int32)
     else:
         # Row r's key is fold_in(seed, sample index), then the new token's index: a row's text does not
         # depend on the rest of the batch.
         keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.keys_B, state.cur + 1 - state.first)
-        token_B = jax.vmap(jax.random.categorical)(keys_B, logits_BV).astype(jnp.int32)
+        token_B = _pick(rules, logits_BV, _history(state), keys_B)
     return _advance(state, token_B, cache, eos_E)
 
 

@@ -420,6 +420,8 @@ def test_sample_script(tmp_path, data_dir, tmp_cache):
 
     c = tiny.get_config()
     c.update(max_iters=1, eval_iters=1, eval_interval=1, checkpoint_interval=1, batch_size=8)
+    if "steps_per_call" in c:
+        c.steps_per_call = 1
     train_and_evaluate(c, tmp_path / "w")
     (tmp_path / "prompt.txt").write_text("ROMEO:\n")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
