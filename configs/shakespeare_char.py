@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_interval = 250  # steps between checkpoints
     c.keep_checkpoints = 2  # how many recent checkpoints to keep
     c.init_from = "scratch"  # "scratch", "resume" (must have a checkpoint), or another workdir
-    c.steps_per_call = 1  # train steps per jitted call (lax.scan); intervals must be multiples of it
+    c.steps_per_call = 10  # train steps per jitted call (lax.scan): hides dispatch; intervals are multiples
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "auto"  # auto (mesh on several devices), single, pmap or mesh
@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ("heads", "tensor"),
         ("mlp", "tensor"),
     )
-    c.parallel.num_processes = 0  # > 1 starts jax.distributed (or set JAX_NUM_PROCESSES etc.)
+    c.parallel.num_processes = 0  # 0: one (or SLURM's tasks); -1: auto-detect (TPU pods); N > 1: explicit
     c.parallel.coordinator_address = config_dict.placeholder(str)  # host:port of process 0
     c.parallel.process_id = config_dict.placeholder(int)
 

@@ -60,24 +60,24 @@ DEFAULT_RULES = (
 def init_distributed(parallel: Any) -> None:
     """Starts jax.distributed when several processes take part; a no-op for one process.
 
-    Settings come from config.parallel (coordinator_address, num_processes, process_id) or the usual
-    environment; on TPU pods and under SLURM, jax.distributed.initialize() finds them itself.
+    config.parallel.num_processes: 0 = one process, unless SLURM runs several tasks (then JAX reads
+    SLURM's variables); -1 = let jax.distributed.initialize() find everything (TPU pod slices, SLURM,
+    Open MPI); N > 1 = explicit, with coordinator_address and process_id from the config or from
+    JAX_COORDINATOR_ADDRESS / JAX_PROCESS_ID (JAX_NUM_PROCESSES may replace num_processes).
     """
     if jax.distributed.is_initialized():
         return
     num = parallel.get("num_processes") or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
-    auto = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if num > 1:
-        jax.distributed.initialize(
-            coordinator_address=parallel.get("coordinator_address")
-            or os.environ.get("JAX_COORDINATOR_ADDRESS"),
-            num_processes=num,
-            process_id=parallel.get("process_id")
-            if parallel.get("process_id") is not None
-            else int(os.environ["JAX_PROCESS_ID"]),
-        )
-    elif auto or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+    if num == -1 or (num == 0 and slurm):
         jax.distributed.initialize()
+    elif num > 1:
+        process_id = parallel.get("process_id")
+        jax.distributed.initialize(
+            coordinator_address=parallel.get("coordinator_address") or os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=num,
+            process_id=process_id if process_id is not None else int(os.environ["JAX_PROCESS_ID"]),
+        )
 
 
 def resolve_mode(mode: str) -> str:
