@@ -20,9 +20,12 @@ setup(
         "tqdm>=4.70",
         "matplotlib>=3.11",
         "tensorboardX>=2.6.5",
+        "tiktoken>=0.14",  # GPT-2's BPE (gptjax.data.GPT2Tokenizer)
     ],
     extras_require={
         "test": ["pytest>=9.0", "hypothesis>=6.150", "ruff>=0.17"],
         "cuda": ["jax[cuda12]>=0.10.2"],
+        # Hugging Face GPT-2 import/export (gptjax.convert), the PyTorch comparison (compare_torch).
+        "torch": ["torch==2.13.0", "transformers>=5.23", "safetensors>=0.8"],
     },
 )

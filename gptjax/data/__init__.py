@@ -1,5 +1,6 @@
 """Host-side data pipeline (numpy only): text sources, tokenizers, token memmaps, batches."""
 
+from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
 from gptjax.data.sources import (
     TINY_SHAKESPEARE_URL,
     DataError,
@@ -17,9 +18,11 @@ from gptjax.data.tokens import Dataset, get_batch, load_dataset, prepare_tokens
 
 __all__ = [
     "TINY_SHAKESPEARE_URL",
+    "ByteTokenizer",
     "CharTokenizer",
     "DataError",
     "Dataset",
+    "GPT2Tokenizer",
     "cache_dir",
     "get_batch",
     "load_dataset",

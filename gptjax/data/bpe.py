@@ -1,0 +1,133 @@
+"""Byte-level tokenizers: raw UTF-8 bytes (256 ids) and GPT-2's byte-level BPE (50,257 ids, tiktoken).
+
+Both encode any text, so decode(encode(s)) == s for every string. GPT-2's ranks are found like the
+data sources: an explicit file, then $GPTJAX_DATA_DIR/gpt2/gpt2.tiktoken, then tiktoken's own download
+and cache (`tiktoken.get_encoding("gpt2")`).
+"""
+
+import base64
+import hashlib
+import os
+import pathlib
+
+import numpy as np
+
+from gptjax.data.sources import DataError
+
+# GPT-2's pre-tokenizer regex as tiktoken writes it (tiktoken_ext/openai_public.py r50k_pat_str, equivalent to
+# the original release's pattern but faster).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_EOT = "<|endoftext|>"
+GPT2_EOT_ID = 50256  # the one special token, after the 50,256 merge ranks (HF config bos/eos_token_id)
+# sha256 of the ranks file (tiktoken's r50k_base expected_hash; shared/data/README.md).
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+_GPT2_RANKS_REL = pathlib.Path("gpt2", "gpt2.tiktoken")
+TIKTOKEN_SOURCE = "tiktoken:gpt2"  # `ranks` value meaning: tiktoken.get_encoding("gpt2")
+
+
+def _check_ids(ids, vocab_size: int) -> list[int]:
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise DataError(f"decode takes a 1-D sequence of ids, got shape {ids.shape}")
+    ids = ids.tolist()
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise DataError(f"ids {bad[:10]} are outside the vocab [0, {vocab_size})")
+    return ids
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte: any text, 256 ids, no special tokens."""
+
+    kind = "byte"
+    vocab_size = 256
+    bos_id = None
+    eos_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        """Text of `ids`; a cut-off multi-byte character becomes U+FFFD."""
+        return bytes(_check_ids(ids, self.vocab_size)).decode("utf-8", errors="replace")
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind}
+
+
+def read_ranks(path: str | pathlib.Path) -> dict[bytes, int]:
+    """A tiktoken ranks file: one `base64(token) rank` per line; checked against GPT-2's sha256."""
+    data = pathlib.Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
+        raise DataError(
+            f"{path} is not GPT-2's BPE ranks file (sha256 differs from {GPT2_RANKS_SHA256[:12]}...)"
+        )
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def resolve_gpt2_ranks(path: str | None = None) -> str:
+    """Where GPT-2's ranks come from: `path`, then $GPTJAX_DATA_DIR/gpt2/gpt2.tiktoken, else tiktoken."""
+    if path is not None and path != TIKTOKEN_SOURCE:
+        explicit = pathlib.Path(path).expanduser()
+        if not explicit.is_file():
+            raise DataError(f"GPT-2 ranks file {explicit} does not exist; fix the path")
+        return str(explicit)
+    data_dir = os.environ.get("GPTJAX_DATA_DIR")
+    if data_dir and (pathlib.Path(data_dir) / _GPT2_RANKS_REL).is_file():
+        return str(pathlib.Path(data_dir) / _GPT2_RANKS_REL)
+    return TIKTOKEN_SOURCE
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-level BPE via tiktoken; ids equal OpenAI's and HF's ("Hello world" -> [15496, 995])."""
+
+    kind = "gpt2"
+    vocab_size = GPT2_EOT_ID + 1
+    bos_id = GPT2_EOT_ID  # GPT-2 uses <|endoftext|> for both (HF config.json)
+    eos_id = GPT2_EOT_ID
+
+    def __init__(self, ranks: str | None = None):
+        """`ranks`: a .tiktoken file, or None to search (see `resolve_gpt2_ranks`)."""
+        import tiktoken  # here: only BPE users pay for the import
+
+        self.ranks = resolve_gpt2_ranks(ranks)
+        if self.ranks == TIKTOKEN_SOURCE:
+            try:
+                self._enc = tiktoken.get_encoding("gpt2")
+            except Exception as e:  # offline: requests' errors, or tiktoken's own
+                reason = " ".join(str(e).split())[:200]
+                raise DataError(
+                    f"GPT-2's BPE ranks not found ({type(e).__name__}: {reason}); put r50k_base.tiktoken at "
+                    f"$GPTJAX_DATA_DIR/{_GPT2_RANKS_REL} or pass its path"
+                ) from e
+        else:
+            self._enc = tiktoken.Encoding(
+                name="gpt2",
+                pat_str=GPT2_PATTERN,
+                mergeable_ranks=read_ranks(self.ranks),
+                special_tokens={GPT2_EOT: GPT2_EOT_ID},
+            )
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text`; "<|endoftext|>" in the text is ordinary text (append eos_id yourself)."""
+        return self._enc.encode_ordinary(text)
+
+    def decode(self, ids) -> str:
+        """Text of `ids`; a cut-off multi-byte character becomes U+FFFD."""
+        return self._enc.decode(_check_ids(ids, self.vocab_size), errors="replace")
+
+    def to_json(self) -> dict:
+        """Where the ranks came from; a checkpoint moved elsewhere searches again (`resolve_gpt2_ranks`)."""
+        return {"kind": self.kind, "ranks": self.ranks}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "GPT2Tokenizer":
+        saved = d.get("ranks")
+        if saved and saved != TIKTOKEN_SOURCE and pathlib.Path(saved).is_file():
+            return cls(saved)
+        return cls()

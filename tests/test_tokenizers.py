@@ -1,0 +1,110 @@
+"""Byte and GPT-2 BPE tokenizers: known ids, exact round trips, JSON rebuilds, one-line errors."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptjax.data import ByteTokenizer, CharTokenizer, DataError, GPT2Tokenizer, bpe, tokenizer_from_json
+
+
+@pytest.fixture(scope="module")
+def gpt2_ranks():
+    import os
+    import pathlib
+
+    root = os.environ.get("GPTJAX_DATA_DIR")
+    path = pathlib.Path(root or "", "gpt2", "gpt2.tiktoken")
+    if not root or not path.is_file():
+        pytest.fail("GPT-2 ranks missing: set GPTJAX_DATA_DIR to the shared data (gpt2/gpt2.tiktoken)")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_ranks):
+    return GPT2Tokenizer(gpt2_ranks)
+
+
+def test_gpt2_known_ids(gpt2):
+    assert gpt2.encode("Hello world") == [15496, 995]
+    assert gpt2.vocab_size == 50257 and gpt2.eos_id == 50256
+    assert gpt2.decode([15496, 995]) == "Hello world"
+    # The special token's text is ordinary text: it never becomes id 50256 by accident.
+    assert 50256 not in gpt2.encode("a<|endoftext|>b")
+    assert gpt2.decode([50256]) == "<|endoftext|>"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_gpt2_round_trip(gpt2, s):
+    assert gpt2.decode(gpt2.encode(s)) == s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_byte_round_trip(s):
+    tok = ByteTokenizer()
+    ids = tok.encode(s)
+    assert all(0 <= i < 256 for i in ids) and len(ids) == len(s.encode("utf-8"))
+    assert tok.decode(ids) == s
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="ab\n XYZ!é", min_size=0))
+def test_char_round_trip_over_its_vocab(s):
+    tok = CharTokenizer("ab\n XYZ!é")
+    assert tok.decode(tok.encode(s)) == s
+
+
+def test_cut_multibyte_character_decodes_to_replacement(gpt2):
+    assert ByteTokenizer().decode(list("é".encode())[:1]) == "\ufffd"
+    ids = gpt2.encode("😀")
+    assert len(ids) > 1 and gpt2.decode(ids[:1]) == "\ufffd"
+
+
+@pytest.mark.parametrize("make", [ByteTokenizer, lambda: GPT2Tokenizer(None)])
+def test_json_round_trip(make, gpt2_ranks):
+    tok = make()
+    again = tokenizer_from_json(json.loads(json.dumps(tok.to_json())))
+    assert type(again) is type(tok) and again.to_json() == tok.to_json()
+    assert again.encode("It's 2024, naïve café!") == tok.encode("It's 2024, naïve café!")
+
+
+def test_gpt2_resolution_order(gpt2_ranks, tmp_path, monkeypatch):
+    assert GPT2Tokenizer(gpt2_ranks).to_json() == {"kind": "gpt2", "ranks": gpt2_ranks}
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(tmp_path))  # no ranks here: tiktoken's own cache comes next
+    assert bpe.resolve_gpt2_ranks() == bpe.TIKTOKEN_SOURCE
+    # A checkpoint whose saved ranks file moved searches again rather than failing.
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(gpt2_ranks).rsplit("/gpt2/", 1)[0])
+    moved = tokenizer_from_json({"kind": "gpt2", "ranks": str(tmp_path / "gone.tiktoken")})
+    assert moved.ranks == gpt2_ranks
+
+
+def test_gpt2_offline_without_ranks_is_one_line(tmp_path, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(DataError, match="GPT-2's BPE ranks not found") as info:
+        GPT2Tokenizer()
+    assert "\n" not in str(info.value)
+
+
+def test_bad_inputs_are_one_line(tmp_path):
+    wrong = tmp_path / "wrong.tiktoken"
+    wrong.write_bytes(b"YQ== 0\n")
+    cases = [
+        (lambda: GPT2Tokenizer(str(tmp_path / "missing")), "does not exist"),
+        (lambda: GPT2Tokenizer(str(wrong)), "not GPT-2's BPE ranks"),
+        (lambda: ByteTokenizer().decode([256]), "outside the vocab"),
+        (lambda: ByteTokenizer().decode([[1]]), "1-D"),
+        (lambda: tokenizer_from_json({"kind": "wordpiece"}), "unknown tokenizer kind"),
+    ]
+    for fn, match in cases:
+        with pytest.raises(DataError, match=match) as info:
+            fn()
+        assert "\n" not in str(info.value)
