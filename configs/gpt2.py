@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False)
     c.model.gelu = "tanh"  # GPT-2's gelu_new
     c.model.dtype = "bfloat16"  # compute in bf16, parameters and optimizer state in fp32
-    c.model.attention = "cudnn"  # fused flash attention on NVIDIA GPUs; "xla" elsewhere
+    c.model.attention = "auto"  # cuDNN flash attention on NVIDIA GPUs in bf16, XLA's elsewhere
 
     c.opt.update(lr=6e-4, min_lr=6e-5, warmup_iters=2000, lr_decay_iters=600_000, beta2=0.95)
     # ~0.5M tokens per step: 480 sequences of 1024 tokens. grad_accum splits them into micro-batches

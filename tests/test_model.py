@@ -324,7 +324,7 @@ def test_param_count_formula(tiny_cfg, bias, position, tie):
 
 
 @pytest.mark.parametrize(
-    "module, arg", [("shakespeare_char", ""), ("shakespeare_char", "cpu"), ("tiny", None)]
+    "module, arg", [("shakespeare_char", ""), ("shakespeare_char", "cpu"), ("tiny", None), ("gpt2", None)]
 )
 def test_configs_build(module, arg):
     config = importlib.import_module(f"configs.{module}").get_config(arg)
@@ -339,3 +339,7 @@ def test_configs_build(module, arg):
         # nanoGPT prints "number of parameters: 10.65M" for this model (it excludes wpe).
         wpe = cfg.block_size * cfg.n_embd
         assert round((n - wpe) / 1e6, 2) == 10.65
+    if module == "gpt2":
+        # OpenAI's GPT-2 small with biases and its 50257-token vocab: HF counts 124,439,808 parameters.
+        gpt2 = model_config(config, vocab_size=50257, bias=True)
+        assert count_params(abstract_state(gpt2, config.opt, 0)[1].params) == 124_439_808
