@@ -1,0 +1,309 @@
+"""GPT-2 weights between Hugging Face directories (config.json + model.safetensors) and gptjax.
+
+One table, `weight_map`, names every weight on both sides with its shape; import and export both read
+it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
+`c_attn` is [D, 3D] with columns q | k | v as gptjax's, so no tensor is transposed or split.
+
+Only numpy is needed to read and write safetensors; torch is imported only to read a legacy
+pytorch_model.bin (`torch.load(weights_only=True)`), and huggingface_hub only to download a model by name.
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from configs import shakespeare_char
+from gptjax import data as data_lib
+from gptjax.checkpoint import Checkpointer
+from gptjax.model import GPTConfig, unstack_layers
+from gptjax.train import abstract_state, load_params
+
+# HF activation_function -> GPTConfig.gelu (transformers/activations.py: gelu_new and gelu_pytorch_tanh are
+# the tanh approximation, gelu is torch's exact erf form).
+HF_GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+LAYER_NORM_EPS = 1e-5  # gptjax.layers.layer_norm's; GPT-2's layer_norm_epsilon
+# Non-persistent attention-mask buffers that old checkpoints saved; they hold no weights.
+_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]
+
+
+def weight_map(cfg: GPTConfig) -> WeightMap:
+    """(HF name, gptjax param path, shape) of every weight of a GPT-2 with biases."""
+    D, V = cfg.n_embd, cfg.vocab_size
+    rows = [
+        ("transformer.wte.weight", ("wte", "embedding"), (V, D)),
+        ("transformer.wpe.weight", ("wpe", "embedding"), (cfg.block_size, D)),
+    ]
+    norm = lambda hf, ours: [  # noqa: E731
+        (f"{hf}.weight", (*ours, "scale"), (D,)),
+        (f"{hf}.bias", (*ours, "bias"), (D,)),
+    ]
+    dense = lambda hf, ours, d_in, d_out: [  # noqa: E731
+        (f"{hf}.weight", (*ours, "kernel"), (d_in, d_out)),
+        (f"{hf}.bias", (*ours, "bias"), (d_out,)),
+    ]
+    for i in range(cfg.n_layer):
+        hf, ours = f"transformer.h.{i}", f"h_{i}"
+        rows += norm(f"{hf}.ln_1", (ours, "ln_1"))
+        rows += dense(f"{hf}.attn.c_attn", (ours, "attn", "c_attn"), D, 3 * D)
+        rows += dense(f"{hf}.attn.c_proj", (ours, "attn", "c_proj"), D, D)
+        rows += norm(f"{hf}.ln_2", (ours, "ln_2"))
+        rows += dense(f"{hf}.mlp.c_fc", (ours, "mlp", "fc"), D, 4 * D)
+        rows += dense(f"{hf}.mlp.c_proj", (ours, "mlp", "proj"), 4 * D, D)
+    rows += norm("transformer.ln_f", ("ln_f",))
+    if not cfg.tie_embeddings:
+        rows.append(("lm_head.weight", ("lm_head",), (V, D)))
+    return rows
+
+
+# ----- Configs. -----
+
+
+def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
+    """The GPTConfig of an HF GPT-2 config.json; one-line ValueError for what gptjax cannot represent."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"model_type={hf['model_type']!r} is not 'gpt2'; only GPT-2 checkpoints convert")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in HF_GELUS:
+        raise ValueError(f"activation_function={act!r} is not supported; gptjax has {sorted(HF_GELUS)}")
+    eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
+    if not np.isclose(eps, LAYER_NORM_EPS, rtol=1e-6, atol=0):
+        raise ValueError(
+            f"layer_norm_epsilon={eps} is not supported; gptjax's LayerNorm uses {LAYER_NORM_EPS}"
+        )
+    n_embd = hf["n_embd"]
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise ValueError(
+            f"n_inner={hf['n_inner']} is not supported; gptjax's MLP width is 4*n_embd={4 * n_embd}"
+        )
+    unsupported = {
+        "scale_attn_weights": (True, hf.get("scale_attn_weights", True)),
+        "scale_attn_by_inverse_layer_idx": (False, hf.get("scale_attn_by_inverse_layer_idx", False)),
+        "add_cross_attention": (False, hf.get("add_cross_attention", False)),
+    }
+    for name, (want, got) in unsupported.items():
+        if got != want:
+            raise ValueError(f"{name}={got} is not supported; gptjax needs {want}")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        block_size=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=n_embd,
+        dropout=0.0,  # fine-tuning sets its own; nanoGPT's from_pretrained also defaults to 0
+        bias=True,
+        position="learned",
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        gelu=HF_GELUS[act],
+    )
+
+
+def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
+    """config.json of an HF GPT2LMHeadModel equal to `cfg` (bias=False exports as zero biases)."""
+    if cfg.position != "learned":
+        raise ValueError(f"position={cfg.position!r} cannot be exported: HF GPT-2 has learned positions only")
+    gelu = {"tanh": "gelu_new", "exact": "gelu"}[cfg.gelu]
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": gelu,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": getattr(tokenizer, "bos_id", None),
+        "eos_token_id": getattr(tokenizer, "eos_id", None),
+        "dtype": "float32",
+    }
+
+
+def base_config(cfg: GPTConfig) -> ml_collections.ConfigDict:
+    """A full experiment config (configs/shakespeare_char.py's) whose model is `cfg`, for a checkpoint."""
+    config = shakespeare_char.get_config()
+    model = {k: getattr(cfg, k) for k in config.model.keys()}
+    config.model.update(model)
+    return config
+
+
+# ----- Weights. -----
+
+
+def read_hf_weights(directory: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """name -> array of model.safetensors (or its shards), else pytorch_model.bin through torch."""
+    directory = pathlib.Path(directory)
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+    files = files or (["model.safetensors"] if (directory / "model.safetensors").is_file() else [])
+    if files:
+        from safetensors.numpy import load_file  # here: the core package does not need safetensors
+
+        return {k: v for f in files for k, v in load_file(directory / f).items()}
+    if (directory / "pytorch_model.bin").is_file():
+        import torch  # here: only legacy checkpoints need torch
+
+        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise FileNotFoundError(
+        f"{directory} has no model.safetensors or pytorch_model.bin; is it an HF model dir?"
+    )
+
+
+def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, Any]:
+    """gptjax params (nested dicts of float32 arrays) from HF weights; checks every name and shape."""
+    weights = {
+        (k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v  # GPT2Model: no prefix
+        for k, v in weights.items()
+        if not k.endswith(_BUFFER_SUFFIXES)
+    }
+    if cfg.tie_embeddings:
+        weights.pop("lm_head.weight", None)  # a saved copy of wte (HF ties them on load)
+    params: dict[str, Any] = {}
+    for hf, path, shape in weight_map(cfg):
+        if hf not in weights:
+            raise ValueError(f"HF weights have no {hf!r} (expected shape {shape} for {cfg})")
+        w = weights.pop(hf)
+        if tuple(w.shape) != shape:
+            raise ValueError(f"HF weight {hf} has shape {tuple(w.shape)}, expected {shape} for {cfg}")
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = np.asarray(w, np.float32)
+    if weights:
+        raise ValueError(
+            f"HF weights {sorted(weights)[:5]} ({len(weights)} in all) have no gptjax counterpart"
+        )
+    return params
+
+
+def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
+    """HF weights (name -> float32 array) of gptjax params; a bias=False model gets zero biases."""
+    if cfg.scan_layers:
+        params = unstack_layers(params)
+    out = {}
+    for hf, path, shape in weight_map(cfg):
+        node = params
+        for key in path:
+            node = node.get(key) if node is not None else None
+        if node is None and not cfg.bias and path[-1] == "bias":
+            node = np.zeros(shape, np.float32)  # x + 0 == x: exactly the bias-free model
+        if node is None or tuple(np.shape(node)) != shape:
+            got = None if node is None else tuple(np.shape(node))
+            raise ValueError(f"param {'/'.join(path)} has shape {got}, expected {shape} for {cfg}")
+        out[hf] = np.ascontiguousarray(np.asarray(node, np.float32))
+    return out
+
+
+def load_hf(directory: str | pathlib.Path) -> tuple[dict[str, Any], GPTConfig]:
+    """(params, GPTConfig) of an HF GPT-2 directory."""
+    directory = pathlib.Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} has no config.json; pass an HF GPT-2 model directory")
+    cfg = config_from_hf(json.loads((directory / "config.json").read_text()))
+    return params_from_hf(read_hf_weights(directory), cfg), cfg
+
+
+def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenizer: Any = None) -> None:
+    """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads."""
+    from safetensors.numpy import save_file  # here: the core package does not need safetensors
+
+    weights = params_to_hf(jax.device_get(params), cfg)
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+def resolve_hf_dir(name: str) -> pathlib.Path:
+    """A local HF model directory, or a Hub model id (e.g. "gpt2") downloaded by huggingface_hub."""
+    path = pathlib.Path(name).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download  # here: only downloads need it
+
+        files = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+        return pathlib.Path(snapshot_download(name, allow_patterns=files))
+    except Exception as e:  # not installed, offline, unknown id: all end the same way
+        reason = " ".join(str(e).split())[:200]
+        raise FileNotFoundError(
+            f"{name} is not a directory and could not be downloaded from the Hub ({reason})"
+        ) from e
+
+
+# ----- gptjax checkpoints. -----
+
+
+def pick_tokenizer(tokenizer: Any, vocab_size: int) -> Any:
+    """A tokenizer object for a model of `vocab_size`: given, "auto" (gpt2 for 50257, byte for 256),
+    "gpt2", "byte", or a tokenizer JSON file (gptjax.data.save_tokenizer's)."""
+    if tokenizer == "auto":
+        tokenizer = {data_lib.GPT2Tokenizer.vocab_size: "gpt2", 256: "byte"}.get(vocab_size)
+        if tokenizer is None:
+            raise ValueError(
+                f"no built-in tokenizer has the model's {vocab_size} ids; pass a tokenizer JSON file"
+            )
+    if tokenizer == "gpt2":
+        tokenizer = data_lib.GPT2Tokenizer()
+    elif tokenizer == "byte":
+        tokenizer = data_lib.ByteTokenizer()
+    elif isinstance(tokenizer, str | pathlib.Path):
+        tokenizer = data_lib.load_tokenizer(tokenizer)
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}"
+        )
+    return tokenizer
+
+
+def save_checkpoint(
+    workdir: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenizer: Any, config=None
+) -> None:
+    """Writes `params` as step 0 of a gptjax workdir: load_params, sampling and init_from=workdir read it."""
+    ckpt = Checkpointer(workdir)
+    try:
+        if ckpt.latest_step() is not None:
+            raise ValueError(f"{workdir} already has checkpoints; convert into a fresh --workdir")
+        config = config or base_config(cfg)
+        init, abstract = abstract_state(cfg, config.opt, config.seed)
+        want = jax.tree_util.tree_map(lambda a: a.shape, abstract.params)
+        got = jax.tree_util.tree_map(np.shape, params)
+        if want != got:
+            raise ValueError(f"params do not fit {cfg}: got shapes {got}, expected {want}")
+        state = jax.jit(init)().replace(params=jax.tree_util.tree_map(jnp.asarray, params))
+        n_params = int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params)))
+        meta = {"best_val_loss": float("inf"), "n_params": n_params}
+        ckpt.save(0, state, config=config.to_dict(), tokenizer=tokenizer.to_json(), meta=meta)
+    finally:
+        ckpt.close()
+
+
+def hf_to_workdir(
+    hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto"
+) -> GPTConfig:
+    """Converts an HF GPT-2 directory (or Hub id) into a gptjax checkpoint in `workdir`."""
+    params, cfg = load_hf(resolve_hf_dir(str(hf_dir)))
+    save_checkpoint(workdir, params, cfg, pick_tokenizer(tokenizer, cfg.vocab_size))
+    return cfg
+
+
+def workdir_to_hf(
+    workdir: str | pathlib.Path, hf_dir: str | pathlib.Path, step: int | None = None
+) -> GPTConfig:
+    """Exports a gptjax checkpoint's params as an HF GPT-2 directory."""
+    params, cfg, tokenizer, _ = load_params(workdir, step)
+    save_hf(hf_dir, params, cfg, tokenizer)
+    return cfg
