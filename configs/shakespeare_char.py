@@ -22,6 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = "tiny_shakespeare"  # a built-in corpus name, or a local file / glob
     c.data.path = config_dict.placeholder(str)  # optional explicit file for a built-in corpus
     c.data.val_fraction = 0.1  # the last 10% of the text is the validation split (nanoGPT)
+    c.data.tokenizer = "char"  # "char" (the corpus's characters), "byte" (256 ids) or "gpt2" (BPE)
+    c.data.tokenizer_path = config_dict.placeholder(str)  # gpt2: a .tiktoken ranks file (else searched)
 
     c.model = ml_collections.ConfigDict()
     c.model.block_size = 256  # context length in characters

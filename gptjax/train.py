@@ -92,6 +92,18 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
     return out
 
 
+def make_tokenizer(data: Any):
+    """config.data.tokenizer: "char" (None here: built from the corpus), "byte" or "gpt2" (BPE)."""
+    kind = data.get("tokenizer", "char")
+    if kind == "char":
+        return None
+    if kind == "byte":
+        return data_lib.ByteTokenizer()
+    if kind == "gpt2":
+        return data_lib.GPT2Tokenizer(data.get("tokenizer_path"))
+    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte or gpt2")
+
+
 def _check_finite(step: int, metrics: dict) -> None:
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
@@ -115,11 +127,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Returns a summary: final step, best and last val loss, wall time and training tokens/s.
     """
     K = _check_intervals(config)
-    if config.data.get("tokenizer", "char") != "char":
-        raise ValueError(
-            f"data.tokenizer={config.data.tokenizer!r} is not available yet (only 'char'); "
-            "GPT-2 BPE training arrives with the GPT-2 compatibility work"
-        )
     parallel.init_distributed(config.parallel)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # ----- Where the run starts: its own checkpoint, another workdir, or scratch. -----
     latest = ckpt.latest_step()
     source = None  # the workdir a fine-tuning run starts from
-    tokenizer = None
+    tokenizer = make_tokenizer(config.data)  # a checkpoint's own tokenizer wins below
     meta: dict[str, Any] = {}
     if latest is not None:
         saved = ckpt.restore_json(latest)
