@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gptjax.model import GPT, GPTConfig, init_cache
+from gptjax.model import GPT, GPTConfig, init_cache, unstack_layers
 
 DEFAULT_MAX_NEW_TOKENS = 100
 # Added to the scores of beams that must not be picked; HF's beam search uses the same constant.
@@ -512,6 +512,15 @@ def _decode(
 # ----- Host side: token ids in, token ids out ----------------------------------------------------------
 
 
+def for_decoding(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
+    """Per-layer params and the einsum attention (the one that reads the cache in place), no remat."""
+    if config.scan_layers:
+        params = unstack_layers(params)
+    return params, dataclasses.replace(
+        config, scan_layers=False, remat="none", attention="einsum", dropout=0.0
+    )
+
+
 def _bucket(n: int) -> int:
     """n rounded up to a power of two (at least 16): nearby lengths share one compilation."""
     return max(16, 1 << (n - 1).bit_length())
@@ -573,6 +582,7 @@ def generate_ids(
     the tokens of every row so far; it returns True to stop early.
     """
     options = options or GenerateOptions()
+    params, config = for_decoding(params, config)
     state, P, final = _prepare(params, config, prompts, options)
     mode, S = options.mode, state.kv_mask_BS.shape[1]
     rules = options.rules()

@@ -362,32 +362,16 @@ def test_empty_prompt_needs_a_start_token(model):
 
 
 def test_greedy_and_beams_match_hf_generate():
+    """On a random HF GPT2LMHeadModel converted by gptjax.convert: the same tokens as HF generate()."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from gptjax.model import GPTConfig
+    from gptjax import convert
 
     torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)
-    ).eval()
-    # The GPT-2 import of the compatibility issue will replace this mapping (HF Conv1D weights are in x out).
-    sd = {k: jnp.asarray(v.numpy()) for k, v in hf.state_dict().items()}
-    ln = lambda n: {"scale": sd[n + ".weight"], "bias": sd[n + ".bias"]}  # noqa: E731
-    dense = lambda n: {"kernel": sd[n + ".weight"], "bias": sd[n + ".bias"]}  # noqa: E731
-    params = {
-        "wte": {"embedding": sd["transformer.wte.weight"]},
-        "wpe": {"embedding": sd["transformer.wpe.weight"]},
-    }
-    params["ln_f"] = ln("transformer.ln_f")
-    for i in range(2):
-        h = f"transformer.h.{i}."
-        params[f"h_{i}"] = {
-            "ln_1": ln(h + "ln_1"),
-            "ln_2": ln(h + "ln_2"),
-            "attn": {"c_attn": dense(h + "attn.c_attn"), "c_proj": dense(h + "attn.c_proj")},
-            "mlp": {"fc": dense(h + "mlp.c_fc"), "proj": dense(h + "mlp.c_proj")},
-        }
-    cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    hf_config = transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    cfg = convert.config_from_hf(hf_config.to_dict())
+    params = convert.params_from_hf({k: v.numpy() for k, v in hf.state_dict().items()}, cfg)
     prompts = [[5, 6, 7, 8, 9], [10, 11], [3, 4, 2]]
     P = 5
     ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
@@ -400,14 +384,24 @@ def test_greedy_and_beams_match_hf_generate():
     ]:
         with torch.no_grad():
             hf_out = hf.generate(ids, attention_mask=mask, pad_token_id=0, do_sample=False, **options).numpy()
-        eos = options.get("eos_token_id")
-        eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        eos = set(options["eos_token_id"])
         want = []
-        for row in hf_out[:, P:].tolist():
+        for row in hf_out[:, P:].tolist():  # HF pads finished rows; gptjax stops after the EOS
             end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             want.append(row[:end])
         got = [s for seqs in run(params, cfg, prompts, do_sample=False, **options) for s in seqs]
         assert got == want, options
+
+
+def test_scanned_checkpoints_decode_like_per_layer_ones(tiny_cfg, params):
+    import dataclasses
+
+    scanned_cfg = dataclasses.replace(tiny_cfg, scan_layers=True, remat="full", attention="xla")
+    layers = [params[f"h_{i}"] for i in range(tiny_cfg.n_layer)]
+    scanned = {k: v for k, v in params.items() if not k.startswith("h_")}
+    scanned["h"] = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *layers)
+    options = dict(max_new_tokens=11, do_sample=False)
+    assert run(scanned, scanned_cfg, PROMPTS, **options) == run(params, tiny_cfg, PROMPTS, **options)
 
 
 # ----- scripts/sample.py -----------------------------------------------------------------------------------

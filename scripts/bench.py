@@ -1,0 +1,158 @@
+"""Benchmarks; prints one JSON object.
+
+  python scripts/bench.py --mode=generate   # ~3 minutes on 2 CPU cores with the HF baseline
+
+generate: tokens/s of gptjax.sample (top-k 50 sampling, fp32, random weights) at batch 1 and 8 for
+nanoGPT's shakespeare_char:cpu size and GPT-2 124M, and of HF transformers' PyTorch generate() on the
+same sizes in the same run when torch and transformers are installed
+(`pip install torch==2.13.0 transformers`). Tokens/s = batch * new tokens / wall time of one whole
+generate call (prompt encoding excluded: token ids in, token ids out), best of --repeats after a warm-up
+call (gptjax compiles there). Also the memory-bandwidth floor of GPT-2 124M at batch 1: each new token
+reads every fp32 weight once, so tokens/s <= read bandwidth / weight bytes.
+"""
+
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import shakespeare_char
+from gptjax import sample
+from gptjax.model import GPT, GPTConfig, count_params
+
+flags.DEFINE_enum("mode", "generate", ["generate", "train"], "What to benchmark.")
+flags.DEFINE_list("sizes", ["shakespeare_char_cpu", "gpt2"], "Model sizes (see SIZES).")
+flags.DEFINE_list("batch_sizes", ["1", "8"], "Prompts per generate call.")
+flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (the best is reported).")
+flags.DEFINE_boolean("hf", True, "Also time HF transformers generate() when torch is installed.")
+FLAGS = flags.FLAGS
+
+TOP_K = 50  # HF's top_k default when sampling
+# name -> (GPTConfig, prompt tokens, new tokens). Prompt + new tokens fit the context, as HF's GPT-2
+# cannot go past n_positions.
+SIZES = {
+    "shakespeare_char_cpu": (
+        GPTConfig.from_mapping(shakespeare_char.get_config("cpu").model.to_dict(), vocab_size=65),
+        1,
+        63,
+    ),
+    "gpt2": (GPTConfig.from_mapping({"variant": "gpt2"}, vocab_size=50257, block_size=1024), 16, 128),
+}
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_gptjax(cfg: GPTConfig, prompts: np.ndarray, new_tokens: int, repeats: int) -> float:
+    params = jax.jit(GPT(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    options = sample.GenerateOptions(max_new_tokens=new_tokens, top_k=TOP_K, seed=0)
+    return best_time(lambda: sample.generate_ids(params, cfg, prompts, options), repeats)
+
+
+def time_hf(cfg: GPTConfig, prompts: np.ndarray, new_tokens: int, repeats: int) -> float:
+    import torch
+    import transformers
+
+    hf_config = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+    )
+    model = transformers.GPT2LMHeadModel(hf_config).eval()
+    model.generation_config.eos_token_id = None  # always the full number of new tokens
+    ids = torch.as_tensor(prompts, dtype=torch.long)
+
+    def generate():
+        with torch.inference_mode():
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                top_k=TOP_K,
+                max_new_tokens=new_tokens,
+                pad_token_id=0,
+            )
+
+    return best_time(generate, repeats)
+
+
+def read_bandwidth(n_bytes: int = 512 * 2**20) -> float:
+    """Bytes/s that XLA streams from memory (a jitted sum of a 512 MiB array, best of 5)."""
+    x = jnp.ones((n_bytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    return n_bytes / best_time(lambda: total(x).block_until_ready(), 5)
+
+
+def benchmark_generate() -> dict:
+    hf = None
+    if FLAGS.hf:
+        try:
+            import torch
+            import transformers
+
+            hf = {"torch": torch.__version__, "transformers": transformers.__version__}
+            transformers.logging.set_verbosity_error()
+        except ImportError:
+            pass
+    out = {
+        "mode": "generate",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0]}",
+        "sampling": f"top_k={TOP_K}, temperature=1, float32, random weights",
+        "hf": hf or "not available: pip install torch==2.13.0 transformers",
+        "results": [],
+    }
+    rng = np.random.default_rng(0)
+    for name in FLAGS.sizes:
+        cfg, prompt_len, new_tokens = SIZES[name]
+        for batch in map(int, FLAGS.batch_sizes):
+            prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
+            row = dict(model=name, batch=batch, prompt_tokens=prompt_len, new_tokens=new_tokens)
+            row["gptjax_tok_s"] = round(
+                batch * new_tokens / time_gptjax(cfg, prompts, new_tokens, FLAGS.repeats), 1
+            )
+            if hf:
+                row["hf_tok_s"] = round(
+                    batch * new_tokens / time_hf(cfg, prompts, new_tokens, FLAGS.repeats), 1
+                )
+                row["speedup"] = round(row["gptjax_tok_s"] / row["hf_tok_s"], 2)
+            out["results"].append(row)
+            print(json.dumps(row), flush=True)
+    if "gpt2" in FLAGS.sizes:
+        cfg = SIZES["gpt2"][0]
+        params = jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        weight_bytes = 4 * count_params(params)
+        bandwidth = read_bandwidth()
+        floor = bandwidth / weight_bytes
+        batch1 = [r for r in out["results"] if r["model"] == "gpt2" and r["batch"] == 1]
+        out["gpt2_batch1_floor"] = {
+            "weights_MB": round(weight_bytes / 1e6),
+            "read_GB_s": round(bandwidth / 1e9, 1),
+            "floor_tok_s": round(floor, 1),
+            "gptjax_fraction_of_floor": round(batch1[0]["gptjax_tok_s"] / floor, 2) if batch1 else None,
+        }
+    return out
+
+
+def main(argv):
+    del argv
+    if FLAGS.mode == "train":
+        raise app.UsageError("--mode=train is not written yet (see gptjax/benchmark.py)")
+    print(json.dumps(benchmark_generate(), indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
