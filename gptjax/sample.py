@@ -18,7 +18,8 @@ How `generate_ids` runs:
     earlier than it would alone.
   * The loop can also stop after a chunk of tokens and go on from its state (the same compiled code):
     the host prints text as it comes (streaming, one token per chunk) or checks stop strings between
-    chunks, and stops when every row has hit one.
+    chunks, and stops when every row has hit one. Stop strings are looked for in the new text only and
+    are cut off with what follows; beam search decodes to the end, then cuts.
 """
 
 import dataclasses
@@ -303,8 +304,8 @@ def _prefill_jit(params, tokens_BQ, valid_BQ, slack, *, config: GPTConfig, cache
 def _prefill(
     params, config: GPTConfig, tokens_BL: np.ndarray, valid_BL: np.ndarray, start: int, cache_len: int
 ):
-    """Prefill of columns start..cur-1, left-padded to a bucket: the initial one and each window slide share
-    one compilation when their buckets agree."""
+    """Prefill of tokens_BL[:, start:], left-padded to a bucket: the first prefill and the window slides
+    share one compilation when their buckets agree."""
     n = tokens_BL.shape[1] - start
     Q = min(_bucket(max(n, 1)), cache_len)
     tokens_BQ = np.zeros((tokens_BL.shape[0], Q), np.int32)

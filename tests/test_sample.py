@@ -234,6 +234,19 @@ def test_no_repeat_ngram_forbids_exactly_the_repeated_ngrams(n):
             assert set(np.flatnonzero(np.isinf(out_BV[b]))) == banned, (n, text)
 
 
+def test_draws_follow_the_rules_distribution():
+    """_pick (which draws among the k survivors after TopK) samples softmax(rules(logits))."""
+    logits_1V = jax.random.normal(jax.random.key(0), (1, 16)) * 2
+    n = 20_000
+    for rules in [(sample.Temperature(0.7), sample.TopK(5), sample.TopP(0.8)), (sample.MinP(0.05),)]:
+        probs_V = np.asarray(jax.nn.softmax(sample.apply_rules(rules, logits_1V, None)))[0]
+        keys_B = jax.random.split(jax.random.key(1), n)
+        tokens_B = sample._pick(rules, jnp.broadcast_to(logits_1V, (n, 16)), None, keys_B)
+        freq_V = np.bincount(np.asarray(tokens_B), minlength=16) / n
+        assert np.abs(freq_V - probs_V).max() < 0.015, (freq_V, probs_V)
+        assert set(np.flatnonzero(freq_V)) <= set(np.flatnonzero(probs_V))
+
+
 def test_rules_follow_hfs_order():
     options = GenerateOptions(
         top_p=0.9, min_p=0.1, top_k=5, temperature=0.7, no_repeat_ngram_size=2, repetition_penalty=1.2
