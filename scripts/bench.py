@@ -1,6 +1,11 @@
 """Benchmarks; prints one JSON object.
 
   python scripts/bench.py --mode=generate   # ~3 minutes on 2 CPU cores with the HF baseline
+  python scripts/bench.py --mode=train --config=configs/gpt2.py [--config.batch_size=64 --config.grad_accum=1]
+
+train: gptjax.benchmark.benchmark_train on the config's model, batch and parallel mode with random
+tokens: compile time, step time (median of --steps calls after --warmup), tokens/s, model FLOPs per
+token (6N + 12 L T D), MFU against the device's peak (none on CPU) and peak memory.
 
 generate: tokens/s of gptjax.sample (top-k 50 sampling, fp32, random weights) at batch 1 and 8 for
 nanoGPT's shakespeare_char:cpu size and GPT-2 124M, and of HF transformers' PyTorch generate() on the
@@ -20,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from configs import shakespeare_char
-from gptjax import sample
+from gptjax import benchmark, sample
 from gptjax.model import GPT, GPTConfig, count_params
 
 flags.DEFINE_enum("mode", "generate", ["generate", "train"], "What to benchmark.")
@@ -30,6 +36,12 @@ flags.DEFINE_list("sizes", ["shakespeare_char_cpu", "gpt2"], "Model sizes (see S
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Prompts per generate call.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (the best is reported).")
 flags.DEFINE_boolean("hf", True, "Also time HF transformers generate() when torch is installed.")
+config_flags.DEFINE_config_file(
+    "config", None, "train: the experiment config (path[:variant]).", lock_config=True
+)
+flags.DEFINE_integer("steps", 10, "train: timed calls (each config.steps_per_call steps).")
+flags.DEFINE_integer("warmup", 2, "train: untimed calls after compilation.")
+flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default config.data.vocab_size, else 65).")
 FLAGS = flags.FLAGS
 
 TOP_K = 50  # HF's top_k default when sampling
@@ -150,7 +162,13 @@ def benchmark_generate() -> dict:
 def main(argv):
     del argv
     if FLAGS.mode == "train":
-        raise app.UsageError("--mode=train is not written yet (see gptjax/benchmark.py)")
+        if FLAGS.config is None:
+            raise app.UsageError("--mode=train needs --config=configs/....py")
+        vocab = FLAGS.vocab_size or FLAGS.config.data.get("vocab_size") or 65  # 65: Tiny Shakespeare's chars
+        print(
+            json.dumps(benchmark.benchmark_train(FLAGS.config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup))
+        )
+        return
     print(json.dumps(benchmark_generate(), indent=1))
 
 
