@@ -35,6 +35,13 @@ def test_gpt2_known_ids(gpt2):
     assert gpt2.decode([50256]) == "<|endoftext|>"
 
 
+def test_gpt2_tiny_shakespeare_counts_match_nanogpt(gpt2, data_dir):
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()
+    n = int(len(text) * 0.9)
+    # nanoGPT's data/shakespeare/prepare.py: "train has 301,966 tokens", "val has 36,059 tokens".
+    assert (len(gpt2.encode(text[:n])), len(gpt2.encode(text[n:]))) == (301_966, 36_059)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_gpt2_round_trip(gpt2, s):
