@@ -1,0 +1,60 @@
+"""A model's loss on a text: nats per token, perplexity, bits per byte and per character.
+
+The text's tokens are cut into consecutive windows of block_size; each token is predicted from the
+earlier tokens of its window (no overlap, so a window's first tokens see little context; nanoGPT's
+estimate_loss does the same on random windows). A tokenizer with a BOS token (GPT-2's <|endoftext|>)
+predicts the first token from it; otherwise the first token is context only and is not counted.
+Bits per byte and per character divide the same total by the UTF-8 bytes and the characters of the
+predicted text, so they compare models with different tokenizers.
+"""
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gptjax.model import GPT, GPTConfig
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _token_nats(params: Any, cfg: GPTConfig, x_BT: jax.Array, y_BT: jax.Array) -> jax.Array:
+    logits_BTV, _ = GPT(cfg).apply({"params": params}, x_BT)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), y_BT)
+
+
+def text_loss(params: Any, cfg: GPTConfig, tokenizer: Any, text: str, batch_size: int = 8) -> dict:
+    """{tokens, loss (nats/token), perplexity, bits_per_byte, bits_per_char} of `text`."""
+    ids = tokenizer.encode(text)
+    if tokenizer.bos_id is not None:
+        ids, context = [tokenizer.bos_id, *ids], ""
+    else:
+        context = tokenizer.decode(ids[:1])  # the first token: context only
+    if len(ids) < 2:
+        raise ValueError(f"the text has {len(ids)} token(s); it needs at least 2 to predict one")
+    T = cfg.block_size
+    n = len(ids) - 1  # predicted tokens
+    W = math.ceil(n / T)
+    ids_N = np.zeros(W * T + 1, np.int32)
+    ids_N[: len(ids)] = ids
+    x_WT = ids_N[:-1].reshape(W, T)
+    y_WT = ids_N[1:].reshape(W, T)
+    mask_WT = (np.arange(W * T) < n).reshape(W, T)
+    pad = -W % batch_size  # whole batches: one compiled shape
+    x_WT, y_WT, mask_WT = (np.concatenate([a, np.zeros((pad, T), a.dtype)]) for a in (x_WT, y_WT, mask_WT))
+    total = 0.0
+    for i in range(0, len(x_WT), batch_size):
+        nats_BT = np.asarray(_token_nats(params, cfg, x_WT[i : i + batch_size], y_WT[i : i + batch_size]))
+        total += float(np.sum(nats_BT, where=mask_WT[i : i + batch_size], dtype=np.float64))
+    predicted = text[len(context) :] if text.startswith(context) else text
+    bits = total / math.log(2)
+    return {
+        "tokens": n,
+        "loss": total / n,
+        "perplexity": math.exp(total / n),
+        "bits_per_byte": bits / len(predicted.encode("utf-8")),
+        "bits_per_char": bits / len(predicted),
+    }

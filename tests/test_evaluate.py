@@ -1,0 +1,63 @@
+"""text_loss: exact on a uniform model, independent of batching, equal to the training loss on a window."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.data import ByteTokenizer, CharTokenizer, GPT2Tokenizer
+from gptjax.evaluate import text_loss
+from gptjax.model import GPT, GPTConfig
+from gptjax.train_step import cross_entropy
+
+
+def model(vocab_size, zero=False):
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    params = GPT(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    if zero:  # every logit 0: the uniform distribution over the vocab
+        params = jax.tree_util.tree_map(jnp.zeros_like, params)
+    return params, cfg
+
+
+def test_uniform_model_gives_log_vocab_and_8_bits_per_byte():
+    params, cfg = model(256, zero=True)
+    text = "héllo, wörld! " * 5
+    r = text_loss(params, cfg, ByteTokenizer(), text)
+    n_bytes = len(text.encode())
+    assert r["tokens"] == n_bytes - 1  # the first byte is context only (no BOS)
+    assert r["loss"] == pytest.approx(math.log(256), rel=1e-6)
+    assert r["perplexity"] == pytest.approx(256, rel=1e-5)
+    assert r["bits_per_byte"] == pytest.approx(8, rel=1e-6)
+    assert r["bits_per_char"] == pytest.approx(8 * (n_bytes - 1) / (len(text) - 1), rel=1e-6)
+
+
+def test_batching_does_not_change_the_result():
+    params, cfg = model(256)
+    text = "To be, or not to be, that is the question: " * 3  # 129 bytes: 16 windows and a partial one
+    one, many = (
+        text_loss(params, cfg, ByteTokenizer(), text, 1),
+        text_loss(params, cfg, ByteTokenizer(), text, 5),
+    )
+    assert one["tokens"] == many["tokens"] == 128
+    assert one["loss"] == pytest.approx(many["loss"], rel=1e-6)
+
+
+def test_one_window_equals_the_training_loss():
+    tok = CharTokenizer("abcdefgh")
+    params, cfg = model(tok.vocab_size)
+    text = "abcdhgfea"  # 9 chars: one full window of 8 predictions
+    ids = np.array(tok.encode(text), np.int32)[None]
+    logits, _ = GPT(cfg).apply({"params": params}, ids[:, :-1])
+    r = text_loss(params, cfg, tok, text)
+    assert r["loss"] == pytest.approx(float(cross_entropy(logits, ids[:, 1:])), rel=1e-6)
+    assert r["bits_per_char"] == pytest.approx(r["loss"] / math.log(2), rel=1e-6)  # one token per char
+
+
+def test_bos_predicts_the_first_token(data_dir):
+    tok = GPT2Tokenizer()
+    params, cfg = model(tok.vocab_size, zero=True)
+    r = text_loss(params, cfg, tok, "Hello world")
+    assert r["tokens"] == 2  # both tokens, the first from <|endoftext|>
+    assert r["bits_per_byte"] == pytest.approx(2 * math.log2(tok.vocab_size) / len("Hello world"), rel=1e-6)
