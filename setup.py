@@ -27,5 +27,6 @@ setup(
         "cuda": ["jax[cuda12]>=0.10.2"],
         # Hugging Face GPT-2 import/export (gptjax.convert), the PyTorch comparison (compare_torch).
         "torch": ["torch==2.13.0", "transformers>=5.23", "safetensors>=0.8"],
+        "tokenizers": ["tokenizers>=0.23"],  # scripts/train_tokenizer.py, gptjax.data.HFTokenizer
     },
 )

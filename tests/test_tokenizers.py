@@ -115,3 +115,32 @@ def test_bad_inputs_are_one_line(tmp_path):
         with pytest.raises(DataError, match=match) as info:
             fn()
         assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import os
+    import pathlib
+
+    text = pathlib.Path(os.environ["GPTJAX_DATA_DIR"], "tinyshakespeare", "input.txt").read_text()[:100_000]
+    corpus = tmp_path_factory.mktemp("bpe") / "corpus.txt"
+    corpus.write_text(text)
+    return bpe.train_bpe([str(corpus)], vocab_size=400), text
+
+
+def test_trained_bpe_compresses_and_rebuilds(trained, tmp_path):
+    from gptjax.data import load_tokenizer, save_tokenizer
+
+    tok, text = trained
+    assert tok.vocab_size == 400 and tok.eos_id == 0
+    assert len(tok.encode(text)) < 0.6 * len(text.encode())  # merges learned from the corpus
+    save_tokenizer(tok, tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert again.encode(text[:2000]) == tok.encode(text[:2000])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text())
+def test_trained_bpe_round_trip(trained, s):
+    tok = trained[0]
+    assert tok.decode(tok.encode(s)) == s

@@ -1,6 +1,6 @@
 """Host-side data pipeline (numpy only): text sources, tokenizers, token memmaps, batches."""
 
-from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
+from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer, HFTokenizer
 from gptjax.data.sources import (
     TINY_SHAKESPEARE_URL,
     DataError,
@@ -23,6 +23,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "GPT2Tokenizer",
+    "HFTokenizer",
     "cache_dir",
     "get_batch",
     "load_dataset",

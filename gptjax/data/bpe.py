@@ -131,3 +131,50 @@ class GPT2Tokenizer:
         if saved and saved != TIKTOKEN_SOURCE and pathlib.Path(saved).is_file():
             return cls(saved)
         return cls()
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer (e.g. a byte-level BPE from scripts/train_tokenizer.py),
+    stored whole in its JSON so a checkpoint needs no other file. Special tokens written in the text
+    (e.g. "<|endoftext|>") become their ids, and decode to their text."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: str, eos: str | None = GPT2_EOT):
+        from tokenizers import Tokenizer  # here: only users of trained tokenizers need the package
+
+        self._json = tokenizer_json
+        self._tok = Tokenizer.from_str(tokenizer_json)
+        self.vocab_size = self._tok.get_vocab_size()
+        self.eos_id = self._tok.token_to_id(eos) if eos else None
+        self.bos_id = self.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(_check_ids(ids, self.vocab_size), skip_special_tokens=False)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "tokenizer": self._json}
+
+
+def train_bpe(files: list[str], vocab_size: int, min_frequency: int = 2) -> HFTokenizer:
+    """A byte-level BPE (GPT-2's scheme: 256 byte symbols, GPT-2's pre-tokenizer regex, one special
+    token <|endoftext|> = id 0) trained on `files` with HF `tokenizers`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise DataError(f"vocab_size={vocab_size} is too small: the 256 bytes and <|endoftext|> need 257")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[GPT2_EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: any text encodes
+        show_progress=False,
+    )
+    tok.train([str(f) for f in files], trainer)
+    return HFTokenizer(tok.to_str())

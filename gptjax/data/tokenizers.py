@@ -5,7 +5,7 @@ import pathlib
 
 import numpy as np
 
-from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
+from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer, HFTokenizer
 from gptjax.data.sources import DataError
 
 _MAX_UNKNOWN_SHOWN = 10  # Enough to spot the problem without flooding the error line.
@@ -66,7 +66,7 @@ class CharTokenizer:
         return {"kind": self.kind, "chars": self.chars}
 
 
-def tokenizer_from_json(d: dict) -> CharTokenizer | ByteTokenizer | GPT2Tokenizer:
+def tokenizer_from_json(d: dict) -> CharTokenizer | ByteTokenizer | GPT2Tokenizer | HFTokenizer:
     """Rebuilds a tokenizer from its `to_json()` dict."""
     kind = d.get("kind")
     if kind == "char":
@@ -75,7 +75,9 @@ def tokenizer_from_json(d: dict) -> CharTokenizer | ByteTokenizer | GPT2Tokenize
         return ByteTokenizer()
     if kind == "gpt2":
         return GPT2Tokenizer.from_json(d)
-    raise DataError(f"unknown tokenizer kind {kind!r}; expected one of ['char', 'byte', 'gpt2']")
+    if kind == "hf":
+        return HFTokenizer(d["tokenizer"])
+    raise DataError(f"unknown tokenizer kind {kind!r}; expected one of ['char', 'byte', 'gpt2', 'hf']")
 
 
 def save_tokenizer(tok: CharTokenizer, path: str | pathlib.Path) -> None:
