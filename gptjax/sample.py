@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import os
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,7 +65,7 @@ class GenerateOptions:
     early_stopping: bool | str = False  # beam search: True, False (HF's heuristic) or "never"
     eos_token_id: int | Sequence[int] | None = None  # a sequence ends after any of these tokens
     stop: str | Sequence[str] = ()  # the text ends before the first of these strings (not included)
-    seed: int = 0  # same seed, same text
+    seed: int = 0  # same seed, same text (a prompt given twice in one batch gets the same text twice)
 
     def __post_init__(self):
         eos = self.eos_token_id
@@ -406,8 +407,6 @@ def _sample_step(params, config, state: DecodeState, rules, eos_E, greedy: bool)
     if greedy:
         token_B = jnp.argmax(apply_rules(rules, logits_BV, _history(state)), axis=-1).astype(jnp.int32)
     else:
-        # Row r's key is fold_in(seed, sample index), then the new token's index: a row's text does not
-        # depend on the rest of the batch.
         keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.keys_B, state.cur + 1 - state.first)
         token_B = _pick(rules, logits_BV, _history(state), keys_B)
     return _advance(state, token_B, cache, eos_E)
@@ -561,7 +560,13 @@ def _prepare(params, config: GPTConfig, prompts, options: GenerateOptions) -> tu
         p = prompts[row // copies]
         tokens_BL[row, P - len(p) : P] = p
         valid_BL[row, : P - len(p)] = False
-    keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(options.seed), jnp.arange(B) % copies)
+    # Row keys: fold_in(seed, crc32 of the prompt, sample index). A row's text then depends only on its
+    # prompt, the seed and the options, never on the rest of the batch, and different prompts draw
+    # independent random numbers.
+    prompt_hash_B = np.repeat([zlib.crc32(np.asarray(p, np.int32).tobytes()) for p in prompts], copies)
+    keys_B = jax.vmap(
+        lambda h, r: jax.random.fold_in(jax.random.fold_in(jax.random.key(options.seed), h), r)
+    )(prompt_hash_B.astype(np.uint32), np.arange(B, dtype=np.uint32) % copies)
     final = P + n_new - 1
     num_beams = options.num_beams if options.mode == "beam" else None
     state = _start(params, config, tokens_BL, valid_BL, P, final, keys_B, S, num_beams)

@@ -108,6 +108,14 @@ def test_ragged_batch_equals_each_prompt_alone(tiny_cfg, params, options):
     assert batch == alone
 
 
+def test_prompts_draw_independent_random_numbers(tiny_cfg, params):
+    """With a uniform model, rows that shared random numbers would give the same text."""
+    uniform = jax.tree_util.tree_map(jnp.zeros_like, params)
+    out = run(uniform, tiny_cfg, PROMPTS, max_new_tokens=11, top_k=2, num_return_sequences=2)
+    rows = [tuple(s) for seqs in out for s in seqs]
+    assert len(set(rows)) == len(rows), rows
+
+
 def test_seed_fixes_the_text(tiny_cfg, params):
     a, b, c = (
         run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=8, top_k=2, num_return_sequences=2, seed=s)
