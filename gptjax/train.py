@@ -230,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     def report(first: int, metrics: Any, check: bool = False) -> None:
         """Logs the log steps among K steps' metrics; `check` reads them anyway and raises if not finite."""
         nonlocal t_log, tokens_since_log, train_seconds, train_tokens
+        tokens_since_log += K * tokens_per_step  # this call's steps are done once its metrics are read
         logged = [j for j in range(K) if (first + j) % config.log_interval == 0]
         if not logged and not check:
             return
@@ -273,7 +274,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             save(step)
         xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K))
         state, metrics = step_fn(state, placement.put_batch(xy))
-        tokens_since_log += K * tokens_per_step
         if pending is not None:
             report(*pending)
         pending = (step, metrics)
