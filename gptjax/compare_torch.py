@@ -6,13 +6,13 @@ after global-norm clipping: the same lr schedule (gptjax's, evaluated per step),
 weight decay on the parameters with ndim >= 2. HF GPT-2 always has biases, so the comparison runs the
 config's model with bias=True (zero-initialised, as gptjax initialises them); dropout is off, since the
 two frameworks draw different masks. Tokens/s exclude the first `warmup` steps (compilation) and use
-gptjax's real jitted step: config.steps_per_call steps per call, as training does. The trainers take
-turns of K steps, so background load on a shared machine hits them alike.
+gptjax's real jitted step: config.steps_per_call steps per call, as training does.
 
 torch and transformers are imported here: install the `torch` extra.
 """
 
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -27,6 +27,9 @@ from gptjax.optim import lr_schedule
 from gptjax.train import abstract_state, batches, model_config
 
 WARMUP_STEPS = 5  # at least this many steps are untimed (rounded up to whole gptjax calls)
+# Between trainers: a runtime's idle worker threads spin-wait a while (OpenMP, XLA's pool) before they
+# sleep; the pause keeps them off the cores of the next trainer's timed steps.
+PAUSE_S = 1.0
 
 
 def comparable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -112,8 +115,8 @@ def compare(config: ml_collections.ConfigDict, steps: int = 50, torch_compile: b
     """Trains gptjax, PyTorch eager and (if `torch_compile`) torch.compile `steps` steps; returns the
     loss curves, their largest relative differences and each one's training tokens/s.
 
-    The trainers take turns, K = config.steps_per_call steps each, so that a machine shared with other
-    work slows all of them alike; each turn is timed from its start until its result is ready.
+    The trainers run one after the other; each call (K = config.steps_per_call steps) is timed from its
+    start until its result is ready.
     """
     import torch
 
@@ -139,23 +142,24 @@ def compare(config: ml_collections.ConfigDict, steps: int = 50, torch_compile: b
     }
     if torch_compile:
         trainers["torch_compile"] = torch_trainer(torch_model(params0, cfg), config, lrs, compile=True)
+    load_before = os.getloadavg()[0]
     losses = {name: [] for name in trainers}
     seconds = dict.fromkeys(trainers, 0.0)
     compile_error = None
-    for i in range(0, steps, K):
-        for name, run in list(trainers.items()):
-            t0 = time.perf_counter()
-            try:
+    for name, run in list(trainers.items()):
+        time.sleep(PAUSE_S)
+        try:
+            for i in range(0, steps, K):
+                t0 = time.perf_counter()
                 losses[name].append(run(i, x_NBT[i : i + K], y_NBT[i : i + K]))
-            except Exception as e:
-                if name != "torch_compile":
-                    raise
-                # No compiler, an unsupported op...: report it and keep the eager numbers.
-                compile_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-                del trainers[name], losses[name], seconds[name]
-                continue
-            if i >= warmup:
-                seconds[name] += time.perf_counter() - t0
+                if i >= warmup:
+                    seconds[name] += time.perf_counter() - t0
+        except Exception as e:
+            if name != "torch_compile":
+                raise
+            # No compiler, an unsupported op...: report it and keep the eager numbers.
+            compile_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            del losses[name], seconds[name]
     losses = {name: np.concatenate(values) for name, values in losses.items()}
     tok_s = {name: (steps - warmup) * x_NBT[0].size / s for name, s in seconds.items()}
     best_torch = max(v for k, v in tok_s.items() if k != "gptjax")
@@ -167,13 +171,15 @@ def compare(config: ml_collections.ConfigDict, steps: int = 50, torch_compile: b
         "tokens_per_step": int(x_NBT[0].size),
         "untimed_warmup_steps": warmup,
         "devices": f"jax {jax.devices()[0].platform}, torch cpu with {torch.get_num_threads()} threads",
-        "losses": {k: [round(float(v), 6) for v in vs] for k, vs in losses.items()},
+        "losses": {k: [float(v) for v in vs] for k, vs in losses.items()},
         "max_rel_loss_diff": max_rel_diff(losses["gptjax"], losses["torch_eager"]),
         "max_rel_loss_diff_compile": (
             max_rel_diff(losses["gptjax"], losses["torch_compile"]) if "torch_compile" in losses else None
         ),
         "tokens_per_sec": {k: round(v, 1) for k, v in tok_s.items()},
         "torch_compile_error": compile_error,
+        # Other work on the machine slows PyTorch's OpenMP threads far more than XLA's: check these.
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2), os.cpu_count()],
         "speedup_vs_best_torch": round(tok_s["gptjax"] / best_torch, 3),
     }
 
