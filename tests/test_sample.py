@@ -429,16 +429,12 @@ def test_scanned_checkpoints_decode_like_per_layer_ones(tiny_cfg, params):
 
 
 @pytest.mark.slow
-def test_sample_script(tmp_path, data_dir, tmp_cache):
-    from configs import tiny
-    from gptjax.train import train_and_evaluate
+def test_sample_script(tmp_path, model):
+    """scripts/sample.py on a checkpoint: streams one sample; writes a batch with beams to --out."""
+    from gptjax.convert import save_checkpoint
 
-    c = tiny.get_config()
-    c.update(max_iters=1, eval_iters=1, eval_interval=1, checkpoint_interval=1, batch_size=8)
-    if "steps_per_call" in c:
-        c.steps_per_call = 1
-    train_and_evaluate(c, tmp_path / "w")
-    (tmp_path / "prompt.txt").write_text("ROMEO:\n")
+    save_checkpoint(tmp_path / "w", *model)
+    (tmp_path / "prompt.txt").write_text("abc")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [sys.executable, "scripts/sample.py", f"--workdir={tmp_path / 'w'}", "--max_new_tokens=6"]
     run_script = lambda *more: subprocess.run(  # noqa: E731
@@ -447,9 +443,11 @@ def test_sample_script(tmp_path, data_dir, tmp_cache):
     out = tmp_path / "s.jsonl"
     single = run_script("--prompt=FILE:" + str(tmp_path / "prompt.txt"), "--seed=3", f"--out={out}")
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert single.stdout == "ROMEO:\n" + record["text"] + "\n"  # streamed, then a newline
-    run_script("--prompt=ROMEO:", "--prompt=JULIET:", "--num_beams=3", "--num_samples=2", f"--out={out}")
+    assert single.stdout == "abc" + record["text"] + "\n"  # streamed, then a newline
+    # The same text from Python: a workdir's options default to its config.sample (temperature 0.8, ...).
+    assert gptjax.generate(str(tmp_path / "w"), "abc", max_new_tokens=6, seed=3) == ["abc" + record["text"]]
+    run_script("--prompt=abc", "--prompt=ponm", "--num_beams=3", "--num_samples=2", f"--out={out}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt"] for r in records] == ["ROMEO:", "ROMEO:", "JULIET:", "JULIET:"]
+    assert [r["prompt"] for r in records] == ["abc", "abc", "ponm", "ponm"]
     assert all(r["num_tokens"] == 6 and len(r["text"]) == 6 for r in records)
     assert records[0]["options"]["num_beams"] == 3 and records[0]["options"]["max_new_tokens"] == 6
