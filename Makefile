@@ -6,8 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # An NVIDIA GPU gets CUDA jaxlib and the full-size model; otherwise nanoGPT's CPU variant.
 ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-EXTRAS := test$(if $(filter gpu,$(ACCEL)),$(comma)cuda)
 comma := ,
+# make train needs the core package (+ CUDA jaxlib on a GPU); make test also the PyTorch/HF baselines
+# (torch==2.13.0: pip takes a local CPU wheel when the machine has one) and HF tokenizers.
+TRAIN_EXTRAS := $(if $(filter gpu,$(ACCEL)),cuda)
+TEST_EXTRAS := test,torch,tokenizers
 CONFIG ?= configs/shakespeare_char.py$(if $(filter cpu,$(ACCEL)),:cpu)
 WORKDIR ?= runs/shakespeare_char_$(ACCEL)
 # The shared data folder beside a checkout, when there is one (CI); otherwise the loaders download.
@@ -15,24 +18,30 @@ export GPTJAX_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/da
 
 .PHONY: train test lint format clean
 
-$(BIN)/.installed: setup.py
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+
+$(BIN)/.installed-train: setup.py | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.$(if $(TRAIN_EXTRAS),[$(TRAIN_EXTRAS)])'
 	touch $@
 
-train: $(BIN)/.installed
+$(BIN)/.installed-test: setup.py | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[$(TEST_EXTRAS)]'
+	touch $@
+
+train: $(BIN)/.installed-train
 	$(BIN)/python scripts/train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(BIN)/python scripts/sample.py --workdir=$(WORKDIR) --num_samples=2 --max_new_tokens=400
 
-test: $(BIN)/.installed lint
+test: $(BIN)/.installed-test lint
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(BIN)/.installed
+format: $(BIN)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
