@@ -124,7 +124,8 @@ def benchmark_generate() -> dict:
         "mode": "generate",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0]}",
         "sampling": f"top_k={TOP_K}, temperature=1, float32, random weights",
-        "hf": hf or "not available: pip install torch==2.13.0 transformers",
+        "hf": hf
+        or ("not available: pip install torch==2.13.0 transformers" if FLAGS.hf else "skipped (--nohf)"),
         "results": [],
     }
     rng = np.random.default_rng(0)
@@ -133,28 +134,26 @@ def benchmark_generate() -> dict:
         for batch in map(int, FLAGS.batch_sizes):
             prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
             row = dict(model=name, batch=batch, prompt_tokens=prompt_len, new_tokens=new_tokens)
-            row["gptjax_tok_s"] = round(
-                batch * new_tokens / time_gptjax(cfg, prompts, new_tokens, FLAGS.repeats), 1
-            )
+            seconds = time_gptjax(cfg, prompts, new_tokens, FLAGS.repeats)
+            row["gptjax_tok_s"] = round(batch * new_tokens / seconds, 1)
+            if name == "gpt2" and batch == 1:
+                bandwidth = read_bandwidth()  # right after, so that both see the same machine load
             if hf:
-                row["hf_tok_s"] = round(
-                    batch * new_tokens / time_hf(cfg, prompts, new_tokens, FLAGS.repeats), 1
-                )
+                seconds = time_hf(cfg, prompts, new_tokens, FLAGS.repeats)
+                row["hf_tok_s"] = round(batch * new_tokens / seconds, 1)
                 row["speedup"] = round(row["gptjax_tok_s"] / row["hf_tok_s"], 2)
             out["results"].append(row)
             print(json.dumps(row), flush=True)
-    if "gpt2" in FLAGS.sizes:
-        cfg = SIZES["gpt2"][0]
-        params = jax.eval_shape(GPT(cfg).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-        weight_bytes = 4 * count_params(params)
-        bandwidth = read_bandwidth()
+    batch1 = [r for r in out["results"] if r["model"] == "gpt2" and r["batch"] == 1]
+    if batch1:
+        params = jax.eval_shape(GPT(SIZES["gpt2"][0]).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+        weight_bytes = 4 * count_params(params["params"])
         floor = bandwidth / weight_bytes
-        batch1 = [r for r in out["results"] if r["model"] == "gpt2" and r["batch"] == 1]
         out["gpt2_batch1_floor"] = {
             "weights_MB": round(weight_bytes / 1e6),
             "read_GB_s": round(bandwidth / 1e9, 1),
             "floor_tok_s": round(floor, 1),
-            "gptjax_fraction_of_floor": round(batch1[0]["gptjax_tok_s"] / floor, 2) if batch1 else None,
+            "gptjax_fraction_of_floor": round(batch1[0]["gptjax_tok_s"] / floor, 2),
         }
     return out
 
