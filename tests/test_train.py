@@ -172,3 +172,27 @@ def test_scripts_print_one_line_errors(tmp_path, data_dir, tmp_cache):
         lines = result.stderr.strip().splitlines()
         assert "Traceback" not in result.stderr, result.stderr
         assert lines[-1].startswith("error:") and needle in lines[-1], lines[-1]
+
+
+def test_trains_on_a_directory_prepared_by_prepare_data(tmp_path, data_dir, tmp_cache):
+    """scripts/prepare_data.py's token files are a data source; their tokenizer comes along."""
+    from gptjax.data import ByteTokenizer, GPT2Tokenizer
+    from gptjax.data.prepare import prepare_files
+
+    prepare_files([data_dir / "tinyshakespeare" / "input.txt"], tmp_path / "tokens", ByteTokenizer())
+    config = tiny_config(max_iters=20, eval_interval=10, checkpoint_interval=10)
+    config.data.source = str(tmp_path / "tokens")
+    train_and_evaluate(config, tmp_path / "w")
+    params, cfg, tokenizer, _ = load_params(tmp_path / "w")
+    assert tokenizer.kind == "byte" and cfg.vocab_size == 256
+    val = [r["val_loss"] for r in read_metrics(tmp_path / "w") if "val_loss" in r]
+    assert val[-1] < val[0] - 0.5  # learns from the prepared tokens (ln 256 = 5.5 at the start)
+    # A checkpoint's tokenizer that does not match the prepared files is refused in one line.
+    prepare_files(
+        [data_dir / "tinyshakespeare" / "input.txt"],
+        tmp_path / "gpt2",
+        GPT2Tokenizer(),
+    )
+    config.data.source = str(tmp_path / "gpt2")
+    with pytest.raises(DataError, match="prepared with tokenizer 'gpt2'"):
+        train_and_evaluate(config, tmp_path / "w")

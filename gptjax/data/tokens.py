@@ -115,10 +115,24 @@ def load_dataset(
     val_fraction: float = 0.1,
     tokenizer=None,
 ) -> Dataset:
-    """Text of `source` (see `load_text`) -> cached train/val tokens.
+    """Text of `source` (see `load_text`) -> cached train/val tokens; or a directory prepared by
+    scripts/prepare_data.py (train.bin, val.bin, meta.json), read as it is with its own tokenizer.
 
     The tokenizer defaults to the characters of the whole text, as nanoGPT's shakespeare_char.
     """
+    prepared = pathlib.Path(source).expanduser()
+    if (prepared / "meta.json").is_file():  # token files written by scripts/prepare_data.py
+        from gptjax.data.prepare import open_prepared  # prepare imports this module
+        from gptjax.data.tokenizers import tokenizer_from_json
+
+        train, val, meta = open_prepared(prepared)
+        saved = tokenizer_from_json(meta["tokenizer"])
+        if tokenizer is not None and (tokenizer.kind, tokenizer.vocab_size) != (saved.kind, saved.vocab_size):
+            raise DataError(
+                f"{prepared} was prepared with tokenizer {meta['tokenizer'].get('kind')!r}, not the "
+                f"checkpoint's {tokenizer.kind!r}; prepare the data with the checkpoint's tokenizer"
+            )
+        return Dataset(train=train, val=val, tokenizer=tokenizer or saved)
     text = load_text(source, path)
     if tokenizer is None:
         tokenizer = CharTokenizer.from_text(text)
