@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
     c.model.position = "learned"  # "learned" (GPT-2) or "sinusoidal"
     c.model.tie_embeddings = True
+    c.model.vocab_multiple = 1  # pad the embedding rows to a multiple of this (64 for GPT-2's vocab)
     c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.model.param_dtype = "float32"

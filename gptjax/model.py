@@ -52,6 +52,9 @@ class GPTConfig:
     bias: bool = True  # biases in Dense layers and LayerNorms (GPT-2: True)
     position: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (fixed table)
     tie_embeddings: bool = True  # LM head = token embedding transposed (GPT-2)
+    vocab_multiple: int = (
+        1  # embedding rows padded to a multiple (64: faster matmuls); pads get no probability
+    )
     gelu: str = "tanh"  # GELU form: "tanh" approximation (GPT-2's gelu_new) or "exact" (nanoGPT)
     dtype: str = "float32"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of parameters
@@ -77,13 +80,18 @@ class GPTConfig:
             raise ValueError(f"remat={self.remat!r} is unknown; use one of {list(REMAT_POLICIES)}")
         if self.position not in POSITIONS:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and the LM head: vocab_size rounded up to vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @classmethod
     def from_mapping(cls, model: Mapping[str, Any], **overrides: Any) -> "GPTConfig":
@@ -202,7 +210,7 @@ class GPT(nn.Module):
             positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32) + offset, (B, T))
 
         wte = nn.Embed(
-            c.vocab_size,
+            c.padded_vocab,
             c.n_embd,
             embedding_init=normal_init(),
             dtype=c.dtype,
@@ -246,13 +254,16 @@ class GPT(nn.Module):
         if c.tie_embeddings:
             head_VD = wte.embedding
         else:
-            head_VD = self.param("lm_head", normal_init(), (c.vocab_size, c.n_embd), c.param_dtype)
+            head_VD = self.param("lm_head", normal_init(), (c.padded_vocab, c.n_embd), c.param_dtype)
         logits_BTV = jnp.einsum(
             "BTD,VD->BTV",
             x_BTD,
             jnp.asarray(head_VD, c.dtype),
             preferred_element_type=jnp.float32,
         )
+        if c.padded_vocab > c.vocab_size:  # padding rows are no tokens: they get probability 0
+            real_V = jnp.arange(c.padded_vocab) < c.vocab_size
+            logits_BTV = jnp.where(real_V, logits_BTV, attention.MASK_VALUE)
         return logits_BTV, new_cache
 
 

@@ -41,7 +41,7 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_integer("steps", 10, "train: timed calls (each config.steps_per_call steps).")
 flags.DEFINE_integer("warmup", 2, "train: untimed calls after compilation.")
-flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default config.data.vocab_size, else 65).")
+flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default: config.data.tokenizer's).")
 FLAGS = flags.FLAGS
 
 TOP_K = 50  # HF's top_k default when sampling
@@ -163,7 +163,8 @@ def main(argv):
     if FLAGS.mode == "train":
         if FLAGS.config is None:
             raise app.UsageError("--mode=train needs --config=configs/....py")
-        vocab = FLAGS.vocab_size or FLAGS.config.data.get("vocab_size") or 65  # 65: Tiny Shakespeare's chars
+        # The tokenizer's ids: GPT-2 BPE, bytes, or Tiny Shakespeare's 65 characters.
+        vocab = FLAGS.vocab_size or {"gpt2": 50257, "byte": 256}.get(FLAGS.config.data.tokenizer, 65)
         print(
             json.dumps(benchmark.benchmark_train(FLAGS.config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup))
         )

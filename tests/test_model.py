@@ -302,7 +302,7 @@ def test_from_mapping_variant_and_overrides():
 
 def expected_param_count(cfg: GPTConfig) -> int:
     """A pre-LN GPT's parameter count, from its shapes (nanoGPT model.py)."""
-    V, C, L, D = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
+    V, C, L, D = cfg.padded_vocab, cfg.block_size, cfg.n_layer, cfg.n_embd
     dense = lambda d_in, d_out: d_in * d_out + (d_out if cfg.bias else 0)
     layer_norm = D * (2 if cfg.bias else 1)  # scale (+ bias)
     block = 2 * layer_norm + dense(D, 3 * D) + dense(D, D) + dense(D, 4 * D) + dense(4 * D, D)
@@ -341,5 +341,5 @@ def test_configs_build(module, arg):
         assert round((n - wpe) / 1e6, 2) == 10.65
     if module == "gpt2":
         # OpenAI's GPT-2 small with biases and its 50257-token vocab: HF counts 124,439,808 parameters.
-        gpt2 = model_config(config, vocab_size=50257, bias=True)
+        gpt2 = model_config(config, vocab_size=50257, bias=True, vocab_multiple=1)
         assert count_params(abstract_state(gpt2, config.opt, 0)[1].params) == 124_439_808

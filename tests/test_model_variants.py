@@ -114,3 +114,20 @@ def test_scanned_model_refuses_a_cache(params):
     cfg = dataclasses.replace(BASE, scan_layers=True)
     with pytest.raises(ValueError, match="unstack_layers"):
         GPT(cfg).apply({"params": stack_layers(params, 3)}, tokens(), cache=init_cache(BASE, 2))
+
+
+def test_padded_vocab_masks_the_pads_and_keeps_the_loss(params):
+    """vocab_multiple pads the embedding rows; pads get no probability, real tokens the same logits."""
+    padded = dataclasses.replace(BASE, vocab_multiple=64)
+    assert padded.padded_vocab == 64 and BASE.vocab_size == 40
+    p = dict(params)
+    extra = jax.random.normal(jax.random.key(3), (24, BASE.n_embd))  # anything: masked out
+    p["wte"] = {"embedding": jnp.concatenate([params["wte"]["embedding"], extra])}
+    logits, _ = GPT(BASE).apply({"params": params}, tokens())
+    logits_p, _ = GPT(padded).apply({"params": p}, tokens())
+    assert logits_p.shape[-1] == 64
+    np.testing.assert_allclose(logits_p[..., :40], logits, atol=1e-6)
+    assert np.all(np.asarray(jax.nn.softmax(logits_p)[..., 40:]) == 0)
+    np.testing.assert_allclose(
+        loss_and_grads(padded, p, tokens())[0], loss_and_grads(BASE, params, tokens())[0], rtol=1e-6
+    )
