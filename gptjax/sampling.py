@@ -1,0 +1,222 @@
+"""What to generate: GenerateOptions (Hugging Face generate()'s names and meanings) and the sampling
+rules it builds: logits_BV -> logits_BV, each a small frozen dataclass with one method, applied in HF's
+order (penalties, then temperature, then top-k / top-p / min-p) by gptjax.sample.
+
+Rule numbers are pytree leaves (changing them does not recompile); sizes are static fields.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+DEFAULT_MAX_NEW_TOKENS = 100
+
+
+# ----- Options ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOptions:
+    """What to generate. Options with a name from HF's generate() have HF's meaning."""
+
+    max_new_tokens: int | None = None  # new tokens per sequence (default DEFAULT_MAX_NEW_TOKENS)
+    max_length: int | None = None  # longest prompt + new tokens; max_new_tokens wins when both are set
+    do_sample: bool | None = None  # None: sample unless temperature == 0 or num_beams > 1
+    temperature: float = 1.0  # divides the logits; 0 means greedy
+    top_k: int | None = None  # keep the k most likely tokens; None or 0 keeps all (HF's default is 50)
+    top_p: float | None = None  # keep the smallest set of most likely tokens with mass >= top_p
+    min_p: float | None = None  # keep tokens at least min_p times as likely as the most likely one
+    repetition_penalty: float | None = None  # > 1 makes tokens already in the text less likely
+    no_repeat_ngram_size: int | None = None  # n > 0: no n-gram of tokens occurs twice
+    num_return_sequences: int = 1  # sequences per prompt: samples, or the best beams
+    num_beams: int = 1  # > 1: beam search (deterministic)
+    length_penalty: float = 1.0  # beam search ranks by sum(log p) / new_length ** length_penalty
+    early_stopping: bool | str = False  # beam search: True, False (HF's heuristic) or "never"
+    eos_token_id: int | Sequence[int] | None = None  # a sequence ends after any of these tokens
+    stop: str | Sequence[str] = ()  # the text ends before the first of these strings (not included)
+    seed: int = 0  # same seed, same text (a prompt given twice in one batch gets the same text twice)
+
+    def __post_init__(self):
+        eos = self.eos_token_id
+        eos = () if eos is None else (eos,) if isinstance(eos, int | np.integer) else tuple(eos)
+        object.__setattr__(self, "eos_token_id", tuple(int(e) for e in eos) or None)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        checks = [
+            (self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens={} must be > 0"),
+            (self.max_length is None or self.max_length > 0, "max_length={} must be > 0"),
+            (self.temperature >= 0, "temperature={} must be >= 0 (0 is greedy)"),
+            (self.top_k is None or self.top_k >= 0, "top_k={} must be >= 0 (0 or None keeps all)"),
+            (self.top_p is None or 0 < self.top_p <= 1, "top_p={} must be in (0, 1]"),
+            (self.min_p is None or 0 <= self.min_p <= 1, "min_p={} must be in [0, 1]"),
+            (
+                self.repetition_penalty is None or self.repetition_penalty > 0,
+                "repetition_penalty={} must be > 0",
+            ),
+            (
+                self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
+                "no_repeat_ngram_size={} < 0",
+            ),
+            (self.num_return_sequences >= 1, "num_return_sequences={} must be >= 1"),
+            (self.num_beams >= 1, "num_beams={} must be >= 1"),
+            (
+                self.early_stopping in (True, False, "never"),
+                "early_stopping={!r}: use True, False or 'never'",
+            ),
+            (all(e >= 0 for e in self.eos_token_id or ()), "eos_token_id={} must be token ids >= 0"),
+            (all(self.stop), "stop={!r} must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                name = message.split("=")[0]
+                raise ValueError(message.format(getattr(self, name)))
+        if self.num_beams > 1 and self.do_sample:
+            raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported; pick one")
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("temperature=0 means greedy decoding; it contradicts do_sample=True")
+        if self.mode == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}"
+            )
+        if self.mode == "greedy" and self.num_return_sequences > 1:
+            raise ValueError(
+                f"num_return_sequences={self.num_return_sequences} needs sampling or beam search: greedy "
+                "decoding gives one sequence per prompt"
+            )
+
+    @property
+    def mode(self) -> str:
+        """'beam', 'greedy' or 'sample'."""
+        if self.num_beams > 1:
+            return "beam"
+        return "greedy" if self.do_sample is False or self.temperature == 0 else "sample"
+
+    def rules(self) -> tuple:
+        """Rules in HF's order: penalties (every mode), then temperature, top-k, top-p, min-p (sampling)."""
+        rules = []
+        if self.repetition_penalty not in (None, 1.0):
+            rules.append(RepetitionPenalty(float(self.repetition_penalty)))
+        if self.no_repeat_ngram_size:
+            rules.append(NoRepeatNGram(self.no_repeat_ngram_size))
+        if self.mode == "sample":
+            if self.temperature != 1.0:
+                rules.append(Temperature(float(self.temperature)))
+            if self.top_k:
+                rules.append(TopK(self.top_k))
+            if self.top_p is not None and self.top_p < 1.0:
+                rules.append(TopP(float(self.top_p)))
+            if self.min_p:
+                rules.append(MinP(float(self.min_p)))
+        return tuple(rules)
+
+
+# ----- Sampling rules ----------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class History:
+    """Each row's text so far (left pads, prompt, new tokens): what the penalties look at."""
+
+    tokens_BL: jax.Array  # int32
+    mask_BL: jax.Array  # bool: a real token (not a pad) that is already written
+    cur: jax.Array  # int32 scalar: the column of the newest token
+
+
+@struct.dataclass
+class RepetitionPenalty:
+    """Divides positive, multiplies negative logits of tokens already in the text (Keskar et al. 2019)."""
+
+    penalty: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        seen_BV = _scatter_any(logits_BV.shape, history.tokens_BL, history.mask_BL)
+        penalized_BV = jnp.where(logits_BV < 0, logits_BV * self.penalty, logits_BV / self.penalty)
+        return jnp.where(seen_BV, penalized_BV, logits_BV)
+
+
+@struct.dataclass
+class NoRepeatNGram:
+    """Forbids every token that would complete an n-gram already in the text (HF's no_repeat_ngram_size)."""
+
+    n: int = struct.field(pytree_node=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        n, tokens_BL, mask_BL = self.n, history.tokens_BL, history.mask_BL
+        J = tokens_BL.shape[1] - n + 1  # n-grams start at columns 0..J-1
+        if J <= 0:
+            return logits_BV
+        # The newest n-1 tokens: a repeat is an earlier n-gram that starts with them.
+        cols_M = history.cur - (n - 2) + jnp.arange(n - 1)
+        last_BM = jnp.take(tokens_BL, jnp.clip(cols_M, 0), axis=1)
+        last_ok_B = jnp.all((cols_M >= 0)[None, :] & jnp.take(mask_BL, jnp.clip(cols_M, 0), axis=1), axis=1)
+        repeat_BJ = last_ok_B[:, None] & mask_BL[:, n - 1 :]
+        for i in range(n - 1):
+            repeat_BJ &= mask_BL[:, i : i + J] & (tokens_BL[:, i : i + J] == last_BM[:, i : i + 1])
+        banned_BV = _scatter_any(logits_BV.shape, tokens_BL[:, n - 1 :], repeat_BJ)
+        return jnp.where(banned_BV, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class Temperature:
+    """Divides the logits: < 1 sharpens the distribution, > 1 flattens it."""
+
+    temperature: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        return logits_BV / self.temperature
+
+
+@struct.dataclass
+class TopK:
+    """Keeps the k largest logits (and any tied with the k-th, as HF)."""
+
+    k: int = struct.field(pytree_node=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        if self.k >= logits_BV.shape[-1]:
+            return logits_BV
+        kth_B1 = jax.lax.top_k(logits_BV, self.k)[0][:, -1:]
+        return jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class TopP:
+    """Keeps the smallest set of most likely tokens whose probabilities sum to >= p (nucleus sampling)."""
+
+    p: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        # As HF: sort ascending and drop the tokens whose cumulative mass stays <= 1 - p (never the top one).
+        sorted_BV = jnp.sort(logits_BV, axis=-1)
+        cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+        n_drop_B1 = jnp.sum(cum_BV[:, :-1] <= 1 - self.p, axis=-1, keepdims=True)
+        min_kept_B1 = jnp.take_along_axis(sorted_BV, n_drop_B1, axis=-1)
+        return jnp.where(logits_BV < min_kept_B1, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class MinP:
+    """Keeps tokens whose probability is at least p times the most likely token's (Nguyen et al. 2024)."""
+
+    p: float
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        probs_BV = jax.nn.softmax(logits_BV, axis=-1)
+        threshold_B1 = self.p * jnp.max(probs_BV, axis=-1, keepdims=True)
+        return jnp.where(probs_BV < threshold_B1, -jnp.inf, logits_BV)
+
+
+def _scatter_any(shape_BV: tuple[int, int], ids_BL: jax.Array, where_BL: jax.Array) -> jax.Array:
+    """bool [B, V]: True at [b, ids_BL[b, l]] for every l where where_BL[b, l]."""
+    rows_BL = jnp.broadcast_to(jnp.arange(shape_BV[0])[:, None], ids_BL.shape)
+    return jnp.zeros(shape_BV, jnp.int32).at[rows_BL, ids_BL].add(where_BL.astype(jnp.int32)) > 0
+
+
+def apply_rules(rules: Sequence, logits_BV: jax.Array, history: History) -> jax.Array:
+    for rule in rules:
+        logits_BV = rule(logits_BV, history)
+    return logits_BV
