@@ -73,7 +73,7 @@ def batches(tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: 
     return np.stack(xs)[:, rows], np.stack(ys)[:, rows]
 
 
-@functools.partial(jax.jit, donate_argnums=())
+@jax.jit
 def _eval_losses(state, batches_KBT):
     return jax.lax.map(lambda batch: eval_step(state, batch), batches_KBT)
 
