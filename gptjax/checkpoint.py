@@ -103,8 +103,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) for restoring into the same placement as `tree`."""
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)

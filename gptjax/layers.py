@@ -10,7 +10,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
@@ -69,9 +68,3 @@ class MLP(nn.Module):
         h_BTF = nn.gelu(h_BTF, approximate=self.gelu_tanh)
         out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)
-
-
-def positions_from_tokens(tokens_BT: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
-    """Positions 0..T-1 (+ offset) for every row."""
-    T = tokens_BT.shape[1]
-    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32) + offset, tokens_BT.shape)
