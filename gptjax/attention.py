@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.layers import Dtype, normal_init, residual_init
+from gptjax.layers import Dense, Dtype, normal_init, residual_init
 
 # Added to the logits of masked (future or padded) keys. The float32 minimum makes their softmax weight
 # exactly 0 while keeping a fully masked row finite (uniform) instead of NaN.
@@ -48,6 +48,7 @@ class CausalSelfAttention(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     implementation: str = "einsum"
+    out_in: bool = False  # Dense kernels stored [out, in] (see gptjax.layers.Dense)
 
     @nn.compact
     def __call__(
@@ -62,15 +63,7 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x_BTD.shape
         N = self.n_head
         H = D // N
-        dense = lambda features, init, name: nn.Dense(  # noqa: E731
-            features,
-            use_bias=self.use_bias,
-            kernel_init=init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
-        qkv_BT3D = dense(3 * D, normal_init(), "c_attn")(x_BTD)
+        qkv_BT3D = self._dense(3 * D, normal_init(), "c_attn")(x_BTD)
         q_BTD, k_BTD, v_BTD = jnp.split(qkv_BT3D, 3, axis=-1)
         q_BTNH = q_BTD.reshape(B, T, N, H)
         k_BTNH = k_BTD.reshape(B, T, N, H)
@@ -143,14 +136,10 @@ class CausalSelfAttention(nn.Module):
             new_cache = _write(cache, k_BNHT, v_BNTH, end + after)
         return self._project(out_BTNH, deterministic), new_cache
 
+    def _dense(self, features: int, init, name: str) -> Dense:
+        return Dense(features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, name=name)
+
     def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:
         B, T, N, H = out_BTNH.shape
-        out_BTD = nn.Dense(
-            N * H,
-            use_bias=self.use_bias,
-            kernel_init=residual_init(self.n_layer),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="c_proj",
-        )(out_BTNH.reshape(B, T, N * H))
+        out_BTD = self._dense(N * H, residual_init(self.n_layer), "c_proj")(out_BTNH.reshape(B, T, N * H))
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

@@ -37,6 +37,7 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weights' matmuls only
 }
 GELUS = ("tanh", "exact")
+KERNEL_LAYOUTS = ("in_out", "out_in")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,9 @@ class GPTConfig:
     )
     remat: str = "none"  # activation checkpointing per block: a REMAT_POLICIES name
     scan_layers: bool = False  # nn.scan over blocks: one compiled block, params stacked [L, ...]
+    # Dense kernels [in, out] (training, checkpoints) or transposed [out, in]: faster one-row
+    # matrix-vector products on CPU; gptjax.sample uses it for batch-1 decoding (see layers.Dense).
+    kernel_layout: str = "in_out"
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -78,6 +82,8 @@ class GPTConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r} is unknown; use one of {list(REMAT_POLICIES)}")
+        if self.kernel_layout not in KERNEL_LAYOUTS:
+            raise ValueError(f"kernel_layout={self.kernel_layout!r} is unknown; use one of {KERNEL_LAYOUTS}")
         if self.position not in POSITIONS:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
@@ -140,6 +146,7 @@ class Block(nn.Module):
             use_bias=c.bias,
             dropout=c.dropout,
             implementation=c.attention,
+            out_in=c.kernel_layout == "out_in",
             dtype=c.dtype,
             param_dtype=c.param_dtype,
             name="attn",
@@ -153,6 +160,7 @@ class Block(nn.Module):
             c.gelu == "tanh",
             c.dtype,
             c.param_dtype,
+            c.kernel_layout == "out_in",
             name="mlp",
         )
         x_BTD = x_BTD + mlp(norm("ln_2")(x_BTD), deterministic=deterministic)
@@ -182,6 +190,14 @@ def unstack_layers(params: Any) -> Any:
     n_layer = jax.tree_util.tree_leaves(stacked)[0].shape[0]
     for i in range(n_layer):
         params[f"h_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
+    return params
+
+
+def stack_layers(params: Any, n_layer: int) -> Any:
+    """Per-layer params (h_0, h_1, ...) in a scan_layers model's stacked layout; unstack_layers' inverse."""
+    params = dict(params)
+    layers = [params.pop(f"h_{i}") for i in range(n_layer)]
+    params["h"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)
     return params
 
 

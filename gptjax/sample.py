@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import os
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from flax import struct
 
 from gptjax.model import GPT, GPTConfig, init_cache, unstack_layers
 from gptjax.sampling import (  # noqa: F401  (re-exported: gptjax.sample.TopK etc.)
+    BEAM_MODES,
     DEFAULT_MAX_NEW_TOKENS,
     GenerateOptions,
     History,
@@ -228,8 +230,10 @@ def _advance(state: DecodeState, token_B: jax.Array, cache: list, eos_E: jax.Arr
     )
 
 
-def _beam_step(params, config, state: DecodeState, rules, eos_E, length_penalty, early_stopping):
-    """One step of HF's vectorised beam search (generation/utils.py `_beam_search`), without sampling."""
+def _beam_step(params, config, state: DecodeState, rules, eos_E, length_penalty, early_stopping, sample):
+    """One step of HF's vectorised beam search (generation/utils.py `_beam_search`). With `sample`, the
+    candidates are drawn without replacement in proportion to exp(score) (HF's multinomial; here the
+    Gumbel-top-k trick) instead of taken best first."""
     b = state.beam
     N, K = b.scores_BK.shape
     logits_RV, cache = _forward(params, config, state)  # R = N*K rows
@@ -238,7 +242,14 @@ def _beam_step(params, config, state: DecodeState, rules, eos_E, length_penalty,
     cand_BC = (logp_RV.reshape(N, K, V) + b.scores_BK[:, :, None]).reshape(N, K * V)
     # Keep (1 + number of EOS ids) * K candidates (at least 2K): K of them at least do not end.
     C = max(2, 1 + eos_E.shape[0]) * K
-    top_BC, index_BC = jax.lax.top_k(cand_BC, C)
+    if sample:
+        # One key per prompt (its first row's), folded with the step as _sample_step does.
+        keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.keys_B[::K], state.cur + 1 - state.first)
+        noise_BC = jax.vmap(lambda key: jax.random.gumbel(key, (K * V,), jnp.float32))(keys_B)
+        index_BC = jax.lax.top_k(cand_BC + noise_BC, C)[1]
+        top_BC = jnp.take_along_axis(cand_BC, index_BC, axis=1)
+    else:
+        top_BC, index_BC = jax.lax.top_k(cand_BC, C)
     parent_BC, token_BC = index_BC // V, (index_BC % V).astype(jnp.int32)
     new_len = state.cur + 2 - state.first  # new tokens, this one included
     ends_BC = jnp.isin(token_BC, eos_E) | (state.cur + 1 == state.final)
@@ -305,8 +316,9 @@ def _decode(
         return (state.cur < stop_at) & room & ~_finished(state, early_stopping)
 
     def body(state):
-        if mode == "beam":
-            return _beam_step(params, config, state, rules, eos_E, length_penalty, early_stopping)
+        if mode in BEAM_MODES:
+            sample = mode == "beam_sample"
+            return _beam_step(params, config, state, rules, eos_E, length_penalty, early_stopping, sample)
         return _sample_step(params, config, state, rules, eos_E, greedy=mode == "greedy")
 
     state = jax.lax.while_loop(cond, body, state)
@@ -323,6 +335,59 @@ def for_decoding(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
     return params, dataclasses.replace(
         config, scan_layers=False, remat="none", attention="einsum", dropout=0.0
     )
+
+
+@jax.jit
+def _row_keys(key, prompt_hash_B, copy_B):
+    """fold_in(fold_in(key, prompt hash), copy index) per row (jitted: eagerly it costs ms)."""
+    fold = lambda h, r: jax.random.fold_in(jax.random.fold_in(key, h), r)  # noqa: E731
+    return jax.vmap(fold)(prompt_hash_B, copy_B)
+
+
+# Decoding one row on CPU reads every weight once per token; XLA's CPU matrix-vector product streams
+# [out, in] kernels ~20% faster than [in, out] ones once they no longer fit the caches (measured: GPT-2
+# 124M +7-15% tokens/s; the 0.8M baby GPT slower). Smaller models keep [in, out].
+MATVEC_MIN_KERNEL_BYTES = 64 * 2**20
+_matvec_cache: dict[str, Any] = {}  # the last params' transposed kernels, dropped with those params
+
+
+def for_matvec(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
+    """Params and config with every Dense kernel transposed to [out, in] (gptjax.layers.Dense), the layout
+    in which XLA's CPU decodes one row fastest. The copy is kept while `params` lives, so that repeated
+    generate calls on the same params transpose once."""
+    leaves = jax.tree_util.tree_leaves(params)
+    hit = _matvec_cache.get("sources")
+    if (
+        hit is not None
+        and len(hit) == len(leaves)
+        and all(r() is x for r, x in zip(hit, leaves, strict=True))
+    ):
+        return _matvec_cache["params"], dataclasses.replace(config, kernel_layout="out_in")
+    _matvec_cache.clear()
+    flip = lambda path, x: _transpose(x) if path[-1].key == "kernel" else x  # noqa: E731
+    flipped = jax.tree_util.tree_map_with_path(flip, params)
+    try:
+        sources = [weakref.ref(x) for x in leaves]
+        weakref.finalize(leaves[0], _drop_matvec_cache, sources)
+        _matvec_cache.update(sources=sources, params=flipped)
+    except TypeError:  # leaves that take no weak references (Python scalars): no cache
+        pass
+    return flipped, dataclasses.replace(config, kernel_layout="out_in")
+
+
+def _drop_matvec_cache(sources: list) -> None:
+    if _matvec_cache.get("sources") is sources:
+        _matvec_cache.clear()
+
+
+def _use_matvec_layout(params: Any, rows: int) -> bool:
+    if rows != 1 or jax.default_backend() != "cpu":
+        return False
+    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"]
+    return sum(x.size * x.dtype.itemsize for x in kernels) >= MATVEC_MIN_KERNEL_BYTES
+
+
+_transpose = jax.jit(jnp.transpose)
 
 
 def _bucket(n: int) -> int:
@@ -354,7 +419,7 @@ def _prepare(params, config: GPTConfig, prompts, options: GenerateOptions) -> tu
         if n_new <= 0:
             raise ValueError(f"max_length={options.max_length} leaves no room after the {P}-token prompt")
 
-    copies = options.num_beams if options.mode == "beam" else options.num_return_sequences
+    copies = options.num_beams if options.mode in BEAM_MODES else options.num_return_sequences
     B = len(prompts) * copies
     L = _bucket(P + n_new)
     S = config.block_size if P + n_new > config.block_size else min(config.block_size, L)
@@ -368,11 +433,13 @@ def _prepare(params, config: GPTConfig, prompts, options: GenerateOptions) -> tu
     # prompt, the seed and the options, never on the rest of the batch, and different prompts draw
     # independent random numbers.
     prompt_hash_B = np.repeat([zlib.crc32(np.asarray(p, np.int32).tobytes()) for p in prompts], copies)
-    keys_B = jax.vmap(
-        lambda h, r: jax.random.fold_in(jax.random.fold_in(jax.random.key(options.seed), h), r)
-    )(prompt_hash_B.astype(np.uint32), np.arange(B, dtype=np.uint32) % copies)
+    keys_B = _row_keys(
+        jax.random.key(options.seed, impl="philox4x32"),
+        prompt_hash_B.astype(np.uint32),
+        np.arange(B, dtype=np.uint32) % copies,
+    )
     final = P + n_new - 1
-    num_beams = options.num_beams if options.mode == "beam" else None
+    num_beams = options.num_beams if options.mode in BEAM_MODES else None
     state = _start(params, config, tokens_BL, valid_BL, P, final, keys_B, S, num_beams)
     return state, P, final
 
@@ -395,23 +462,26 @@ def generate_ids(
     params, config = for_decoding(params, config)
     state, P, final = _prepare(params, config, prompts, options)
     mode, S = options.mode, state.kv_mask_BS.shape[1]
+    step_params, step_config = params, config  # what the decode loop reads; prefill keeps [in, out]
+    if _use_matvec_layout(params, rows=state.tokens_BL.shape[0]):
+        step_params, step_config = for_matvec(params, config)
     rules = options.rules()
     eos_E = jnp.asarray(options.eos_token_id or (), jnp.int32)
     length_penalty = jnp.float32(options.length_penalty)
-    if mode == "beam":
+    if mode in BEAM_MODES:
         on_chunk = None
     chunk = chunk or STOP_CHECK_CHUNK
     cur = P - 1
     while True:
         stop_at = final if on_chunk is None else min(cur + chunk, final)
         state, finished = _decode(
-            params,
+            step_params,
             state,
             rules,
             eos_E,
             length_penalty,
             jnp.int32(stop_at),
-            config=config,
+            config=step_config,
             mode=mode,
             early_stopping=options.early_stopping,
         )
@@ -424,7 +494,7 @@ def generate_ids(
             state = _slide(params, config, state)
 
     eos, n_prompts = set(options.eos_token_id or ()), len(prompts)
-    if mode == "beam":
+    if mode in BEAM_MODES:
         fin_tokens = np.asarray(state.beam.fin_tokens_BKL)
         fin_len = np.asarray(state.beam.fin_len_BK)
         R = options.num_return_sequences
@@ -524,7 +594,7 @@ def complete(
 
     on_chunk, chunk = None, None
     if stream or opts.stop:
-        if stream and (len(prompts) > 1 or opts.num_return_sequences > 1 or opts.mode == "beam"):
+        if stream and (len(prompts) > 1 or opts.num_return_sequences > 1 or opts.mode in BEAM_MODES):
             raise ValueError("stream needs one prompt, one sequence and no beam search")
         write = stream if callable(stream) else lambda s: print(s, end="", flush=True)
         shown = [0]  # characters of the first row printed so far

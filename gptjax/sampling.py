@@ -14,6 +14,7 @@ import numpy as np
 from flax import struct
 
 DEFAULT_MAX_NEW_TOKENS = 100
+BEAM_MODES = ("beam", "beam_sample")
 
 
 # ----- Options ------------------------------------------------------------------------------------------
@@ -33,7 +34,7 @@ class GenerateOptions:
     repetition_penalty: float | None = None  # > 1 makes tokens already in the text less likely
     no_repeat_ngram_size: int | None = None  # n > 0: no n-gram of tokens occurs twice
     num_return_sequences: int = 1  # sequences per prompt: samples, or the best beams
-    num_beams: int = 1  # > 1: beam search (deterministic)
+    num_beams: int = 1  # > 1: beam search (deterministic; with do_sample=True, beam sampling)
     length_penalty: float = 1.0  # beam search ranks by sum(log p) / new_length ** length_penalty
     early_stopping: bool | str = False  # beam search: True, False (HF's heuristic) or "never"
     eos_token_id: int | Sequence[int] | None = None  # a sequence ends after any of these tokens
@@ -74,11 +75,9 @@ class GenerateOptions:
             if not ok:
                 name = message.split("=")[0]
                 raise ValueError(message.format(getattr(self, name)))
-        if self.num_beams > 1 and self.do_sample:
-            raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported; pick one")
         if self.do_sample and self.temperature == 0:
             raise ValueError("temperature=0 means greedy decoding; it contradicts do_sample=True")
-        if self.mode == "beam" and self.num_return_sequences > self.num_beams:
+        if self.mode in BEAM_MODES and self.num_return_sequences > self.num_beams:
             raise ValueError(
                 f"num_return_sequences={self.num_return_sequences} must be <= num_beams={self.num_beams}"
             )
@@ -90,9 +89,10 @@ class GenerateOptions:
 
     @property
     def mode(self) -> str:
-        """'beam', 'greedy' or 'sample'."""
+        """'greedy', 'sample', 'beam' (beam search) or 'beam_sample' (do_sample=True with num_beams > 1:
+        HF's beam sampling, the beams drawn from the scores instead of taken best first)."""
         if self.num_beams > 1:
-            return "beam"
+            return "beam_sample" if self.do_sample else "beam"
         return "greedy" if self.do_sample is False or self.temperature == 0 else "sample"
 
     def rules(self) -> tuple:
@@ -102,7 +102,7 @@ class GenerateOptions:
             rules.append(RepetitionPenalty(float(self.repetition_penalty)))
         if self.no_repeat_ngram_size:
             rules.append(NoRepeatNGram(self.no_repeat_ngram_size))
-        if self.mode == "sample":
+        if self.mode in ("sample", "beam_sample"):
             if self.temperature != 1.0:
                 rules.append(Temperature(float(self.temperature)))
             if self.top_k:

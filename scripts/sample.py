@@ -35,7 +35,9 @@ flags.DEFINE_float(
 flags.DEFINE_float("min_p", None, "Drop tokens less likely than min_p times the most likely one.")
 flags.DEFINE_float("repetition_penalty", None, "> 1 makes tokens already in the text less likely.")
 flags.DEFINE_integer("no_repeat_ngram_size", None, "No n-gram of this many tokens occurs twice.")
-flags.DEFINE_integer("num_beams", None, "Beam search with this many beams (deterministic).")
+flags.DEFINE_integer(
+    "num_beams", None, "Beam search with this many beams (deterministic; with --do_sample, beam sampling)."
+)
 flags.DEFINE_float("length_penalty", None, "Beam search: score = sum(log p) / length ** length_penalty.")
 flags.DEFINE_enum("early_stopping", None, ["true", "false", "never"], "Beam search stopping rule (HF's).")
 flags.DEFINE_multi_integer("eos_token_id", None, "A sample ends after this token; repeat for several.")

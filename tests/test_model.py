@@ -274,6 +274,27 @@ def test_prefill_then_decode_equals_full_forward(tiny_cfg, position):
     assert [int(c["end"]) for c in cache] == [T] * cfg.n_layer
 
 
+def test_out_in_kernels_compute_the_same_model(tiny_cfg):
+    """kernel_layout="out_in" (batch-1 decoding) = the same model with every Dense kernel transposed; its
+    own initialisation draws the same weights as nn.Dense does."""
+    from gptjax.sample import for_matvec
+
+    cfg = dataclasses.replace(tiny_cfg, bias=True)
+    params = init_params(cfg)
+    flipped, flipped_cfg = for_matvec(params, cfg)
+    assert flipped_cfg.kernel_layout == "out_in"
+    assert param_paths(flipped)["h_0/mlp/fc/kernel"].shape == (4 * cfg.n_embd, cfg.n_embd)
+    tokens_BT = random_tokens(cfg, (1, cfg.block_size))
+    want_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT)
+    got_BTV, _ = GPT(flipped_cfg).apply({"params": flipped}, tokens_BT)
+    np.testing.assert_allclose(got_BTV, want_BTV, rtol=0, atol=1e-5)
+    fresh = GPT(flipped_cfg).init(jax.random.PRNGKey(0), tokens_BT)["params"]
+    for name, leaf in param_paths(fresh).items():
+        np.testing.assert_array_equal(leaf, param_paths(flipped)[name], err_msg=name)
+    with pytest.raises(ValueError, match="kernel_layout='in_out_typo' is unknown"):
+        dataclasses.replace(cfg, kernel_layout="in_out_typo")
+
+
 # ----- GPTConfig validation. -----
 
 

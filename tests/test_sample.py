@@ -278,6 +278,30 @@ def test_beam_search_with_one_beam_is_greedy(tiny_cfg, params, monkeypatch):
     assert beam_eos == greedy_eos
 
 
+def test_cold_beam_sampling_is_beam_search(tiny_cfg, params):
+    """At a tiny temperature the scores dwarf the Gumbel noise: beam sampling draws the beams that beam
+    search takes."""
+    options = dict(max_new_tokens=6, num_beams=2, num_return_sequences=2)
+    beams = run(params, tiny_cfg, PROMPTS, **options)
+    assert run(params, tiny_cfg, PROMPTS, do_sample=True, temperature=1e-4, **options) == beams
+    assert run(params, tiny_cfg, PROMPTS, do_sample=True, temperature=3.0, **options) != beams
+
+
+def test_beam_sampling_draws_by_seed(tiny_cfg, params):
+    """Beam sampling (do_sample with beams, as HF): the sampling rules apply, each draw holds distinct
+    sequences, the seed fixes the draw and other seeds draw other beams."""
+    options = GenerateOptions(num_beams=3, do_sample=True, top_k=5)
+    assert options.mode == "beam_sample" and "TopK" in [type(r).__name__ for r in options.rules()]
+
+    def draw(seed):
+        options = dict(num_beams=3, num_return_sequences=3, do_sample=True, temperature=3.0, seed=seed)
+        return run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=4, **options)[0]
+
+    first = draw(0)
+    assert draw(0) == first and len({tuple(s) for s in first}) == 3
+    assert any(draw(seed) != first for seed in (1, 2, 3))
+
+
 def test_beams_are_the_best_sequences_best_first(tiny_cfg, params, full_logits):
     seqs = run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=3, num_beams=2, num_return_sequences=2)[0]
 
@@ -351,7 +375,6 @@ def test_stop_strings_and_streaming(model):
         (dict(repetition_penalty=0.0), "repetition_penalty=0.0 must be > 0"),
         (dict(num_beams=2, num_return_sequences=3), "num_return_sequences=3 must be <= num_beams=2"),
         (dict(do_sample=False, num_return_sequences=2), "needs sampling or beam search"),
-        (dict(num_beams=2, do_sample=True), "beam sampling"),
         (dict(max_length=3), "leaves no room after the 3-token prompt"),
         (dict(top_q=0.5), "unknown generation options ['top_q']"),
     ],
