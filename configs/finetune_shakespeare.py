@@ -1,12 +1,13 @@
 """Fine-tunes OpenAI's GPT-2 on Tiny Shakespeare with GPT-2's BPE (nanoGPT's config/finetune_shakespeare.py).
 
-First convert the Hugging Face checkpoint into a gptjax workdir (downloads it once; a local HF directory
-works too), then fine-tune from it; the tokenizer (GPT-2 BPE) comes with the checkpoint:
-  python scripts/convert.py --from_hf=gpt2 --workdir=runs/gpt2
+One command: training starts from the Hugging Face model named by the variant (found in the HF hub cache,
+$HF_HUB_CACHE or $HF_HOME/hub, else downloaded there once) with GPT-2's BPE tokenizer:
   python scripts/train.py --config=configs/finetune_shakespeare.py:gpt2 --workdir=runs/finetune_gpt2
   python scripts/sample.py --workdir=runs/finetune_gpt2 --prompt="ROMEO:"
+Offline, point init_from at a local HF directory (config.json + model.safetensors) or at a workdir that
+scripts/convert.py --from_hf wrote; both still work: --config.init_from=path/to/gpt2.
 The variant names the source model (gpt2, gpt2-medium, gpt2-large, gpt2-xl; nanoGPT uses gpt2-xl) and
-must match what was converted. 20 iterations of 32 x 1024 tokens, ~2 epochs of the 301,966 training
+sets the model's shape to it. 20 iterations of 32 x 1024 tokens, ~2 epochs of the 301,966 training
 tokens (the count nanoGPT's shakespeare/prepare.py reports), at a small constant lr: the val loss falls
 within the first iterations, then the model starts to overfit (nanoGPT keeps the best checkpoint).
 Expected numbers are not measured here: this machine cannot download GPT-2. On an accelerator add
@@ -32,9 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if source not in SOURCES:
         raise ValueError(f"unknown source model {source!r}; use one of {list(SOURCES)}")
     c = shakespeare_char.get_config()
-    c.init_from = f"runs/{source}"  # the workdir scripts/convert.py --from_hf=<source> wrote
+    c.init_from = source  # an HF Hub id (or local HF directory, or a gptjax workdir) to start from
+    c.data.tokenizer = "gpt2"  # GPT-2's BPE, the model's vocabulary (a workdir's own tokenizer wins)
 
-    # GPT-2 exactly: the shapes must match the converted checkpoint's, or training refuses to start.
+    # GPT-2 exactly: the shapes must match the source model's, or training refuses to start.
     c.model.update(block_size=1024, bias=True, gelu="tanh", position="learned", tie_embeddings=True)
     c.model.update(SOURCES[source])
     c.model.dropout = 0.0  # nanoGPT's default; few steps on a small corpus

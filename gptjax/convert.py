@@ -2,13 +2,19 @@
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
-`c_attn` is [D, 3D] with columns q | k | v as gptjax's, so no tensor is transposed or split.
+`c_attn` is [D, 3D] with columns q | k | v as gptjax's, so no tensor is transposed or split. A model
+with a padded vocabulary (`vocab_multiple`) has extra embedding rows that HF has not: import pads them
+with zeros, export drops them.
+
+Export also writes the tokenizer's HF files when it has an HF equivalent (GPT-2's BPE, a trained
+`tokenizers` BPE), so `transformers.AutoTokenizer.from_pretrained` encodes as gptjax does.
 
 Only numpy is needed to read and write safetensors; torch is imported only to read a legacy
-pytorch_model.bin (`torch.load(weights_only=True)`), and huggingface_hub only to download a model by name.
+pytorch_model.bin (`torch.load(weights_only=True)`), and huggingface_hub only to find a model by name.
 """
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -20,7 +26,8 @@ import numpy as np
 from configs import shakespeare_char
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer
-from gptjax.model import GPTConfig, unstack_layers
+from gptjax.data import bpe
+from gptjax.model import GPTConfig, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
 # HF activation_function -> GPTConfig.gelu (transformers/activations.py: gelu_new and gelu_pytorch_tanh are
@@ -29,12 +36,24 @@ HF_GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 LAYER_NORM_EPS = 1e-5  # gptjax.layers.layer_norm's; GPT-2's layer_norm_epsilon
 # Non-persistent attention-mask buffers that old checkpoints saved; they hold no weights.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+# Params with one row per token: HF has vocab_size rows, gptjax padded_vocab (model.GPT masks the pad rows'
+# logits, and no token id looks them up, so what they hold never matters: import writes zeros).
+VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
+# GPTConfig fields a model imported into a given config must share with the HF model: they fix the
+# function it computes (vocab_size is checked with the weights' shapes). Padding, dropout, dtypes, the
+# attention kernel, remat and scan_layers are free.
+SAME_MODEL_FIELDS = (
+    "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "tie_embeddings", "gelu",
+    "kernel_layout",
+)  # fmt: skip
+# What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
+HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
 
 WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]
 
 
 def weight_map(cfg: GPTConfig) -> WeightMap:
-    """(HF name, gptjax param path, shape) of every weight of a GPT-2 with biases."""
+    """(HF name, gptjax param path, HF shape) of every weight of a GPT-2 with biases."""
     D, V = cfg.n_embd, cfg.vocab_size
     rows = [
         ("transformer.wte.weight", ("wte", "embedding"), (V, D)),
@@ -131,6 +150,16 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
     }
 
 
+def check_same_model(hf_cfg: GPTConfig, cfg: GPTConfig, source: Any = "the HF model") -> None:
+    """One-line ValueError naming every SAME_MODEL_FIELDS value of `cfg` that differs from `hf_cfg`'s."""
+    diffs = {f: (getattr(cfg, f), getattr(hf_cfg, f)) for f in SAME_MODEL_FIELDS}
+    diffs = {f: (ours, theirs) for f, (ours, theirs) in diffs.items() if ours != theirs}
+    if diffs:
+        got = ", ".join(f"{f}={ours} (HF: {theirs})" for f, (ours, theirs) in diffs.items())
+        fix = " ".join(f"--config.model.{f}={theirs}" for f, (_, theirs) in diffs.items())
+        raise ValueError(f"config.model does not match {source}: {got}; set {fix}")
+
+
 def base_config(cfg: GPTConfig) -> ml_collections.ConfigDict:
     """A full experiment config (configs/shakespeare_char.py's) whose model is `cfg`, for a checkpoint."""
     config = shakespeare_char.get_config()
@@ -163,7 +192,10 @@ def read_hf_weights(directory: str | pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, Any]:
-    """gptjax params (nested dicts of float32 arrays) from HF weights; checks every name and shape."""
+    """gptjax params (nested dicts of float32 arrays) of `cfg` from HF weights; checks every name and shape.
+
+    Token rows are padded with zeros to cfg.padded_vocab; layers are stacked when cfg.scan_layers.
+    """
     weights = {
         (k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v  # GPT2Model: no prefix
         for k, v in weights.items()
@@ -178,46 +210,63 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, 
         w = weights.pop(hf)
         if tuple(w.shape) != shape:
             raise ValueError(f"HF weight {hf} has shape {tuple(w.shape)}, expected {shape} for {cfg}")
+        w = np.asarray(w, np.float32)
+        if path in VOCAB_ROWS:
+            w = np.pad(w, ((0, cfg.padded_vocab - cfg.vocab_size), (0, 0)))
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = np.asarray(w, np.float32)
+        node[path[-1]] = w
     if weights:
         raise ValueError(
             f"HF weights {sorted(weights)[:5]} ({len(weights)} in all) have no gptjax counterpart"
         )
-    return params
+    return stack_layers(params, cfg.n_layer) if cfg.scan_layers else params
 
 
 def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
-    """HF weights (name -> float32 array) of gptjax params; a bias=False model gets zero biases."""
+    """HF weights (name -> float32 array) of gptjax params; a bias=False model gets zero biases and a
+    padded vocabulary loses its pad rows."""
+    if cfg.kernel_layout != "in_out":  # square kernels would pass the shape checks transposed
+        raise ValueError(f"kernel_layout={cfg.kernel_layout!r}: export the [in, out] params (in_out)")
     if cfg.scan_layers:
         params = unstack_layers(params)
     out = {}
     for hf, path, shape in weight_map(cfg):
+        ours = (cfg.padded_vocab, *shape[1:]) if path in VOCAB_ROWS else shape
         node = params
         for key in path:
             node = node.get(key) if node is not None else None
         if node is None and not cfg.bias and path[-1] == "bias":
             node = np.zeros(shape, np.float32)  # x + 0 == x: exactly the bias-free model
-        if node is None or tuple(np.shape(node)) != shape:
+        if node is None or tuple(np.shape(node)) != ours:
             got = None if node is None else tuple(np.shape(node))
-            raise ValueError(f"param {'/'.join(path)} has shape {got}, expected {shape} for {cfg}")
-        out[hf] = np.ascontiguousarray(np.asarray(node, np.float32))
+            raise ValueError(f"param {'/'.join(path)} has shape {got}, expected {ours} for {cfg}")
+        out[hf] = np.ascontiguousarray(np.asarray(node, np.float32)[: shape[0]])  # pad rows dropped
     return out
 
 
-def load_hf(directory: str | pathlib.Path) -> tuple[dict[str, Any], GPTConfig]:
-    """(params, GPTConfig) of an HF GPT-2 directory."""
-    directory = pathlib.Path(directory)
-    if not (directory / "config.json").is_file():
+def read_hf_config(directory: str | pathlib.Path) -> GPTConfig:
+    """The GPTConfig of an HF GPT-2 directory's config.json."""
+    path = pathlib.Path(directory) / "config.json"
+    if not path.is_file():
         raise FileNotFoundError(f"{directory} has no config.json; pass an HF GPT-2 model directory")
-    cfg = config_from_hf(json.loads((directory / "config.json").read_text()))
+    return config_from_hf(json.loads(path.read_text()))
+
+
+def load_hf(directory: str | pathlib.Path, into: GPTConfig | None = None) -> tuple[dict[str, Any], GPTConfig]:
+    """(params, GPTConfig) of an HF GPT-2 directory, in `into` when given (e.g. with a padded vocabulary,
+    scanned layers or another dtype), which must describe the same model (`check_same_model`)."""
+    cfg = read_hf_config(directory)
+    if into is not None:
+        check_same_model(cfg, into, source=f"the HF model in {directory}")
+        cfg = into
     return params_from_hf(read_hf_weights(directory), cfg), cfg
 
 
 def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenizer: Any = None) -> None:
-    """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads."""
+    """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads,
+    and the tokenizer's files when it has an HF equivalent (`save_hf_tokenizer`)."""
     from safetensors.numpy import save_file  # here: the core package does not need safetensors
 
     weights = params_to_hf(jax.device_get(params), cfg)
@@ -225,23 +274,98 @@ def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenize
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer is not None:
+        save_hf_tokenizer(directory, tokenizer, model_max_length=cfg.block_size)
+
+
+def _hub_cache() -> str:
+    """huggingface_hub's cache folder as its environment variables say now (it reads them once, on import)."""
+    xdg_cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    home = os.environ.get("HF_HOME") or os.path.join(xdg_cache, "huggingface")
+    return os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
+
+
+def _is_model_dir(path: pathlib.Path) -> bool:
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return (path / "config.json").is_file() and any((path / f).is_file() for f in weights)
 
 
 def resolve_hf_dir(name: str) -> pathlib.Path:
-    """A local HF model directory, or a Hub model id (e.g. "gpt2") downloaded by huggingface_hub."""
+    """A local HF model directory, or a Hub model id ("gpt2", "owner/name"): its copy in the HF hub cache
+    ($HF_HUB_CACHE, else $HF_HOME/hub), else downloaded into it unless $HF_HUB_OFFLINE is set."""
     path = pathlib.Path(name).expanduser()
     if path.is_dir():
         return path
+    local = "pass a local HF model directory (config.json + model.safetensors)"
     try:
-        from huggingface_hub import snapshot_download  # here: only downloads need it
-
-        files = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
-        return pathlib.Path(snapshot_download(name, allow_patterns=files))
-    except Exception as e:  # not installed, offline, unknown id: all end the same way
-        reason = " ".join(str(e).split())[:200]
+        from huggingface_hub import snapshot_download  # here: only Hub ids need it
+    except ImportError:
         raise FileNotFoundError(
-            f"{name} is not a directory and could not be downloaded from the Hub ({reason})"
+            f"{name} is not a directory; {local} or pip install huggingface_hub"
+        ) from None
+    cache = _hub_cache()
+    try:  # the cache first: no network
+        found = pathlib.Path(snapshot_download(name, cache_dir=cache, local_files_only=True))
+        if _is_model_dir(found):
+            return found
+    except Exception:  # not cached (or cached without weights, or not an id): download below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):  # huggingface_hub's
+        raise FileNotFoundError(
+            f"{name} is not a local directory nor in the HF hub cache {cache}, and HF_HUB_OFFLINE is set; "
+            f"{local}"
+        )
+    try:
+        return pathlib.Path(snapshot_download(name, cache_dir=cache, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown id, not a valid id: all end the same way
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise FileNotFoundError(
+            f"{name} is not a local directory nor in the HF hub cache {cache}, and could not be "
+            f"downloaded ({reason}); {local}"
         ) from e
+
+
+# ----- Tokenizer files. -----
+
+
+def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_length: int) -> list[str]:
+    """Writes the HF files of `tokenizer` that transformers.AutoTokenizer.from_pretrained(directory) loads
+    to encode as `tokenizer` does; returns their names. GPT-2's BPE: vocab.json + merges.txt (from its
+    tiktoken ranks); a trained `tokenizers` BPE: its tokenizer.json. char and byte: none (one line says so).
+    """
+    eot = bpe.GPT2_EOT
+    if tokenizer.kind == "gpt2":
+        vocab, merges = bpe.hf_vocab_and_merges(tokenizer.token_bytes())
+        files = {
+            "vocab.json": json.dumps({**vocab, eot: bpe.GPT2_EOT_ID}, ensure_ascii=False),
+            "merges.txt": "\n".join(["#version: 0.2", *merges]) + "\n",
+        }
+        special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}  # HF's gpt2 repository's
+        hf_class = "GPT2Tokenizer"
+    elif tokenizer.kind == "hf":
+        files = {"tokenizer.json": tokenizer.to_json()["tokenizer"]}
+        eos = tokenizer.eos_token
+        special = {"bos_token": eos, "eos_token": eos} if eos is not None else {}
+        hf_class = "PreTrainedTokenizerFast"
+    else:
+        print(f"the {tokenizer.kind} tokenizer has no Hugging Face equivalent: no tokenizer files written")
+        return []
+    files["special_tokens_map.json"] = json.dumps(special, indent=2)
+    files["tokenizer_config.json"] = json.dumps(
+        {
+            "tokenizer_class": hf_class,
+            "model_max_length": model_max_length,
+            "add_prefix_space": False,  # GPT-2's: the first word has no space before it
+            "clean_up_tokenization_spaces": False,  # decode gives back the text exactly, as gptjax's
+            **special,
+        },
+        indent=2,
+    )
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    return sorted(files)
 
 
 # ----- gptjax checkpoints. -----

@@ -1,8 +1,8 @@
 """train_and_evaluate(config, workdir): the one imperative training loop, with all I/O and logging.
 
-Reads top to bottom: devices -> data -> model and optimizer -> initial state (scratch, resume or
-fine-tune) placed on the devices -> loop (evaluate, checkpoint, K steps per call, log) -> final
-evaluation, checkpoint and loss curve.
+Reads top to bottom: devices -> data -> model and optimizer -> initial state (scratch, resume, or
+fine-tune from a gptjax workdir or a Hugging Face GPT-2) placed on the devices -> loop (evaluate,
+checkpoint, K steps per call, log) -> final evaluation, checkpoint and loss curve.
 """
 
 import functools
@@ -104,6 +104,43 @@ def make_tokenizer(data: Any):
     raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte or gpt2")
 
 
+def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path], Any]:
+    """((kind, path), tokenizer) of a run starting from `init_from`: ("workdir", W) with W's tokenizer, or
+    ("hf", D) for an HF GPT-2 directory or Hub id (gptjax.convert.resolve_hf_dir) with `tokenizer` (the
+    config's byte or gpt2 one; it must fit the model's vocab), else the built-in one that fits (GPT-2's
+    BPE for 50257 ids, bytes for 256)."""
+    path = pathlib.Path(init_from).expanduser()
+    if (path / "checkpoints").is_dir():
+        saved = Checkpointer(path, read_only=True).restore_json()
+        return ("workdir", path), data_lib.tokenizer_from_json(saved["tokenizer"])
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"init_from={init_from} has neither gptjax checkpoints nor an HF config.json; pass a trained "
+            "workdir, an HF GPT-2 directory or a Hub id"
+        )
+    from gptjax import convert  # here: gptjax.convert imports this module
+
+    hf_dir = convert.resolve_hf_dir(init_from)
+    vocab_size = convert.read_hf_config(hf_dir).vocab_size
+    return ("hf", hf_dir), convert.pick_tokenizer(tokenizer or "auto", vocab_size)
+
+
+def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:
+    """The params a fine-tuning run starts from (`init_source`'s), checked against config.model (`cfg`)."""
+    if kind == "hf":
+        from gptjax import convert  # here: gptjax.convert imports this module
+
+        params, src_cfg = convert.load_hf(path, into=cfg)  # raises naming each field that differs
+    else:
+        params, src_cfg, _, _ = load_params(path)
+    if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract_params):
+        raise ValueError(
+            f"init_from={path}: its model {src_cfg} does not match config.model {cfg}; "
+            "set config.model to the source model's shape"
+        )
+    return jax.tree_util.tree_map(lambda p, a: jnp.asarray(p, a.dtype), params, abstract_params)
+
+
 def _check_finite(step: int, metrics: dict) -> None:
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
@@ -132,9 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
 
-    # ----- Where the run starts: its own checkpoint, another workdir, or scratch. -----
+    # ----- Where the run starts: its own checkpoint, another workdir, an HF GPT-2, or scratch. -----
     latest = ckpt.latest_step()
-    source = None  # the workdir a fine-tuning run starts from
+    source = None  # (kind, path) a fine-tuning run starts from: ("workdir", W) or ("hf", HF directory)
     tokenizer = make_tokenizer(config.data)  # a checkpoint's own tokenizer wins below
     meta: dict[str, Any] = {}
     if latest is not None:
@@ -147,9 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"init_from='resume' but {workdir} has no checkpoint; use init_from='scratch'"
         )
     elif config.init_from != "scratch":
-        source = pathlib.Path(config.init_from)
-        saved = Checkpointer(source, read_only=True).restore_json()
-        tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
+        source, tokenizer = init_source(config.init_from, tokenizer)
 
     # ----- Data. -----
     dataset = data_lib.load_dataset(
@@ -181,14 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         else:
             state = placement.put_state(jax.jit(init)())
         if source is not None:
-            params, src_cfg, _, _ = load_params(source)
-            if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract.params):
-                raise ValueError(
-                    f"init_from={source}: its model {src_cfg} does not match config.model {cfg}; "
-                    "set config.model to the source model's shape"
-                )
+            params = init_params(*source, cfg, abstract.params)
             state = placement.put_state(placement.get_state(state).replace(params=params))
-            print(f"fine-tuning from {source}", flush=True)
+            print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
     start = int(placement.get_state(state).step)
     step_fn = placement.step_fn(config.grad_accum)
 

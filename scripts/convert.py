@@ -3,8 +3,12 @@
   python scripts/convert.py --from_hf=DIR_OR_HUB_ID --workdir=W [--tokenizer=auto|gpt2|byte|tok.json]
   python scripts/convert.py --workdir=W --to_hf=DIR
 
---from_hf writes W's step 0 (then scripts/sample.py --workdir=W, or train with --config.init_from=W);
---to_hf writes config.json + model.safetensors for transformers.GPT2LMHeadModel.from_pretrained(DIR).
+--from_hf writes W's step 0 (then scripts/sample.py --workdir=W, or train with --config.init_from=W;
+training can also start from the HF model itself: --config.init_from=DIR_OR_HUB_ID).
+--to_hf writes config.json + model.safetensors for transformers.GPT2LMHeadModel.from_pretrained(DIR), and
+the tokenizer's files for transformers.AutoTokenizer.from_pretrained(DIR) when it has an HF equivalent
+(GPT-2's BPE: vocab.json + merges.txt; a scripts/train_tokenizer.py BPE: tokenizer.json). A padded
+vocabulary (model.vocab_multiple) exports without its pad rows.
 """
 
 from absl import flags

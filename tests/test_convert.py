@@ -1,14 +1,22 @@
-"""HF GPT-2 <-> gptjax: logits equal PyTorch's, export -> import is exact, checkpoints, one-line errors."""
+"""HF GPT-2 <-> gptjax: logits equal PyTorch's, export -> import is exact (padded vocabularies too),
+fine-tuning from a Hub id, tokenizer files HF loads, checkpoints, one-line errors."""
 
+import dataclasses
+import os
+import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from configs import tiny
 from gptjax import convert
-from gptjax.data import ByteTokenizer, CharTokenizer
+from gptjax.data import ByteTokenizer, CharTokenizer, GPT2Tokenizer, bpe
 from gptjax.model import GPT, GPTConfig
 from gptjax.train import load_params, train_and_evaluate
 
@@ -140,6 +148,51 @@ def test_pytorch_model_bin(torch, tmp_path):
     assert_trees_equal(convert.load_hf(legacy)[0], convert.load_hf(tmp_path / "hf")[0])
 
 
+@pytest.mark.parametrize("name, multiple, scan", [("odd", 64, False), ("untied-exact", 100, True)])
+def test_hf_into_a_padded_vocab_and_back_is_exact(torch, tmp_path, name, multiple, scan):
+    """HF -> gptjax with padded token rows (and scanned layers) -> HF gives back every weight exactly;
+    the padded model's logits are HF's over the real ids, and the pads get no probability."""
+    import transformers
+
+    model = make_hf(torch, tmp_path / "hf", **SHAPES[name])
+    hf_cfg = convert.read_hf_config(tmp_path / "hf")
+    cfg = dataclasses.replace(hf_cfg, vocab_multiple=multiple, scan_layers=scan)
+    params, cfg2 = convert.load_hf(tmp_path / "hf", into=cfg)
+    V, padded = cfg.vocab_size, cfg.padded_vocab
+    assert cfg2 == cfg and padded > V
+    head = params["wte"]["embedding"] if cfg.tie_embeddings else params["lm_head"]
+    assert head.shape == (padded, cfg.n_embd) and not head[V:].any()  # zero pad rows
+    x_BT = tokens(cfg, cfg.block_size)
+    logits = jax_logits(params, cfg, x_BT)
+    assert logits.shape[-1] == padded
+    np.testing.assert_allclose(logits[..., :V], torch_logits(torch, model, x_BT), atol=1e-4, rtol=0)
+    assert not np.asarray(jax.nn.softmax(logits)[..., V:]).any()
+    convert.save_hf(tmp_path / "out", params, cfg)
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert loaded.config.vocab_size == V
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_padded_gptjax_model_exports_with_the_same_logits(torch, tmp_path, tie):
+    """A gptjax model trained with vocab_multiple (random pad rows) loads in transformers without them."""
+    import transformers
+
+    cfg = GPTConfig(
+        vocab_size=65, vocab_multiple=64, block_size=16, n_layer=2, n_head=2, n_embd=24, tie_embeddings=tie
+    )
+    params = GPT(cfg).init(jax.random.PRNGKey(0), tokens(cfg, 8))["params"]
+    assert params["wte"]["embedding"].shape == (128, 24)
+    convert.save_hf(tmp_path, params, cfg)
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert model.config.vocab_size == 65
+    x_BT = tokens(cfg, 16)
+    want = torch_logits(torch, model, x_BT)
+    assert want.shape[-1] == 65
+    np.testing.assert_allclose(jax_logits(params, cfg, x_BT)[..., :65], want, atol=1e-4, rtol=0)
+
+
 def test_finetuning_a_converted_model_lowers_val_loss(torch, tmp_path, data_dir, tmp_cache):
     make_hf(torch, tmp_path / "hf", n_layer=2, n_head=2, n_embd=32, vocab_size=256, n_positions=32)
     convert.hf_to_workdir(tmp_path / "hf", tmp_path / "w")  # vocab 256: the byte tokenizer
@@ -209,3 +262,230 @@ def test_importing_gptjax_does_not_import_torch():
     code = "import sys, gptjax.convert, gptjax.train; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_check_same_model_names_each_field_and_the_fix():
+    cfg = convert.config_from_hf(tiny_hf_config())
+    free = dataclasses.replace(cfg, vocab_multiple=64, scan_layers=True, dropout=0.1, param_dtype="bfloat16")
+    convert.check_same_model(cfg, free)  # padding, layout, dropout and dtypes are the config's to choose
+    with pytest.raises(ValueError) as info:
+        convert.check_same_model(cfg, dataclasses.replace(cfg, n_layer=3, gelu="exact"))
+    assert str(info.value) == (
+        "config.model does not match the HF model: n_layer=3 (HF: 1), gelu=exact (HF: tanh); "
+        "set --config.model.n_layer=1 --config.model.gelu=tanh"
+    )
+
+
+# (n_layer, n_head, n_embd) in config.json of HF's gpt2, gpt2-medium, gpt2-large and gpt2-xl; all have
+# n_positions 1024, vocab_size 50257, gelu_new and tied embeddings.
+HF_GPT2_SHAPES = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+
+
+@pytest.mark.parametrize("source", list(HF_GPT2_SHAPES))
+def test_finetune_config_starts_from_the_hub_model_it_fits(source):
+    from configs import finetune_shakespeare
+    from gptjax.train import model_config
+
+    n_layer, n_head, n_embd = HF_GPT2_SHAPES[source]
+    hf = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=50257, n_positions=1024)
+    config = finetune_shakespeare.get_config(source)
+    assert config.init_from == source
+    convert.check_same_model(convert.config_from_hf(hf), model_config(config, vocab_size=50257))
+
+
+def test_padded_and_scanned_params_round_trip_as_numpy():
+    cfg = dataclasses.replace(convert.config_from_hf(tiny_hf_config(n_layer=2)), tie_embeddings=False)
+    rng = np.random.default_rng(0)
+    good = {hf: rng.normal(size=shape).astype(np.float32) for hf, _, shape in convert.weight_map(cfg)}
+    for into in (dataclasses.replace(cfg, vocab_multiple=8), dataclasses.replace(cfg, scan_layers=True)):
+        params = convert.params_from_hf(good, into)
+        assert params["lm_head"].shape == (into.padded_vocab, 8)
+        assert_trees_equal(convert.params_to_hf(params, into), good)
+    assert params["h"]["ln_1"]["scale"].shape == (2, 8)  # scanned: layers stacked on axis 0
+    with pytest.raises(ValueError, match=r"param wte/embedding has shape \(11, 8\), expected \(16, 8\)"):
+        convert.params_to_hf(convert.params_from_hf(good, cfg), dataclasses.replace(cfg, vocab_multiple=8))
+
+
+# ----- init_from = a Hugging Face model: the HF hub cache, offline. -----
+
+HUB_ID = "gptjax-test/tiny-gpt2"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# GPT-2's vocabulary (so "auto" picks its BPE) in a model small enough to train on 2 cores.
+HUB_SHAPE = dict(n_layer=1, n_head=2, n_embd=16, vocab_size=50257, n_positions=32)
+
+
+@pytest.fixture
+def hub(torch, tmp_path, monkeypatch):
+    """An offline HF hub cache holding HUB_ID as huggingface_hub lays it out: models--org--name/refs/main
+    names a commit whose snapshot has config.json and model.safetensors. Returns the HF model."""
+    repo = tmp_path / "hub" / f"models--{HUB_ID.replace('/', '--')}"
+    model = make_hf(torch, repo / "snapshots" / COMMIT, **HUB_SHAPE)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return model
+
+
+def hub_config(tmp_path, data_dir, **overrides):
+    """configs/tiny.py with HUB_SHAPE's model on 20 kB of Shakespeare (mesh mode over the 8 test devices);
+    max_iters=0: the run loads its starting point, evaluates and saves it as step 0."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000])
+    config = tiny.get_config()
+    config.model.update(block_size=32, n_layer=1, n_head=2, n_embd=16, bias=True, gelu="tanh")
+    config.data.source = str(corpus)
+    config.update({"init_from": HUB_ID, "batch_size": 8, "max_iters": 0, "eval_iters": 1, **overrides})
+    return config
+
+
+def test_init_from_a_hub_id_starts_from_its_exact_weights(hub, tmp_path, data_dir, tmp_cache):
+    """init_from=<Hub id> finds the model in the HF cache offline, pads it into config.model's 64-row
+    multiple, picks GPT-2's BPE, and step 0 holds exactly the HF weights; export gives its tokenizer."""
+    import transformers
+
+    config = hub_config(tmp_path, data_dir)
+    config.model.vocab_multiple = 64  # 50257 -> 50304 rows, as configs/gpt2.py trains
+    train_and_evaluate(config, tmp_path / "ft")
+    params, cfg, tok, _ = load_params(tmp_path / "ft")
+    assert isinstance(tok, GPT2Tokenizer) and cfg.padded_vocab == 50304
+    assert not np.asarray(params["wte"]["embedding"][50257:]).any()
+    weights = convert.params_to_hf(params, cfg)
+    hf_state = hub.state_dict()
+    assert len(weights) == len(convert.weight_map(cfg))
+    for name, value in weights.items():
+        np.testing.assert_array_equal(value, hf_state[name].numpy(), err_msg=name)
+
+    convert.workdir_to_hf(tmp_path / "ft", tmp_path / "out")  # and back out, with GPT-2's tokenizer files
+    assert (tmp_path / "out" / "vocab.json").is_file() and (tmp_path / "out" / "merges.txt").is_file()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert hf_tok.encode("Hello world") == [15496, 995] and hf_tok.eos_token_id == 50256
+
+
+def test_init_from_errors_are_one_line(hub, tmp_path, data_dir, tmp_cache):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ("gptjax-test/missing", "nor in the HF hub cache .* HF_HUB_OFFLINE is set; pass a local HF model"),
+        (str(tmp_path / "empty"), "neither gptjax checkpoints nor an HF config.json"),
+    ]
+    for init_from, match in cases:
+        with pytest.raises(FileNotFoundError, match=match) as info:
+            train_and_evaluate(hub_config(tmp_path, data_dir, init_from=init_from), tmp_path / "ft")
+        assert "\n" not in str(info.value)
+    config = hub_config(tmp_path, data_dir)
+    config.model.n_embd = 32
+    with pytest.raises(ValueError, match=r"n_embd=32 \(HF: 16\); set --config.model.n_embd=16$") as info:
+        train_and_evaluate(config, tmp_path / "ft")
+    assert "\n" not in str(info.value)
+
+
+def test_hub_ids_come_from_the_cache_first_then_a_download(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    calls = []
+
+    def snapshot_download(name, *, cache_dir, local_files_only=False, allow_patterns=None):
+        calls.append((name, cache_dir, local_files_only))
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        return str(downloaded)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)  # "gpt2" is no local directory here
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert convert.resolve_hf_dir("gpt2") == downloaded
+    cache = str(tmp_path / "hf_home" / "hub")
+    assert calls == [("gpt2", cache, True), ("gpt2", cache, False)]
+    calls.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
+        convert.resolve_hf_dir("gpt2")
+    assert calls == [("gpt2", cache, True)]  # offline: never a download
+
+
+# ----- Tokenizer files: transformers.AutoTokenizer encodes as gptjax does. -----
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(tmp_path_factory):
+    """(gptjax's GPT-2 tokenizer, transformers' AutoTokenizer of its exported files, seconds the export
+    took, the directory)."""
+    transformers = pytest.importorskip("transformers", reason="pip install -e '.[torch]'")
+    ranks = pathlib.Path(os.environ.get("GPTJAX_DATA_DIR", ""), "gpt2", "gpt2.tiktoken")
+    if not ranks.is_file():
+        pytest.fail("GPT-2 ranks missing: set GPTJAX_DATA_DIR to the shared data (gpt2/gpt2.tiktoken)")
+    tok = GPT2Tokenizer(str(ranks))
+    directory = tmp_path_factory.mktemp("gpt2_tokenizer")
+    start = time.perf_counter()
+    names = convert.save_hf_tokenizer(directory, tok, model_max_length=1024)
+    seconds = time.perf_counter() - start
+    assert names == ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+    return tok, transformers.AutoTokenizer.from_pretrained(directory), seconds, directory
+
+
+def test_gpt2_tokenizer_files(gpt2_export):
+    tok, hf, seconds, directory = gpt2_export
+    assert seconds < 10, seconds  # 50,000 merges rebuilt from the ranks (about 1 s)
+    merges = (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges[:4] == ["#version: 0.2", "Ġ t", "Ġ a", "h e"] and len(merges) == 50_001  # GPT-2's own
+    assert len(hf) == 50257 and hf.convert_ids_to_tokens([262, 50256]) == ["Ġthe", "<|endoftext|>"]
+    assert hf.bos_token_id == hf.eos_token_id == hf.unk_token_id == tok.eos_id == 50256
+    assert hf.model_max_length == 1024
+
+
+# Pieces that exercise GPT-2's pre-tokenizer: contractions, digit runs, whitespace runs, punctuation,
+# accents, CJK, emoji, and the special token's text.
+PIECES = [
+    *["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "n't", "'", "’s"],
+    *["0", "42", " 2024", "3.14159", "1,000,000", "٣٤"],
+    *[" ", "  ", "   ", "\n", "\n\n", "\t", " \n ", "\r\n", "\u00a0", "\u3000"],
+    *["Hello", " world", "naïve", " café", "日本語", "😀", "👩‍👩‍👧", "Ω", "!!", "...", "--", " <", "|"],
+    bpe.GPT2_EOT,
+]
+TEXTS = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=8)), max_size=12).map("".join)
+
+
+def with_eot(tok, text):
+    """gptjax's ids of `text` with <|endoftext|> as eos_id: its encode() reads the special token's text as
+    ordinary text (bpe.GPT2Tokenizer.encode), HF's tokenizer as the token, so they agree on this."""
+    ids = []
+    for i, part in enumerate(text.split(bpe.GPT2_EOT)):
+        ids += ([tok.eos_id] if i else []) + tok.encode(part)
+    return ids
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS)
+def test_exported_gpt2_tokenizer_encodes_like_gptjax(gpt2_export, text):
+    tok, hf = gpt2_export[:2]
+    ids = with_eot(tok, text)
+    assert hf(text)["input_ids"] == ids
+    assert hf.decode(ids) == text
+
+
+def test_trained_tokenizer_round_trips_and_char_byte_write_nothing(tmp_path, data_dir, capsys):
+    transformers = pytest.importorskip("transformers", reason="pip install -e '.[torch]'")
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:50_000]
+    (tmp_path / "corpus.txt").write_text(text)
+    tok = bpe.train_bpe([str(tmp_path / "corpus.txt")], vocab_size=400)
+    names = convert.save_hf_tokenizer(tmp_path / "hf", tok, model_max_length=64)
+    assert names == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert len(hf) == 400 and hf.eos_token_id == tok.eos_id == 0
+    sample = text[-3000:] + " naïve 😀 1234<|endoftext|>  \n"
+    assert hf(sample)["input_ids"] == tok.encode(sample) and hf.decode(tok.encode(sample)) == sample
+
+    for other in (CharTokenizer("ab"), ByteTokenizer()):
+        (tmp_path / other.kind).mkdir()
+        assert convert.save_hf_tokenizer(tmp_path / other.kind, other, model_max_length=64) == []
+        assert not list((tmp_path / other.kind).iterdir())
+        notice = f"the {other.kind} tokenizer has no Hugging Face equivalent: no tokenizer files written"
+        assert capsys.readouterr().out.splitlines() == [notice]

@@ -2,7 +2,8 @@
 
 Both encode any text, so decode(encode(s)) == s for every string. GPT-2's ranks are found like the
 data sources: an explicit file, then $GPTJAX_DATA_DIR/gpt2/gpt2.tiktoken, then tiktoken's own download
-and cache (`tiktoken.get_encoding("gpt2")`).
+and cache (`tiktoken.get_encoding("gpt2")`). `hf_vocab_and_merges` rebuilds HF's vocab.json and
+merges.txt from the ranks, for exporting to transformers.
 """
 
 import base64
@@ -121,6 +122,10 @@ class GPT2Tokenizer:
         """Text of `ids`; a cut-off multi-byte character becomes U+FFFD."""
         return self._enc.decode(_check_ids(ids, self.vocab_size), errors="replace")
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of every BPE token in rank order (id = rank), without <|endoftext|>."""
+        return [self._enc.decode_single_token_bytes(i) for i in range(GPT2_EOT_ID)]
+
     def to_json(self) -> dict:
         """Where the ranks came from; a checkpoint moved elsewhere searches again (`resolve_gpt2_ranks`)."""
         return {"kind": self.kind, "ranks": self.ranks}
@@ -131,6 +136,42 @@ class GPT2Tokenizer:
         if saved and saved != TIKTOKEN_SOURCE and pathlib.Path(saved).is_file():
             return cls(saved)
         return cls()
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> character map, in which HF's vocab.json and merges.txt spell tokens: the
+    188 printable Latin-1 bytes stand for themselves, the other 68 become U+0100 onwards in byte order."""
+    spans = [("!", "~"), ("¡", "¬"), ("®", "ÿ")]
+    printable = [b for first, last in spans for b in range(ord(first), ord(last) + 1)]
+    moved = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
+
+
+def hf_vocab_and_merges(tokens: list[bytes]) -> tuple[dict[str, int], list[str]]:
+    """HF's vocab.json (token -> id) and merges.txt lines of a byte-level BPE given as tiktoken ranks.
+
+    `tokens[r]` is the token of rank r. tiktoken keeps no merges: the one that made token r is the last
+    step of byte-pair encoding its bytes with the tokens ranked below r (lowest rank first, as tiktoken
+    encodes), which leaves exactly two tokens. Merges are listed in the rank order of what they make.
+    """
+    chars = byte_to_unicode()
+    spell = lambda token: "".join(chars[b] for b in token)  # noqa: E731
+    ranks = {token: rank for rank, token in enumerate(tokens)}
+    merges = []
+    for rank, token in enumerate(tokens):
+        if len(token) == 1:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:], strict=False)]
+            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[i] >= rank:
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) != 2 or max(ranks.get(p, rank) for p in parts) >= rank:
+            raise DataError(f"token {rank} ({token!r}) is not a merge of two lower-ranked tokens; not a BPE")
+        merges.append(f"{spell(parts[0])} {spell(parts[1])}")
+    return {spell(token): rank for rank, token in enumerate(tokens)}, merges
 
 
 class HFTokenizer:
@@ -148,6 +189,7 @@ class HFTokenizer:
         self.vocab_size = self._tok.get_vocab_size()
         self.eos_id = self._tok.token_to_id(eos) if eos else None
         self.bos_id = self.eos_id
+        self.eos_token = eos if self.eos_id is not None else None  # its text, for HF's special tokens
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
