@@ -1,4 +1,4 @@
-"""Generation: sampling rules, a jitted prefill + KV-cache decode loop (sampling, greedy, beam search).
+"""Generation: a jitted prefill + KV-cache decode loop (sampling, greedy, beam search, beam sampling).
 
 How `generate_ids` runs:
   * Prompts longer than the context are cropped on the left (with a warning). The batch is left-padded
@@ -11,7 +11,10 @@ How `generate_ids` runs:
   * Decoding is one jitted `lax.while_loop` over a DecodeState: each iteration feeds the token at `cur`
     to the model, applies the rules to its logits, picks the next token and writes it at `cur + 1`.
     It stops at the requested length, when every row has produced an EOS token (beam search: when no
-    beam can still improve the finished ones, as HF decides it), or when the cache is full.
+    beam can still improve the finished ones, as HF decides it), or when the cache is full. Random
+    numbers come from per-row Philox keys (seed, prompt, sample index) folded with the step.
+  * One decoded row of a large model on CPU reads its kernels transposed (`for_matvec`): XLA's CPU
+    matrix-vector product streams [out, in] weights faster than [in, out] ones.
   * Past the context the window slides: the newest block_size // 2 tokens are run through prefill again
     (a new cache, positions from 0) and decoding goes on, so each new token sees between block_size // 2
     and block_size tokens. Left pads take room in the window, so a short row of a ragged batch may slide
