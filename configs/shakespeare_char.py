@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention = "einsum"  # "einsum" (reference, has attention dropout), "xla" or "cudnn" (flash)
     c.model.remat = "none"  # recompute activations in the backward pass: none, full, dots, dots_no_batch
     c.model.scan_layers = False  # nn.scan over the blocks: compiles one block instead of n_layer
+    c.model.loss_chunk = 0  # N > 0: fused LM head + loss over N positions at a time (large vocabularies)
 
     c.opt = ml_collections.ConfigDict()
     c.opt.lr = 1e-3  # high for a tiny model (nanoGPT)

@@ -5,6 +5,7 @@ head tied to the token embedding. Logits are float32.
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from gptjax import attention
 from gptjax.layers import MLP, layer_norm, normal_init, sinusoidal_table
@@ -67,6 +69,10 @@ class GPTConfig:
     # Dense kernels [in, out] (training, checkpoints) or transposed [out, in]: faster one-row
     # matrix-vector products on CPU; gptjax.sample uses it for batch-1 decoding (see layers.Dense).
     kernel_layout: str = "in_out"
+    # Training loss: 0 computes it from the full float32 logits (B x T x V); N > 0 fuses the LM head and
+    # the cross entropy over chunks of N positions, gradients included (lm_head_loss), so those logits never
+    # exist at once: less memory and traffic for large vocabularies.
+    loss_chunk: int = 0
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -89,6 +95,8 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.loss_chunk < 0:
+            raise ValueError(f"loss_chunk={self.loss_chunk} must be >= 0 (0: no chunking)")
 
     @property
     def head_dim(self) -> int:
@@ -213,8 +221,10 @@ class GPT(nn.Module):
         cache: Sequence[attention.Cache] | None = None,
         kv_mask_BS: jax.Array | None = None,
         deterministic: bool = True,
+        targets_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, list[attention.Cache] | None]:
-        """Returns float32 logits_BTV and the updated cache (None when no cache was given).
+        """Returns float32 logits_BTV and the updated cache (None when no cache was given); with
+        `targets_BT` (as nanoGPT's forward), the mean next-token cross entropy instead of the logits.
 
         positions_BT defaults to 0..T-1 (offset by the cache's fill level when decoding); pass it
         explicitly for left-padded batches.
@@ -271,16 +281,93 @@ class GPT(nn.Module):
             head_VD = wte.embedding
         else:
             head_VD = self.param("lm_head", normal_init(), (c.padded_vocab, c.n_embd), c.param_dtype)
-        logits_BTV = jnp.einsum(
-            "BTD,VD->BTV",
-            x_BTD,
-            jnp.asarray(head_VD, c.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        if c.padded_vocab > c.vocab_size:  # padding rows are no tokens: they get probability 0
-            real_V = jnp.arange(c.padded_vocab) < c.vocab_size
-            logits_BTV = jnp.where(real_V, logits_BTV, attention.MASK_VALUE)
+        head_VD = jnp.asarray(head_VD, c.dtype)
+        if targets_BT is not None and c.loss_chunk:
+            return lm_head_loss(x_BTD, head_VD, targets_BT, c.vocab_size, c.loss_chunk), new_cache
+        logits_BTV = head_logits(x_BTD, head_VD, c.vocab_size)
+        if targets_BT is not None:
+            return cross_entropy(logits_BTV, targets_BT), new_cache
         return logits_BTV, new_cache
+
+
+# ----- The LM head and the loss -----------------------------------------------------------------------------
+
+
+def head_logits(x_BTD: jax.Array, head_VD: jax.Array, vocab_size: int) -> jax.Array:
+    """float32 logits; rows of a padded vocabulary (beyond vocab_size) are no tokens: probability 0."""
+    logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, head_VD, preferred_element_type=jnp.float32)
+    if head_VD.shape[0] > vocab_size:
+        logits_BTV = jnp.where(jnp.arange(head_VD.shape[0]) < vocab_size, logits_BTV, attention.MASK_VALUE)
+    return logits_BTV
+
+
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """Mean next-token cross entropy in float32 (nats)."""
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+
+
+def _chunks(x_BT_: jax.Array, chunk: int, fill) -> jax.Array:
+    """[B, T, ...] -> [C, B, chunk, ...]: T padded with `fill` to a multiple of chunk, then split."""
+    B, T = x_BT_.shape[:2]
+    C = -(-T // chunk)
+    pad = [(0, 0), (0, C * chunk - T)] + [(0, 0)] * (x_BT_.ndim - 2)
+    x = jnp.pad(x_BT_, pad, constant_values=fill).reshape(B, C, chunk, *x_BT_.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def lm_head_loss(x_BTD, head_VD, targets_BT, vocab_size: int, chunk: int) -> jax.Array:
+    """cross_entropy(head_logits(x_BTD, head_VD)), `chunk` positions at a time: float32 logits of one
+    chunk at a time. Under grad the gradients are computed in the same pass, chunk by chunk (the dlogits
+    of a chunk are softmax - onehot), so the backward pass neither stores nor recomputes logits."""
+    return _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, grads=False)[0]
+
+
+def _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, grads: bool):
+    B, T, D = x_BTD.shape
+    n = B * T
+    x_CBKD = _chunks(x_BTD, chunk, 0)
+    t_CBK = _chunks(targets_BT, chunk, 0)
+    valid_CBK = _chunks(jnp.ones((B, T), bool), chunk, False)
+
+    def body(dhead_VD, chunk_in):
+        x_BKD, t_BK, valid_BK = chunk_in
+        logits_BKV = head_logits(x_BKD, head_VD, vocab_size)
+        lse_BK = jax.nn.logsumexp(logits_BKV, axis=-1)
+        target_BK = jnp.take_along_axis(logits_BKV, t_BK[..., None], axis=-1)[..., 0]
+        loss = jnp.sum(jnp.where(valid_BK, lse_BK - target_BK, 0.0))
+        if not grads:
+            return dhead_VD, (loss, None)
+        # d(mean loss)/d logits = (softmax - onehot) / n on real positions.
+        probs_BKV = jnp.exp(logits_BKV - lse_BK[..., None])
+        onehot_BKV = jax.nn.one_hot(t_BK, head_VD.shape[0], dtype=jnp.float32)
+        dlogits_BKV = jnp.where(valid_BK[..., None], (probs_BKV - onehot_BKV) / n, 0.0).astype(x_BKD.dtype)
+        dx_BKD = jnp.einsum("BKV,VD->BKD", dlogits_BKV, head_VD, preferred_element_type=jnp.float32)
+        dhead_VD += jnp.einsum("BKV,BKD->VD", dlogits_BKV, x_BKD, preferred_element_type=jnp.float32)
+        return dhead_VD, (loss, dx_BKD)
+
+    dhead_VD = jnp.zeros(head_VD.shape, jnp.float32) if grads else None
+    dhead_VD, (loss_C, dx_CBKD) = jax.lax.scan(body, dhead_VD, (x_CBKD, t_CBK, valid_CBK))
+    loss = jnp.sum(loss_C) / n
+    if not grads:
+        return loss, None
+    dx_BTD = jnp.moveaxis(dx_CBKD, 0, 1).reshape(B, -1, D)[:, :T]
+    return loss, (dx_BTD.astype(x_BTD.dtype), dhead_VD.astype(head_VD.dtype))
+
+
+def _lm_head_loss_fwd(x_BTD, head_VD, targets_BT, vocab_size, chunk):
+    loss, (dx_BTD, dhead_VD) = _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, grads=True)
+    return loss, (dx_BTD, dhead_VD, targets_BT)
+
+
+def _lm_head_loss_bwd(vocab_size, chunk, residuals, g):
+    dx_BTD, dhead_VD, targets_BT = residuals
+    zero_targets = np.zeros(targets_BT.shape, jax.dtypes.float0)  # integer inputs have no gradient
+    return g.astype(dx_BTD.dtype) * dx_BTD, g.astype(dhead_VD.dtype) * dhead_VD, zero_targets
+
+
+lm_head_loss.defvjp(_lm_head_loss_fwd, _lm_head_loss_bwd)
 
 
 def count_params(params: Any) -> int:

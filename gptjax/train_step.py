@@ -26,17 +26,16 @@ def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed
     return state.replace(step=jnp.asarray(0, jnp.int32))
 
 
-def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-    """Mean next-token cross entropy in float32 (nats)."""
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
-
-
 def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> jax.Array:
-    logits_BTV, _ = apply_fn(
-        {"params": params}, x_BT, deterministic=deterministic, rngs={"dropout": dropout_rng}
+    """Mean next-token cross entropy in float32 (the model computes it: GPTConfig.loss_chunk)."""
+    loss, _ = apply_fn(
+        {"params": params},
+        x_BT,
+        deterministic=deterministic,
+        rngs={"dropout": dropout_rng},
+        targets_BT=y_BT,
     )
-    return cross_entropy(logits_BTV, y_BT)
+    return loss
 
 
 def train_step(

@@ -9,8 +9,7 @@ import pytest
 
 from gptjax.data import ByteTokenizer, CharTokenizer, GPT2Tokenizer
 from gptjax.evaluate import text_loss
-from gptjax.model import GPT, GPTConfig
-from gptjax.train_step import cross_entropy
+from gptjax.model import GPT, GPTConfig, cross_entropy
 
 
 def model(vocab_size, zero=False):

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.model import GPT, GPTConfig, init_cache, unstack_layers
-from gptjax.train_step import cross_entropy
+from gptjax.model import GPT, GPTConfig, cross_entropy, init_cache, unstack_layers
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -73,6 +73,19 @@ def test_mesh_equals_single_device(setup, mesh):
         assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
 
 
+def test_fused_loss_under_mesh_equals_single_device(setup):
+    """model.loss_chunk (the chunked LM head + loss with its own gradients) under data/fsdp/tensor
+    sharding trains as the plain loss does on one device."""
+    config, _, _, batches, single = setup
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.loss_chunk = 5  # 16 positions: chunks of 5, the last one padded
+    config.parallel.update(mode="mesh", mesh=dict(data=2, fsdp=2, tensor=2))
+    cfg = __import__("gptjax.train", fromlist=["model_config"]).model_config(config, vocab_size=64)
+    init, abstract = abstract_state(cfg, config.opt, seed=0)
+    state, _ = run(parallel.make_placement(config.parallel, abstract, 16), init, batches)
+    close(state.params, single.params)
+
+
 def test_fsdp8_holds_an_eighth_of_the_parameters_per_device(setup):
     config, init, abstract, _, _ = setup
     config = ml_collections.ConfigDict(config.to_dict())
