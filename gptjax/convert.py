@@ -47,7 +47,10 @@ SAME_MODEL_FIELDS = (
     "kernel_layout",
 )  # fmt: skip
 # What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
-HUB_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+HUB_FILES = [
+    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
+    "tokenizer.json",
+]  # fmt: skip
 
 WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]
 
@@ -371,14 +374,19 @@ def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_l
 # ----- gptjax checkpoints. -----
 
 
-def pick_tokenizer(tokenizer: Any, vocab_size: int) -> Any:
-    """A tokenizer object for a model of `vocab_size`: given, "auto" (gpt2 for 50257, byte for 256),
-    "gpt2", "byte", or a tokenizer JSON file (gptjax.data.save_tokenizer's)."""
+def pick_tokenizer(tokenizer: Any, vocab_size: int, hf_dir: str | pathlib.Path | None = None) -> Any:
+    """A tokenizer object for a model of `vocab_size`: given, "auto" (gpt2 for 50257, byte for 256, else
+    the HF directory's tokenizer.json, as save_hf writes for a trained BPE), "gpt2", "byte", or a
+    tokenizer JSON file (gptjax.data.save_tokenizer's)."""
     if tokenizer == "auto":
         tokenizer = {data_lib.GPT2Tokenizer.vocab_size: "gpt2", 256: "byte"}.get(vocab_size)
+        hf_json = pathlib.Path(hf_dir) / "tokenizer.json" if hf_dir is not None else None
+        if tokenizer is None and hf_json is not None and hf_json.is_file():
+            tokenizer = data_lib.HFTokenizer(hf_json.read_text())
         if tokenizer is None:
             raise ValueError(
-                f"no built-in tokenizer has the model's {vocab_size} ids; pass a tokenizer JSON file"
+                f"no built-in tokenizer has the model's {vocab_size} ids and the model has no "
+                "tokenizer.json; pass a tokenizer JSON file"
             )
     if tokenizer == "gpt2":
         tokenizer = data_lib.GPT2Tokenizer()
@@ -419,8 +427,9 @@ def hf_to_workdir(
     hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto"
 ) -> GPTConfig:
     """Converts an HF GPT-2 directory (or Hub id) into a gptjax checkpoint in `workdir`."""
-    params, cfg = load_hf(resolve_hf_dir(str(hf_dir)))
-    save_checkpoint(workdir, params, cfg, pick_tokenizer(tokenizer, cfg.vocab_size))
+    hf_dir = resolve_hf_dir(str(hf_dir))
+    params, cfg = load_hf(hf_dir)
+    save_checkpoint(workdir, params, cfg, pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir))
     return cfg
 
 

@@ -122,7 +122,7 @@ def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path
 
     hf_dir = convert.resolve_hf_dir(init_from)
     vocab_size = convert.read_hf_config(hf_dir).vocab_size
-    return ("hf", hf_dir), convert.pick_tokenizer(tokenizer or "auto", vocab_size)
+    return ("hf", hf_dir), convert.pick_tokenizer(tokenizer or "auto", vocab_size, hf_dir)
 
 
 def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:

@@ -482,6 +482,12 @@ def test_trained_tokenizer_round_trips_and_char_byte_write_nothing(tmp_path, dat
     assert len(hf) == 400 and hf.eos_token_id == tok.eos_id == 0
     sample = text[-3000:] + " naïve 😀 1234<|endoftext|>  \n"
     assert hf(sample)["input_ids"] == tok.encode(sample) and hf.decode(tok.encode(sample)) == sample
+    # Importing the directory again finds its tokenizer ("auto": no built-in one has 400 ids).
+    assert convert.pick_tokenizer("auto", 400, tmp_path / "hf").encode(sample) == tok.encode(sample)
+    with pytest.raises(
+        ValueError, match="no built-in tokenizer has the model's 400 ids and the model has no"
+    ):
+        convert.pick_tokenizer("auto", 400, tmp_path)
 
     for other in (CharTokenizer("ab"), ByteTokenizer()):
         (tmp_path / other.kind).mkdir()
