@@ -98,6 +98,7 @@ def benchmark_train(config: Any, vocab_size: int, *, steps: int = 10, warmup: in
         "attention": cfg.attention,
         "remat": cfg.remat,
         "scan_layers": cfg.scan_layers,
+        "loss_chunk": cfg.loss_chunk,
         "batch_size": B,
         "grad_accum": config.grad_accum,
         "block_size": T,
