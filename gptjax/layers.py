@@ -70,9 +70,14 @@ class Dense(nn.Module):
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        contract = ((x.ndim - 1,), (1 if self.out_in else 0,))
-        y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
-        return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+        # A 2-D product, rows = every leading axis. The kernel gradient then contracts one axis: contracting
+        # [B, T] made XLA's CPU backend recompute the (bias-free) MLP's GELU gradient inside a transposing
+        # copy, which cost 17 of 60 ms a step on shakespeare_char:cpu.
+        x_ND = x.reshape(-1, d_in)
+        y_NF = jax.lax.dot_general(x_ND, kernel, (((1,), (1 if self.out_in else 0,)), ((), ())))
+        if bias is not None:
+            y_NF = y_NF + bias.reshape(1, -1)
+        return y_NF.reshape(*x.shape[:-1], self.features)
 
 
 class MLP(nn.Module):

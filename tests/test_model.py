@@ -295,6 +295,32 @@ def test_out_in_kernels_compute_the_same_model(tiny_cfg):
         dataclasses.replace(cfg, kernel_layout="in_out_typo")
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_equals_flax_dense_in_value_and_gradient(bias):
+    """layers.Dense flattens the leading axes into one row axis (a 2-D product, for XLA's CPU backward):
+    the same function and gradients as flax's nn.Dense on [B, T, D] inputs, from the same init."""
+    from gptjax.layers import Dense
+
+    init = nn.initializers.normal(0.02)
+    ours = Dense(48, bias, init, jnp.float32, jnp.float32)
+    flax_dense = nn.Dense(48, use_bias=bias, kernel_init=init)
+    x_BTD = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, 16)), jnp.float32)
+    params = ours.init(jax.random.PRNGKey(0), x_BTD)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, flax_dense.init(jax.random.PRNGKey(0), x_BTD)
+    )
+    if bias:  # zero-initialised: make it matter
+        params = {"params": {**params["params"], "bias": jnp.arange(48, dtype=jnp.float32) / 48}}
+    loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))  # noqa: E731
+    want = jax.value_and_grad(loss(flax_dense), argnums=(0, 1))(params, x_BTD)
+    got = jax.value_and_grad(loss(ours), argnums=(0, 1))(params, x_BTD)
+    np.testing.assert_allclose(
+        ours.apply(params, x_BTD), flax_dense.apply(params, x_BTD), rtol=1e-6, atol=1e-6
+    )
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
 # ----- GPTConfig validation. -----
 
 
