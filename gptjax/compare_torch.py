@@ -1,10 +1,9 @@
 """gptjax against PyTorch on one model: same initial weights, batches and optimizer; loss curves and tokens/s.
 
-PyTorch runs Hugging Face's GPT2LMHeadModel loaded with gptjax's initial parameters (gptjax.convert), in
-eager mode and under torch.compile. Both sides train on the batches of gptjax.data.get_batch with AdamW
-after global-norm clipping: the same lr schedule (gptjax's, evaluated per step), betas, eps 1e-8 and
-weight decay on the parameters with ndim >= 2. HF GPT-2 always has biases, so the comparison runs the
-config's model with bias=True (zero-initialised, as gptjax initialises them); dropout is off, since the
+PyTorch runs nanoGPT's model (gptjax.torch_gpt) loaded with gptjax's initial parameters, in eager mode
+and under torch.compile. Both sides train the config's model (biases as configured) on the batches of
+gptjax.data.get_batch with AdamW after global-norm clipping: the same lr schedule (gptjax's, evaluated
+per step), betas, eps 1e-8 and weight decay on the parameters with ndim >= 2. Dropout is off, since the
 two frameworks draw different masks. Tokens/s exclude the first `warmup` steps (compilation) and use
 gptjax's real jitted step: config.steps_per_call steps per call, as training does.
 
@@ -21,8 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gptjax import convert, parallel
 from gptjax import data as data_lib
+from gptjax import parallel
 from gptjax.optim import lr_schedule
 from gptjax.train import abstract_state, batches, model_config
 
@@ -33,9 +32,9 @@ PAUSE_S = 1.0
 
 
 def comparable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config both frameworks can run identically: biases on (HF GPT-2 has them), dropout off."""
+    """The config both frameworks can run identically: dropout off, one device."""
     config = ml_collections.ConfigDict(config.to_dict())
-    config.model.update(bias=True, dropout=0.0)
+    config.model.dropout = 0.0
     config.parallel.mode = "single"
     return config
 
@@ -54,23 +53,15 @@ def gptjax_trainer(state: Any, config: Any):
 
 
 def torch_model(params: Any, cfg: Any):
-    """HF GPT2LMHeadModel holding gptjax `params` (float32, train mode)."""
-    import torch
-    import transformers
+    """nanoGPT's model in PyTorch holding gptjax `params` (float32, train mode)."""
+    from gptjax import torch_gpt
 
-    hf = {k: v for k, v in convert.hf_config(cfg).items() if k not in ("architectures", "model_type")}
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf))
-    weights = {k: torch.tensor(v) for k, v in convert.params_to_hf(params, cfg).items()}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) - ({"lm_head.weight"} if cfg.tie_embeddings else set()):
-        raise ValueError(f"HF model does not fit the weights: missing {missing}, unexpected {unexpected}")
-    return model.float().train()
+    return torch_gpt.from_gptjax(params, cfg).train()
 
 
 def torch_trainer(model: Any, config: Any, lrs: list[float], compile: bool):
     """run(first step, x_KBT, y_KBT) -> losses [K]: PyTorch AdamW steps, eager or torch.compile'd."""
     import torch
-    import torch.nn.functional as F
 
     o = config.opt
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -78,11 +69,7 @@ def torch_trainer(model: Any, config: Any, lrs: list[float], compile: bool):
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lrs[0], betas=(o.beta1, o.beta2), eps=1e-8)
 
-    def loss_fn(x_bT, y_bT):
-        logits_bTV = model(input_ids=x_bT, use_cache=False).logits
-        return F.cross_entropy(logits_bTV.float().flatten(0, 1), y_bT.flatten())
-
-    loss_fn = torch.compile(loss_fn) if compile else loss_fn
+    loss_fn = torch.compile(model) if compile else model
     A = config.grad_accum
 
     def step(i: int, x_BT, y_BT):
@@ -165,7 +152,8 @@ def compare(config: ml_collections.ConfigDict, steps: int = 50, torch_compile: b
     best_torch = max(v for k, v in tok_s.items() if k != "gptjax")
     return {
         "model": {k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")},
-        "overrides": "model.bias=True, model.dropout=0.0 (HF GPT-2 has biases; dropout masks differ)",
+        "bias": cfg.bias,
+        "overrides": "model.dropout=0.0 (the frameworks draw different dropout masks)",
         "attention": cfg.attention,
         "steps": steps,
         "tokens_per_step": int(x_NBT[0].size),

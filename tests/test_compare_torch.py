@@ -1,4 +1,4 @@
-"""gptjax and PyTorch (HF GPT-2) trained from the same weights on the same batches give the same losses."""
+"""gptjax and PyTorch (nanoGPT's model) trained from the same weights on the same batches: the same losses."""
 
 import pytest
 
@@ -9,7 +9,7 @@ from gptjax import compare_torch
 def test_losses_agree_with_pytorch(tmp_path, data_dir, tmp_cache):
     pytest.importorskip("torch", reason="pip install -e '.[torch]' to compare with PyTorch")
     config = tiny.get_config()
-    config.model.update(block_size=16, n_layer=2, n_head=2, n_embd=32)
+    config.model.update(block_size=16, n_layer=2, n_head=2, n_embd=32, bias=False)  # as shakespeare_char
     config.opt.update(warmup_iters=3, lr_decay_iters=10)  # the schedule's warmup and cosine both matter
     config.batch_size = 4
     config.steps_per_call = 5
@@ -18,6 +18,7 @@ def test_losses_agree_with_pytorch(tmp_path, data_dir, tmp_cache):
     assert len(losses["gptjax"]) == len(losses["torch_eager"]) == 10
     assert losses["gptjax"][-1] < losses["gptjax"][0] - 0.1  # it trains: the comparison is not vacuous
     assert result["max_rel_loss_diff"] <= 1e-3, result["losses"]
+    assert result["bias"] is False  # the config's own model: no biases added for the baseline
     assert result["tokens_per_sec"]["gptjax"] > 0 and result["tokens_per_sec"]["torch_eager"] > 0
     compare_torch.plot(result, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 1000

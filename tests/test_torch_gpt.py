@@ -1,0 +1,58 @@
+"""gptjax.torch_gpt, the PyTorch baseline: the same function as gptjax's model from the same parameters,
+and nanoGPT's initialisation."""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from gptjax.model import GPT
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch", reason="pip install -e '.[torch]' for the PyTorch baseline")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"bias": False}, {"gelu": "exact"}, {"tie_embeddings": False}, {"vocab_multiple": 8, "bias": False}],
+    ids=["gpt2", "no_bias", "exact_gelu", "untied", "padded_vocab"],
+)
+def test_logits_and_loss_equal_gptjax(torch, tiny_cfg, change):
+    from gptjax import torch_gpt
+
+    cfg = dataclasses.replace(tiny_cfg, vocab_size=13, **change)
+    tokens_BT = np.random.default_rng(0).integers(0, cfg.vocab_size, (3, cfg.block_size + 1))
+    x_BT, y_BT = tokens_BT[:, :-1], tokens_BT[:, 1:]
+    params = GPT(cfg).init(jax.random.PRNGKey(0), x_BT)["params"]
+    # Non-zero biases and LayerNorm weights, so every mapped tensor matters.
+    params = jax.tree.map(lambda p: p + 0.1 * np.cos(np.arange(p.size).reshape(p.shape)), params)
+    want_BTV, _ = GPT(cfg).apply({"params": params}, x_BT)
+    want_loss, _ = GPT(cfg).apply({"params": params}, x_BT, targets_BT=y_BT)
+    model = torch_gpt.from_gptjax(params, cfg).eval()
+    with torch.no_grad():
+        got_BTV = model(torch.as_tensor(x_BT)).numpy()
+        got_loss = float(model(torch.as_tensor(x_BT), torch.as_tensor(y_BT)))
+    np.testing.assert_allclose(got_BTV, np.asarray(want_BTV)[..., : cfg.vocab_size], rtol=0, atol=1e-5)
+    assert got_loss == pytest.approx(float(want_loss), rel=1e-5)
+
+
+def test_nanogpt_initialisation(torch):
+    from gptjax import torch_gpt
+    from gptjax.model import GPTConfig
+
+    cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=True)
+    torch.manual_seed(0)
+    model = torch_gpt.GPT(cfg).init_weights()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied
+    assert float(params["transformer.h.0.mlp.c_fc.weight"].std()) == pytest.approx(0.02, rel=0.05)
+    residual = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for name in ("transformer.h.3.attn.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"):
+        assert float(params[name].std()) == pytest.approx(residual, rel=0.05), name
+    assert float(params["transformer.h.2.attn.c_attn.bias"].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="learned positions only"):
+        torch_gpt.GPT(dataclasses.replace(cfg, position="sinusoidal"))
