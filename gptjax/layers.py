@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
@@ -80,6 +81,24 @@ class Dense(nn.Module):
         return y_NF.reshape(*x.shape[:-1], self.features)
 
 
+_SQRT_HALF, _INV_SQRT_2PI = 0.7071067811865476, 0.3989422804014327
+
+
+@jax.custom_vjp
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """x Phi(x) = x/2 (1 + erf(x/sqrt 2)), torch's exact GELU, with its own gradient Phi(x) + x phi(x)
+    recomputed from x. jax.nn.gelu's erfc and its autodiff cost XLA's CPU backend three elementwise
+    passes a layer in the forward (~5 of 42 ms a step on shakespeare_char:cpu); this costs about none."""
+    return x * 0.5 * (1 + jax.lax.erf(x * _SQRT_HALF))
+
+
+def _gelu_exact_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    return (g * (0.5 * (1 + jax.lax.erf(x * _SQRT_HALF)) + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)),)
+
+
+gelu_exact.defvjp(lambda x: (gelu_exact(x), x), _gelu_exact_bwd)
+
+
 class MLP(nn.Module):
     """GELU MLP, D -> F -> D. GPT-2 uses the tanh approximation of GELU, nanoGPT the exact one."""
 
@@ -98,6 +117,6 @@ class MLP(nn.Module):
             features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, name=name
         )
         h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD)
-        h_BTF = nn.gelu(h_BTF, approximate=self.gelu_tanh)
+        h_BTF = nn.gelu(h_BTF, approximate=True) if self.gelu_tanh else gelu_exact(h_BTF)
         out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

@@ -390,3 +390,17 @@ def test_configs_build(module, arg):
         # OpenAI's GPT-2 small with biases and its 50257-token vocab: HF counts 124,439,808 parameters.
         gpt2 = model_config(config, vocab_size=50257, bias=True, vocab_multiple=1)
         assert count_params(abstract_state(gpt2, config.opt, 0)[1].params) == 124_439_808
+
+
+def test_gelu_exact_value_and_gradient():
+    """layers.gelu_exact (torch's formula, own gradient, for speed) is the exact GELU and its derivative
+    to float32 resolution (1 + erf(x) loses ~1e-7 absolute for negative x, as torch's does)."""
+    from gptjax.layers import gelu_exact
+
+    x = np.linspace(-9.0, 9.0, 2001)
+    phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])  # float64 Phi(x)
+    want, want_grad = x * phi, phi + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    x32 = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(gelu_exact(x32), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu_exact))(x32), want_grad, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gelu_exact(x32), jax.nn.gelu(x32, approximate=False), rtol=1e-6, atol=1e-6)
