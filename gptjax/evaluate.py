@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gptjax.data import get_batch
 from gptjax.model import GPT, GPTConfig
 
 
@@ -57,4 +58,37 @@ def text_loss(params: Any, cfg: GPTConfig, tokenizer: Any, text: str, batch_size
         "perplexity": math.exp(total / n),
         "bits_per_byte": bits / len(predicted.encode("utf-8")),
         "bits_per_char": bits / len(predicted),
+    }
+
+
+def random_batch_loss(
+    params: Any,
+    cfg: GPTConfig,
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    batches: int,
+    group: int,
+    split: str = "val",
+    seed: int = 0,
+) -> dict:
+    """nanoGPT's estimate_loss, repeated: the mean loss of `batches` random batches of `batch_size`
+    windows of `tokens` (gptjax.data.get_batch, stream `split`), and how the mean of `group` of them
+    (nanoGPT's eval_iters) scatters around it: {batches, loss, group, group_sd, group_min, group_max}."""
+    if batches < group or batches % group:
+        raise ValueError(f"batches={batches} must be a positive multiple of group={group}")
+    losses = []
+    for step in range(batches):
+        x_BT, y_BT = get_batch(
+            tokens, batch_size=batch_size, block_size=cfg.block_size, seed=seed, step=step, split=split
+        )
+        losses.append(float(jnp.mean(_token_nats(params, cfg, x_BT, y_BT))))
+    means = np.asarray(losses).reshape(-1, group).mean(axis=1)
+    return {
+        "batches": batches,
+        "loss": float(np.mean(losses)),
+        "group": group,
+        "group_sd": float(np.std(means)),
+        "group_min": float(np.min(means)),
+        "group_max": float(np.max(means)),
     }

@@ -1,9 +1,13 @@
 """Evaluates a checkpoint on a text: loss (nats/token), perplexity, bits per byte and per character.
 
   python scripts/eval.py --workdir=W --text=FILE [--split=val] [--batch_size=8]
+  python scripts/eval.py --workdir=W --split=val --random_batches=2000 [--group=20]
 
 --text is a file, a glob or "tiny_shakespeare"; --split=val|train takes the part of it that training
-used as that split (config.data.val_fraction, cut by characters), default all. Prints one JSON object.
+used as that split (config.data.val_fraction, cut by characters), default all. --random_batches=N
+instead estimates the loss as training logs it (nanoGPT's estimate_loss): N random batches of the
+workdir's own data split, and how much the mean of --group of them (eval_iters) scatters. Prints one
+JSON object.
 """
 
 import json
@@ -11,7 +15,7 @@ import json
 from absl import flags
 
 from gptjax import cli, evaluate
-from gptjax.data import load_text
+from gptjax.data import load_dataset, load_text
 from gptjax.train import load_params
 
 flags.DEFINE_string("workdir", None, "A training or converted workdir (its latest checkpoint).")
@@ -19,13 +23,35 @@ flags.DEFINE_string("text", None, "A text file, a glob, or tiny_shakespeare.")
 flags.DEFINE_enum("split", "all", ["all", "train", "val"], "Which part of the text to evaluate.")
 flags.DEFINE_integer("batch_size", 8, "Windows of block_size tokens per forward pass.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
-flags.mark_flags_as_required(["workdir", "text"])
+flags.DEFINE_integer("random_batches", 0, "N > 0: the loss of N random batches of the workdir's --split.")
+flags.DEFINE_integer("group", 20, "--random_batches: batches per estimate (eval_iters) for the scatter.")
+flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     params, cfg, tokenizer, config = load_params(FLAGS.workdir, FLAGS.step)
+    if FLAGS.random_batches:
+        if FLAGS.split == "all":
+            raise ValueError("--random_batches needs --split=train or --split=val")
+        data = config.data
+        dataset = load_dataset(
+            data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer
+        )
+        result = evaluate.random_batch_loss(
+            params,
+            cfg,
+            getattr(dataset, FLAGS.split),
+            batch_size=config.batch_size,
+            batches=FLAGS.random_batches,
+            group=FLAGS.group,
+            split=FLAGS.split,
+        )
+        print(json.dumps({"workdir": FLAGS.workdir, "split": FLAGS.split, **result}))
+        return
+    if not FLAGS.text:
+        raise ValueError("pass --text=FILE|GLOB|tiny_shakespeare, or --random_batches=N")
     text = load_text(FLAGS.text)
     if FLAGS.split != "all":
         n = int(len(text) * (1 - config.data.val_fraction))  # as gptjax.data.prepare_tokens splits

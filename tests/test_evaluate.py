@@ -1,4 +1,5 @@
-"""text_loss: exact on a uniform model, independent of batching, equal to the training loss on a window."""
+"""text_loss: exact on a uniform model, independent of batching, equal to the training loss on a window;
+random_batch_loss: the mean of training-style batches."""
 
 import math
 
@@ -60,3 +61,27 @@ def test_bos_predicts_the_first_token(data_dir):
     r = text_loss(params, cfg, tok, "Hello world")
     assert r["tokens"] == 2  # both tokens, the first from <|endoftext|>
     assert r["bits_per_byte"] == pytest.approx(2 * math.log2(tok.vocab_size) / len("Hello world"), rel=1e-6)
+
+
+def test_random_batch_loss_is_the_mean_of_train_style_batches():
+    """random_batch_loss = the mean of the per-batch losses training's evaluation computes, and its
+    groups are the means of consecutive `group` batches."""
+    from gptjax.data import get_batch
+    from gptjax.evaluate import random_batch_loss
+
+    params, cfg = model(256)
+    tokens = np.random.default_rng(0).integers(0, 256, 500).astype(np.uint16)
+    r = random_batch_loss(params, cfg, tokens, batch_size=3, batches=6, group=2, split="val", seed=7)
+    losses = []
+    for step in range(6):
+        x_BT, y_BT = get_batch(
+            tokens, batch_size=3, block_size=cfg.block_size, seed=7, step=step, split="val"
+        )
+        loss, _ = GPT(cfg).apply({"params": params}, x_BT, targets_BT=y_BT)
+        losses.append(float(loss))
+    assert r["loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+    groups = np.reshape(losses, (3, 2)).mean(axis=1)
+    assert r["group_sd"] == pytest.approx(np.std(groups), rel=1e-4, abs=1e-7)
+    assert (r["group_min"], r["group_max"]) == pytest.approx((groups.min(), groups.max()), rel=1e-6)
+    with pytest.raises(ValueError, match="multiple of group=4"):
+        random_batch_loss(params, cfg, tokens, batch_size=3, batches=6, group=4)

@@ -1,5 +1,6 @@
 """End-to-end training: learning, exact resume (also after SIGKILL), fine-tuning, one-line errors."""
 
+import json
 import os
 import pathlib
 import signal
@@ -59,6 +60,14 @@ def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
     assert all(r["tokens_per_sec"] > 0 and r["lr"] >= 0 for r in train)
     assert (tmp_path / "loss.png").stat().st_size > 1000
     assert list((tmp_path / "tensorboard").iterdir())
+    # scripts/eval.py estimates the val loss as training logs it, on other random batches.
+    args = ["scripts/eval.py", f"--workdir={tmp_path}", "--split=val", "--random_batches=40"]
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    estimate = json.loads(out.stdout.splitlines()[-1])
+    assert (estimate["batches"], estimate["group"]) == (40, 20)
+    assert estimate["loss"] == pytest.approx(val[100], abs=0.1)
+    assert estimate["group_min"] <= estimate["loss"] <= estimate["group_max"]
 
 
 def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache):
