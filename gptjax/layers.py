@@ -5,6 +5,7 @@ Axis legend, used in every tensor suffix and einsum in gptjax:
   F MLP width (4*D), V vocab, L layers.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,33 @@ Dtype = Any
 
 # GPT-2 initialises every weight from N(0, 0.02) (modeling_gpt2.py `_init_weights`, nanoGPT `_init_weights`).
 INIT_STD = 0.02
+
+# Mesh axes of activations (gptjax.parallel's mesh): the batch over every data-parallel axis, the
+# vocabulary over the tensor axis, as the default parameter rules shard the embedding's vocab rows.
+BATCH_AXES = ("data", "fsdp")
+VOCAB_AXIS = "tensor"
+
+
+def constrain(x: jax.Array, *spec: str | tuple[str, ...] | None) -> jax.Array:
+    """x with its sharding pinned to PartitionSpec(*spec) when traced under a mesh that has these axes
+    (gptjax.parallel traces the mesh steps under it); a dimension stays unsharded where its mesh axes do
+    not divide it. Unchanged without a mesh (one device, pmap, decoding).
+
+    Left to itself, XLA's sharding propagation all-reduced the whole [B, T, V] logits under FSDP instead of
+    gathering the [V, D] embedding: 4.7 + 4.0 GB of collectives a step instead of 0.2 + 0.2 GB for a
+    2-layer GPT-2 on fsdp=8 (16 x 1024 tokens).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    fitted = []
+    for dim, axes in zip(x.shape, spec, strict=True):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if not set(names) <= set(mesh.axis_names):
+            return x
+        size = math.prod(mesh.shape[name] for name in names)
+        fitted.append(axes if names and dim % size == 0 else None)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*fitted))
 
 
 def normal_init(std: float = INIT_STD) -> Callable:

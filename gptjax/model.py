@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from gptjax import attention
-from gptjax.layers import MLP, layer_norm, normal_init, sinusoidal_table
+from gptjax.layers import BATCH_AXES, MLP, VOCAB_AXIS, constrain, layer_norm, normal_init, sinusoidal_table
 
 # Named sizes. baby = nanoGPT's shakespeare_char model, baby-cpu its CPU run; gpt2* = OpenAI's GPT-2
 # family (Radford et al. 2019, table 2; HF config.json of each checkpoint).
@@ -258,6 +258,7 @@ class GPT(nn.Module):
             table = jnp.asarray(sinusoidal_table(c.block_size, c.n_embd), c.dtype)
             x_BTD = x_BTD + table[positions_BT]
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=deterministic)
+        x_BTD = constrain(x_BTD, BATCH_AXES, None, None)  # batch-parallel, whatever the tables' shardings
 
         layer = stacked_layers(c)
         new_cache = None
@@ -284,7 +285,7 @@ class GPT(nn.Module):
         head_VD = jnp.asarray(head_VD, c.dtype)
         if targets_BT is not None and c.loss_chunk:
             return lm_head_loss(x_BTD, head_VD, targets_BT, c.vocab_size, c.loss_chunk), new_cache
-        logits_BTV = head_logits(x_BTD, head_VD, c.vocab_size)
+        logits_BTV = constrain(head_logits(x_BTD, head_VD, c.vocab_size), BATCH_AXES, None, VOCAB_AXIS)
         if targets_BT is not None:
             return cross_entropy(logits_BTV, targets_BT), new_cache
         return logits_BTV, new_cache

@@ -19,10 +19,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gptjax.train_step import train_steps
+from gptjax.layers import BATCH_AXES  # the batch dimension is split over every data-parallel axis
+from gptjax.train_step import eval_steps, train_steps
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every data-parallel axis
 
 # Logical axes of each parameter, by the last two names of its path (module, param). Attention's
 # fused c_attn output (3*D: q | k | v, heads inside) and the MLP's hidden units are "tensor"-parallel
@@ -185,15 +185,37 @@ class Placement:
         fn = functools.partial(train_steps, grad_accum=grad_accum)
         if self.mode == "mesh":
             return jax.jit(
-                fn,
+                in_mesh(fn, self.mesh),
                 in_shardings=(self.shardings, batch_sharding(self.mesh)),
                 out_shardings=(self.shardings, NamedSharding(self.mesh, P())),
                 donate_argnums=0,
             )
         return jax.jit(fn, donate_argnums=0)
 
+    def eval_fn(self):
+        """eval_steps (state, (x_KBT, y_KBT)) -> losses [K], compiled for this placement's one logical
+        state copy (see get_state); one jitted function per mesh, so evaluations reuse its compilations."""
+        return _jit_eval(self.mesh if self.mode == "mesh" else None)
+
     def metrics(self, metrics: Any) -> Any:
         return jax.tree_util.tree_map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
+
+
+def in_mesh(fn, mesh: Mesh):
+    """fn traced with `mesh` as the abstract mesh, so the model's activation constraints
+    (gptjax.layers.constrain) apply."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
+
+
+@functools.cache
+def _jit_eval(mesh: Mesh | None):
+    return jax.jit(eval_steps if mesh is None else in_mesh(eval_steps, mesh))
 
 
 def make_placement(parallel: Any, abstract_state: Any, global_batch: int) -> Placement:

@@ -23,7 +23,7 @@ from gptjax.checkpoint import Checkpointer
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params
 from gptjax.optim import lr_schedule, make_optimizer
-from gptjax.train_step import create_train_state, eval_step
+from gptjax.train_step import create_train_state
 
 # Evaluation batches come from their own seed, so they never coincide with the training batches.
 EVAL_SEED_OFFSET = 1_000_003
@@ -73,11 +73,6 @@ def batches(tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: 
     return np.stack(xs)[:, rows], np.stack(ys)[:, rows]
 
 
-@jax.jit
-def _eval_losses(state, batches_KBT):
-    return jax.lax.map(lambda batch: eval_step(state, batch), batches_KBT)
-
-
 def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.Placement) -> dict:
     """Mean loss over `eval_iters` batches of each split, fresh for every evaluation (as nanoGPT)."""
     step = int(state.step)
@@ -88,7 +83,7 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
         xy = batches(tokens, config, seed=config.seed + EVAL_SEED_OFFSET, steps=steps, split=split)
         if placement.mode == "mesh":
             xy = placement.put_batch(xy)
-        out[split] = float(jnp.mean(_eval_losses(state, xy)))
+        out[split] = float(jnp.mean(placement.eval_fn()(state, xy)))
     return out
 
 

@@ -110,6 +110,11 @@ def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> jax.Arra
     return loss_fn(state.params, state.apply_fn, x_BT, y_BT, state.rng, True)
 
 
+def eval_steps(state: TrainState, batches: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Mean losses [K] of K batches (x_KBT, y_KBT), one at a time (`lax.map`)."""
+    return jax.lax.map(lambda batch: eval_step(state, batch), batches)
+
+
 # The usual jitted forms: the state is donated (updated in place) and grad_accum is static.
 jit_train_step = jax.jit(train_step, static_argnames="grad_accum", donate_argnums=0)
 jit_eval_step = jax.jit(eval_step)

@@ -1,8 +1,10 @@
 """Data, FSDP and tensor parallelism on 8 fake CPU devices (see conftest), and two processes
 training together through jax.distributed."""
 
+import math
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -101,6 +103,38 @@ def test_fsdp8_holds_an_eighth_of_the_parameters_per_device(setup):
     # Adam's moments are sharded the same way.
     mu = state.opt_state[1][0].mu
     assert mu["wte"]["embedding"].sharding.spec == state.params["wte"]["embedding"].sharding.spec
+
+
+def collective_bytes(hlo_text: str) -> int:
+    """Bytes of the results of every all-gather / all-reduce / reduce-scatter / all-to-all in compiled HLO."""
+    size = {"f32": 4, "bf16": 2, "s32": 4, "u32": 4, "pred": 1}
+    total = 0
+    kinds = r"all-gather|all-reduce|reduce-scatter|all-to-all"
+    for shapes in re.findall(rf"= (\(?[^=]*?\)?) (?:{kinds})(?:-start)?\(", hlo_text):
+        for dtype, dims in re.findall(r"(f32|bf16|s32|u32|pred)\[([\d,]*)\]", shapes):
+            total += size[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+@pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)])
+def test_mesh_step_communicates_parameters_not_logits(mesh):
+    """Under FSDP a step gathers the parameters and reduces their gradients; the model's activation
+    constraints keep XLA from all-reducing the [B, T, V] logits instead (16x the parameter bytes here)."""
+    config = tiny.get_config()
+    config.model.update(n_layer=1, n_embd=64, n_head=8, block_size=64, dropout=0.0)
+    config.grad_accum = 1
+    cfg = __import__("gptjax.train", fromlist=["model_config"]).model_config(config, vocab_size=4096)
+    _, abstract = abstract_state(cfg, config.opt, seed=0)
+    config.parallel.update(mode="mesh", mesh=mesh)
+    placement = parallel.make_placement(config.parallel, abstract, 16)
+    shaped = lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)  # noqa: E731
+    state = jax.tree_util.tree_map(shaped, abstract, placement.shardings)
+    tokens = jax.ShapeDtypeStruct((1, 16, 64), np.int32, sharding=parallel.batch_sharding(placement.mesh))
+    hlo = placement.step_fn(grad_accum=1).lower(state, (tokens, tokens)).compile().as_text()
+    param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(abstract.params))
+    logits_bytes = 16 * 64 * 4096 * 4
+    assert logits_bytes > 10 * param_bytes  # the test can tell the two apart
+    assert 0 < collective_bytes(hlo) < 4 * param_bytes, (collective_bytes(hlo), param_bytes)
 
 
 def test_scan_of_steps_equals_a_loop_of_steps(setup):
