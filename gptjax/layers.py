@@ -1,4 +1,5 @@
-"""Building blocks shared by the attention and the model: norms, MLP, position encodings.
+"""Building blocks shared by the attention and the model: Dense, norms, GELU, MLP, position encodings, and
+the activation sharding constraint used under a mesh.
 
 Axis legend, used in every tensor suffix and einsum in gptjax:
   B batch, T query length, S key/value length, D model width (n_embd), N heads, H head dim,
