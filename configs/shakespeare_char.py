@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # how many recent checkpoints to keep
     c.init_from = "scratch"  # "scratch", "resume" (must have a checkpoint), or another workdir
     c.steps_per_call = 10  # train steps per jitted call (lax.scan): hides dispatch; intervals are multiples
+    c.profile_steps = 0  # N > 0: trace N steps after the first call (jax.profiler) into workdir/profile
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "auto"  # auto (mesh on several devices), single, pmap or mesh

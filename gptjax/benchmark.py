@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gptjax import parallel
+from gptjax import parallel, profiling
 from gptjax.model import GPTConfig, count_params
 
 # Dense peak FLOP/s per device from the vendors' spec sheets: (bf16, fp32 as the chip runs f32 matmuls).
@@ -51,8 +51,14 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def benchmark_train(config: Any, vocab_size: int, *, steps: int = 10, warmup: int = 2) -> dict:
-    """Times `steps` jitted calls of config.steps_per_call train steps on random tokens."""
+def benchmark_train(
+    config: Any, vocab_size: int, *, steps: int = 10, warmup: int = 2, profile_dir: str | None = None
+) -> dict:
+    """Times `steps` jitted calls of config.steps_per_call train steps on random tokens.
+
+    With `profile_dir`, two more calls after the timed ones are traced there (jax.profiler, untimed) and
+    the result lists the busiest op kinds of the trace (gptjax.profiling.top_ops).
+    """
     from gptjax.train import abstract_state, model_config  # the benchmark builds exactly what training builds
 
     cfg = model_config(config, vocab_size)
@@ -83,6 +89,14 @@ def benchmark_train(config: Any, vocab_size: int, *, steps: int = 10, warmup: in
         jax.block_until_ready(metrics)
         times.append((time.perf_counter() - t0) / K)
     step_s = float(np.median(times))
+    hot_ops = None
+    if profile_dir:
+        with profiling.trace(profile_dir):
+            for i in range(2):
+                with profiling.step_annotation(i):
+                    state, metrics = run(state)
+                    jax.block_until_ready(metrics)
+        hot_ops = profiling.top_ops(profile_dir)
     n_params = count_params(abstract.params)
     tokens_per_step = B * T
     fpt = flops_per_token(cfg, n_params)
@@ -112,4 +126,5 @@ def benchmark_train(config: Any, vocab_size: int, *, steps: int = 10, warmup: in
         "mfu": round(achieved / (peak * jax.device_count()), 4) if peak else None,
         "peak_memory_gb": round(peak_memory_bytes() / 2**30, 3),
         "loss": float(np.asarray(placement.metrics(metrics)["loss"])[-1]),
+        **({"profile_dir": str(profile_dir), "top_ops": hot_ops} if profile_dir else {}),
     }

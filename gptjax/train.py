@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gptjax import data as data_lib
-from gptjax import parallel
+from gptjax import parallel, profiling
 from gptjax.checkpoint import Checkpointer
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params
@@ -218,7 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     step_fn = placement.step_fn(config.grad_accum)
 
     # ----- The loop. -----
-    schedule = lr_schedule(config.opt)
+    # The learning rate of every step, computed once: evaluating the optax schedule eagerly at each log
+    # step dispatched a dozen tiny device ops (compiled on first use, inside a profile's window).
+    lr_by_step = np.asarray(jax.jit(jax.vmap(lr_schedule(config.opt)))(jnp.arange(config.max_iters + 1)))
     writer = MetricWriter(workdir, resume_step=start)
     tokens_per_step = config.batch_size * config.model.block_size
     best_val = meta.get("best_val_loss", float("inf"))
@@ -273,10 +275,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         for j in logged:
             step = first + j
             values = {k: float(v[j]) for k, v in values_K.items()}
-            record = {"train_loss": values.pop("loss"), "lr": float(schedule(step)), "tokens_per_sec": tok_s}
+            record = {
+                "train_loss": values.pop("loss"),
+                "lr": float(lr_by_step[step]),
+                "tokens_per_sec": tok_s,
+            }
             writer.write(step, {**record, **values, **eval_records.pop(step, {})})
         pbar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{tok_s:,.0f}")
 
+    # config.profile_steps > 0: trace that many steps (whole calls), from the second call on (compiled).
+    # Process 0 only: the traces of several processes would collide in a shared workdir.
+    profile_from = start + K if config.profile_steps > 0 and jax.process_index() == 0 else -1
+    profile_until, tracing = profile_from + config.profile_steps, False
     pbar = tqdm(
         total=config.max_iters,
         initial=start,
@@ -298,7 +308,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if due_save:
             save(step)
         xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K))
-        state, metrics = step_fn(state, placement.put_batch(xy))
+        if step == profile_from:
+            profiling.start_trace(workdir / "profile")
+            tracing = True
+        with profiling.step_annotation(step):
+            state, metrics = step_fn(state, placement.put_batch(xy))
+        if tracing and step + K >= min(profile_until, config.max_iters):
+            jax.block_until_ready(metrics)
+            profiling.stop_trace()
+            tracing = False
+            tqdm.write(f"traced steps {profile_from}-{step + K - 1} into {workdir / 'profile'}")
         if pending is not None:
             report(*pending)
         pending = (step, metrics)

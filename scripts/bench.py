@@ -41,6 +41,11 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_integer("steps", 10, "train: timed calls (each config.steps_per_call steps).")
 flags.DEFINE_integer("warmup", 2, "train: untimed calls after compilation.")
+flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "train: also trace two untimed calls there (TensorBoard/Perfetto) and list the top ops.",
+)
 flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default: config.data.tokenizer's).")
 FLAGS = flags.FLAGS
 
@@ -166,7 +171,11 @@ def main(argv):
         # The tokenizer's ids: GPT-2 BPE, bytes, or Tiny Shakespeare's 65 characters.
         vocab = FLAGS.vocab_size or {"gpt2": 50257, "byte": 256}.get(FLAGS.config.data.tokenizer, 65)
         print(
-            json.dumps(benchmark.benchmark_train(FLAGS.config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup))
+            json.dumps(
+                benchmark.benchmark_train(
+                    FLAGS.config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup, profile_dir=FLAGS.profile_dir
+                )
+            )
         )
         return
     print(json.dumps(benchmark_generate(), indent=1))

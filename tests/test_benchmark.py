@@ -25,12 +25,17 @@ def test_peak_table_matches_device_kinds():
     assert benchmark.peak_flops(cpu, "float32") is None
 
 
-def test_benchmark_train_runs_the_training_step():
+def test_benchmark_train_runs_the_training_step(tmp_path):
     config = tiny.get_config()
     config.steps_per_call = 2
     config.parallel.mode = "single"
-    out = benchmark.benchmark_train(config, vocab_size=65, steps=2, warmup=1)
+    out = benchmark.benchmark_train(config, vocab_size=65, steps=2, warmup=1, profile_dir=str(tmp_path))
     assert out["tokens_per_sec"] > 0 and out["step_ms"] > 0
     assert out["mfu"] is None  # no peak for CPUs
     assert 3.0 < out["loss"] < 4.5  # near ln(65) = 4.17 after a few steps on random tokens
     assert out["model_flops_per_token"] > 6 * (out["params"] - 32 * 64)  # + attention, - wpe
+    # --profile_dir: the top op kinds of a trace of two more calls, busiest first.
+    assert out["profile_dir"] == str(tmp_path)
+    totals = [row["total_ms"] for row in out["top_ops"]]
+    assert totals == sorted(totals, reverse=True) and totals[0] > 0
+    assert any("dot" in row["op"] or "fusion" in row["op"] for row in out["top_ops"])

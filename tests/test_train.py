@@ -1,5 +1,6 @@
 """End-to-end training: learning, exact resume (also after SIGKILL), fine-tuning, one-line errors."""
 
+import gzip
 import json
 import os
 import pathlib
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gptjax import checkpoint
+from gptjax import checkpoint, profiling
 from gptjax.data import DataError
 from gptjax.metric_writer import read_metrics
+from gptjax.optim import lr_schedule
 from gptjax.train import load_params, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,6 +70,28 @@ def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
     assert (estimate["batches"], estimate["group"]) == (40, 20)
     assert estimate["loss"] == pytest.approx(val[100], abs=0.1)
     assert estimate["group_min"] <= estimate["loss"] <= estimate["group_max"]
+
+
+def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, tmp_cache):
+    """profile_steps=15, 10 steps a call: the calls at steps 10 and 20 are traced into workdir/profile,
+    with no compilation inside; top_ops reads back op kinds, not Python frames. The logged lr is the
+    schedule's."""
+    c = tiny_config(max_iters=40, eval_interval=40, checkpoint_interval=40, profile_steps=15)
+    train_and_evaluate(c, tmp_path)
+    with gzip.open(profiling.latest_perfetto_trace(tmp_path / "profile")) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    steps = sorted(
+        int(e["args"]["step_num"]) for e in events if e.get("name") == "train" and e.get("ph") == "X"
+    )
+    assert steps == [10, 20]
+    assert not [e for e in events if "compile" in e.get("name", "").lower()]
+    rows = profiling.top_ops(tmp_path / "profile", n=10)
+    assert rows and not [r for r in rows if r["op"].startswith("$") or r["op"] == "train"]
+    assert all(0 < r["share"] <= 1 for r in rows)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path) if "lr" in r}
+    schedule = lr_schedule(c.opt)
+    assert lrs == pytest.approx({step: float(schedule(step)) for step in range(0, 40, 10)}, rel=1e-6)
 
 
 def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache):
