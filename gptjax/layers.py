@@ -48,6 +48,29 @@ def constrain(x: jax.Array, *spec: str | tuple[str, ...] | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*fitted))
 
 
+def gather_table(table_VD: jax.Array) -> jax.Array:
+    """An embedding table ready for a lookup under a mesh that shards its vocabulary over `tensor`:
+    gathered over the other axes first (the FSDP all-gather of a weight before its use).
+
+    XLA cannot partition a lookup into a table sharded on both axes ("Involuntary full
+    rematerialization"): for a 2-layer GPT-2 on (data, fsdp, tensor) = (2, 2, 2), 16 x 1024 tokens,
+    0.65 GB of collectives a step, 0.32 GB with the gather. Without tensor parallelism XLA's own plan is
+    cheaper (each fsdp shard computes its columns of the lookup's gradient: 0.43 GB on fsdp=8, 0.58 GB
+    with the gather), so the table is left alone there, as it is without a mesh.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or dict(mesh.shape).get(VOCAB_AXIS, 1) == 1:
+        return table_VD
+    return constrain(table_VD, VOCAB_AXIS, None)
+
+
+class Embed(nn.Embed):
+    """nn.Embed (same parameter) whose lookup reads `gather_table(embedding)`."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return jnp.take(gather_table(self.embedding), inputs, axis=0).astype(self.dtype)
+
+
 def normal_init(std: float = INIT_STD) -> Callable:
     return nn.initializers.normal(stddev=std)
 

@@ -16,7 +16,17 @@ import numpy as np
 import optax
 
 from gptjax import attention
-from gptjax.layers import BATCH_AXES, MLP, VOCAB_AXIS, constrain, layer_norm, normal_init, sinusoidal_table
+from gptjax.layers import (
+    BATCH_AXES,
+    MLP,
+    VOCAB_AXIS,
+    Embed,
+    constrain,
+    gather_table,
+    layer_norm,
+    normal_init,
+    sinusoidal_table,
+)
 
 # Named sizes. baby = nanoGPT's shakespeare_char model, baby-cpu its CPU run; gpt2* = OpenAI's GPT-2
 # family (Radford et al. 2019, table 2; HF config.json of each checkpoint).
@@ -235,7 +245,7 @@ class GPT(nn.Module):
             offset = cache[0]["end"] if cache is not None else 0
             positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32) + offset, (B, T))
 
-        wte = nn.Embed(
+        wte = Embed(
             c.padded_vocab,
             c.n_embd,
             embedding_init=normal_init(),
@@ -253,7 +263,10 @@ class GPT(nn.Module):
                 param_dtype=c.param_dtype,
                 name="wpe",
             )
-            x_BTD = x_BTD + wpe(positions_BT)
+            # Replicated for its lookup (T x D is small); XLA could not partition the lookup into the table
+            # sharded over fsdp either (see gather_table).
+            table_TD = constrain(wpe.embedding, None, None)
+            x_BTD = x_BTD + jnp.take(table_TD, positions_BT, axis=0).astype(c.dtype)
         else:
             table = jnp.asarray(sinusoidal_table(c.block_size, c.n_embd), c.dtype)
             x_BTD = x_BTD + table[positions_BT]
@@ -282,7 +295,7 @@ class GPT(nn.Module):
             head_VD = wte.embedding
         else:
             head_VD = self.param("lm_head", normal_init(), (c.padded_vocab, c.n_embd), c.param_dtype)
-        head_VD = jnp.asarray(head_VD, c.dtype)
+        head_VD = jnp.asarray(gather_table(head_VD), c.dtype)
         if targets_BT is not None and c.loss_chunk:
             return lm_head_loss(x_BTD, head_VD, targets_BT, c.vocab_size, c.loss_chunk), new_cache
         logits_BTV = constrain(head_logits(x_BTD, head_VD, c.vocab_size), BATCH_AXES, None, VOCAB_AXIS)

@@ -117,9 +117,11 @@ def collective_bytes(hlo_text: str) -> int:
 
 
 @pytest.mark.parametrize("mesh", [dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)])
-def test_mesh_step_communicates_parameters_not_logits(mesh):
+def test_mesh_step_communicates_parameters_not_logits(mesh, capfd):
     """Under FSDP a step gathers the parameters and reduces their gradients; the model's activation
-    constraints keep XLA from all-reducing the [B, T, V] logits instead (16x the parameter bytes here)."""
+    constraints keep XLA from all-reducing the [B, T, V] logits instead (16x the parameter bytes here),
+    and with tensor parallelism the embedding table is gathered for its lookup (layers.gather_table), which
+    XLA otherwise partitions by replicating activations (2.9x the parameter bytes on (2, 2, 2))."""
     config = tiny.get_config()
     config.model.update(n_layer=1, n_embd=64, n_head=8, block_size=64, dropout=0.0)
     config.grad_accum = 1
@@ -134,7 +136,8 @@ def test_mesh_step_communicates_parameters_not_logits(mesh):
     param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(abstract.params))
     logits_bytes = 16 * 64 * 4096 * 4
     assert logits_bytes > 10 * param_bytes  # the test can tell the two apart
-    assert 0 < collective_bytes(hlo) < 4 * param_bytes, (collective_bytes(hlo), param_bytes)
+    assert 0 < collective_bytes(hlo) < 2.5 * param_bytes, (collective_bytes(hlo), param_bytes)
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
 
 
 def test_scan_of_steps_equals_a_loop_of_steps(setup):
