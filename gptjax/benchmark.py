@@ -6,6 +6,7 @@ FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu
 MFU = achieved model FLOP/s / (devices x peak FLOP/s of one device at the compute dtype).
 """
 
+import ast
 import resource
 import time
 from typing import Any
@@ -51,6 +52,35 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def with_overrides(config: Any, overrides: str) -> Any:
+    """A copy of `config` with "a.b=1,c=x" applied (values as Python literals, else strings), as
+    --config.a.b=1 --config.c=x would; an unknown field is an error."""
+    config = config.copy_and_resolve_references()
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not field=value, e.g. model.loss_chunk=128")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, name = path.strip().split(".")
+        node = config
+        for parent in parents:
+            node = node[parent] if parent in node else None
+            if node is None:
+                break
+        if node is None or name not in node:
+            raise ValueError(
+                f"override {item!r}: the config has no field {path.strip()} (see the config file)"
+            )
+        try:
+            node[name] = value
+        except TypeError as e:
+            raise ValueError(f"override {item!r}: {e}") from None
+    return config
+
+
 def benchmark_train(
     config: Any, vocab_size: int, *, steps: int = 10, warmup: int = 2, profile_dir: str | None = None
 ) -> dict:
@@ -78,6 +108,7 @@ def benchmark_train(
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile() if hasattr(step_fn, "lower") else step_fn
     compile_s = time.perf_counter() - t0
+    memory = compiled.memory_analysis() if hasattr(compiled, "memory_analysis") else None
     run = lambda s: compiled(s, batch)  # noqa: E731
     for _ in range(warmup):
         state, metrics = run(state)
@@ -124,7 +155,9 @@ def benchmark_train(
         "model_flops_per_token": fpt,
         "achieved_tflops": round(achieved / 1e12, 3),
         "mfu": round(achieved / (peak * jax.device_count()), 4) if peak else None,
-        "peak_memory_gb": round(peak_memory_bytes() / 2**30, 3),
+        "peak_memory_gb": round(peak_memory_bytes() / 2**30, 3),  # the process's peak so far
+        # what the compiled step itself needs (XLA's buffer assignment): comparable between variants
+        "step_memory_gb": round(memory.peak_memory_in_bytes / 2**30, 3) if memory else None,
         "loss": float(np.asarray(placement.metrics(metrics)["loss"])[-1]),
         **({"profile_dir": str(profile_dir), "top_ops": hot_ops} if profile_dir else {}),
     }

@@ -2,10 +2,13 @@
 
   python scripts/bench.py --mode=generate   # ~3 minutes on 2 CPU cores with the HF baseline
   python scripts/bench.py --mode=train --config=configs/gpt2.py [--config.batch_size=64 --config.grad_accum=1]
+  python scripts/bench.py --mode=train --config=configs/gpt2.py --variant=model.loss_chunk=128 \
+      --variant=model.remat=dots   # each variant measured after the base config, in the same run
 
 train: gptjax.benchmark.benchmark_train on the config's model, batch and parallel mode with random
 tokens: compile time, step time (median of --steps calls after --warmup), tokens/s, model FLOPs per
-token (6N + 12 L T D), MFU against the device's peak (none on CPU) and peak memory.
+token (6N + 12 L T D), MFU against the device's peak (none on CPU) and peak memory. Each --variant is
+measured after the base config in the same process (a JSON list then): ratios between them are fair.
 
 generate: tokens/s of gptjax.sample (top-k 50 sampling, fp32, random weights) at batch 1 and 8 for
 nanoGPT's shakespeare_char:cpu size and GPT-2 124M, and of HF transformers' PyTorch generate() on the
@@ -28,7 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import shakespeare_char
-from gptjax import benchmark, sample
+from gptjax import benchmark, cli, sample
 from gptjax.model import GPT, GPTConfig, count_params
 
 flags.DEFINE_enum("mode", "generate", ["generate", "train"], "What to benchmark.")
@@ -45,6 +48,12 @@ flags.DEFINE_string(
     "profile_dir",
     None,
     "train: also trace two untimed calls there (TensorBoard/Perfetto) and list the top ops.",
+)
+flags.DEFINE_multi_string(
+    "variant",
+    [],
+    "train: also measure the config with these overrides, e.g. 'model.loss_chunk=128,batch_size=32' "
+    "(repeatable), side by side in the same run; prints a JSON list, the base config first.",
 )
 flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default: config.data.tokenizer's).")
 FLAGS = flags.FLAGS
@@ -170,16 +179,20 @@ def main(argv):
             raise app.UsageError("--mode=train needs --config=configs/....py")
         # The tokenizer's ids: GPT-2 BPE, bytes, or Tiny Shakespeare's 65 characters.
         vocab = FLAGS.vocab_size or {"gpt2": 50257, "byte": 256}.get(FLAGS.config.data.tokenizer, 65)
-        print(
-            json.dumps(
-                benchmark.benchmark_train(
-                    FLAGS.config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup, profile_dir=FLAGS.profile_dir
-                )
+        configs = [FLAGS.config] + [benchmark.with_overrides(FLAGS.config, v) for v in FLAGS.variant]
+        results = []
+        for i, config in enumerate(configs):
+            profile_dir = FLAGS.profile_dir and (
+                FLAGS.profile_dir if i == 0 else f"{FLAGS.profile_dir}/variant_{i}"
             )
-        )
+            result = benchmark.benchmark_train(
+                config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup, profile_dir=profile_dir
+            )
+            results.append({"variant": FLAGS.variant[i - 1] if i else "", **result})
+        print(json.dumps(results if FLAGS.variant else results[0]))
         return
     print(json.dumps(benchmark_generate(), indent=1))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,6 +1,13 @@
 """The training benchmark: the FLOPs formula, the peak table, and one short run."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
 import types
+
+import pytest
 
 from configs import tiny
 from gptjax import benchmark
@@ -39,3 +46,37 @@ def test_benchmark_train_runs_the_training_step(tmp_path):
     totals = [row["total_ms"] for row in out["top_ops"]]
     assert totals == sorted(totals, reverse=True) and totals[0] > 0
     assert any("dot" in row["op"] or "fusion" in row["op"] for row in out["top_ops"])
+
+
+def test_with_overrides_sets_fields_like_config_flags():
+    base = tiny.get_config()
+    config = benchmark.with_overrides(base, "model.loss_chunk=16, batch_size=8,model.dtype=bfloat16")
+    assert (config.model.loss_chunk, config.batch_size, config.model.dtype) == (16, 8, "bfloat16")
+    assert (base.model.loss_chunk, base.batch_size) == (0, 32)  # the base config is untouched
+    assert benchmark.with_overrides(base, "parallel.mesh.fsdp=2").parallel.mesh.fsdp == 2
+    with pytest.raises(ValueError, match="no field model.nope"):
+        benchmark.with_overrides(base, "model.nope=1")
+    with pytest.raises(ValueError, match="batch_size=abc"):
+        benchmark.with_overrides(base, "batch_size=abc")
+    with pytest.raises(ValueError, match="not field=value"):
+        benchmark.with_overrides(base, "batch_size")
+
+
+def test_bench_script_measures_variants_in_one_run():
+    """scripts/bench.py --variant: a JSON list, the base config first, each variant with its overrides."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    args = ["scripts/bench.py", "--mode=train", "--config=configs/tiny.py", "--steps=1", "--warmup=1"]
+    args += ["--config.steps_per_call=2", "--variant=model.loss_chunk=16,batch_size=16"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = subprocess.run(
+        [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    base, variant = json.loads(out.stdout.splitlines()[-1])
+    assert (base["variant"], base["loss_chunk"], base["batch_size"]) == ("", 0, 32)
+    assert (variant["variant"], variant["loss_chunk"], variant["batch_size"]) == (
+        "model.loss_chunk=16,batch_size=16",
+        16,
+        16,
+    )
+    assert variant["step_memory_gb"] is not None and variant["tokens_per_sec"] > 0
