@@ -46,7 +46,7 @@ def finished(b: BeamState, early_stopping) -> jax.Array:
 
 def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty, early_stopping, sample):
     """One step of HF's vectorised beam search (generation/utils.py `_beam_search`) on a
-    gptjax.sample.DecodeState, given the model's logits for its R = N*K rows and the updated cache. With
+    gptjax.decode.DecodeState, given the model's logits for its R = N*K rows and the updated cache. With
     `sample`, the candidates are drawn without replacement in proportion to exp(score) (HF's multinomial;
     here the Gumbel-top-k trick) instead of taken best first."""
     b = state.beam

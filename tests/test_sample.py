@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gptjax
-from gptjax import sample
+from gptjax import decode, sample
 from gptjax.data import CharTokenizer
 from gptjax.model import GPT
 from gptjax.sample import GenerateOptions
@@ -72,12 +72,12 @@ def test_cached_logits_match_full_forward(tiny_cfg, params, full_logits):
     """Prefill + cached steps (left pads, bucket roll, window slides) give the full forward's logits."""
     state, P, final = sample._prepare(params, tiny_cfg, PROMPTS, GenerateOptions(max_new_tokens=11))
     S = state.kv_mask_BS.shape[1]
-    forward = jax.jit(sample._forward, static_argnums=1)
+    forward = jax.jit(decode.forward, static_argnums=1)
     rng = np.random.default_rng(0)
     slides = 0
     for _ in range(final - P + 1):
         if int(state.cur) - int(state.offset) == S:
-            state = sample._slide(params, tiny_cfg, state)
+            state = decode.slide(params, tiny_cfg, state)
             slides += 1
         logits_BV, cache = forward(params, tiny_cfg, state)
         cur, offset = int(state.cur), int(state.offset)
@@ -86,7 +86,7 @@ def test_cached_logits_match_full_forward(tiny_cfg, params, full_logits):
             window = tokens[b, offset : cur + 1][valid[b, offset : cur + 1]]
             np.testing.assert_allclose(logits_BV[b], full_logits(window), rtol=1e-5, atol=1e-5)
         next_B = jnp.asarray(rng.integers(0, tiny_cfg.vocab_size, len(PROMPTS)), jnp.int32)
-        state = sample._advance(state, next_B, cache, jnp.zeros((0,), jnp.int32))
+        state = decode.advance(state, next_B, cache, jnp.zeros((0,), jnp.int32))
     assert slides >= 2
 
 
@@ -261,7 +261,7 @@ def test_draws_follow_the_rules_distribution():
     for rules in [(sample.Temperature(0.7), sample.TopK(5), sample.TopP(0.8)), (sample.MinP(0.05),)]:
         probs_V = np.asarray(jax.nn.softmax(sample.apply_rules(rules, logits_1V, None)))[0]
         keys_B = jax.random.split(jax.random.key(1), n)
-        tokens_B = sample._pick(rules, jnp.broadcast_to(logits_1V, (n, 16)), None, keys_B)
+        tokens_B = decode.pick(rules, jnp.broadcast_to(logits_1V, (n, 16)), None, keys_B)
         freq_V = np.bincount(np.asarray(tokens_B), minlength=16) / n
         assert np.abs(freq_V - probs_V).max() < 0.015, (freq_V, probs_V)
         assert set(np.flatnonzero(freq_V)) <= set(np.flatnonzero(probs_V))

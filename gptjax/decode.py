@@ -1,0 +1,197 @@
+"""The device side of generation (gptjax.sample is the host side): the decoding state, the prefill that
+fills the KV cache, one model step, the sampling of a token, and the jitted `lax.while_loop` that
+decodes until a column is written, every row is finished, or the cache is full.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from gptjax import beam as beam_lib
+from gptjax.model import GPT, GPTConfig, init_cache
+from gptjax.sampling import BEAM_MODES, History, TopK, apply_rules
+
+
+@struct.dataclass
+class DecodeState:
+    tokens_BL: jax.Array  # int32: left pads, prompt, new tokens (columns > cur not yet written)
+    valid_BL: jax.Array  # bool: not a left pad
+    cache: list  # per layer KV cache of S slots; slot j holds column offset + j
+    kv_mask_BS: jax.Array  # bool: the cache slot is not a pad
+    cur: jax.Array  # int32 scalar: column of the newest token, fed to the model next
+    offset: jax.Array  # int32 scalar: column held by cache slot 0 (moves when the window slides)
+    first: jax.Array  # int32 scalar: column of the first new token
+    final: jax.Array  # int32 scalar: column of the last new token
+    pos_B: jax.Array  # int32: position of the token at `cur` (real tokens before it in the window)
+    done_B: jax.Array  # bool: the row has produced an EOS token
+    keys_B: jax.Array  # one PRNG key per row
+    beam: beam_lib.BeamState | None = None
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cache_len"))
+def _prefill_jit(params, tokens_BQ, valid_BQ, slack, *, config: GPTConfig, cache_len: int):
+    """(cache holding tokens_BQ[:, slack:] in slots 0.., kv_mask_BS, position of the next token)."""
+    B, Q = tokens_BQ.shape
+    positions_BQ = jnp.maximum(jnp.cumsum(valid_BQ, axis=1, dtype=jnp.int32) - 1, 0)
+    kv_mask_BS = jnp.ones((B, cache_len), bool).at[:, :Q].set(valid_BQ)
+    _, cache = GPT(config).apply(
+        {"params": params},
+        tokens_BQ,
+        positions_BT=positions_BQ,
+        cache=init_cache(config, B, cache_len),
+        kv_mask_BS=kv_mask_BS,
+    )
+    # Roll the `slack` leading pads out: slot j then holds column slack + j. The slots after the prefill
+    # are written before they are attended to, so are marked real.
+    roll = lambda x, axis: jnp.roll(x, -slack, axis=axis)  # noqa: E731
+    cache = [{"k": roll(c["k"], 3), "v": roll(c["v"], 2), "end": Q - slack} for c in cache]  # BNHS, BNSH
+    kv_mask_BS = jnp.where(jnp.arange(cache_len) < Q - slack, roll(kv_mask_BS, 1), True)
+    return cache, kv_mask_BS, jnp.sum(valid_BQ, axis=1, dtype=jnp.int32)
+
+
+def bucket(n: int) -> int:
+    """n rounded up to a power of two (at least 16): nearby lengths share one compilation."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def prefill(
+    params, config: GPTConfig, tokens_BL: np.ndarray, valid_BL: np.ndarray, start: int, cache_len: int
+):
+    """Prefill of tokens_BL[:, start:], left-padded to a bucket: the first prefill and the window slides
+    share one compilation when their buckets agree."""
+    n = tokens_BL.shape[1] - start
+    Q = min(bucket(max(n, 1)), cache_len)
+    tokens_BQ = np.zeros((tokens_BL.shape[0], Q), np.int32)
+    valid_BQ = np.zeros((tokens_BL.shape[0], Q), bool)
+    tokens_BQ[:, Q - n :] = tokens_BL[:, start:]
+    valid_BQ[:, Q - n :] = valid_BL[:, start:]
+    return _prefill_jit(params, tokens_BQ, valid_BQ, np.int32(Q - n), config=config, cache_len=cache_len)
+
+
+def initial_state(
+    params, config: GPTConfig, tokens_BL, valid_BL, P: int, final: int, keys_B, cache_len: int, num_beams
+):
+    """The state before the first new token: a prefill of all but the last prompt token; beam scores."""
+    cache, kv_mask_BS, pos_B = prefill(
+        params, config, tokens_BL[:, : P - 1], valid_BL[:, : P - 1], 0, cache_len
+    )
+    B, L = tokens_BL.shape
+    beam = beam_lib.initial(B // num_beams, num_beams, L) if num_beams else None
+    state = DecodeState(
+        tokens_BL=tokens_BL,
+        valid_BL=valid_BL,
+        cache=cache,
+        kv_mask_BS=kv_mask_BS,
+        cur=np.int32(P - 1),
+        offset=np.int32(0),
+        first=np.int32(P),
+        final=np.int32(final),
+        pos_B=pos_B,
+        done_B=np.zeros((B,), bool),
+        keys_B=keys_B,
+        beam=beam,
+    )
+    return jax.device_put(state)
+
+
+def slide(params, config: GPTConfig, state: DecodeState) -> DecodeState:
+    """Restarts the window at the newest block_size // 2 tokens: a new cache, positions from 0."""
+    cur, keep = int(state.cur), max(config.block_size // 2, 1)
+    start = cur - (keep - 1)
+    tokens_BL, valid_BL = np.asarray(state.tokens_BL)[:, :cur], np.asarray(state.valid_BL)[:, :cur]
+    cache, kv_mask_BS, pos_B = prefill(params, config, tokens_BL, valid_BL, start, state.kv_mask_BS.shape[1])
+    return state.replace(cache=cache, kv_mask_BS=kv_mask_BS, offset=jnp.int32(start), pos_B=pos_B)
+
+
+def forward(params, config: GPTConfig, state: DecodeState) -> tuple[jax.Array, list]:
+    """float32 logits_BV of the token after `cur`, and the cache with `cur` written."""
+    token_B1 = jax.lax.dynamic_slice_in_dim(state.tokens_BL, state.cur, 1, axis=1)
+    logits_B1V, cache = GPT(config).apply(
+        {"params": params},
+        token_B1,
+        positions_BT=state.pos_B[:, None],
+        cache=state.cache,
+        kv_mask_BS=state.kv_mask_BS,
+    )
+    return logits_B1V[:, 0], cache
+
+
+def history_of(state: DecodeState) -> History:
+    """The tokens written so far, for the rules that look back (repetition penalty, n-grams)."""
+    written_L = jnp.arange(state.tokens_BL.shape[1]) <= state.cur
+    return History(state.tokens_BL, state.valid_BL & written_L[None, :], state.cur)
+
+
+def finished(state: DecodeState, early_stopping) -> jax.Array:
+    """True when no row needs more tokens (beams: HF's `_beam_search_has_unfinished_sequences`)."""
+    if state.beam is None:
+        return jnp.all(state.done_B)
+    return beam_lib.finished(state.beam, early_stopping)
+
+
+def pick(rules, logits_BV: jax.Array, history: History, keys_B: jax.Array) -> jax.Array:
+    """Samples one token per row after the rules. After a TopK rule the later rules and the draw see only
+    the k survivors (the same distribution, k wide instead of V: a 50k-wide draw costs ms per token)."""
+    i = next((i for i, r in enumerate(rules) if isinstance(r, TopK) and r.k < logits_BV.shape[-1]), None)
+    if i is None:
+        logits_BV = apply_rules(rules, logits_BV, history)
+        return jax.vmap(jax.random.categorical)(keys_B, logits_BV).astype(jnp.int32)
+    top_BK, index_BK = jax.lax.top_k(apply_rules(rules[:i], logits_BV, history), rules[i].k)
+    top_BK = apply_rules(rules[i + 1 :], top_BK, history)
+    choice_B = jax.vmap(jax.random.categorical)(keys_B, top_BK)
+    return jnp.take_along_axis(index_BK, choice_B[:, None], axis=1)[:, 0].astype(jnp.int32)
+
+
+def _sample_step(params, config, state: DecodeState, rules, eos_E, greedy: bool) -> DecodeState:
+    logits_BV, cache = forward(params, config, state)
+    if greedy:
+        token_B = jnp.argmax(apply_rules(rules, logits_BV, history_of(state)), axis=-1).astype(jnp.int32)
+    else:
+        keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.keys_B, state.cur + 1 - state.first)
+        token_B = pick(rules, logits_BV, history_of(state), keys_B)
+    return advance(state, token_B, cache, eos_E)
+
+
+def advance(state: DecodeState, token_B: jax.Array, cache: list, eos_E: jax.Array) -> DecodeState:
+    """Writes the next tokens after `cur` (pads for finished rows) and moves `cur` to them."""
+    token_B = jnp.where(state.done_B, 0, token_B)
+    return state.replace(
+        tokens_BL=jax.lax.dynamic_update_slice_in_dim(state.tokens_BL, token_B[:, None], state.cur + 1, 1),
+        cache=cache,
+        cur=state.cur + 1,
+        pos_B=state.pos_B + 1,
+        done_B=state.done_B | jnp.isin(token_B, eos_E),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mode", "early_stopping"), donate_argnames=("state",))
+def run(params, state: DecodeState, rules, eos_E, length_penalty, stop_at, *, config, mode, early_stopping):
+    """Decodes until column `stop_at` is written, every row is finished, or the cache is full."""
+    cache_len = state.kv_mask_BS.shape[1]
+
+    def cond(state):
+        room = state.cur - state.offset < cache_len
+        return (state.cur < stop_at) & room & ~finished(state, early_stopping)
+
+    def body(state):
+        if mode in BEAM_MODES:
+            logits_RV, cache = forward(params, config, state)
+            sample = mode == "beam_sample"
+            return beam_lib.step(
+                state,
+                logits_RV,
+                cache,
+                history_of(state),
+                rules,
+                eos_E,
+                length_penalty,
+                early_stopping,
+                sample,
+            )
+        return _sample_step(params, config, state, rules, eos_E, greedy=mode == "greedy")
+
+    state = jax.lax.while_loop(cond, body, state)
+    return state, finished(state, early_stopping)
