@@ -108,7 +108,11 @@ def benchmark_train(
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile() if hasattr(step_fn, "lower") else step_fn
     compile_s = time.perf_counter() - t0
-    memory = compiled.memory_analysis() if hasattr(compiled, "memory_analysis") else None
+    # XLA's buffer assignment of the step (arguments, outputs and temporaries); XLA's CPU backend reports
+    # no temporaries, so none on CPU.
+    memory = None
+    if hasattr(compiled, "memory_analysis") and jax.devices()[0].platform != "cpu":
+        memory = compiled.memory_analysis()
     run = lambda s: compiled(s, batch)  # noqa: E731
     for _ in range(warmup):
         state, metrics = run(state)
@@ -156,7 +160,7 @@ def benchmark_train(
         "achieved_tflops": round(achieved / 1e12, 3),
         "mfu": round(achieved / (peak * jax.device_count()), 4) if peak else None,
         "peak_memory_gb": round(peak_memory_bytes() / 2**30, 3),  # the process's peak so far
-        # what the compiled step itself needs (XLA's buffer assignment): comparable between variants
+        # what the compiled step itself needs: comparable between variants (GPU/TPU)
         "step_memory_gb": round(memory.peak_memory_in_bytes / 2**30, 3) if memory else None,
         "loss": float(np.asarray(placement.metrics(metrics)["loss"])[-1]),
         **({"profile_dir": str(profile_dir), "top_ops": hot_ops} if profile_dir else {}),
