@@ -44,6 +44,14 @@ def peak_flops(device: jax.Device, dtype: str) -> float | None:
     return None
 
 
+def mfu(cfg: GPTConfig, n_params: int, tokens_per_sec: float) -> float | None:
+    """Model FLOPs utilisation of all devices at `tokens_per_sec`; None where the peak is unknown (CPU)."""
+    peak = peak_flops(jax.devices()[0], cfg.dtype)
+    if not peak:
+        return None
+    return flops_per_token(cfg, n_params) * tokens_per_sec / (peak * jax.device_count())
+
+
 def peak_memory_bytes() -> int:
     """Peak device memory (GPU/TPU allocator), or the process's peak RSS on CPU."""
     stats = jax.devices()[0].memory_stats() or {}
@@ -136,7 +144,7 @@ def benchmark_train(
     tokens_per_step = B * T
     fpt = flops_per_token(cfg, n_params)
     achieved = fpt * tokens_per_step / step_s
-    peak = peak_flops(jax.devices()[0], cfg.dtype)
+    utilisation = mfu(cfg, n_params, tokens_per_step / step_s)
     return {
         "mode": "train",
         "device": jax.devices()[0].device_kind,
@@ -158,7 +166,7 @@ def benchmark_train(
         "tokens_per_sec": round(tokens_per_step / step_s, 1),
         "model_flops_per_token": fpt,
         "achieved_tflops": round(achieved / 1e12, 3),
-        "mfu": round(achieved / (peak * jax.device_count()), 4) if peak else None,
+        "mfu": round(utilisation, 4) if utilisation is not None else None,
         "peak_memory_gb": round(peak_memory_bytes() / 2**30, 3),  # the process's peak so far
         # what the compiled step itself needs: comparable between variants (GPU/TPU)
         "step_memory_gb": round(memory.peak_memory_in_bytes / 2**30, 3) if memory else None,

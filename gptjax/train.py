@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from gptjax import benchmark, parallel, profiling
 from gptjax import data as data_lib
-from gptjax import parallel, profiling
 from gptjax.checkpoint import Checkpointer
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params
@@ -268,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             return
         now = time.time()
         tok_s = tokens_since_log / max(now - t_log, 1e-9)
+        utilisation = benchmark.mfu(cfg, n_params, tok_s)  # None on CPU (no peak to compare with)
         if first > start:  # the first call includes compilation
             train_seconds += now - t_log
             train_tokens += tokens_since_log
@@ -280,8 +281,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 "lr": float(lr_by_step[step]),
                 "tokens_per_sec": tok_s,
             }
+            if utilisation is not None:
+                record["mfu"] = utilisation
             writer.write(step, {**record, **values, **eval_records.pop(step, {})})
-        pbar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{tok_s:,.0f}")
+        mfu_text = {"mfu": f"{utilisation:.1%}"} if utilisation is not None else {}
+        pbar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{tok_s:,.0f}", **mfu_text)
 
     # config.profile_steps > 0: trace that many steps (whole calls), from the second call on (compiled).
     # Process 0 only: the traces of several processes would collide in a shared workdir.

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gptjax import checkpoint, profiling
+from gptjax import benchmark, checkpoint, profiling
 from gptjax.data import DataError
 from gptjax.metric_writer import read_metrics
+from gptjax.model import count_params
 from gptjax.optim import lr_schedule
 from gptjax.train import load_params, train_and_evaluate
 
@@ -60,6 +61,7 @@ def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
     train = [r for r in records if "train_loss" in r]
     assert [r["step"] for r in train] == list(range(0, 100, 10))
     assert all(r["tokens_per_sec"] > 0 and r["lr"] >= 0 for r in train)
+    assert not [r for r in train if "mfu" in r]  # no peak FLOP/s known for CPUs
     assert (tmp_path / "loss.png").stat().st_size > 1000
     assert list((tmp_path / "tensorboard").iterdir())
     # scripts/eval.py estimates the val loss as training logs it, on other random batches.
@@ -92,6 +94,18 @@ def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, t
     lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path) if "lr" in r}
     schedule = lr_schedule(c.opt)
     assert lrs == pytest.approx({step: float(schedule(step)) for step in range(0, 40, 10)}, rel=1e-6)
+
+
+def test_logs_mfu_where_the_device_peak_is_known(tmp_path, data_dir, tmp_cache, monkeypatch):
+    """With a known peak (GPU/TPU; faked here) each train record has mfu = model FLOP/s / (devices x peak)."""
+    monkeypatch.setattr(benchmark, "peak_flops", lambda device, dtype: 1e12)
+    train_and_evaluate(tiny_config(max_iters=20, eval_interval=20, checkpoint_interval=20), tmp_path)
+    params, cfg, _, _ = load_params(tmp_path)
+    flops_per_token = benchmark.flops_per_token(cfg, count_params(params))
+    train = [r for r in read_metrics(tmp_path) if "train_loss" in r]
+    assert len(train) == 2
+    for r in train:
+        assert r["mfu"] == pytest.approx(flops_per_token * r["tokens_per_sec"] / (1e12 * jax.device_count()))
 
 
 def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache):
