@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from gptjax import parallel, profiling
@@ -75,10 +76,8 @@ def with_overrides(config: Any, overrides: str) -> Any:
         *parents, name = path.strip().split(".")
         node = config
         for parent in parents:
-            node = node[parent] if parent in node else None
-            if node is None:
-                break
-        if node is None or name not in node:
+            node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
             raise ValueError(
                 f"override {item!r}: the config has no field {path.strip()} (see the config file)"
             )

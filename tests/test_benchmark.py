@@ -56,6 +56,8 @@ def test_with_overrides_sets_fields_like_config_flags():
     assert benchmark.with_overrides(base, "parallel.mesh.fsdp=2").parallel.mesh.fsdp == 2
     with pytest.raises(ValueError, match="no field model.nope"):
         benchmark.with_overrides(base, "model.nope=1")
+    with pytest.raises(ValueError, match="no field batch_size.x"):
+        benchmark.with_overrides(base, "batch_size.x=1")
     with pytest.raises(ValueError, match="batch_size=abc"):
         benchmark.with_overrides(base, "batch_size=abc")
     with pytest.raises(ValueError, match="not field=value"):
