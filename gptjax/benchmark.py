@@ -32,7 +32,12 @@ PEAK_FLOPS: dict[str, tuple[float, float]] = {
 
 
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 per parameter that multiplies (forward 2, backward 4) plus attention's
+    12·L·T·D (nanoGPT, PaLM appendix B). Lookup tables do no matmul: the position table, and the token
+    table when the LM head is a matrix of its own (tied, the table is the head and counts once)."""
     n = n_params - (cfg.block_size * cfg.n_embd if cfg.position == "learned" else 0)
+    if not cfg.tie_embeddings:
+        n -= cfg.padded_vocab * cfg.n_embd
     return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
@@ -41,7 +46,7 @@ def peak_flops(device: jax.Device, dtype: str) -> float | None:
     kind = device.device_kind
     for name, (bf16, fp32) in PEAK_FLOPS.items():
         if name.lower() in kind.lower():
-            return bf16 if dtype == "bfloat16" else fp32
+            return bf16 if dtype in ("bfloat16", "float16") else fp32  # fp16 runs at the bf16 rate
     return None
 
 

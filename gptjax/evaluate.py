@@ -30,10 +30,15 @@ def _token_nats(params: Any, cfg: GPTConfig, x_BT: jax.Array, y_BT: jax.Array) -
 def text_loss(params: Any, cfg: GPTConfig, tokenizer: Any, text: str, batch_size: int = 8) -> dict:
     """{tokens, loss (nats/token), perplexity, bits_per_byte, bits_per_char} of `text`."""
     ids = tokenizer.encode(text)
+    n_bytes, n_chars = len(text.encode("utf-8")), len(text)  # what the predicted tokens cover
     if tokenizer.bos_id is not None:
-        ids, context = [tokenizer.bos_id, *ids], ""
-    else:
-        context = tokenizer.decode(ids[:1])  # the first token: context only
+        ids = [tokenizer.bos_id, *ids]
+    elif ids:  # the first token is context only
+        context = tokenizer.decode(ids[:1])
+        if text.startswith(context):
+            n_bytes, n_chars = n_bytes - len(context.encode("utf-8")), n_chars - len(context)
+        else:  # a byte cut from a multi-byte character: that character stays partly predicted
+            n_bytes -= 1
     if len(ids) < 2:
         raise ValueError(f"the text has {len(ids)} token(s); it needs at least 2 to predict one")
     T = cfg.block_size
@@ -50,14 +55,13 @@ def text_loss(params: Any, cfg: GPTConfig, tokenizer: Any, text: str, batch_size
     for i in range(0, len(x_WT), batch_size):
         nats_BT = np.asarray(_token_nats(params, cfg, x_WT[i : i + batch_size], y_WT[i : i + batch_size]))
         total += float(np.sum(nats_BT, where=mask_WT[i : i + batch_size], dtype=np.float64))
-    predicted = text[len(context) :] if text.startswith(context) else text
     bits = total / math.log(2)
     return {
         "tokens": n,
         "loss": total / n,
         "perplexity": math.exp(total / n),
-        "bits_per_byte": bits / len(predicted.encode("utf-8")),
-        "bits_per_char": bits / len(predicted),
+        "bits_per_byte": bits / n_bytes,
+        "bits_per_char": bits / n_chars,
     }
 
 

@@ -241,6 +241,13 @@ class GPT(nn.Module):
         """
         c = self.config
         B, T = tokens_BT.shape
+        span = T if cache is None else cache[0]["v"].shape[2]  # positions this call can reach
+        if span > c.block_size:
+            what = f"{T} tokens" if cache is None else f"a KV cache of {span} positions"
+            raise ValueError(
+                f"{what} exceed block_size={c.block_size} (the model has no positions beyond it); "
+                "crop the input to its last block_size tokens"
+            )
         if positions_BT is None:
             offset = cache[0]["end"] if cache is not None else 0
             positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32) + offset, (B, T))

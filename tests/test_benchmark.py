@@ -7,11 +7,13 @@ import subprocess
 import sys
 import types
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import tiny
 from gptjax import benchmark
-from gptjax.model import GPTConfig
+from gptjax.model import GPT, GPTConfig
 
 
 def test_flops_per_token_is_6n_plus_attention():
@@ -22,12 +24,26 @@ def test_flops_per_token_is_6n_plus_attention():
     assert benchmark.flops_per_token(cfg, n_params) == expected
 
 
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_flops_per_token_matches_xla_count_of_the_forward_pass(tie_embeddings):
+    cfg = GPTConfig(
+        vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=128, tie_embeddings=tie_embeddings
+    )
+    tokens = jnp.zeros((2, cfg.block_size), jnp.int32)
+    params = jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0), tokens)["params"])
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    forward = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x)[0]).lower(params, tokens).compile()
+    xla_per_token = 3 * forward.cost_analysis()["flops"] / tokens.size  # backward = 2 x forward
+    assert benchmark.flops_per_token(cfg, n_params) == pytest.approx(xla_per_token, rel=0.03)
+
+
 def test_peak_table_matches_device_kinds():
     h100 = types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")
     v5e = types.SimpleNamespace(device_kind="TPU v5 lite")
     cpu = types.SimpleNamespace(device_kind="cpu")
     assert benchmark.peak_flops(h100, "bfloat16") == 989e12
     assert benchmark.peak_flops(h100, "float32") == 494e12
+    assert benchmark.peak_flops(h100, "float16") == 989e12
     assert benchmark.peak_flops(v5e, "bfloat16") == 197e12
     assert benchmark.peak_flops(cpu, "float32") is None
 

@@ -33,6 +33,15 @@ def test_uniform_model_gives_log_vocab_and_8_bits_per_byte():
     assert r["bits_per_char"] == pytest.approx(8 * (n_bytes - 1) / (len(text) - 1), rel=1e-6)
 
 
+def test_a_first_byte_cut_from_a_character_is_the_only_context_byte():
+    params, cfg = model(256, zero=True)
+    text = "ébcdefghij"  # "é" is two bytes: the first is context, the second is predicted
+    r = text_loss(params, cfg, ByteTokenizer(), text)
+    assert r["tokens"] == len(text.encode()) - 1 == 10
+    assert r["bits_per_byte"] == pytest.approx(8, rel=1e-6)
+    assert r["bits_per_char"] == pytest.approx(8 * 10 / len(text), rel=1e-6)  # "é" is partly predicted
+
+
 def test_batching_does_not_change_the_result():
     params, cfg = model(256)
     text = "To be, or not to be, that is the question: " * 3  # 129 bytes: 16 windows and a partial one

@@ -321,6 +321,18 @@ def test_dense_equals_flax_dense_in_value_and_gradient(bias):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_inputs_longer_than_the_block_are_refused(tiny_cfg, position):
+    # Positions past the table would be NaN (learned: jnp.take fills) or silently clamped (sinusoidal).
+    cfg = dataclasses.replace(tiny_cfg, position=position)
+    params = init_params(cfg)
+    with pytest.raises(ValueError, match=f"{cfg.block_size + 1} tokens exceed block_size={cfg.block_size}"):
+        GPT(cfg).apply({"params": params}, random_tokens(cfg, (1, cfg.block_size + 1)))
+    cache = init_cache(cfg, 1, cfg.block_size + 1)
+    with pytest.raises(ValueError, match="KV cache of"):
+        GPT(cfg).apply({"params": params}, random_tokens(cfg, (1, 1)), cache=cache)
+
+
 # ----- GPTConfig validation. -----
 
 
