@@ -134,15 +134,23 @@ def finished(state: DecodeState, early_stopping) -> jax.Array:
 
 def pick(rules, logits_BV: jax.Array, history: History, keys_B: jax.Array) -> jax.Array:
     """Samples one token per row after the rules. After a TopK rule the later rules and the draw see only
-    the k survivors (the same distribution, k wide instead of V: a 50k-wide draw costs ms per token)."""
+    the k survivors (the same distribution, k wide instead of V: a 50k-wide draw costs ms per token). A row
+    with tokens tied with the k-th draws V wide, so that the ties stay drawable (the TopK rule keeps them)."""
+    draw = lambda logits_BX: jax.vmap(jax.random.categorical)(keys_B, logits_BX).astype(jnp.int32)  # noqa: E731
     i = next((i for i, r in enumerate(rules) if isinstance(r, TopK) and r.k < logits_BV.shape[-1]), None)
     if i is None:
-        logits_BV = apply_rules(rules, logits_BV, history)
-        return jax.vmap(jax.random.categorical)(keys_B, logits_BV).astype(jnp.int32)
-    top_BK, index_BK = jax.lax.top_k(apply_rules(rules[:i], logits_BV, history), rules[i].k)
-    top_BK = apply_rules(rules[i + 1 :], top_BK, history)
-    choice_B = jax.vmap(jax.random.categorical)(keys_B, top_BK)
-    return jnp.take_along_axis(index_BK, choice_B[:, None], axis=1)[:, 0].astype(jnp.int32)
+        return draw(apply_rules(rules, logits_BV, history))
+    k, logits_BV = rules[i].k, apply_rules(rules[:i], logits_BV, history)
+    # The k + 1 largest: a token outside the top k ties with the k-th when the (k+1)-th equals it. Only the
+    # whole top_k outputs are read: a slice of them not from 0 turns XLA's CPU TopK into a sort of all V
+    # (measured 60x slower at V = 50257), so the (k+1)-th is masked, not sliced off.
+    top_BX, index_BX = jax.lax.top_k(logits_BV, k + 1)
+    in_k_X = jnp.arange(k + 1) < k
+    tied_B = jnp.min(top_BX, axis=-1) == jnp.min(jnp.where(in_k_X, top_BX, jnp.inf), axis=-1)
+    choice_B = draw(apply_rules(rules[i + 1 :], jnp.where(in_k_X, top_BX, -jnp.inf), history))
+    token_B = jnp.take_along_axis(index_BX, choice_B[:, None], axis=1)[:, 0]
+    wide_B = lambda: draw(apply_rules(rules[i:], logits_BV, history))  # noqa: E731
+    return jax.lax.cond(jnp.any(tied_B), lambda: jnp.where(tied_B, wide_B(), token_B), lambda: token_B)
 
 
 def _sample_step(params, config, state: DecodeState, rules, eos_E, greedy: bool) -> DecodeState:

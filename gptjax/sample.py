@@ -26,6 +26,7 @@ How `generate_ids` runs:
 """
 
 import dataclasses
+import operator
 import os
 import warnings
 import weakref
@@ -84,8 +85,8 @@ _matvec_cache: dict[str, Any] = {}  # the last params' transposed kernels, dropp
 
 def for_matvec(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
     """Params and config with every Dense kernel transposed to [out, in] (gptjax.layers.Dense), the layout
-    in which XLA's CPU decodes one row fastest. The copy is kept while `params` lives, so that repeated
-    generate calls on the same params transpose once."""
+    in which XLA's CPU decodes one row fastest. The copy is kept while `params` (jax arrays) lives, so that
+    repeated generate calls on the same params transpose once."""
     leaves = jax.tree_util.tree_leaves(params)
     hit = _matvec_cache.get("sources")
     if (
@@ -97,12 +98,11 @@ def for_matvec(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
     _matvec_cache.clear()
     flip = lambda path, x: _transpose(x) if path[-1].key == "kernel" else x  # noqa: E731
     flipped = jax.tree_util.tree_map_with_path(flip, params)
-    try:
+    # Only jax arrays are cached: they cannot change, while a numpy array edited in place keeps its id.
+    if all(isinstance(x, jax.Array) for x in leaves):
         sources = [weakref.ref(x) for x in leaves]
         weakref.finalize(leaves[0], _drop_matvec_cache, sources)
         _matvec_cache.update(sources=sources, params=flipped)
-    except TypeError:  # leaves that take no weak references (Python scalars): no cache
-        pass
     return flipped, dataclasses.replace(config, kernel_layout="out_in")
 
 
@@ -121,18 +121,40 @@ def _use_matvec_layout(params: Any, rows: int) -> bool:
 _transpose = jax.jit(jnp.transpose)
 
 
+def _token_ids(prompts) -> list[list[int]]:
+    """The prompts as lists of Python ints; one-line errors for a flat list, text or non-integer ids."""
+    if isinstance(prompts, str | bytes) or any(
+        isinstance(p, str | bytes) or np.ndim(p) != 1 for p in prompts
+    ):
+        raise ValueError("prompts must be a list of token-id lists; wrap one prompt as [ids]")
+    if not len(prompts):
+        raise ValueError("no prompts given")
+    return [[_token_id(t) for t in p] for p in prompts]
+
+
+def _token_id(t) -> int:
+    try:
+        return operator.index(t)  # ints of any kind; floats are refused, never truncated
+    except TypeError:
+        raise ValueError(f"prompt token ids must be integers; got {t!r}") from None
+
+
 def _prepare(
     params, config: GPTConfig, prompts, options: GenerateOptions
 ) -> tuple[decode.DecodeState, int, int]:
     """(state after prefill, longest prompt P, last column to write); prompts checked, cropped, padded."""
-    prompts = [[int(t) for t in p] for p in prompts]
-    if not prompts:
-        raise ValueError("no prompts given")
+    prompts = _token_ids(prompts)
     for p in prompts:
         if not p:
             raise ValueError("a prompt is empty: give at least one token (e.g. the tokenizer's BOS token)")
         if not all(0 <= t < config.vocab_size for t in p):
             raise ValueError(f"prompt token ids must be in [0, {config.vocab_size}); got {p[:20]}")
+    n_new = options.max_new_tokens
+    if n_new is None:  # max_length counts the prompt as given, before any cropping (HF)
+        given = max(map(len, prompts))
+        n_new = options.max_length - given if options.max_length is not None else DEFAULT_MAX_NEW_TOKENS
+        if n_new <= 0:
+            raise ValueError(f"max_length={options.max_length} leaves no room after the {given}-token prompt")
     if max(map(len, prompts)) > config.block_size:
         warnings.warn(
             f"prompt of {max(map(len, prompts))} tokens cropped on the left to the context, "
@@ -141,11 +163,6 @@ def _prepare(
         )
         prompts = [p[-config.block_size :] for p in prompts]
     P = max(map(len, prompts))
-    n_new = options.max_new_tokens
-    if n_new is None:
-        n_new = options.max_length - P if options.max_length is not None else DEFAULT_MAX_NEW_TOKENS
-        if n_new <= 0:
-            raise ValueError(f"max_length={options.max_length} leaves no room after the {P}-token prompt")
 
     copies = options.num_beams if options.mode in BEAM_MODES else options.num_return_sequences
     B = len(prompts) * copies
@@ -270,6 +287,20 @@ def _find_stop(text: str, stop: Sequence[str]) -> int | None:
     return min(found) if found else None
 
 
+def merged_options(saved: dict, tokenizer: Any, **options: Any) -> GenerateOptions:
+    """The options a call uses: those given (None: unset), then the saved ones, then the tokenizer's EOS."""
+    fields = {f.name for f in dataclasses.fields(GenerateOptions)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown generation options {sorted(unknown)}; known: {sorted(fields)}")
+    defaults = {k: v for k, v in saved.items() if k in fields and v is not None}
+    if options.get("max_length") is not None:
+        defaults.pop("max_new_tokens", None)  # an explicit max_length beats a saved max_new_tokens
+    options = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    options.setdefault("eos_token_id", tokenizer.eos_id)
+    return GenerateOptions(**options)
+
+
 def complete(
     model: Any,
     prompts: str | Sequence[str],
@@ -280,16 +311,7 @@ def complete(
     """num_return_sequences Completions per prompt, prompt by prompt. See `generate` for the arguments."""
     params, config, tokenizer, saved = load(model)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    fields = {f.name for f in dataclasses.fields(GenerateOptions)}
-    unknown = set(options) - fields
-    if unknown:
-        raise ValueError(f"unknown generation options {sorted(unknown)}; known: {sorted(fields)}")
-    defaults = {k: v for k, v in saved.items() if k in fields and v is not None}
-    if options.get("max_length") is not None:
-        defaults.pop("max_new_tokens", None)  # an explicit max_length beats a saved max_new_tokens
-    options = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-    options.setdefault("eos_token_id", tokenizer.eos_id)
-    opts = GenerateOptions(**options)
+    opts = merged_options(saved, tokenizer, **options)
 
     ids = []
     for p in prompts:

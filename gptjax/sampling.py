@@ -6,6 +6,8 @@ Rule numbers are pytree leaves (changing them does not recompile); sizes are sta
 """
 
 import dataclasses
+import numbers
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -42,9 +44,20 @@ class GenerateOptions:
     seed: int = 0  # same seed, same text (a prompt given twice in one batch gets the same text twice)
 
     def __post_init__(self):
+        optional = ("max_new_tokens", "max_length", "top_k", "no_repeat_ngram_size")
+        for name in (*optional, "num_return_sequences", "num_beams", "seed"):
+            if getattr(self, name) is not None or name not in optional:
+                object.__setattr__(self, name, _integer(name, getattr(self, name)))
+        optional = ("top_p", "min_p", "repetition_penalty")
+        for name in ("temperature", "length_penalty", *optional):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) or (value is None and name in optional)):
+                raise ValueError(f"{name}={value!r} must be a number")
         eos = self.eos_token_id
-        eos = () if eos is None else (eos,) if isinstance(eos, int | np.integer) else tuple(eos)
-        object.__setattr__(self, "eos_token_id", tuple(int(e) for e in eos) or None)
+        if isinstance(eos, str | bytes):
+            raise ValueError(f"eos_token_id={eos!r} must be token ids, not text: give tokenizer.eos_id")
+        eos = () if eos is None else (eos,) if np.ndim(eos) == 0 else tuple(eos)
+        object.__setattr__(self, "eos_token_id", tuple(_integer("eos_token_id", e) for e in eos) or None)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
         checks = [
@@ -64,6 +77,7 @@ class GenerateOptions:
             ),
             (self.num_return_sequences >= 1, "num_return_sequences={} must be >= 1"),
             (self.num_beams >= 1, "num_beams={} must be >= 1"),
+            (0 <= self.seed < 2**32, "seed={} must be in [0, 2**32) (the Philox key holds 32 bits)"),
             (
                 self.early_stopping in (True, False, "never"),
                 "early_stopping={!r}: use True, False or 'never'",
@@ -103,15 +117,26 @@ class GenerateOptions:
         if self.no_repeat_ngram_size:
             rules.append(NoRepeatNGram(self.no_repeat_ngram_size))
         if self.mode in ("sample", "beam_sample"):
+            # Beam sampling keeps at least one token per beam that does not end it, so that the beams
+            # can differ and go on (HF's min_tokens_to_keep: 1 + the number of EOS ids, at least 2).
+            keep = max(2, 1 + len(self.eos_token_id or ())) if self.mode == "beam_sample" else 1
             if self.temperature != 1.0:
                 rules.append(Temperature(float(self.temperature)))
             if self.top_k:
-                rules.append(TopK(self.top_k))
+                rules.append(TopK(max(self.top_k, keep)))
             if self.top_p is not None and self.top_p < 1.0:
-                rules.append(TopP(float(self.top_p)))
+                rules.append(TopP(float(self.top_p), keep))
             if self.min_p:
-                rules.append(MinP(float(self.min_p)))
+                rules.append(MinP(float(self.min_p), keep))
         return tuple(rules)
+
+
+def _integer(name: str, value) -> int:
+    """value as a Python int (numpy integers too): floats and text are refused, never truncated."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}={value!r} must be an integer") from None
 
 
 # ----- Sampling rules ----------------------------------------------------------------------------------
@@ -188,12 +213,14 @@ class TopP:
     """Keeps the smallest set of most likely tokens whose probabilities sum to >= p (nucleus sampling)."""
 
     p: float
+    min_keep: int = struct.field(pytree_node=False, default=1)  # the most likely min_keep always stay
 
     def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
-        # As HF: sort ascending and drop the tokens whose cumulative mass stays <= 1 - p (never the top one).
+        # As HF: sort ascending and drop the tokens whose cumulative mass stays <= 1 - p (never the top
+        # min_keep ones).
         sorted_BV = jnp.sort(logits_BV, axis=-1)
         cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
-        n_drop_B1 = jnp.sum(cum_BV[:, :-1] <= 1 - self.p, axis=-1, keepdims=True)
+        n_drop_B1 = jnp.sum(cum_BV[:, : -self.min_keep] <= 1 - self.p, axis=-1, keepdims=True)
         min_kept_B1 = jnp.take_along_axis(sorted_BV, n_drop_B1, axis=-1)
         return jnp.where(logits_BV < min_kept_B1, -jnp.inf, logits_BV)
 
@@ -203,10 +230,14 @@ class MinP:
     """Keeps tokens whose probability is at least p times the most likely token's (Nguyen et al. 2024)."""
 
     p: float
+    min_keep: int = struct.field(pytree_node=False, default=1)  # the most likely min_keep always stay
 
     def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
         probs_BV = jax.nn.softmax(logits_BV, axis=-1)
         threshold_B1 = self.p * jnp.max(probs_BV, axis=-1, keepdims=True)
+        if self.min_keep > 1:
+            kth_B1 = jax.lax.top_k(probs_BV, min(self.min_keep, probs_BV.shape[-1]))[0][:, -1:]
+            threshold_B1 = jnp.minimum(threshold_B1, kth_B1)
         return jnp.where(probs_BV < threshold_B1, -jnp.inf, logits_BV)
 
 

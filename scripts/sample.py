@@ -67,7 +67,9 @@ def main(argv):
         ]
     if "stop" in options:
         options["stop"] = [codecs.decode(s, "unicode_escape") for s in options["stop"]]
-    single = len(prompts) == 1 and FLAGS.num_samples == 1 and (FLAGS.num_beams or 1) == 1
+    # Stream one sample as it comes; the saved defaults count too (a saved num_beams > 1 is beam search).
+    merged = sample.merged_options(model[3], model[2], num_return_sequences=FLAGS.num_samples, **options)
+    single = len(prompts) == 1 and merged.num_return_sequences == 1 and merged.mode not in sample.BEAM_MODES
     if single:
         print(prompts[0], end="", flush=True)
     completions = sample.complete(
