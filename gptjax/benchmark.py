@@ -108,9 +108,9 @@ def benchmark_train(
     placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
     K, B, T = config.steps_per_call, config.batch_size, cfg.block_size
     rng = np.random.default_rng(0)
-    rows = parallel.process_rows(B)
+    rows = placement.process_rows(B)
     xy = rng.integers(0, vocab_size, size=(K, B, T + 1), dtype=np.int32)[:, rows]
-    batch = placement.put_batch((xy[..., :-1], xy[..., 1:]))
+    batch = placement.put_batch((xy[..., :-1], xy[..., 1:]), B)
 
     if placement.mode == "mesh":
         state = jax.jit(init, out_shardings=placement.shardings)()

@@ -29,6 +29,11 @@ class Checkpointer:
                 read_only=True, create=False, save_interval_steps=0, max_to_keep=None
             )
         else:
+            if max_to_keep < 1:  # orbax would delete each checkpoint as soon as it is written
+                raise ValueError(
+                    f"keep_checkpoints={max_to_keep} would delete every checkpoint, the final one too; "
+                    "use keep_checkpoints >= 1"
+                )
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 cleanup_tmp_directories=True,  # remove what a killed save left behind

@@ -9,9 +9,10 @@ from absl import app, flags, logging
 
 from gptjax.data import DataError
 
-# Errors that describe the user's input (config, data, paths); anything else is a bug and keeps its
-# traceback. GPTJAX_DEBUG=1 shows the traceback for these too.
-USER_ERRORS = (DataError, ValueError, FileNotFoundError, KeyError, AttributeError)
+# Errors that describe the user's input (config, data, paths) or a diverged run (FloatingPointError: its
+# message says which settings to change); anything else is a bug and keeps its traceback. GPTJAX_DEBUG=1
+# shows the traceback for these too.
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, KeyError, AttributeError, FloatingPointError)
 
 
 def _one_line(e: BaseException) -> str:

@@ -19,9 +19,14 @@ def lr_schedule(opt: Any) -> optax.Schedule:
     )
 
 
+# The parameters that weight decay shrinks, by name: Dense kernels, embeddings, an untied LM head. Never
+# biases or LayerNorm scales, whatever their rank (scan_layers stacks them into [L, D] matrices).
+DECAYED_PARAMS = ("kernel", "embedding", "lm_head")
+
+
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices (Dense kernels, embeddings) only; never on biases or LayerNorm scales."""
-    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    """True for the parameters named in DECAYED_PARAMS (the last key of their path)."""
+    return jax.tree_util.tree_map_with_path(lambda path, p: path[-1].key in DECAYED_PARAMS, params)
 
 
 def make_optimizer(opt: Any) -> optax.GradientTransformation:

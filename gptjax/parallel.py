@@ -163,8 +163,17 @@ class Placement:
             return jax.tree_util.tree_map(lambda x: x[0], state)
         return state
 
-    def put_batch(self, batch: tuple[np.ndarray, np.ndarray]) -> Any:
-        """Places this process's rows (x_KbT, y_KbT) of the global batch."""
+    def process_rows(self, global_batch: int) -> slice | np.ndarray:
+        """The rows of each global batch that this process loads: in mesh mode those its devices hold
+        (all of them where the batch axes do not span the processes, e.g. tensor parallelism over
+        processes), else an equal share per process (all of them on one process)."""
+        if self.mode != "mesh":
+            return process_rows(global_batch)
+        indices = batch_sharding(self.mesh).addressable_devices_indices_map((1, global_batch, 1))
+        return np.unique(np.concatenate([np.arange(global_batch)[index[1]] for index in indices.values()]))
+
+    def put_batch(self, batch: tuple[np.ndarray, np.ndarray], global_batch: int | None = None) -> Any:
+        """Places this process's rows (x_KbT, y_KbT: `process_rows`) of the global batch."""
         if self.mode == "pmap":
             n = jax.local_device_count()
             return jax.tree_util.tree_map(
@@ -172,8 +181,12 @@ class Placement:
             )
         if self.mode == "mesh":
             sharding = batch_sharding(self.mesh)
+            # The global batch size tells rows that several processes load (replicated) from split ones.
             return jax.tree_util.tree_map(
-                lambda a: jax.make_array_from_process_local_data(sharding, a), batch
+                lambda a: jax.make_array_from_process_local_data(
+                    sharding, a, None if global_batch is None else (a.shape[0], global_batch, a.shape[2])
+                ),
+                batch,
             )
         return batch
 
@@ -192,10 +205,11 @@ class Placement:
             )
         return jax.jit(fn, donate_argnums=0)
 
-    def eval_fn(self):
-        """eval_steps (state, (x_KBT, y_KBT)) -> losses [K], compiled for this placement's one logical
-        state copy (see get_state); one jitted function per mesh, so evaluations reuse its compilations."""
-        return _jit_eval(self.mesh if self.mode == "mesh" else None)
+    def eval_fn(self, grad_accum: int = 1):
+        """eval_steps (state, (x_KBT, y_KBT)) -> losses [K], in `grad_accum` micro-batches, compiled for
+        this placement's one logical state copy (see get_state); one jitted function per mesh and
+        grad_accum, so evaluations reuse its compilations."""
+        return _jit_eval(self.mesh if self.mode == "mesh" else None, grad_accum)
 
     def metrics(self, metrics: Any) -> Any:
         return jax.tree_util.tree_map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
@@ -214,8 +228,9 @@ def in_mesh(fn, mesh: Mesh):
 
 
 @functools.cache
-def _jit_eval(mesh: Mesh | None):
-    return jax.jit(eval_steps if mesh is None else in_mesh(eval_steps, mesh))
+def _jit_eval(mesh: Mesh | None, grad_accum: int):
+    fn = functools.partial(eval_steps, grad_accum=grad_accum)
+    return jax.jit(fn if mesh is None else in_mesh(fn, mesh))
 
 
 def make_placement(parallel: Any, abstract_state: Any, global_batch: int) -> Placement:
@@ -235,6 +250,7 @@ def make_placement(parallel: Any, abstract_state: Any, global_batch: int) -> Pla
 
 
 def process_rows(global_batch: int) -> slice:
-    """The rows of each global batch that this process loads (all of them on one process)."""
+    """An equal share of each global batch for each process (all of it on one process); in mesh mode
+    Placement.process_rows follows the batch sharding instead."""
     per = global_batch // jax.process_count()
     return slice(jax.process_index() * per, (jax.process_index() + 1) * per)

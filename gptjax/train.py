@@ -53,9 +53,11 @@ def load_params(workdir: str | pathlib.Path, step: int | None = None):
     return state.params, cfg, tokenizer, config
 
 
-def batches(tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: str = "train"):
-    """This process's rows of the global batches of `steps`, stacked: (x_KbT, y_KbT)."""
-    rows = parallel.process_rows(config.batch_size)
+def batches(
+    tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: str = "train", rows=slice(None)
+):
+    """`rows` (this process's: Placement.process_rows) of the global batches of `steps`, stacked:
+    (x_KbT, y_KbT)."""
     xs, ys = zip(
         *(
             data_lib.get_batch(
@@ -74,16 +76,18 @@ def batches(tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: 
 
 
 def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.Placement) -> dict:
-    """Mean loss over `eval_iters` batches of each split, fresh for every evaluation (as nanoGPT)."""
+    """Mean loss over `eval_iters` batches of each split, fresh for every evaluation (as nanoGPT), each
+    batch in grad_accum micro-batches like a train step (so evaluation fits wherever training does)."""
     step = int(state.step)
+    rows = placement.process_rows(config.batch_size)
     out = {}
     for split in ("train", "val"):
         steps = range(step * config.eval_iters, (step + 1) * config.eval_iters)
         tokens = getattr(dataset, split)
-        xy = batches(tokens, config, seed=config.seed + EVAL_SEED_OFFSET, steps=steps, split=split)
+        xy = batches(tokens, config, seed=config.seed + EVAL_SEED_OFFSET, steps=steps, split=split, rows=rows)
         if placement.mode == "mesh":
-            xy = placement.put_batch(xy)
-        out[split] = float(jnp.mean(placement.eval_fn()(state, xy)))
+            xy = placement.put_batch(xy, config.batch_size)
+        out[split] = float(jnp.mean(placement.eval_fn(config.grad_accum)(state, xy)))
     return out
 
 
@@ -128,12 +132,27 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
         params, src_cfg = convert.load_hf(path, into=cfg)  # raises naming each field that differs
     else:
         params, src_cfg, _, _ = load_params(path)
+        check_same_architecture(src_cfg, cfg, f"init_from={path}")
     if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract_params):
         raise ValueError(
             f"init_from={path}: its model {src_cfg} does not match config.model {cfg}; "
             "set config.model to the source model's shape"
         )
     return jax.tree_util.tree_map(lambda p, a: jnp.asarray(p, a.dtype), params, abstract_params)
+
+
+def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> None:
+    """One-line ValueError naming each field of config.model (`cfg`) that changes the function of the
+    saved model, even with the same shapes (n_head, gelu, position ...): the fields an HF import checks
+    too (gptjax.convert.SAME_MODEL_FIELDS). Dtypes, dropout, attention kernel, remat, scan are free."""
+    from gptjax.convert import SAME_MODEL_FIELDS  # here: gptjax.convert imports this module
+
+    diffs = {f: (getattr(cfg, f), getattr(saved, f)) for f in SAME_MODEL_FIELDS}
+    diffs = {f: (ours, theirs) for f, (ours, theirs) in diffs.items() if ours != theirs}
+    if diffs:
+        got = ", ".join(f"{f}={ours} (saved: {theirs})" for f, (ours, theirs) in diffs.items())
+        fix = " ".join(f"--config.model.{f}={theirs}" for f, (_, theirs) in diffs.items())
+        raise ValueError(f"config.model does not match the model of {source}: {got}; set {fix}")
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -145,7 +164,19 @@ def _check_finite(step: int, metrics: dict) -> None:
         )
 
 
-def _check_intervals(config: Any) -> int:
+def _check_loop(config: Any) -> int:
+    """One-line errors for loop settings that cannot work, before anything runs; returns steps_per_call."""
+    counts = ("batch_size", "grad_accum", "steps_per_call", "eval_interval", "eval_iters", "log_interval")
+    for name in (*counts, "checkpoint_interval", "keep_checkpoints"):  # keep 0: every checkpoint deleted
+        if config[name] < 1:
+            raise ValueError(f"{name}={config[name]} must be >= 1")
+    if config.max_iters < 0:
+        raise ValueError(f"max_iters={config.max_iters} must be >= 0")
+    if config.batch_size % config.grad_accum:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by grad_accum={config.grad_accum}; "
+            "use a grad_accum that divides it"
+        )
     k = config.steps_per_call
     for name in ("eval_interval", "checkpoint_interval", "max_iters"):
         if config[name] % k:
@@ -153,27 +184,46 @@ def _check_intervals(config: Any) -> int:
     return k
 
 
+def _check_resume(step: int, config: Any, workdir: pathlib.Path) -> None:
+    """A run resumes at a multiple of steps_per_call (the calls must land on the intervals and end at
+    max_iters: a shorter first call would compile a second step) and no later than max_iters."""
+    if step > config.max_iters:
+        raise ValueError(
+            f"{workdir} holds step {step}, past max_iters={config.max_iters}; set max_iters >= {step} "
+            "or use a fresh workdir"
+        )
+    k = config.steps_per_call
+    if step < config.max_iters and step % k:
+        raise ValueError(
+            f"resuming at step {step}, which is not a multiple of steps_per_call={k}; "
+            f"set steps_per_call={math.gcd(step, k)} (it divides the step and the intervals)"
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
     Returns a summary: final step, best and last val loss, wall time and training tokens/s.
     """
-    K = _check_intervals(config)
+    K = _check_loop(config)
     parallel.init_distributed(config.parallel)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
 
     # ----- Where the run starts: its own checkpoint, another workdir, an HF GPT-2, or scratch. -----
-    latest = ckpt.latest_step()
+    # Read-only until the inputs are checked: a writing Checkpointer starts a background clean-up that
+    # prints an orbax traceback when a one-line input error ends the program at once.
+    resumed = Checkpointer(workdir, read_only=True) if (workdir / "checkpoints").is_dir() else None
+    latest = resumed.latest_step() if resumed is not None else None
     source = None  # (kind, path) a fine-tuning run starts from: ("workdir", W) or ("hf", HF directory)
     tokenizer = make_tokenizer(config.data)  # a checkpoint's own tokenizer wins below
     meta: dict[str, Any] = {}
     if latest is not None:
-        saved = ckpt.restore_json(latest)
+        _check_resume(latest, config, workdir)
+        saved = resumed.restore_json(latest)
         tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
         meta = saved["meta"]
-        print(f"resuming from {ckpt.directory} at step {latest}", flush=True)
+        print(f"resuming from {resumed.directory} at step {latest}", flush=True)
     elif config.init_from == "resume":
         raise FileNotFoundError(
             f"init_from='resume' but {workdir} has no checkpoint; use init_from='scratch'"
@@ -194,8 +244,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # ----- Model, optimizer, initial state on the devices. -----
     cfg = model_config(config, tokenizer.vocab_size)
+    if latest is not None:
+        saved_cfg = model_config(ml_collections.ConfigDict(saved["config"]), tokenizer.vocab_size)
+        check_same_architecture(saved_cfg, cfg, f"the checkpoint in {workdir}")
     init, abstract = abstract_state(cfg, config.opt, config.seed)
     placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
+    per_device = config.batch_size // jax.device_count()
+    if placement.mode == "pmap" and per_device % config.grad_accum:
+        raise ValueError(
+            f"pmap mode gives each of the {jax.device_count()} devices {per_device} rows of batch_size="
+            f"{config.batch_size}, not divisible by grad_accum={config.grad_accum}; use a grad_accum that "
+            "divides it"
+        )
+    rows = placement.process_rows(config.batch_size)
     n_params = count_params(abstract.params)
     print(f"model: {n_params / 1e6:.2f}M parameters, {cfg}", flush=True)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mode {placement.mode}", flush=True)
@@ -204,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             abstract = jax.tree_util.tree_map(
                 lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, placement.shardings
             )
-        state = placement.put_state(ckpt.restore_state(abstract, latest))
+        state = placement.put_state(resumed.restore_state(abstract, latest))
     else:
         if placement.mode == "mesh":  # initialise each shard on its device: no full copy anywhere
             state = jax.jit(init, out_shardings=placement.shardings)()
@@ -214,6 +275,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             params = init_params(*source, cfg, abstract.params)
             state = placement.put_state(placement.get_state(state).replace(params=params))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
+    if resumed is not None:
+        resumed.close()
+    ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     start = int(placement.get_state(state).step)
     step_fn = placement.step_fn(config.grad_accum)
 
@@ -262,8 +326,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if not logged and not check:
             return
         values_K = {k: np.asarray(v) for k, v in jax.device_get(placement.metrics(metrics)).items()}
-        for j in range(K) if check else logged:
-            _check_finite(first + j, {k: float(v[j]) for k, v in values_K.items()})
+        try:
+            for j in range(K) if check else logged:
+                _check_finite(first + j, {k: float(v[j]) for k, v in values_K.items()})
+        except FloatingPointError:  # keep the evaluation that waited for this step's metrics
+            for step, record in eval_records.items():
+                writer.write(step, record)
+            raise
         if not logged:
             return
         now = time.time()
@@ -311,12 +380,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             t_log, tokens_since_log = time.time(), 0  # evaluation time is not training time
         if due_save:
             save(step)
-        xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K))
+        xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K), rows=rows)
         if step == profile_from:
             profiling.start_trace(workdir / "profile")
             tracing = True
         with profiling.step_annotation(step):
-            state, metrics = step_fn(state, placement.put_batch(xy))
+            state, metrics = step_fn(state, placement.put_batch(xy, config.batch_size))
         if tracing and step + K >= min(profile_until, config.max_iters):
             jax.block_until_ready(metrics)
             profiling.stop_trace()
@@ -329,6 +398,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     pbar.close()
     if pending is not None:
         report(*pending, check=True)  # the final state must be finite before it is saved
+    final_step = int(placement.get_state(state).step)
+    if final_step != config.max_iters:  # the loop's calls must end exactly at max_iters (_check_resume)
+        raise RuntimeError(f"training ended at step {final_step}, not at max_iters={config.max_iters}")
 
     # ----- Final evaluation, checkpoint and loss curve. -----
     final = evaluate_and_log(config.max_iters)

@@ -104,17 +104,28 @@ def train_steps(
     return jax.lax.scan(step, state, batches)
 
 
-def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """Mean loss on a batch, dropout off."""
+def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array], grad_accum: int = 1) -> jax.Array:
+    """Mean loss on a batch, dropout off, over `grad_accum` equal micro-batches one at a time
+    (`lax.map`): the activations of one micro-batch at once, as in train_step."""
     x_BT, y_BT = batch
-    return loss_fn(state.params, state.apply_fn, x_BT, y_BT, state.rng, True)
+    B, T = x_BT.shape
+    if B % grad_accum:
+        raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
+    micro_batches = (
+        x_BT.reshape(grad_accum, B // grad_accum, T),
+        y_BT.reshape(grad_accum, B // grad_accum, T),
+    )
+    losses = jax.lax.map(
+        lambda micro: loss_fn(state.params, state.apply_fn, *micro, state.rng, True), micro_batches
+    )
+    return jnp.mean(losses)
 
 
-def eval_steps(state: TrainState, batches: tuple[jax.Array, jax.Array]) -> jax.Array:
+def eval_steps(state: TrainState, batches: tuple[jax.Array, jax.Array], grad_accum: int = 1) -> jax.Array:
     """Mean losses [K] of K batches (x_KBT, y_KBT), one at a time (`lax.map`)."""
-    return jax.lax.map(lambda batch: eval_step(state, batch), batches)
+    return jax.lax.map(lambda batch: eval_step(state, batch, grad_accum), batches)
 
 
 # The usual jitted forms: the state is donated (updated in place) and grad_accum is static.
 jit_train_step = jax.jit(train_step, static_argnames="grad_accum", donate_argnums=0)
-jit_eval_step = jax.jit(eval_step)
+jit_eval_step = jax.jit(eval_step, static_argnames="grad_accum")

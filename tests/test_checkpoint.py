@@ -79,6 +79,12 @@ def test_max_to_keep_keeps_the_newest(tmp_path, tiny_state):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]
 
 
+def test_keeping_no_checkpoint_is_refused(tmp_path):
+    """max_to_keep=0 made orbax delete every checkpoint as it was written, the final one too."""
+    with pytest.raises(ValueError, match="keep_checkpoints=0 would delete every checkpoint.*>= 1"):
+        Checkpointer(tmp_path, max_to_keep=0)
+
+
 def test_saving_an_existing_step_keeps_the_first(tmp_path, tiny_state):
     first = tiny_state().replace(step=jnp.int32(1))
     second = first.replace(params=jax.tree_util.tree_map(lambda p: p + 1.0, first.params))

@@ -161,28 +161,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path, data_dir, tmp_cache):
-    """2 processes x 2 devices (jax.distributed over 127.0.0.1) == 1 process x 8 devices."""
-    overrides = dict(max_iters=20, eval_interval=10, checkpoint_interval=10, log_interval=5)
-    config = tiny.get_config()
-    config.update(overrides)
-    train_and_evaluate(config, tmp_path / "one")
-
-    port = _free_port()
+def _train_in_two_processes(workdir, overrides: dict, *args: str) -> str:
+    """scripts/train.py in 2 processes x 2 CPU devices (jax.distributed on 127.0.0.1); process 0's output."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "JAX_NUM_PROCESSES": "2",
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}",
     }
-    args = [f"--config.{k}={v}" for k, v in overrides.items()]
     cmd = [
         sys.executable,
         "scripts/train.py",
         "--config=configs/tiny.py",
-        f"--workdir={tmp_path / 'two'}",
+        f"--workdir={workdir}",
+        *[f"--config.{k}={v}" for k, v in overrides.items()],
         *args,
     ]
     procs = [
@@ -205,8 +198,28 @@ def test_two_processes_train_like_one(tmp_path, data_dir, tmp_cache):
             p.kill()
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    assert "devices: 4 x cpu, mode mesh" in outputs[0]
+    return outputs[0]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, data_dir, tmp_cache):
+    """2 processes x 2 devices == 1 process x 8 devices: with the batch split over the processes (data
+    parallel), and with it replicated on both (tensor parallel over the 4 devices of both processes)."""
+    overrides = dict(max_iters=20, eval_interval=10, checkpoint_interval=10, log_interval=5)
+    config = tiny.get_config()
+    config.update(overrides)
+    train_and_evaluate(config, tmp_path / "one")
+    one = load_params(tmp_path / "one")[0]
+
+    out = _train_in_two_processes(tmp_path / "data", overrides)
+    assert "devices: 4 x cpu, mode mesh" in out
     # The checkpoint the two processes saved together restores in this single process.
     # 4 vs 8 devices sum gradients in another order, and Adam's first steps magnify rounding (~1e-5);
     # a process training on the wrong rows would be off by ~lr = 3e-3 per step.
-    close(load_params(tmp_path / "two")[0], load_params(tmp_path / "one")[0], atol=5e-5)
+    close(load_params(tmp_path / "data")[0], one, atol=5e-5)
+
+    # Each process loads every row (its devices hold all of them), not half of the batch.
+    _train_in_two_processes(
+        tmp_path / "tensor", overrides, "--config.parallel.mesh.data=1", "--config.parallel.mesh.tensor=-1"
+    )
+    close(load_params(tmp_path / "tensor")[0], one, atol=5e-5)

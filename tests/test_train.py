@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gptjax import benchmark, checkpoint, profiling
+from gptjax import benchmark, checkpoint, cli, profiling
 from gptjax.data import DataError
 from gptjax.metric_writer import read_metrics
 from gptjax.model import count_params
@@ -181,10 +181,65 @@ def test_diverged_run_keeps_the_last_good_checkpoint(tmp_path, data_dir, tmp_cac
     good = load_params(tmp_path)[0]
     config.max_iters = 40
     config.opt.update(lr=1e30, min_lr=1e30, decay_lr=False, grad_clip=0.0)
-    with pytest.raises(FloatingPointError, match="diverged"):
+    with pytest.raises(FloatingPointError, match="diverged") as diverged:
         train_and_evaluate(config, tmp_path)
     assert checkpoint.Checkpointer(tmp_path, read_only=True).latest_step() == 10
     assert_params_equal(good, load_params(tmp_path)[0])
+    # The evaluation of step 10, held to join that step's (diverged) training metrics, is written.
+    assert [r["step"] for r in read_metrics(tmp_path) if "val_loss" in r] == [0, 10]
+    with pytest.raises(SystemExit, match="^error: FloatingPointError: training diverged at step 10"):
+        with cli.one_line_errors():  # what the scripts print: one line
+            raise diverged.value
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"keep_checkpoints": 0}, "keep_checkpoints=0 must be >= 1"),
+        ({"eval_interval": 0}, "eval_interval=0 must be >= 1"),
+        ({"steps_per_call": 0}, "steps_per_call=0 must be >= 1"),
+        ({"batch_size": 0}, "batch_size=0 must be >= 1"),
+        ({"grad_accum": 3}, "batch_size=32 is not divisible by grad_accum=3"),
+        ({"grad_accum": 8, "parallel.mode": "pmap"}, "each of the 8 devices 4 rows .* grad_accum=8"),
+    ],
+)
+def test_loop_settings_that_cannot_work_are_refused_up_front(tmp_path, data_dir, tmp_cache, overrides, match):
+    config = tiny_config(max_iters=10, eval_interval=10, checkpoint_interval=10)
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, data_dir, tmp_cache):
+    """A resume step that is not a multiple of steps_per_call (the calls would miss the intervals and
+    end past max_iters), one past max_iters, another architecture: one line each, nothing written."""
+    train_and_evaluate(tiny_config(max_iters=30, eval_interval=30, checkpoint_interval=30), tmp_path)
+    records = read_metrics(tmp_path)
+    intervals = dict(eval_interval=20, checkpoint_interval=20)
+    with pytest.raises(
+        ValueError, match="step 30, which is not a multiple of steps_per_call=20; set steps_per_call=10"
+    ):
+        train_and_evaluate(tiny_config(steps_per_call=20, **intervals), tmp_path)
+    with pytest.raises(ValueError, match="holds step 30, past max_iters=20; set max_iters >= 30"):
+        train_and_evaluate(tiny_config(max_iters=20, **intervals), tmp_path)
+    config = tiny_config()
+    config.model.update(n_head=2, gelu="tanh", attention="xla")  # same shapes; the kernel is free
+    match = r"n_head=2 \(saved: 4\), gelu=tanh \(saved: exact\); "
+    match += "set --config.model.n_head=4 --config.model.gelu=exact"
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(config, tmp_path)
+    assert checkpoint.Checkpointer(tmp_path, read_only=True).manager.all_steps() == [30]
+    assert read_metrics(tmp_path) == records
+    # Fine-tuning from the workdir compares the same fields.
+    config.init_from = str(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(config, tmp_path / "ft")
+    # The suggested steps_per_call resumes.
+    assert (
+        train_and_evaluate(tiny_config(max_iters=40, steps_per_call=10, **intervals), tmp_path)["step"] == 40
+    )
+    assert checkpoint.Checkpointer(tmp_path, read_only=True).manager.all_steps() == [30, 40]
 
 
 @pytest.mark.parametrize(
@@ -208,10 +263,14 @@ def test_bad_data_gives_one_clear_line(tmp_path, tmp_cache, text, block_size, ma
 
 
 def test_scripts_print_one_line_errors(tmp_path, data_dir, tmp_cache):
+    short = tmp_path / "short.txt"
+    short.write_text("hello world\n")
     cases = [
         (["scripts/train.py", "--config=configs/tiny.py", "--config.model.foo=1"], "foo"),
         (["scripts/train.py", "--config=configs/tiny.py", "--config.model.n_head=3"], "n_head=3"),
         (["scripts/sample.py"], "no checkpoint"),
+        # Once printed orbax's traceback from the clean-up thread a writing Checkpointer starts.
+        (["scripts/train.py", "--config=configs/tiny.py", f"--config.data.source={short}"], "fewer than"),
     ]
     for args, needle in cases:
         result = run_script(*args, f"--workdir={tmp_path / 'none'}", check=False)

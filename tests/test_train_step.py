@@ -11,13 +11,15 @@ import numpy as np
 import optax
 import pytest
 
-from gptjax.model import GPT
+from gptjax.model import GPT, stack_layers, unstack_layers
 from gptjax.optim import decay_mask, lr_schedule, make_optimizer
 from gptjax.train_step import (
     create_train_state,
+    eval_steps,
     jit_eval_step,
     jit_train_step,
     train_step,
+    train_steps,
 )
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -146,6 +148,30 @@ def test_weight_decay_mask_is_matrices_only(tiny_cfg):
     assert kinds == {"kernel", "embedding", "lm_head", "bias", "scale"}
 
 
+def test_scanned_layers_decay_the_same_parameters_as_the_loop(tiny_cfg, tiny_opt, tiny_batch):
+    """scan_layers stacks biases and LayerNorm scales into [L, D] matrices: the mask goes by name, so
+    both layouts decay the same parameters, and 3 AdamW steps (weight decay on, biases) agree."""
+    loop_cfg = dataclasses.replace(tiny_cfg, bias=True, tie_embeddings=False)
+    scan_cfg = dataclasses.replace(loop_cfg, scan_layers=True)
+    assert tiny_opt.weight_decay > 0
+    tx = make_optimizer(tiny_opt)
+    loop = create_train_state(loop_cfg, tx, seed=0)
+
+    def decayed(params):  # the decayed parameters' paths, with every layer h_i named h
+        flat = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
+        return {tuple("h" if k.key.startswith("h_") else k.key for k in path) for path, on in flat if on}
+
+    assert decayed(stack_layers(loop.params, 2)) == decayed(loop.params)
+    assert ("h", "ln_1", "scale") not in decayed(loop.params)
+    scan = create_train_state(scan_cfg, tx, seed=0).replace(params=stack_layers(loop.params, 2))
+    scan = scan.replace(opt_state=tx.init(scan.params))
+    x_BT, y_BT = tiny_batch
+    batches = (jnp.stack([x_BT] * 3), jnp.stack([y_BT] * 3))
+    loop, _ = jax.jit(train_steps)(loop, batches)
+    scan, _ = jax.jit(train_steps)(scan, batches)
+    assert_trees_close(unstack_layers(scan.params), loop.params, atol=1e-5)
+
+
 def test_weight_decay_shrinks_only_matrices(tiny_opt):
     """With zero gradients Adam's step is 0, so only decoupled weight decay moves parameters."""
     rng = np.random.default_rng(0)
@@ -238,3 +264,22 @@ def test_eval_step_is_mean_cross_entropy(tiny_state, tiny_cfg, tiny_batch):
     state = tiny_state()
     expected = float(independent_loss_and_grad(state.params, tiny_cfg, *tiny_batch)[0])
     assert float(jit_eval_step(state, tiny_batch)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_eval_in_micro_batches_equals_one_batch(tiny_state, tiny_batch):
+    """grad_accum=4 evaluates 4 micro-batches of 1 row one at a time: the same mean loss."""
+    state = tiny_state()
+    one = float(jit_eval_step(state, tiny_batch))
+    assert float(jit_eval_step(state, tiny_batch, grad_accum=4)) == pytest.approx(one, abs=1e-6)
+    with pytest.raises(ValueError, match="grad_accum=3"):
+        jit_eval_step(state, tiny_batch, grad_accum=3)
+    # XLA's scratch memory shrinks with the micro-batch: as training's (gpt2.py: 186 -> 5 GiB).
+    xy_KBT = (jax.ShapeDtypeStruct((1, 64, tiny_batch[0].shape[1]), jnp.int32),) * 2
+
+    def scratch(grad_accum):
+        compiled = (
+            jax.jit(eval_steps, static_argnames="grad_accum").lower(state, xy_KBT, grad_accum).compile()
+        )
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert scratch(4) < scratch(1) / 2
