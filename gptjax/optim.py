@@ -3,20 +3,24 @@
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
 def lr_schedule(opt: Any) -> optax.Schedule:
-    """Linear warmup 0 -> lr over `warmup_iters`, cosine lr -> min_lr until `lr_decay_iters`, then min_lr."""
+    """nanoGPT's get_lr: linear warmup lr·(step+1)/(warmup_iters+1) (no zero first step), then cosine from
+    lr to min_lr at `lr_decay_iters`, then min_lr."""
     if not opt.decay_lr:
         return optax.constant_schedule(opt.lr)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=opt.lr,
-        warmup_steps=opt.warmup_iters,
-        decay_steps=max(opt.lr_decay_iters, opt.warmup_iters + 1),  # optax counts warmup in here
-        end_value=opt.min_lr,
-    )
+    warmup, decay = opt.warmup_iters, opt.lr_decay_iters
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        ratio = jnp.clip((step - warmup) / max(decay - warmup, 1), 0.0, 1.0)
+        cosine = opt.min_lr + 0.5 * (1.0 + jnp.cos(jnp.pi * ratio)) * (opt.lr - opt.min_lr)
+        return jnp.where(step < warmup, opt.lr * (step + 1) / (warmup + 1), cosine)
+
+    return schedule
 
 
 # The parameters that weight decay shrinks, by name: Dense kernels, embeddings, an untied LM head. Never

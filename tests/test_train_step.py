@@ -196,9 +196,9 @@ def test_weight_decay_shrinks_only_matrices(tiny_opt):
 
 
 def nanogpt_lr(it: int, lr: float, min_lr: float, warmup: int, decay: int) -> float:
-    """nanoGPT train.py get_lr, except that warmup starts from 0 at step 0 (nanoGPT: lr/warmup)."""
+    """nanoGPT train.py get_lr."""
     if it < warmup:
-        return lr * it / warmup
+        return lr * (it + 1) / (warmup + 1)
     if it > decay:
         return min_lr
     ratio = (it - warmup) / (decay - warmup)
@@ -212,7 +212,7 @@ def test_lr_schedule_warmup_then_cosine():
     schedule = lr_schedule(opt)
     steps = np.arange(80)
     lrs = np.asarray(schedule(jnp.asarray(steps)), np.float64)
-    assert lrs[0] == 0.0
+    assert lrs[0] == pytest.approx(1e-3 / 11, rel=1e-6)  # the first step already learns
     assert lrs[10] == pytest.approx(1e-3, rel=1e-6)
     np.testing.assert_allclose(lrs[50:], 1e-4, rtol=1e-6)
     assert np.all(np.diff(lrs[:11]) > 0)  # warmup rises
