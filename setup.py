@@ -7,7 +7,7 @@ setup(
     name="gptjax",
     version="0.1.0",
     description="Generative pretrained transformers (GPT) in JAX/Flax: train, fine-tune, sample.",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["gptjax", "gptjax.*", "configs"]),
     install_requires=[
         "jax>=0.10.2",

@@ -2,11 +2,13 @@
 scripts/bench.py measures for MFU.
 
   python scripts/bench.py --config=configs/gpt2.py --mode=train        # step time, tokens/s, MFU
-  python scripts/train.py --config=configs/gpt2.py --workdir=runs/gpt2  # needs OpenWebText tokens
+  python scripts/prepare_data.py --input='openwebtext/*.txt' --out_dir=data/owt --tokenizer=gpt2 --eot
+  python scripts/train.py --config=configs/gpt2.py --workdir=runs/gpt2 --config.data.source=data/owt
 
 nanoGPT reaches a val loss of ~2.85 after 600k steps of ~0.5M tokens (about 4 days on 8 A100s).
-Training needs OpenWebText tokenized with GPT-2's BPE (scripts/prepare_data.py and the BPE
-tokenizer come with the GPT-2 compatibility work); until then this config serves the benchmark.
+Training reads OpenWebText as token files from scripts/prepare_data.py (GPT-2's BPE, one document per
+file, each ending in <|endoftext|>, as nanoGPT's data/openwebtext/prepare.py); pass their directory as
+--config.data.source (the default "openwebtext" names no directory). The benchmark needs no data.
 """
 
 import ml_collections

@@ -3,6 +3,7 @@ event files in workdir/tensorboard, and a loss-curve PNG at the end. Only proces
 
 import json
 import math
+import os
 import pathlib
 from typing import Any
 
@@ -12,10 +13,23 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The records of workdir/metrics.jsonl; a cut-off last line (a run killed mid-write) is skipped."""
     path = pathlib.Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for i, line in enumerate(lines[: last + 1]):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == last:
+                break  # the run redoes that step
+            raise ValueError(f"{path} line {i + 1} is not JSON ({e.msg}); fix or delete that line") from e
+    return records
 
 
 class MetricWriter:
@@ -28,8 +42,13 @@ class MetricWriter:
         # A run killed after its last checkpoint logged steps it will redo: drop them so the file
         # reads like one uninterrupted run.
         kept = [r for r in read_metrics(self.workdir) if r["step"] < resume_step]
-        with open(self.workdir / METRICS_FILE, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        # Into a temp file, then os.replace: a kill while rewriting leaves the old file whole.
+        tmp = self.workdir / f".{METRICS_FILE}.tmp"
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.workdir / METRICS_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
         try:
             from tensorboardX import SummaryWriter
         except ImportError:  # TensorBoard logging is optional; the JSONL file is always written

@@ -3,8 +3,8 @@
   python scripts/compare_torch.py --config=configs/shakespeare_char.py:cpu --steps=50 --plot=compare.png
 
 Prints one JSON object: the loss curves (gptjax, torch_eager, torch_compile), the largest relative loss
-difference, and training tokens/s of each (warmup excluded). HF GPT-2 has biases, so the model runs with
-model.bias=True; dropout is off. Needs the `torch` extra. See gptjax/compare_torch.py.
+difference, and training tokens/s of each (warmup excluded). The model keeps the config's model.bias;
+dropout is off (the frameworks draw different masks). Needs the `torch` extra. See gptjax/compare_torch.py.
 """
 
 import json

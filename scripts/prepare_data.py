@@ -2,8 +2,10 @@
 
   python scripts/prepare_data.py --input='corpus/*.txt' --out_dir=data/corpus_gpt2 --tokenizer=gpt2 --eot
 
---tokenizer: gpt2 (GPT-2 BPE), byte, char (the corpus's characters), or a tokenizer JSON file (from
-scripts/train_tokenizer.py or gptjax.data.save_tokenizer). The last --val_fraction of the bytes is val.
+--tokenizer: gpt2 (GPT-2 BPE), a GPT-2 ranks file (PATH.tiktoken, offline), byte, char (the corpus's
+characters), or a tokenizer JSON file (from scripts/train_tokenizer.py or gptjax.data.save_tokenizer).
+The last --val_fraction of the bytes is val, from the next line start. --out_dir is written whole and
+then renamed into place: a failed run leaves an older one as it was.
 Read the result with gptjax.data.prepare.open_prepared (np.memmap; uint16 below 65,536 ids).
 """
 
@@ -18,7 +20,7 @@ from gptjax.data import DataError, prepare
 
 flags.DEFINE_string("input", None, "A text file or a glob of them (read in sorted order).")
 flags.DEFINE_string("out_dir", None, "Directory for train.bin, val.bin and meta.json.")
-flags.DEFINE_string("tokenizer", "gpt2", "gpt2, byte, char, or a tokenizer JSON file.")
+flags.DEFINE_string("tokenizer", "gpt2", "gpt2, a GPT-2 PATH.tiktoken, byte, char, or a tokenizer JSON file.")
 flags.DEFINE_float("val_fraction", 0.1, "The last fraction of the text (by bytes) that is the val split.")
 flags.DEFINE_boolean("eot", False, "Append the end-of-text token after each file (documents).")
 flags.mark_flags_as_required(["input", "out_dir"])

@@ -225,6 +225,29 @@ def test_load_dataset_from_file(tmp_path, tmp_cache):
     assert (tmp_cache / "tokens").is_dir()  # Default cache root honours $GPTJAX_CACHE_DIR.
 
 
+def test_unknown_source_says_how_to_use_prepared_tokens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs/gpt2.py's source, before its tokens are prepared
+    with pytest.raises(DataError, match=r"prepare_data.py --out_dir=DIR .* --config.data.source=DIR$"):
+        load_dataset("openwebtext")
+
+
+def test_prepared_data_needs_the_same_tokenizer(tmp_path, data_dir):
+    from gptjax.data import GPT2Tokenizer
+    from gptjax.data.prepare import prepare_files
+
+    (tmp_path / "t.txt").write_text("abcabcabcd\n" * 10)
+    prepare_files([tmp_path / "t.txt"], tmp_path / "chars", CharTokenizer("\nabcd"))
+    assert load_dataset(str(tmp_path / "chars"), tokenizer=CharTokenizer("\nabcd")).tokenizer.chars
+    with pytest.raises(
+        DataError, match=r"tokenizer 'char' \(5 ids, sha256 \w{8}\), not the checkpoint's 'char'"
+    ):
+        load_dataset(str(tmp_path / "chars"), tokenizer=CharTokenizer("\nabce"))  # same size, other ids
+    # GPT-2's ranks file may lie elsewhere on the machine that trains: only its contents count.
+    prepare_files([tmp_path / "t.txt"], tmp_path / "gpt2", GPT2Tokenizer())
+    (tmp_path / "r.tiktoken").write_bytes((data_dir / "gpt2" / "gpt2.tiktoken").read_bytes())
+    assert load_dataset(str(tmp_path / "gpt2"), tokenizer=GPT2Tokenizer(str(tmp_path / "r.tiktoken")))
+
+
 # ---------------------------------------------------------------------------- batches
 
 

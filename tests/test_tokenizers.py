@@ -144,3 +144,13 @@ def test_trained_bpe_compresses_and_rebuilds(trained, tmp_path):
 def test_trained_bpe_round_trip(trained, s):
     tok = trained[0]
     assert tok.decode(tok.encode(s)) == s
+
+
+def test_train_bpe_names_a_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "good.txt").write_text("hello world\n" * 10)
+    (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    files = [str(tmp_path / "good.txt"), str(tmp_path / "latin1.txt")]
+    with pytest.raises(
+        DataError, match=r"latin1.txt is not valid UTF-8 \(invalid continuation byte at byte 3"
+    ):
+        bpe.train_bpe(files, vocab_size=300)

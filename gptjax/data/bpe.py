@@ -206,8 +206,13 @@ def train_bpe(files: list[str], vocab_size: int, min_frequency: int = 2) -> HFTo
     token <|endoftext|> = id 0) trained on `files` with HF `tokenizers`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    from gptjax.data.prepare import _chunks  # prepare imports this module
+
     if vocab_size < 257:
         raise DataError(f"vocab_size={vocab_size} is too small: the 256 bytes and <|endoftext|> need 257")
+    for file in files:  # HF's trainer fails on bad UTF-8 without naming the file; _chunks names it
+        for _ in _chunks(pathlib.Path(file)):
+            pass
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

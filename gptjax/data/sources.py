@@ -71,11 +71,19 @@ def resolve_tiny_shakespeare(path: str | None = None) -> pathlib.Path:
     return cached
 
 
+def not_utf8(file: pathlib.Path, e: UnicodeDecodeError, offset: int = 0) -> DataError:
+    """The one-line error for `file`, whose bytes from `offset` on failed to decode with `e`."""
+    return DataError(
+        f"{file} is not valid UTF-8 ({e.reason} at byte {offset + e.start}); "
+        "convert it to UTF-8 or leave it out"
+    )
+
+
 def _read_utf8(file: pathlib.Path) -> str:
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{file} is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+        raise not_utf8(file, e) from e
 
 
 def load_text(source: str, path: str | None = None) -> str:
@@ -96,9 +104,15 @@ def load_text(source: str, path: str | None = None) -> str:
     else:
         file = pathlib.Path(source).expanduser()
         if file.is_dir():
-            raise DataError(f"{file} is a directory; pass a file or a glob like '{file}/*.txt'")
+            raise DataError(
+                f"{file} is a directory without meta.json; pass a file, a glob like '{file}/*.txt' or a "
+                "directory written by scripts/prepare_data.py"
+            )
         if not file.is_file():
-            raise DataError(f"data source {source!r} is neither 'tiny_shakespeare' nor an existing file")
+            raise DataError(
+                f"data source {source!r} is neither 'tiny_shakespeare' nor an existing file or directory; "
+                "for token files run scripts/prepare_data.py --out_dir=DIR and pass --config.data.source=DIR"
+            )
         files = [file]
     text = "".join(_read_utf8(f) for f in files)
     if not text:

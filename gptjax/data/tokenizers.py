@@ -85,4 +85,12 @@ def save_tokenizer(tok: CharTokenizer, path: str | pathlib.Path) -> None:
 
 
 def load_tokenizer(path: str | pathlib.Path) -> CharTokenizer:
-    return tokenizer_from_json(json.loads(pathlib.Path(path).read_text(encoding="utf-8")))
+    try:
+        d = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        reason = " ".join(str(e).split())[:200]
+        raise DataError(
+            f"{path} is not a tokenizer JSON file ({reason}); give one written by scripts/train_tokenizer.py "
+            "or gptjax.data.save_tokenizer"
+        ) from e
+    return tokenizer_from_json(d)

@@ -1,5 +1,6 @@
 """Token memmaps on disk, encoded once per (text, tokenizer, split), and deterministic batches."""
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -7,6 +8,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -40,6 +42,24 @@ def _cache_key(text: str, tokenizer, val_fraction: float) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def write_atomically(final: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yields a new temp dir beside `final` to write into; when the block succeeds, renames it to
+    `final`, replacing an older one. A failed or killed run leaves `final` as it was, never half-written
+    or mixed, and removes the temp dir."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    old = tmp.with_name(tmp.name + "-old")  # unique as `tmp` is
+    try:
+        yield tmp
+        if final.exists():
+            os.rename(final, old)  # a rename cannot replace a non-empty directory
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _open(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -80,32 +100,34 @@ def prepare_tokens(
     train = np.array(tokenizer.encode(train_text), dtype=dtype)
     val = np.array(tokenizer.encode(val_text), dtype=dtype)
 
-    # Write into a temp dir, then rename: a killed process never leaves a half-written cache.
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        train.tofile(tmp / "train.bin")
-        val.tofile(tmp / "val.bin")
-        meta = {
-            "format": _FORMAT_VERSION,
-            "tokenizer": tokenizer.to_json(),
-            "val_fraction": val_fraction,
-            "dtype": dtype.name,
-            "train_tokens": len(train),
-            "val_tokens": len(val),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if final.exists() and not (final / "meta.json").is_file():
-            shutil.rmtree(final)  # Not written by us (we rename whole dirs); rebuild it.
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process finished the same cache first; its copy is identical.
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with write_atomically(final) as tmp:
+            train.tofile(tmp / "train.bin")
+            val.tofile(tmp / "val.bin")
+            meta = {
+                "format": _FORMAT_VERSION,
+                "tokenizer": tokenizer.to_json(),
+                "val_fraction": val_fraction,
+                "dtype": dtype.name,
+                "train_tokens": len(train),
+                "val_tokens": len(val),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except OSError:
+        if not (final / "meta.json").is_file():  # else another process wrote the same cache: identical
+            raise
     return _open(final)
+
+
+def _identity(tokenizer) -> str:
+    """The tokenizer's JSON without where GPT-2's ranks file lies (its sha256 is checked on loading)."""
+    d = {k: v for k, v in tokenizer.to_json().items() if k != "ranks"}
+    return json.dumps(d, sort_keys=True)
+
+
+def _describe(tokenizer) -> str:
+    digest = hashlib.sha256(_identity(tokenizer).encode("utf-8")).hexdigest()[:8]
+    return f"{tokenizer.kind!r} ({tokenizer.vocab_size} ids, sha256 {digest})"
 
 
 def load_dataset(
@@ -127,10 +149,10 @@ def load_dataset(
 
         train, val, meta = open_prepared(prepared)
         saved = tokenizer_from_json(meta["tokenizer"])
-        if tokenizer is not None and (tokenizer.kind, tokenizer.vocab_size) != (saved.kind, saved.vocab_size):
+        if tokenizer is not None and _identity(tokenizer) != _identity(saved):
             raise DataError(
-                f"{prepared} was prepared with tokenizer {meta['tokenizer'].get('kind')!r}, not the "
-                f"checkpoint's {tokenizer.kind!r}; prepare the data with the checkpoint's tokenizer"
+                f"{prepared} was prepared with tokenizer {_describe(saved)}, not the checkpoint's "
+                f"{_describe(tokenizer)}; prepare the data with the checkpoint's tokenizer"
             )
         return Dataset(train=train, val=val, tokenizer=tokenizer or saved)
     text = load_text(source, path)
