@@ -207,6 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     K = _check_loop(config)
     parallel.init_distributed(config.parallel)
+    if "://" in str(workdir):  # pathlib would make gs://B/x a local directory "gs:/B/x"
+        raise ValueError(
+            f"workdir={workdir}: object stores (gs://, s3://) are not supported yet; use a local path, or "
+            "on several hosts a filesystem they all mount (NFS, Filestore, gcsfuse)"
+        )
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 

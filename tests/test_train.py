@@ -211,6 +211,13 @@ def test_loop_settings_that_cannot_work_are_refused_up_front(tmp_path, data_dir,
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_object_store_workdirs_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # pathlib would have made a local "gs:" directory here
+    with pytest.raises(ValueError, match="object stores .* are not supported yet"):
+        train_and_evaluate(tiny_config(), "gs://bucket/run")
+    assert not (tmp_path / "gs:").exists()
+
+
 def test_resume_refuses_what_it_cannot_continue(tmp_path, data_dir, tmp_cache):
     """A resume step that is not a multiple of steps_per_call (the calls would miss the intervals and
     end past max_iters), one past max_iters, another architecture: one line each, nothing written."""
