@@ -153,12 +153,15 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
     }
 
 
-def check_same_model(hf_cfg: GPTConfig, cfg: GPTConfig, source: Any = "the HF model") -> None:
-    """One-line ValueError naming every SAME_MODEL_FIELDS value of `cfg` that differs from `hf_cfg`'s."""
+def check_same_model(
+    hf_cfg: GPTConfig, cfg: GPTConfig, source: Any = "the HF model", label: str = "HF"
+) -> None:
+    """One-line ValueError naming every SAME_MODEL_FIELDS value of `cfg` that differs from `hf_cfg`'s
+    (or a saved gptjax model's: `label` names it in the message)."""
     diffs = {f: (getattr(cfg, f), getattr(hf_cfg, f)) for f in SAME_MODEL_FIELDS}
     diffs = {f: (ours, theirs) for f, (ours, theirs) in diffs.items() if ours != theirs}
     if diffs:
-        got = ", ".join(f"{f}={ours} (HF: {theirs})" for f, (ours, theirs) in diffs.items())
+        got = ", ".join(f"{f}={ours} ({label}: {theirs})" for f, (ours, theirs) in diffs.items())
         fix = " ".join(f"--config.model.{f}={theirs}" for f, (_, theirs) in diffs.items())
         raise ValueError(f"config.model does not match {source}: {got}; set {fix}")
 

@@ -145,14 +145,9 @@ def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> No
     """One-line ValueError naming each field of config.model (`cfg`) that changes the function of the
     saved model, even with the same shapes (n_head, gelu, position ...): the fields an HF import checks
     too (gptjax.convert.SAME_MODEL_FIELDS). Dtypes, dropout, attention kernel, remat, scan are free."""
-    from gptjax.convert import SAME_MODEL_FIELDS  # here: gptjax.convert imports this module
+    from gptjax.convert import check_same_model  # here: gptjax.convert imports this module
 
-    diffs = {f: (getattr(cfg, f), getattr(saved, f)) for f in SAME_MODEL_FIELDS}
-    diffs = {f: (ours, theirs) for f, (ours, theirs) in diffs.items() if ours != theirs}
-    if diffs:
-        got = ", ".join(f"{f}={ours} (saved: {theirs})" for f, (ours, theirs) in diffs.items())
-        fix = " ".join(f"--config.model.{f}={theirs}" for f, (_, theirs) in diffs.items())
-        raise ValueError(f"config.model does not match the model of {source}: {got}; set {fix}")
+    check_same_model(saved, cfg, source=f"the model of {source}", label="saved")
 
 
 def _check_finite(step: int, metrics: dict) -> None:

@@ -51,6 +51,26 @@ def tiny_cfg():
 
 
 @pytest.fixture(scope="session")
+def tiny_params(tiny_cfg):
+    """The tiny model's parameters (seed 0)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gptjax.model import GPT
+
+    return GPT(tiny_cfg).init(jax.random.key(0), jnp.zeros((1, tiny_cfg.block_size), jnp.int32))["params"]
+
+
+@pytest.fixture
+def strict_ranks():
+    """Implicit rank promotion raises (a test module opts in with pytest.mark.usefixtures)."""
+    import jax
+
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_opt():
     """config.opt for the tiny model (frozen): constant lr, so a few steps make progress."""
     import ml_collections

@@ -25,15 +25,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPTS = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]  # ragged: the batch is left-padded
 
 
-@pytest.fixture(autouse=True)
-def strict_ranks():
-    with jax.numpy_rank_promotion("raise"):
-        yield
+pytestmark = pytest.mark.usefixtures("strict_ranks")
 
 
 @pytest.fixture(scope="module")
-def params(tiny_cfg):
-    return GPT(tiny_cfg).init(jax.random.key(0), jnp.zeros((1, tiny_cfg.block_size), jnp.int32))["params"]
+def params(tiny_params):
+    return tiny_params
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,18 @@ import pytest
 
 from gptjax import decode, sample
 from gptjax.data import CharTokenizer
-from gptjax.model import GPT
 from gptjax.sample import GenerateOptions
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = [7, 8, 9]
 
 
-@pytest.fixture(autouse=True)
-def strict_ranks():
-    with jax.numpy_rank_promotion("raise"):
-        yield
+pytestmark = pytest.mark.usefixtures("strict_ranks")
 
 
 @pytest.fixture(scope="module")
-def params(tiny_cfg):
-    return GPT(tiny_cfg).init(jax.random.key(0), jnp.zeros((1, tiny_cfg.block_size), jnp.int32))["params"]
+def params(tiny_params):
+    return tiny_params
 
 
 def run(params, cfg, prompts, **options):
