@@ -53,6 +53,8 @@ class GenerateOptions:
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) or (value is None and name in optional)):
                 raise ValueError(f"{name}={value!r} must be a number")
+        if not (self.do_sample is None or isinstance(self.do_sample, bool | np.bool_)):
+            raise ValueError(f"do_sample={self.do_sample!r} must be True, False or None")
         eos = self.eos_token_id
         if isinstance(eos, str | bytes):
             raise ValueError(f"eos_token_id={eos!r} must be token ids, not text: give tokenizer.eos_id")
@@ -83,7 +85,7 @@ class GenerateOptions:
                 "early_stopping={!r}: use True, False or 'never'",
             ),
             (all(e >= 0 for e in self.eos_token_id or ()), "eos_token_id={} must be token ids >= 0"),
-            (all(self.stop), "stop={!r} must be non-empty strings"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop={!r} must be non-empty strings"),
         ]
         for ok, message in checks:
             if not ok:

@@ -95,6 +95,8 @@ def test_top_k_draws_keep_ties_with_the_kth():
         (dict(eos_token_id=[1.5]), "eos_token_id=1.5 must be an integer"),
         (dict(seed=-1), "seed=-1 must be in [0, 2**32)"),
         (dict(seed=2**32), "seed=4294967296 must be in [0, 2**32)"),  # Philox would repeat seed 0
+        (dict(do_sample="false"), "do_sample='false' must be True, False or None"),  # a truthy string
+        (dict(stop=["\n\n", 3]), "must be non-empty strings"),
     ],
 )
 def test_bad_option_types_give_one_line_errors(options, message):
