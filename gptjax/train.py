@@ -21,7 +21,7 @@ from gptjax import benchmark, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer
 from gptjax.metric_writer import MetricWriter, plot_losses
-from gptjax.model import GPTConfig, count_params
+from gptjax.model import GPTConfig, count_params, stack_layers, unstack_layers
 from gptjax.optim import lr_schedule, make_optimizer
 from gptjax.train_step import create_train_state
 
@@ -133,6 +133,10 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
     else:
         params, src_cfg, _, _ = load_params(path)
         check_same_architecture(src_cfg, cfg, f"init_from={path}")
+        if src_cfg.scan_layers and not cfg.scan_layers:
+            params = unstack_layers(params)
+        elif cfg.scan_layers and not src_cfg.scan_layers:
+            params = stack_layers(params, cfg.n_layer)
     if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract_params):
         raise ValueError(
             f"init_from={path}: its model {src_cfg} does not match config.model {cfg}; "
@@ -144,7 +148,8 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
 def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> None:
     """One-line ValueError naming each field of config.model (`cfg`) that changes the function of the
     saved model, even with the same shapes (n_head, gelu, position ...): the fields an HF import checks
-    too (gptjax.convert.SAME_MODEL_FIELDS). Dtypes, dropout, attention kernel, remat, scan are free."""
+    too (gptjax.convert.SAME_MODEL_FIELDS). Dtypes, dropout, attention kernel and remat are free;
+    scan_layers is free for fine-tuning (the params are restacked), not for resuming."""
     from gptjax.convert import check_same_model  # here: gptjax.convert imports this module
 
     check_same_model(saved, cfg, source=f"the model of {source}", label="saved")
@@ -247,6 +252,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if latest is not None:
         saved_cfg = model_config(ml_collections.ConfigDict(saved["config"]), tokenizer.vocab_size)
         check_same_architecture(saved_cfg, cfg, f"the checkpoint in {workdir}")
+        if saved_cfg.scan_layers != cfg.scan_layers:  # the optimizer state is laid out like the params
+            raise ValueError(
+                f"the checkpoint in {workdir} was trained with model.scan_layers={saved_cfg.scan_layers}; "
+                f"resume with --config.model.scan_layers={saved_cfg.scan_layers} (or fine-tune from it: "
+                "--config.init_from=<that workdir> in a fresh --workdir)"
+            )
     init, abstract = abstract_state(cfg, config.opt, config.seed)
     placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
     per_device = config.batch_size // jax.device_count()

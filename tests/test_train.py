@@ -17,7 +17,7 @@ from configs import tiny
 from gptjax import benchmark, checkpoint, cli, profiling
 from gptjax.data import DataError
 from gptjax.metric_writer import read_metrics
-from gptjax.model import count_params
+from gptjax.model import count_params, unstack_layers
 from gptjax.optim import lr_schedule
 from gptjax.train import load_params, train_and_evaluate
 
@@ -169,6 +169,11 @@ def test_finetune_from_another_workdir(tmp_path, data_dir, tmp_cache):
     ft_params, _, ft_tok, _ = load_params(tmp_path / "ft")
     assert_params_equal(base_params, ft_params)
     assert ft_tok.to_json() == base_tok.to_json()
+    # scan_layers is free for fine-tuning: the source's layers are restacked.
+    scanned = tiny_config(max_iters=0, init_from=str(tmp_path / "base"))
+    scanned.model.scan_layers = True
+    train_and_evaluate(scanned, tmp_path / "ft_scan")
+    assert_params_equal(base_params, unstack_layers(load_params(tmp_path / "ft_scan")[0]))
     # ...and trains from there: its val loss falls further.
     train_and_evaluate(tiny_config(max_iters=40, init_from=str(tmp_path / "base")), tmp_path / "ft")
     val = [r["val_loss"] for r in read_metrics(tmp_path / "ft") if "val_loss" in r]
@@ -236,6 +241,10 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, data_dir, tmp_cache):
     match += "set --config.model.n_head=4 --config.model.gelu=exact"
     with pytest.raises(ValueError, match=match):
         train_and_evaluate(config, tmp_path)
+    scanned = tiny_config()
+    scanned.model.scan_layers = True  # the optimizer state's layout changes with the params'
+    with pytest.raises(ValueError, match="trained with model.scan_layers=False; resume with --config.model"):
+        train_and_evaluate(scanned, tmp_path)
     assert checkpoint.Checkpointer(tmp_path, read_only=True).manager.all_steps() == [30]
     assert read_metrics(tmp_path) == records
     # Fine-tuning from the workdir compares the same fields.
