@@ -7,17 +7,42 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+try:  # what config_flags holds for a config file that failed to load (private: absent, nothing is checked)
+    from ml_collections.config_flags.config_flags import _ErrorConfig
+except ImportError:
+    _ErrorConfig = ()
+
 from gptjax.data import DataError
 
 # Errors that describe the user's input (config, data, paths) or a diverged run (FloatingPointError: its
 # message says which settings to change); anything else is a bug and keeps its traceback. GPTJAX_DEBUG=1
-# shows the traceback for these too.
-USER_ERRORS = (DataError, ValueError, FileNotFoundError, KeyError, AttributeError, FloatingPointError)
+# shows the traceback for these too. The OSErrors listed name the path.
+USER_ERRORS = (
+    DataError,
+    ValueError,
+    KeyError,
+    AttributeError,
+    FloatingPointError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().strip("'\"")
-    return text.splitlines()[0] if text else type(e).__name__
+    """The message's first line; after a header line ending in ':' (a wrapped traceback), its last one."""
+    text = str(e).strip()
+    # str(KeyError) is the repr of its key: drop a quote pair around the whole text, never one that ends it.
+    if len(text) > 1 and text[0] == text[-1] in "'\"" and text[0] not in text[1:-1]:
+        text = text[1:-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
 
 
 @contextlib.contextmanager
@@ -35,9 +60,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     # value of the wrong type surfaces here.
     with one_line_errors("bad --config (every --config.KEY must name a key of the config file): "):
         try:
-            return flags.FLAGS(argv)
+            argv = flags.FLAGS(argv)
+            for name in flags.FLAGS:  # a config file that failed to load is reported only when read
+                if isinstance(flags.FLAGS[name].value, _ErrorConfig):
+                    flags.FLAGS[name].value.lock()  # raises the OSError below
+            return argv
         except flags.Error as e:
             sys.exit(f"error: {_one_line(e)}")
+        except OSError as e:  # a config file that did not load: its error's last line names the path
+            reason = (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[-1].strip()
+            sys.exit(f"error: cannot load --config: {reason}; give an existing file, e.g. configs/tiny.py")
 
 
 def run(main: Callable[[list[str]], None]) -> None:

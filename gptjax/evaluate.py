@@ -29,6 +29,8 @@ def _token_nats(params: Any, cfg: GPTConfig, x_BT: jax.Array, y_BT: jax.Array) -
 
 def text_loss(params: Any, cfg: GPTConfig, tokenizer: Any, text: str, batch_size: int = 8) -> dict:
     """{tokens, loss (nats/token), perplexity, bits_per_byte, bits_per_char} of `text`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1; pass a positive batch size")
     ids = tokenizer.encode(text)
     n_bytes, n_chars = len(text.encode("utf-8")), len(text)  # what the predicted tokens cover
     if tokenizer.bos_id is not None:
@@ -79,6 +81,9 @@ def random_batch_loss(
     """nanoGPT's estimate_loss, repeated: the mean loss of `batches` random batches of `batch_size`
     windows of `tokens` (gptjax.data.get_batch, stream `split`), and how the mean of `group` of them
     (nanoGPT's eval_iters) scatters around it: {batches, loss, group, group_sd, group_min, group_max}."""
+    for name, value in (("batch_size", batch_size), ("group", group)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1; pass a positive {name}")
     if batches < group or batches % group:
         raise ValueError(f"batches={batches} must be a positive multiple of group={group}")
     losses = []

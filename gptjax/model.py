@@ -85,6 +85,13 @@ class GPTConfig:
     loss_chunk: int = 0
 
     def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1; set model.{name} to 1 or more")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(
+                f"dropout={self.dropout} must be in [0, 1); set model.dropout to e.g. 0.0 or 0.1"
+            )
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -102,9 +109,6 @@ class GPTConfig:
             raise ValueError(f"kernel_layout={self.kernel_layout!r} is unknown; use one of {KERNEL_LAYOUTS}")
         if self.position not in POSITIONS:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.loss_chunk < 0:
             raise ValueError(f"loss_chunk={self.loss_chunk} must be >= 0 (0: no chunking)")
 

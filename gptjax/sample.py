@@ -149,6 +149,11 @@ def _prepare(
             raise ValueError("a prompt is empty: give at least one token (e.g. the tokenizer's BOS token)")
         if not all(0 <= t < config.vocab_size for t in p):
             raise ValueError(f"prompt token ids must be in [0, {config.vocab_size}); got {p[:20]}")
+    if any(e >= config.vocab_size for e in options.eos_token_id or ()):
+        raise ValueError(
+            f"eos_token_id={list(options.eos_token_id)} has ids past the model's "
+            f"vocab_size={config.vocab_size}; pass ids in [0, {config.vocab_size})"
+        )
     n_new = options.max_new_tokens
     if n_new is None:  # max_length counts the prompt as given, before any cropping (HF)
         given = max(map(len, prompts))

@@ -21,10 +21,14 @@ from gptjax.train import load_params
 flags.DEFINE_string("workdir", None, "A training or converted workdir (its latest checkpoint).")
 flags.DEFINE_string("text", None, "A text file, a glob, or tiny_shakespeare.")
 flags.DEFINE_enum("split", "all", ["all", "train", "val"], "Which part of the text to evaluate.")
-flags.DEFINE_integer("batch_size", 8, "Windows of block_size tokens per forward pass.")
+flags.DEFINE_integer("batch_size", 8, "Windows of block_size tokens per forward pass.", lower_bound=1)
 flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
-flags.DEFINE_integer("random_batches", 0, "N > 0: the loss of N random batches of the workdir's --split.")
-flags.DEFINE_integer("group", 20, "--random_batches: batches per estimate (eval_iters) for the scatter.")
+flags.DEFINE_integer(
+    "random_batches", 0, "N > 0: the loss of N random batches of the workdir's --split.", lower_bound=0
+)
+flags.DEFINE_integer(
+    "group", 20, "--random_batches: batches per estimate (eval_iters) for the scatter.", lower_bound=1
+)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 

@@ -9,6 +9,7 @@ it is generated; several are printed when done. --out=F.jsonl also writes one JS
 """
 
 import codecs
+import contextlib
 import dataclasses
 import json
 
@@ -70,16 +71,25 @@ def main(argv):
     # Stream one sample as it comes; the saved defaults count too (a saved num_beams > 1 is beam search).
     merged = sample.merged_options(model[3], model[2], num_return_sequences=FLAGS.num_samples, **options)
     single = len(prompts) == 1 and merged.num_return_sequences == 1 and merged.mode not in sample.BEAM_MODES
-    if single:
-        print(prompts[0], end="", flush=True)
-    completions = sample.complete(
-        model, prompts, stream=single, num_return_sequences=FLAGS.num_samples, **options
-    )
-    if not single:
-        for i, c in enumerate(completions):
-            print(f"----- sample {i} -----\n{c.prompt}{c.text}", flush=True)
-    if FLAGS.out:
-        with open(FLAGS.out, "w", encoding="utf-8") as f:
+    # A bad --out fails now, not after generating; "a" keeps an old file until there is something to write.
+    out = open(FLAGS.out, "a", encoding="utf-8") if FLAGS.out else contextlib.nullcontext()
+    shown = []
+
+    def stream(text: str) -> None:  # the prompt first, once it has been encoded and checked
+        if not shown:
+            print(prompts[0], end="")
+            shown.append(True)
+        print(text, end="", flush=True)
+
+    with out:
+        completions = sample.complete(
+            model, prompts, stream=single and stream, num_return_sequences=FLAGS.num_samples, **options
+        )
+        if not single:
+            for i, c in enumerate(completions):
+                print(f"----- sample {i} -----\n{c.prompt}{c.text}", flush=True)
+        if FLAGS.out:
+            out.truncate(0)
             for c in completions:
                 record = dict(
                     prompt=c.prompt,
@@ -87,7 +97,7 @@ def main(argv):
                     num_tokens=len(c.token_ids),
                     options=dataclasses.asdict(c.options),
                 )
-                f.write(json.dumps(record) + "\n")
+                out.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ def main(argv):
     files = [f for f in sorted(glob.glob(os.path.expanduser(FLAGS.input))) if os.path.isfile(f)]
     if not files:
         raise DataError(f"--input={FLAGS.input!r} matches no files")
+    out_dir = os.path.dirname(os.path.abspath(FLAGS.out))  # checked before the (long) training
+    if os.path.isdir(FLAGS.out):
+        raise IsADirectoryError(
+            f"--out={FLAGS.out} is a directory; give a file path, e.g. {FLAGS.out}/tokenizer.json"
+        )
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--out={FLAGS.out}: the directory {out_dir} does not exist; create it first")
     tok = bpe.train_bpe(files, FLAGS.vocab_size, FLAGS.min_frequency)
     save_tokenizer(tok, FLAGS.out)
     with open(files[0], encoding="utf-8") as f:

@@ -210,9 +210,12 @@ def train_bpe(files: list[str], vocab_size: int, min_frequency: int = 2) -> HFTo
 
     if vocab_size < 257:
         raise DataError(f"vocab_size={vocab_size} is too small: the 256 bytes and <|endoftext|> need 257")
+    chars = 0
     for file in files:  # HF's trainer fails on bad UTF-8 without naming the file; _chunks names it
-        for _ in _chunks(pathlib.Path(file)):
-            pass
+        chars += sum(len(chunk) for chunk in _chunks(pathlib.Path(file)))
+    if not chars:
+        names = ", ".join(map(str, files[:3])) + (", ..." if len(files) > 3 else "")
+        raise DataError(f"the corpus ({names}) is empty; give files that hold text")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
