@@ -6,6 +6,7 @@ step into a temporary directory and renames it when complete, so a killed run ne
 half-written checkpoint; a step that exists is never overwritten.
 """
 
+import contextlib
 import pathlib
 from typing import Any
 
@@ -13,6 +14,28 @@ import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "config", "tokenizer", "meta")
+
+
+class StepVanished(FileNotFoundError):
+    """The step was deleted while being read: a run training in the workdir keeps only its latest few."""
+
+
+def _fits(step_dir: pathlib.Path, abstract_state: Any) -> bool:
+    """Whether a saved step's state has the parameter names and shapes of `abstract_state`."""
+    try:
+        saved = ocp.StandardCheckpointer().metadata(step_dir / "state").item_metadata
+    except Exception:  # unreadable metadata: the step is damaged, not another model
+        return True
+    saved = {m.name: tuple(m.shape) for m in jax.tree_util.tree_leaves(saved)}
+    if not saved:  # no metadata to compare with
+        return True
+    ours = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    return saved == {_dotted(path): tuple(a.shape) for path, a in ours}
+
+
+def _dotted(path: tuple) -> str:
+    """A tree path as orbax names the leaf: opt_state.1.0.mu.wte.embedding."""
+    return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 class Checkpointer:
@@ -61,14 +84,15 @@ class Checkpointer:
     def restore_json(self, step: int | None = None) -> dict[str, dict]:
         """config, tokenizer and meta of a step (default latest), without touching the arrays."""
         step = self._step(step)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                config=ocp.args.JsonRestore(),
-                tokenizer=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        with self._reading(step):
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    config=ocp.args.JsonRestore(),
+                    tokenizer=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
         return {name: restored[name] for name in ("config", "tokenizer", "meta")}
 
     def restore_state(self, abstract_state: Any, step: int | None = None) -> Any:
@@ -84,19 +108,35 @@ class Checkpointer:
             ),
             abstract_state,
         )
-        try:
+        with self._reading(step, abstract_state):
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
             )
-        except ValueError as e:
-            raise ValueError(
-                f"checkpoint {self.directory}/{step} does not fit this config's model/optimizer "
-                f"({str(e).splitlines()[0][:200]}); train in a fresh --workdir or use the original config"
-            ) from e
         state = restored["state"]
         if int(state.step) != step:
             raise RuntimeError(f"checkpoint {self.directory}/{step} holds step {int(state.step)}")
         return state
+
+    @contextlib.contextmanager
+    def _reading(self, step: int, abstract_state: Any = None):
+        """One-line errors for a step that cannot be read: gone (StepVanished: a run training in this
+        workdir deleted it, keeping only its latest), laid out for another model, or damaged."""
+        where = f"checkpoint {self.directory}/{step}"
+        try:
+            yield
+        except Exception as e:  # orbax raises ValueError, OSError, JSON and tensorstore errors alike
+            if not (self.directory / str(step)).is_dir():
+                raise StepVanished(f"{where} was deleted while being read") from e
+            first = " ".join(str(e).split())[:200]
+            if abstract_state is not None and not _fits(self.directory / str(step), abstract_state):
+                raise ValueError(
+                    f"{where} does not fit this config's model/optimizer ({first}); train in a fresh "
+                    "--workdir or use the original config"
+                ) from e
+            raise ValueError(
+                f"{where} cannot be read ({type(e).__name__}: {first}); it is damaged: delete that "
+                "directory to fall back to the previous checkpoint"
+            ) from e
 
     def _step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step

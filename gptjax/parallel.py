@@ -160,8 +160,14 @@ class Placement:
     def get_state(self, state: Any) -> Any:
         """The state as one logical copy (pmap keeps one per device): what is saved and evaluated."""
         if self.mode == "pmap":
-            return jax.tree_util.tree_map(lambda x: x[0], state)
+            return jax.tree_util.tree_map(_local_copy, state)
         return state
+
+    def state_to_save(self, state: Any) -> Any:
+        """get_state for orbax: pmap's copy on this process's devices as host arrays when there are
+        several processes (orbax refuses arrays local to one process; every process holds the same)."""
+        state = self.get_state(state)
+        return jax.device_get(state) if self.mode == "pmap" and jax.process_count() > 1 else state
 
     def process_rows(self, global_batch: int) -> slice | np.ndarray:
         """The rows of each global batch that this process loads: in mesh mode those its devices hold
@@ -206,13 +212,15 @@ class Placement:
         return jax.jit(fn, donate_argnums=0)
 
     def eval_fn(self, grad_accum: int = 1):
-        """eval_steps (state, (x_KBT, y_KBT)) -> losses [K], in `grad_accum` micro-batches, compiled for
-        this placement's one logical state copy (see get_state); one jitted function per mesh and
-        grad_accum, so evaluations reuse its compilations."""
+        """eval_steps (state, batch from put_batch) -> losses [K] of the global batch, in `grad_accum`
+        micro-batches; one compiled function per mode, mesh and grad_accum, reused by every evaluation.
+        pmap splits the batch over the devices (of every process) and averages their means."""
+        if self.mode == "pmap":
+            return _pmap_eval(grad_accum)
         return _jit_eval(self.mesh if self.mode == "mesh" else None, grad_accum)
 
     def metrics(self, metrics: Any) -> Any:
-        return jax.tree_util.tree_map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
+        return jax.tree_util.tree_map(_local_copy, metrics) if self.mode == "pmap" else metrics
 
 
 def in_mesh(fn, mesh: Mesh):
@@ -228,6 +236,21 @@ def in_mesh(fn, mesh: Mesh):
 
 
 @functools.cache
+def _pmap_eval(grad_accum: int):
+    def fn(state, batches):  # every device holds as many rows: the mean of the means is the batch's
+        return jax.lax.pmean(eval_steps(state, batches, grad_accum), "devices")
+
+    pmapped = jax.pmap(fn, axis_name="devices")
+    return lambda state, batches: _local_copy(pmapped(state, batches))
+
+
+def _local_copy(x: jax.Array) -> jax.Array:
+    """The copy on this process's first device of a pmapped value ([devices, ...]). x[0] would be the
+    copy on the first device of all: with several processes, another process's."""
+    return x.addressable_shards[0].data[0]
+
+
+@functools.cache
 def _jit_eval(mesh: Mesh | None, grad_accum: int):
     fn = functools.partial(eval_steps, grad_accum=grad_accum)
     return jax.jit(fn if mesh is None else in_mesh(fn, mesh))
@@ -239,12 +262,18 @@ def make_placement(parallel: Any, abstract_state: Any, global_batch: int) -> Pla
         if jax.process_count() > 1:
             raise ValueError("parallel.mode='single' cannot span processes; use mesh or pmap")
         return Placement("single")
-    n = jax.device_count()
-    if global_batch % n:
-        raise ValueError(f"batch_size={global_batch} must be divisible by the {n} devices in {mode} mode")
     if mode == "pmap":
+        n = jax.device_count()
+        if global_batch % n:
+            raise ValueError(f"batch_size={global_batch} must be divisible by the {n} devices in pmap mode")
         return Placement("pmap")
     mesh = make_mesh(dict(parallel.mesh))
+    n = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if global_batch % n:
+        raise ValueError(
+            f"batch_size={global_batch} must be divisible by the {n} batch shards ({' x '.join(BATCH_AXES)} "
+            f"of parallel.mesh) in mesh mode"
+        )
     rules = tuple((k, v) for k, v in parallel.get("rules", DEFAULT_RULES))
     return Placement("mesh", mesh, state_shardings(abstract_state, mesh, rules))
 

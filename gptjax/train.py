@@ -5,8 +5,11 @@ fine-tune from a gptjax workdir or a Hugging Face GPT-2) placed on the devices -
 checkpoint, K steps per call, log) -> final evaluation, checkpoint and loss curve.
 """
 
+import contextlib
+import fcntl
 import functools
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -19,7 +22,7 @@ from tqdm import tqdm
 
 from gptjax import benchmark, parallel, profiling
 from gptjax import data as data_lib
-from gptjax.checkpoint import Checkpointer
+from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params, stack_layers, unstack_layers
 from gptjax.optim import lr_schedule, make_optimizer
@@ -42,15 +45,21 @@ def abstract_state(cfg: GPTConfig, opt: Any, seed: int):
 
 def load_params(workdir: str | pathlib.Path, step: int | None = None):
     """(params, GPTConfig, tokenizer, config dict) of a workdir's checkpoint, for sampling or fine-tuning."""
-    ckpt = Checkpointer(workdir, read_only=True)
-    saved = ckpt.restore_json(step)
-    config = ml_collections.ConfigDict(saved["config"])
-    tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
-    cfg = model_config(config, tokenizer.vocab_size)
-    _, abstract = abstract_state(cfg, config.opt, config.seed)
-    state = ckpt.restore_state(abstract, saved["meta"]["step"])
-    ckpt.close()
-    return state.params, cfg, tokenizer, config
+    for attempt in range(3):
+        ckpt = Checkpointer(workdir, read_only=True)
+        try:
+            saved = ckpt.restore_json(step)
+            config = ml_collections.ConfigDict(saved["config"])
+            tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
+            cfg = model_config(config, tokenizer.vocab_size)
+            _, abstract = abstract_state(cfg, config.opt, config.seed)
+            state = ckpt.restore_state(abstract, saved["meta"]["step"])
+            return state.params, cfg, tokenizer, config
+        except StepVanished:  # a run training in `workdir` replaced its latest step: read the new one
+            if step is not None or attempt == 2:
+                raise
+        finally:
+            ckpt.close()
 
 
 def batches(
@@ -76,17 +85,17 @@ def batches(
 
 
 def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.Placement) -> dict:
-    """Mean loss over `eval_iters` batches of each split, fresh for every evaluation (as nanoGPT), each
-    batch in grad_accum micro-batches like a train step (so evaluation fits wherever training does)."""
-    step = int(state.step)
+    """Mean loss over `eval_iters` global batches of each split, fresh for every evaluation (as nanoGPT),
+    each split over the devices and in grad_accum micro-batches like a train step (so evaluation fits
+    wherever training does), the same on every process. `state` as placed (pmap: a copy per device)."""
+    step = int(placement.get_state(state).step)
     rows = placement.process_rows(config.batch_size)
     out = {}
     for split in ("train", "val"):
         steps = range(step * config.eval_iters, (step + 1) * config.eval_iters)
         tokens = getattr(dataset, split)
         xy = batches(tokens, config, seed=config.seed + EVAL_SEED_OFFSET, steps=steps, split=split, rows=rows)
-        if placement.mode == "mesh":
-            xy = placement.put_batch(xy, config.batch_size)
+        xy = placement.put_batch(xy, config.batch_size)
         out[split] = float(jnp.mean(placement.eval_fn(config.grad_accum)(state, xy)))
     return out
 
@@ -142,7 +151,9 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
             f"init_from={path}: its model {src_cfg} does not match config.model {cfg}; "
             "set config.model to the source model's shape"
         )
-    return jax.tree_util.tree_map(lambda p, a: jnp.asarray(p, a.dtype), params, abstract_params)
+    # Host arrays: the restored ones sit on one device, which put_state cannot spread over other processes.
+    to_host = lambda p, a: np.asarray(jax.device_get(p), a.dtype)  # noqa: E731
+    return jax.tree_util.tree_map(to_host, params, abstract_params)
 
 
 def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> None:
@@ -212,9 +223,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"workdir={workdir}: object stores (gs://, s3://) are not supported yet; use a local path, or "
             "on several hosts a filesystem they all mount (NFS, Filestore, gcsfuse)"
         )
+    if not str(workdir).strip():  # Path("") is the current directory
+        raise ValueError("workdir is empty; pass --workdir=DIR (created if missing)")
     workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir={workdir} is a file; pass a directory (created if missing)")
     workdir.mkdir(parents=True, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+        raise PermissionError(f"workdir={workdir} is not writable; pass a directory you can write to")
+    with _one_run_in(workdir):
+        return _train_and_evaluate(config, workdir, K)
 
+
+class WorkdirInUse(RuntimeError):
+    """Another run holds the workdir."""
+
+
+@contextlib.contextmanager
+def _one_run_in(workdir: pathlib.Path):
+    """Holds an exclusive lock on workdir/.lock (process 0; the others follow it): a second run in the
+    same workdir would interleave checkpoints and metrics. The OS drops the lock when the process ends."""
+    if jax.process_index() != 0:
+        yield
+        return
+    with open(workdir / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirInUse(
+                f"another run is training in {workdir} (it holds {workdir / '.lock'}); wait for it to end "
+                "or pass another --workdir"
+            ) from None
+        yield
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path, K: int) -> dict:
+    """train_and_evaluate in a checked workdir that this run holds."""
     # ----- Where the run starts: its own checkpoint, another workdir, an HF GPT-2, or scratch. -----
     # Read-only until the inputs are checked: a writing Checkpointer starts a background clean-up that
     # prints an orbax traceback when a one-line input error ends the program at once.
@@ -305,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     def save(step: int) -> None:
         ckpt.save(
             step,
-            placement.get_state(state),
+            placement.state_to_save(state),
             config=saved_config,
             tokenizer=tokenizer.to_json(),
             meta={"best_val_loss": best_val, "n_params": n_params},
@@ -313,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     def evaluate_and_log(step: int) -> dict:
         nonlocal best_val
-        losses = evaluate(placement.get_state(state), dataset, config, placement)
+        losses = evaluate(state, dataset, config, placement)
         _check_finite(step, losses)
         best_val = min(best_val, losses["val"])
         record = {"eval_train_loss": losses["train"], "val_loss": losses["val"]}

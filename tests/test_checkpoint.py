@@ -2,13 +2,14 @@
 message for a workdir without checkpoints."""
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.checkpoint import Checkpointer
+from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.train import abstract_state
 from gptjax.train_step import jit_train_step
 
@@ -133,4 +134,32 @@ def test_read_only_without_checkpoints_explains(tmp_path):
     assert reader.latest_step() is None
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         reader.restore_json()
+    reader.close()
+
+
+def test_unreadable_steps_give_one_line_each(tmp_path, tiny_state, tiny_cfg, tiny_opt):
+    """A damaged step names itself and the fix; a step of another model says so; a step deleted while
+    being read (a run training in the workdir keeps only its latest) is StepVanished, which readers retry."""
+    state = tiny_state()
+    for step in (1, 2):
+        save(tmp_path, step, state.replace(step=jnp.int32(step)))
+    abstract = jax.eval_shape(lambda: state)
+    other = abstract_state(dataclasses.replace(tiny_cfg, n_layer=tiny_cfg.n_layer + 1), tiny_opt, 0)[1]
+    reader = Checkpointer(tmp_path, read_only=True)
+    with pytest.raises(ValueError, match=r"checkpoints/2 does not fit this config's model/optimizer") as e:
+        reader.restore_state(other)
+    assert "\n" not in str(e.value)
+
+    (tmp_path / "checkpoints" / "2" / "config" / "metadata").write_text('{"seed": ')  # cut off
+    with pytest.raises(ValueError, match=r"checkpoints/2 cannot be read \(.*\); it is damaged: delete") as e:
+        reader.restore_json(2)
+    assert "\n" not in str(e.value)
+    for f in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+        if f.is_file() and "d" in f.parent.name:  # the array data files
+            f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(ValueError, match=r"checkpoints/2 cannot be read .* it is damaged"):
+        reader.restore_state(abstract, 2)
+    shutil.rmtree(tmp_path / "checkpoints" / "2")
+    with pytest.raises(StepVanished, match=r"checkpoints/2 was deleted while being read"):
+        reader.restore_state(abstract, 2)
     reader.close()

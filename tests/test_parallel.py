@@ -16,6 +16,7 @@ import pytest
 
 from configs import tiny
 from gptjax import parallel
+from gptjax.metric_writer import read_metrics
 from gptjax.train import abstract_state, load_params, train_and_evaluate
 from gptjax.train_step import train_step, train_steps
 
@@ -223,3 +224,18 @@ def test_two_processes_train_like_one(tmp_path, data_dir, tmp_cache):
         tmp_path / "tensor", overrides, "--config.parallel.mesh.data=1", "--config.parallel.mesh.tensor=-1"
     )
     close(load_params(tmp_path / "tensor")[0], one, atol=5e-5)
+
+    # pmap over both processes: its checkpoints save (host copies), and evaluations average the rows of
+    # both processes, as one process evaluates the whole batch.
+    _train_in_two_processes(tmp_path / "pmap", overrides, "--config.parallel.mode=pmap")
+    close(load_params(tmp_path / "pmap")[0], one, atol=5e-5)
+    val = lambda w: [(r["step"], r["val_loss"]) for r in read_metrics(w) if "val_loss" in r]  # noqa: E731
+    assert [s for s, _ in val(tmp_path / "pmap")] == [s for s, _ in val(tmp_path / "one")] == [0, 10, 20]
+    # (one process's rows alone were ~1e-3 off)
+    np.testing.assert_allclose(
+        [v for _, v in val(tmp_path / "pmap")], [v for _, v in val(tmp_path / "one")], rtol=1e-4
+    )
+
+    # Fine-tuning from a workdir, on devices of both processes.
+    _train_in_two_processes(tmp_path / "ft", dict(overrides, max_iters=0, init_from=tmp_path / "one"))
+    close(load_params(tmp_path / "ft")[0], one, atol=0)

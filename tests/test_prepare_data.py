@@ -1,5 +1,6 @@
 """Streaming token files: chunked encoding decodes back to the text, splits by bytes, documents end in EOT."""
 
+import os
 import pathlib
 import shutil
 import tempfile
@@ -152,6 +153,12 @@ def test_failed_rerun_leaves_the_old_data(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
     with pytest.raises(DataError, match="holds files other than token files"):  # never replaces your files
         prepare.prepare_files(second[:1], tmp_path, ByteTokenizer())
+    with pytest.raises(DataError, match="b.txt is a file, not a directory"):  # nor a file
+        prepare.prepare_files(second[:1], second[0], ByteTokenizer())
+    assert second[0].read_text() == "second\n" * 100
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it (mkdtemp's is 0o700)
 
 
 def test_bad_utf8_names_the_file_and_byte(tmp_path):

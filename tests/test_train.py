@@ -1,9 +1,11 @@
 """End-to-end training: learning, exact resume (also after SIGKILL), fine-tuning, one-line errors."""
 
+import fcntl
 import gzip
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from gptjax.data import DataError
 from gptjax.metric_writer import read_metrics
 from gptjax.model import count_params, unstack_layers
 from gptjax.optim import lr_schedule
-from gptjax.train import load_params, train_and_evaluate
+from gptjax.train import WorkdirInUse, load_params, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -318,3 +320,41 @@ def test_trains_on_a_directory_prepared_by_prepare_data(tmp_path, data_dir, tmp_
     config.data.source = str(tmp_path / "gpt2")
     with pytest.raises(DataError, match="prepared with tokenizer 'gpt2'"):
         train_and_evaluate(config, tmp_path / "w")
+
+
+def test_workdir_problems_and_a_second_run_are_refused(tmp_path, data_dir, tmp_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="workdir is empty; pass --workdir=DIR"):
+        train_and_evaluate(tiny_config(), "")  # Path("") would have trained into the current directory
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt is a file; pass a directory"):
+        train_and_evaluate(tiny_config(), tmp_path / "notes.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "w").mkdir()
+    with open(tmp_path / "w" / ".lock", "a") as held:  # what a run training in w holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = r"another run is training in w \(it holds w/.lock\); wait for it to end"
+        with pytest.raises(WorkdirInUse, match=busy):
+            train_and_evaluate(tiny_config(), "w")
+    assert not (tmp_path / "w" / "checkpoints").exists()
+    config = tiny_config(max_iters=10, eval_interval=10, checkpoint_interval=10)
+    assert train_and_evaluate(config, "w")["step"] == 10  # the lock is free again
+
+
+def test_readers_follow_a_run_that_deletes_the_step_they_read(tmp_path, data_dir, tmp_cache, monkeypatch):
+    """keep_checkpoints deletes older steps while a sampler or fine-tuning run may be reading one."""
+    train_and_evaluate(tiny_config(max_iters=20, eval_interval=20, checkpoint_interval=10), tmp_path)
+    step_10 = load_params(tmp_path, step=10)[0]
+    restore, victims = checkpoint.Checkpointer.restore_state, {20}
+
+    def restore_while_deleted(self, abstract, step=None):
+        if step in victims:  # deleted between choosing the step and reading its arrays
+            victims.remove(step)
+            shutil.rmtree(self.directory / str(step))
+        return restore(self, abstract, step)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore_state", restore_while_deleted)
+    assert_params_equal(step_10, load_params(tmp_path)[0])  # the latest vanished: read the newest left
+    victims.add(10)
+    with pytest.raises(checkpoint.StepVanished, match="checkpoints/10 was deleted while being read"):
+        load_params(tmp_path, step=10)  # an explicit step is never swapped for another

@@ -49,8 +49,13 @@ def write_atomically(final: pathlib.Path) -> Iterator[pathlib.Path]:
     """Yields a new temp dir beside `final` to write into; when the block succeeds, renames it to
     `final`, replacing an older one. A failed or killed run leaves `final` as it was, never half-written
     or mixed, and removes the temp dir."""
+    if final.exists() and not final.is_dir():  # the rename below would hide the file as "-old"
+        raise DataError(f"{final} is a file, not a directory; pass a directory path")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0o700 would hide the data from other users
     old = tmp.with_name(tmp.name + "-old")  # unique as `tmp` is
     try:
         yield tmp
