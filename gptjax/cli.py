@@ -16,7 +16,7 @@ from gptjax.data import DataError
 
 # Errors that describe the user's input (config, data, paths) or a diverged run (FloatingPointError: its
 # message says which settings to change); anything else is a bug and keeps its traceback. GPTJAX_DEBUG=1
-# shows the traceback for these too. The OSErrors listed name the path.
+# shows the traceback for these too. The OSErrors listed name the path (or the busy workdir).
 USER_ERRORS = (
     DataError,
     ValueError,
@@ -28,6 +28,7 @@ USER_ERRORS = (
     PermissionError,
     IsADirectoryError,
     NotADirectoryError,
+    BlockingIOError,  # gptjax.train.WorkdirInUse: another run holds the workdir
 )
 
 

@@ -235,8 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         return _train_and_evaluate(config, workdir, K)
 
 
-class WorkdirInUse(RuntimeError):
-    """Another run holds the workdir."""
+class WorkdirInUse(BlockingIOError):
+    """Another run holds the workdir (its lock is busy)."""
 
 
 @contextlib.contextmanager

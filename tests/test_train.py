@@ -21,7 +21,7 @@ from gptjax.data import DataError
 from gptjax.metric_writer import read_metrics
 from gptjax.model import count_params, unstack_layers
 from gptjax.optim import lr_schedule
-from gptjax.train import WorkdirInUse, load_params, train_and_evaluate
+from gptjax.train import load_params, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -334,7 +334,7 @@ def test_workdir_problems_and_a_second_run_are_refused(tmp_path, data_dir, tmp_c
     with open(tmp_path / "w" / ".lock", "a") as held:  # what a run training in w holds
         fcntl.flock(held, fcntl.LOCK_EX)
         busy = r"another run is training in w \(it holds w/.lock\); wait for it to end"
-        with pytest.raises(WorkdirInUse, match=busy):
+        with pytest.raises(SystemExit, match=f"^error: WorkdirInUse: {busy}"), cli.one_line_errors():
             train_and_evaluate(tiny_config(), "w")
     assert not (tmp_path / "w" / "checkpoints").exists()
     config = tiny_config(max_iters=10, eval_interval=10, checkpoint_interval=10)
