@@ -40,7 +40,9 @@ SHAPES = {
 
 @pytest.fixture(scope="module")
 def torch():
-    return pytest.importorskip("torch", reason="pip install -e '.[torch]' to test the HF conversion")
+    import torch  # the torch extra, which make test installs: missing fails, never skips
+
+    return torch
 
 
 def make_hf(torch, directory, seed=0, **shape):
@@ -385,7 +387,8 @@ def test_init_from_errors_are_one_line(hub, tmp_path, data_dir, tmp_cache):
 
 
 def test_hub_ids_come_from_the_cache_first_then_a_download(tmp_path, monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
     downloaded = tmp_path / "downloaded"
     downloaded.mkdir()
     calls = []
@@ -418,7 +421,8 @@ def test_hub_ids_come_from_the_cache_first_then_a_download(tmp_path, monkeypatch
 def gpt2_export(tmp_path_factory):
     """(gptjax's GPT-2 tokenizer, transformers' AutoTokenizer of its exported files, seconds the export
     took, the directory)."""
-    transformers = pytest.importorskip("transformers", reason="pip install -e '.[torch]'")
+    import transformers
+
     ranks = pathlib.Path(os.environ.get("GPTJAX_DATA_DIR", ""), "gpt2", "gpt2.tiktoken")
     if not ranks.is_file():
         pytest.fail("GPT-2 ranks missing: set GPTJAX_DATA_DIR to the shared data (gpt2/gpt2.tiktoken)")
@@ -472,7 +476,8 @@ def test_exported_gpt2_tokenizer_encodes_like_gptjax(gpt2_export, text):
 
 
 def test_trained_tokenizer_round_trips_and_char_byte_write_nothing(tmp_path, data_dir, capsys):
-    transformers = pytest.importorskip("transformers", reason="pip install -e '.[torch]'")
+    import transformers
+
     text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:50_000]
     (tmp_path / "corpus.txt").write_text(text)
     tok = bpe.train_bpe([str(tmp_path / "corpus.txt")], vocab_size=400)

@@ -18,7 +18,9 @@ from gptjax.model import GPT
 
 @pytest.fixture(scope="module")
 def torch():
-    return pytest.importorskip("torch", reason="pip install -e '.[torch]' for the PyTorch baseline")
+    import torch  # the torch extra, which make test installs: missing fails, never skips
+
+    return torch
 
 
 @pytest.mark.parametrize(

@@ -126,11 +126,76 @@ def test_dropout_is_a_function_of_rng_and_step(tiny_cfg, tiny_opt, tiny_batch):
     assert int(a.step) == 1
     assert float(m_step["loss"]) != float(m_a["loss"])
     assert float(m_rng["loss"]) != float(m_a["loss"])
-    # Dropout is on in training and off in evaluation.
+    # Dropout is on in training and off in evaluation: evaluation is the plain forward pass.
     assert float(jit_eval_step(copy(state), tiny_batch)) != float(m_a["loss"])
+    plain = independent_loss_and_grad(state.params, cfg, *tiny_batch)[0]
+    assert float(jit_eval_step(copy(state), tiny_batch)) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_each_micro_batch_and_each_device_draws_its_own_masks(tiny_cfg, tiny_opt, tiny_batch):
+    """The rows twice, as 2 micro-batches (or on 2 devices), average two different dropout masks: not the
+    loss of the rows once, which one shared mask would reproduce (as it does without dropout)."""
+    x_BT, y_BT = tiny_batch
+    twice = (jnp.concatenate([x_BT, x_BT]), jnp.concatenate([y_BT, y_BT]))
+    pmapped = jax.pmap(
+        lambda s, b: train_step(s, b, axis_name="d")[1]["loss"], axis_name="d", devices=jax.devices()[:2]
+    )
+    for dropout in (0.5, 0.0):
+        state = create_train_state(
+            dataclasses.replace(tiny_cfg, dropout=dropout), make_optimizer(tiny_opt), 0
+        )
+        copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
+        once = float(jit_train_step(copy(state), tiny_batch)[1]["loss"])
+        accumulated = float(jit_train_step(copy(state), twice, grad_accum=2)[1]["loss"])
+        replicated = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), state)
+        devices = float(
+            pmapped(replicated, jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), tiny_batch))[0]
+        )
+        if dropout:
+            assert accumulated != pytest.approx(once, rel=1e-4) and devices != pytest.approx(once, rel=1e-4)
+            assert accumulated != pytest.approx(devices, rel=1e-4)
+        else:
+            assert accumulated == pytest.approx(once, rel=1e-6) and devices == pytest.approx(once, rel=1e-6)
 
 
 # ----- Optimizer. -----
+
+
+def adamw_reference(params, grads_list, opt, eps=1e-8):
+    """nanoGPT's update in numpy: clip_grad_norm_, then torch's AdamW (bias-corrected moments, decoupled
+    weight decay on the decayed parameters) at a constant lr."""
+    params = {k: np.array(v, np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(p) for k, p in params.items()}
+    for t, grads in enumerate(grads_list, start=1):
+        norm = math.sqrt(sum(float(np.sum(np.square(g))) for g in grads.values()))
+        scale = min(1.0, opt.grad_clip / norm)
+        for k, g in grads.items():
+            g = np.asarray(g, np.float64) * scale
+            m[k] = opt.beta1 * m[k] + (1 - opt.beta1) * g
+            v[k] = opt.beta2 * v[k] + (1 - opt.beta2) * g * g
+            m_hat, v_hat = m[k] / (1 - opt.beta1**t), v[k] / (1 - opt.beta2**t)
+            decay = opt.weight_decay if k == "kernel" else 0.0
+            params[k] = params[k] - opt.lr * (m_hat / (np.sqrt(v_hat) + eps) + decay * params[k])
+    return params
+
+
+@pytest.mark.parametrize("size", [100.0, 1e-7], ids=["clipped", "below-eps-scale"])
+def test_optimizer_is_clipped_adamw(tiny_opt, size):
+    """Gradients 100x the clip norm must be clipped; gradients of 1e-7 make AdamW's eps (1e-8) count."""
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32), "scale": np.ones(4, np.float32)}
+    grads_list = [
+        {k: (size * rng.normal(size=p.shape)).astype(np.float32) for k, p in params.items()} for _ in range(3)
+    ]
+    tx = make_optimizer(tiny_opt)
+    ours, opt_state = jax.tree_util.tree_map(jnp.asarray, params), tx.init(params)
+    for grads in grads_list:
+        updates, opt_state = tx.update(grads, opt_state, ours)
+        ours = optax.apply_updates(ours, updates)
+    expected = adamw_reference(params, grads_list, tiny_opt)
+    for k in params:
+        np.testing.assert_allclose(ours[k], expected[k], rtol=1e-5, atol=1e-7)
 
 
 def test_weight_decay_mask_is_matrices_only(tiny_cfg):
