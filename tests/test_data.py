@@ -225,6 +225,20 @@ def test_load_dataset_from_file(tmp_path, tmp_cache):
     assert (tmp_cache / "tokens").is_dir()  # Default cache root honours $GPTJAX_CACHE_DIR.
 
 
+def test_load_dataset_from_a_prepared_directory_keeps_its_splits(tmp_path):
+    """train.bin is .train and val.bin .val: the lengths meta.json records, val the end of the text."""
+    from gptjax.data.prepare import prepare_files
+
+    text = "".join(f"line {i}\n" for i in range(50))
+    (tmp_path / "t.txt").write_text(text)
+    meta = prepare_files([tmp_path / "t.txt"], tmp_path / "out", CharTokenizer.from_text(text))
+    ds = load_dataset(str(tmp_path / "out"))
+    assert (len(ds.train), len(ds.val)) == (meta["train_tokens"], meta["val_tokens"])
+    assert meta["train_tokens"] > meta["val_tokens"] > 0
+    val_text = ds.tokenizer.decode(ds.val.tolist())
+    assert text.startswith(ds.tokenizer.decode(ds.train.tolist())) and text.endswith(val_text)
+
+
 def test_unknown_source_says_how_to_use_prepared_tokens(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs/gpt2.py's source, before its tokens are prepared
     with pytest.raises(DataError, match=r"prepare_data.py --out_dir=DIR .* --config.data.source=DIR$"):

@@ -253,6 +253,48 @@ def test_bias_flag(tiny_cfg, bias):
     assert sum(k.endswith("/scale") for k in names) == 2 * cfg.n_layer + 1
 
 
+# ----- Dropout. -----
+
+
+def dropout_calls(cfg: GPTConfig, deterministic: bool) -> set[tuple[str, tuple[int, ...]]]:
+    """(module path, input shape) of every nn.Dropout that is active (rate > 0, not deterministic) in
+    one forward pass of `cfg` on a [2, block_size] batch."""
+    active = set()
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, nn.Dropout) and context.method_name == "__call__":
+            off = nn.merge_param("deterministic", module.deterministic, kwargs.get("deterministic"))
+            if module.rate > 0 and not off:
+                active.add(("/".join(module.path), args[0].shape))
+        return next_fun(*args, **kwargs)
+
+    tokens_BT = random_tokens(cfg, (2, cfg.block_size))
+    variables = {"params": init_params(cfg)}
+    with nn.intercept_methods(interceptor):
+        GPT(cfg).apply(variables, tokens_BT, deterministic=deterministic, rngs={"dropout": jax.random.key(1)})
+    return active
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_every_dropout_site_is_active_in_training_only(tiny_cfg, scan_layers):
+    """Dropout (nanoGPT's sites) on the embeddings, and in every block on the attention probabilities and
+    on both residual branches. Only attention="einsum" has these: the others refuse dropout in training
+    (test_model_variants)."""
+    cfg = dataclasses.replace(tiny_cfg, dropout=0.1, scan_layers=scan_layers)
+    B, T, N, D = 2, cfg.block_size, cfg.n_head, cfg.n_embd
+    blocks = ["h"] if scan_layers else [f"h_{i}" for i in range(cfg.n_layer)]
+    want = {("Dropout_0", (B, T, D))}  # the embeddings: wte + wpe
+    for h in blocks:
+        want |= {
+            (f"{h}/attn/Dropout_0", (B, N, T, T)),  # attention probabilities
+            (f"{h}/attn/Dropout_1", (B, T, D)),  # attention's residual branch (after c_proj)
+            (f"{h}/mlp/Dropout_0", (B, T, D)),  # the MLP's residual branch
+        }
+    assert dropout_calls(cfg, deterministic=False) == want
+    assert dropout_calls(cfg, deterministic=True) == set()
+
+
 # ----- KV cache. -----
 
 

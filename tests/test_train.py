@@ -163,6 +163,31 @@ def test_sigkill_then_rerun_ends_like_uninterrupted(tmp_path, data_dir, tmp_cach
     assert_params_equal(load_params(tmp_path / "straight")[0], load_params(killed)[0])
 
 
+def test_each_split_is_evaluated_on_its_own_tokens(tmp_path, tmp_cache, monkeypatch):
+    """The val loss is measured on the val split's tokens, the train loss on the train split's."""
+    from gptjax import train
+    from gptjax.data import load_dataset
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(200)))
+    ds = load_dataset(str(path))
+    want = {"train": len(ds.train), "val": len(ds.val)}
+    assert want["train"] != want["val"]
+    seen, batches = [], train.batches
+
+    def recording_batches(tokens, config, **kwargs):
+        seen.append((kwargs.get("split", "train"), len(tokens)))
+        return batches(tokens, config, **kwargs)
+
+    monkeypatch.setattr(train, "batches", recording_batches)
+    config = tiny_config(max_iters=0, eval_iters=1)
+    config.data.source = str(path)
+    train_and_evaluate(config, tmp_path / "w")
+    assert {split for split, _ in seen} == {"train", "val"}
+    assert all(n == want[split] for split, n in seen), seen
+    assert [r["step"] for r in read_metrics(tmp_path / "w") if "val_loss" in r] == [0]
+
+
 def test_finetune_from_another_workdir(tmp_path, data_dir, tmp_cache):
     train_and_evaluate(tiny_config(max_iters=20), tmp_path / "base")
     base_params, _, base_tok, _ = load_params(tmp_path / "base")
