@@ -37,6 +37,30 @@ def test_flops_per_token_matches_xla_count_of_the_forward_pass(tie_embeddings):
     assert benchmark.flops_per_token(cfg, n_params) == pytest.approx(xla_per_token, rel=0.03)
 
 
+def test_flops_per_token_leaves_out_the_padded_token_table_of_an_untied_model():
+    """Untied, the token table (all padded_vocab rows) is a lookup; the LM head's matmul counts."""
+    cfg = GPTConfig(
+        vocab_size=65, vocab_multiple=64, block_size=32, n_layer=2, n_head=2, n_embd=16, tie_embeddings=False
+    )
+    tokens = jnp.zeros((1, cfg.block_size), jnp.int32)
+    params = jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0), tokens)["params"])
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    matmul_params = n_params - 32 * 16 - 128 * 16  # minus wpe and the 128-row (padded) wte
+    assert benchmark.flops_per_token(cfg, n_params) == 6 * matmul_params + 12 * 2 * 32 * 16
+
+
+def test_mfu_divides_by_every_devices_peak_at_the_compute_dtype(monkeypatch):
+    h100 = types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")
+    fake_jax = types.SimpleNamespace(devices=lambda: [h100] * 4, device_count=lambda: 4)
+    monkeypatch.setattr(benchmark, "jax", fake_jax)
+    cfg = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=64, dtype="bfloat16")
+    fpt = benchmark.flops_per_token(cfg, 200_000)
+    tokens_per_sec = 0.5 * 4 * 989e12 / fpt  # half of 4 H100s' bf16 peak
+    assert benchmark.mfu(cfg, 200_000, tokens_per_sec) == pytest.approx(0.5)
+    f32 = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=64, dtype="float32")
+    assert benchmark.mfu(f32, 200_000, tokens_per_sec) == pytest.approx(0.5 * 989 / 494)
+
+
 def test_peak_table_matches_device_kinds():
     h100 = types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3")
     v5e = types.SimpleNamespace(device_kind="TPU v5 lite")
@@ -45,6 +69,8 @@ def test_peak_table_matches_device_kinds():
     assert benchmark.peak_flops(h100, "float32") == 494e12
     assert benchmark.peak_flops(h100, "float16") == 989e12
     assert benchmark.peak_flops(v5e, "bfloat16") == 197e12
+    h200 = types.SimpleNamespace(device_kind="NVIDIA H200")
+    assert (benchmark.peak_flops(h200, "bfloat16"), benchmark.peak_flops(h200, "float32")) == (989e12, 494e12)
     assert benchmark.peak_flops(cpu, "float32") is None
 
 

@@ -236,6 +236,12 @@ def test_config_errors_are_one_line():
         assert "\n" not in str(info.value)
 
 
+def test_block_size_is_n_positions():
+    """The context is n_positions, wpe's rows (old configs' n_ctx is another field, not the context)."""
+    assert convert.config_from_hf(tiny_hf_config(n_ctx=1024)).block_size == 4
+    assert convert.hf_config(GPTConfig(vocab_size=11, block_size=4))["n_positions"] == 4
+
+
 def test_weight_errors_name_the_weight_and_shapes():
     cfg = convert.config_from_hf(tiny_hf_config())
     rng = np.random.default_rng(0)
@@ -473,6 +479,14 @@ def test_exported_gpt2_tokenizer_encodes_like_gptjax(gpt2_export, text):
     ids = with_eot(tok, text)
     assert hf(text)["input_ids"] == ids
     assert hf.decode(ids) == text
+
+
+def test_exported_gpt2_tokenizer_encodes_every_latin1_character(gpt2_export):
+    """Every code point below 256 (UTF-8 lead bytes C2, C3 and every continuation byte): vocab.json and
+    merges.txt must spell each byte as HF's byte-level map does."""
+    tok, hf = gpt2_export[:2]
+    text = "".join(map(chr, range(256)))
+    assert hf(text)["input_ids"] == tok.encode(text)
 
 
 def test_trained_tokenizer_round_trips_and_char_byte_write_nothing(tmp_path, data_dir, capsys):

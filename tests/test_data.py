@@ -216,6 +216,23 @@ def test_prepare_tokens_key_and_interrupted_write(tmp_path, monkeypatch):
         prepare_tokens(text, tok, val_fraction=0.0, cache_root=tmp_path)
 
 
+def test_prepare_tokens_key_includes_the_tokenizer(tmp_path):
+    """Two tokenizers of one text get their own caches: ids from one are never read with the other."""
+    text = "abcabcabcd" * 5
+    for tok in (CharTokenizer("abcd"), CharTokenizer("dcba")):
+        train, val = prepare_tokens(text, tok, cache_root=tmp_path)
+        assert tok.decode(train) + tok.decode(val) == text
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("vocab_size", [256, 50257, 65536, 65537, 100_000])
+def test_token_dtype_holds_the_largest_id(vocab_size):
+    dtype = tokens._token_dtype(vocab_size)
+    assert int(np.array([vocab_size - 1]).astype(dtype)[0]) == vocab_size - 1
+    if vocab_size <= 50257:  # GPT-2's ids fit in 2 bytes
+        assert dtype == np.uint16
+
+
 def test_load_dataset_from_file(tmp_path, tmp_cache):
     (tmp_path / "corpus.txt").write_text("abcabcabcd" * 10)
     ds = load_dataset(str(tmp_path / "corpus.txt"))

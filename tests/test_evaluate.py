@@ -42,6 +42,18 @@ def test_a_first_byte_cut_from_a_character_is_the_only_context_byte():
     assert r["bits_per_char"] == pytest.approx(8 * 10 / len(text), rel=1e-6)  # "é" is partly predicted
 
 
+def test_a_multibyte_first_character_is_context_with_all_its_bytes():
+    """Without BOS the first token is context: a char tokenizer's "é" takes both its bytes out of the
+    predicted text."""
+    tok = CharTokenizer("éabcdefg")
+    params, cfg = model(tok.vocab_size, zero=True)
+    text = "ébcdefga"  # 9 bytes, 8 chars: 7 predicted tokens cover 7 bytes and 7 chars
+    r = text_loss(params, cfg, tok, text)
+    assert r["tokens"] == 7
+    assert r["bits_per_byte"] == pytest.approx(math.log2(tok.vocab_size), rel=1e-6)
+    assert r["bits_per_char"] == pytest.approx(math.log2(tok.vocab_size), rel=1e-6)
+
+
 def test_batching_does_not_change_the_result():
     params, cfg = model(256)
     text = "To be, or not to be, that is the question: " * 3  # 129 bytes: 16 windows and a partial one

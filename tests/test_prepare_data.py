@@ -44,6 +44,16 @@ def test_eot_ends_each_document_and_bytes_are_exact(tmp_path):
         assert len(val) == len(want) - -(-int(len(want) * 0.9) // 6) * 6  # from the first line start on
 
 
+def test_eot_of_the_last_train_document_stays_in_train(tmp_path, data_dir):
+    """Val starting exactly at a file's start: the EOT ending the file before it is train's."""
+    files = [write(tmp_path, f"{i}.txt", f"doc {i}\n" * 10) for i in range(2)]  # 60 bytes each
+    tok = GPT2Tokenizer()
+    prepare.prepare_files(files, tmp_path / "g", tok, eot=True, val_fraction=0.5)
+    train, val, _ = prepare.open_prepared(tmp_path / "g")
+    assert train[-1] == val[-1] == tok.eos_id and (train == tok.eos_id).sum() == 1
+    assert tok.decode(val[:-1].tolist()) == files[1].read_text()
+
+
 def test_gpt2_eot_and_char_vocab(tmp_path, data_dir):
     files = [write(tmp_path, f"{i}.txt", f"doc {i}\n" * 30) for i in range(3)]
     prepare.prepare_files(files, tmp_path / "g", GPT2Tokenizer(), eot=True, val_fraction=0.4)

@@ -14,8 +14,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+import gptjax
 from gptjax import decode, sample
 from gptjax.data import CharTokenizer
+from gptjax.model import GPT
 from gptjax.sample import GenerateOptions
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -77,6 +79,96 @@ def test_top_k_draws_keep_ties_with_the_kth():
     both = decode.pick((sample.TopK(2),), jnp.asarray(np.stack([tied_V, plain_V] * 50)), None, keys_B[:100])
     alone = decode.pick((sample.TopK(2),), jnp.asarray(np.stack([plain_V] * 100)), None, keys_B[:100])
     np.testing.assert_array_equal(np.asarray(both)[1::2], np.asarray(alone)[1::2])
+
+
+# ----- EOS and stop strings end each row on its own -------------------------------------------------------
+
+DISTINCT = dict(max_new_tokens=11, do_sample=False, no_repeat_ngram_size=1)  # greedy, no token twice
+
+
+def test_ended_rows_write_pads_and_decoding_stops_when_all_have_ended(tiny_cfg, params):
+    """After its EOS a row writes pads (0) (gptjax.decode.advance), and the loop stops once every row has
+    ended: on_chunk, called after every token, sees the tokens so far."""
+    prompts = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]
+    plain = [s for (s,) in run(params, tiny_cfg, prompts, **DISTINCT)]
+    eos = (plain[0][1], plain[1][3], plain[2][5])
+    ends = [next(i for i, t in enumerate(p) if t in eos) for p in plain]
+    assert max(ends) < 9 and min(ends) < max(ends) - 2, (plain, eos)  # rows end apart, before the limit
+    seen = []
+    options = GenerateOptions(**DISTINCT, eos_token_id=eos)
+    out = sample.generate_ids(params, tiny_cfg, prompts, options, on_chunk=seen.append, chunk=1)
+    assert [s.shape[1] for s in seen] == list(range(1, max(ends) + 2))  # stopped after the last EOS
+    for row, p, end, (o,) in zip(seen[-1], plain, ends, out, strict=True):
+        assert row[: end + 1].tolist() == p[: end + 1] == o.tolist()
+        assert (row[end + 1 :] == 0).all(), (row, end)
+
+
+def test_eos_id_0_the_pad_id_ends_rows_at_their_first_eos(tiny_cfg, params):
+    """With EOS 0 (as a tokenizer whose <|endoftext|> is 0), the pads written after a row's EOS are EOS ids
+    too: a row that ends before the others still returns its tokens up to its first EOS."""
+    prompts = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]
+    plain = [s for (s,) in run(params, tiny_cfg, prompts, **DISTINCT)]
+    eos = [0, plain[1][1]]
+    ends = [next((i for i, t in enumerate(p) if t in eos), len(p) - 1) for p in plain]
+    assert min(ends) < max(ends), (plain, eos)
+    out = [s for (s,) in run(params, tiny_cfg, prompts, **DISTINCT, eos_token_id=eos)]
+    assert out == [p[: end + 1] for p, end in zip(plain, ends, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_cfg, params):
+    return params, tiny_cfg, CharTokenizer("abcdefghijklmnop")
+
+
+def test_text_ends_before_the_earliest_stop_string(model):
+    """Of several stop strings, the one that occurs first in the text cuts it, whatever their order."""
+    (full,) = gptjax.generate(model, "abc", **DISTINCT)
+    new = full[3:]  # 11 distinct characters
+    (c,) = sample.complete(model, "abc", stop=[new[3:5], new[1:3]], **DISTINCT)
+    assert c.text == new[:1] and len(c.token_ids) == 3
+
+
+def test_stop_strings_end_each_row_on_its_own(model, monkeypatch):
+    """A row that hits a stop string does not end the other rows of the batch (checked after every token)."""
+    monkeypatch.setattr(sample, "STOP_CHECK_CHUNK", 1)
+    a, b = (t[3:] for t in gptjax.generate(model, ["abc", "ghi"], **DISTINCT))
+    stop = next(a[i : i + 2] for i in range(len(a) - 1) if a[i : i + 2] not in b)
+    assert a.find(stop) < 8, (a, b)  # early in a; never in b
+    texts = [c.text for c in sample.complete(model, ["abc", "ghi"], stop=stop, **DISTINCT)]
+    assert texts == [a[: a.find(stop)], b]
+
+
+# ----- Beams and steps carry their own state -----------------------------------------------------------
+
+
+def test_beam_search_matches_a_cacheless_reference(tiny_cfg, params):
+    """Beam search without EOS (HF: the K best sums of log-probabilities, only beam 0 live at the start)
+    against a reference that re-runs each beam's whole text: every beam's KV cache and tokens must move
+    with the beam it continues. Weights x3: the tiny model's tokens then depend on their context."""
+    params = jax.tree_util.tree_map(lambda x: 3 * x, params)
+    apply = jax.jit(lambda p, t: GPT(tiny_cfg).apply({"params": p}, t)[0])
+
+    def logp(text):
+        padded = np.zeros((1, tiny_cfg.block_size), np.int32)  # right pads: causal, they change nothing
+        padded[0, : len(text)] = text
+        logits = np.asarray(apply(params, padded))[0, len(text) - 1].astype(np.float64)
+        return logits - np.logaddexp.reduce(logits)
+
+    K, n, V = 3, 5, tiny_cfg.vocab_size  # 3 + 5 tokens: within the context
+    beams = [(0.0, [])]
+    for _ in range(n):
+        scored = [(s + lp[t], new + [t]) for s, new in beams for lp in [logp(PROMPT + new)] for t in range(V)]
+        beams = sorted(scored, key=lambda c: -c[0])[:K]
+    got = run(params, tiny_cfg, [PROMPT], max_new_tokens=n, num_beams=K, num_return_sequences=K)[0]
+    assert got == [new for _, new in beams]
+
+
+def test_each_step_draws_new_random_numbers(tiny_cfg, params):
+    """On a uniform model each token is a fresh uniform draw: a row that reused one step's random numbers
+    would repeat one token."""
+    uniform = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for seqs in run(uniform, tiny_cfg, [PROMPT, [1]], max_new_tokens=12, num_return_sequences=2):
+        assert all(len(set(s)) > 3 for s in seqs), seqs
 
 
 # ----- Options, prompts, seeds --------------------------------------------------------------------------
