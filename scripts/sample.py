@@ -73,18 +73,21 @@ def main(argv):
     single = len(prompts) == 1 and merged.num_return_sequences == 1 and merged.mode not in sample.BEAM_MODES
     # A bad --out fails now, not after generating; "a" keeps an old file until there is something to write.
     out = open(FLAGS.out, "a", encoding="utf-8") if FLAGS.out else contextlib.nullcontext()
-    shown = []
+    shown = False
 
     def stream(text: str) -> None:  # the prompt first, once it has been encoded and checked
+        nonlocal shown
         if not shown:
             print(prompts[0], end="")
-            shown.append(True)
+            shown = True
         print(text, end="", flush=True)
 
     with out:
         completions = sample.complete(
             model, prompts, stream=single and stream, num_return_sequences=FLAGS.num_samples, **options
         )
+        if single and not shown:  # nothing new (e.g. a stop string at once): the prompt alone
+            print(prompts[0], end="", flush=True)
         if not single:
             for i, c in enumerate(completions):
                 print(f"----- sample {i} -----\n{c.prompt}{c.text}", flush=True)
