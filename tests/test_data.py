@@ -1,6 +1,7 @@
 """Tests for gptjax.data: tokenizers, text sources, token caches and batches."""
 
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -223,6 +224,32 @@ def test_prepare_tokens_key_includes_the_tokenizer(tmp_path):
         train, val = prepare_tokens(text, tok, cache_root=tmp_path)
         assert tok.decode(train) + tok.decode(val) == text
     assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "two renames"])
+def test_write_atomically_replaces_a_directory(tmp_path, monkeypatch, exchange):
+    """Replacing a directory leaves the new contents and nothing else; a failure keeps the old one.
+    On Linux the swap is one renameat2(RENAME_EXCHANGE): a kill can never find the data missing."""
+    final = tmp_path / "data"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    if exchange == "two renames":
+        monkeypatch.setattr(tokens, "_exchange", lambda a, b: False)
+    elif sys.platform == "linux":
+        renames = []
+        monkeypatch.setattr(tokens.os, "rename", lambda *a: renames.append(a))
+    with pytest.raises(RuntimeError, match="failed"), tokens.write_atomically(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    assert [p.name for p in final.iterdir()] == ["old.txt"]
+
+    with tokens.write_atomically(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temp or "-old" directory left
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    if exchange == "renameat2" and sys.platform == "linux":
+        assert renames == []  # the swap went through renameat2, not the two-rename fallback
 
 
 @pytest.mark.parametrize("vocab_size", [256, 50257, 65536, 65537, 100_000])

@@ -1,7 +1,9 @@
 """Token memmaps on disk, encoded once per (text, tokenizer, split), and deterministic batches."""
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -44,6 +46,21 @@ def _cache_key(text: str, tokenizer, val_fraction: float) -> str:
     return h.hexdigest()[:16]
 
 
+def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Swaps two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE). False
+    where the C library, kernel or filesystem lacks it: the caller falls back to two renames."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # not glibc >= 2.28 (macOS, musl)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 @contextlib.contextmanager
 def write_atomically(final: pathlib.Path) -> Iterator[pathlib.Path]:
     """Yields a new temp dir beside `final` to write into; when the block succeeds, renames it to
@@ -59,9 +76,11 @@ def write_atomically(final: pathlib.Path) -> Iterator[pathlib.Path]:
     old = tmp.with_name(tmp.name + "-old")  # unique as `tmp` is
     try:
         yield tmp
-        if final.exists():
-            os.rename(final, old)  # a rename cannot replace a non-empty directory
-        os.rename(tmp, final)
+        if not final.exists():
+            os.rename(tmp, final)
+        elif not _exchange(tmp, final):  # `tmp` now holds the old data, removed below
+            os.rename(final, old)  # a rename cannot replace a non-empty directory; a kill between
+            os.rename(tmp, final)  # these two leaves the old data under `old` and no `final`
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
