@@ -27,6 +27,7 @@ from configs import shakespeare_char
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer
 from gptjax.data import bpe
+from gptjax.data.tokens import write_atomically
 from gptjax.model import GPTConfig, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
@@ -270,18 +271,43 @@ def load_hf(directory: str | pathlib.Path, into: GPTConfig | None = None) -> tup
     return params_from_hf(read_hf_weights(directory), cfg), cfg
 
 
+# Every file save_hf may write: a directory holding only these is an earlier export it may replace.
+EXPORT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+)
+
+
 def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenizer: Any = None) -> None:
     """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads,
-    and the tokenizer's files when it has an HF equivalent (`save_hf_tokenizer`)."""
+    and the tokenizer's files when it has an HF equivalent (`save_hf_tokenizer`).
+
+    The directory is written whole and swapped in at once (`write_atomically`): a killed export leaves
+    an earlier one as it was, and no file of an earlier export (another tokenizer's) outlives it. A
+    directory holding other files is refused rather than replaced."""
     from safetensors.numpy import save_file  # here: the core package does not need safetensors
 
-    weights = params_to_hf(jax.device_get(params), cfg)
     directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))
-    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    if tokenizer is not None:
-        save_hf_tokenizer(directory, tokenizer, model_max_length=cfg.block_size)
+    if directory.exists():
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is a file; pass a directory for the HF model")
+        other = sorted(p.name for p in directory.iterdir() if p.name not in EXPORT_FILES)
+        if other:
+            raise FileExistsError(
+                f"{directory} holds files an HF export does not write ({', '.join(other[:3])}"
+                f"{', ...' if len(other) > 3 else ''}); pass a new or empty directory"
+            )
+    weights = params_to_hf(jax.device_get(params), cfg)
+    with write_atomically(directory) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            save_hf_tokenizer(tmp, tokenizer, model_max_length=cfg.block_size)
 
 
 def _hub_cache() -> str:

@@ -514,3 +514,45 @@ def test_trained_tokenizer_round_trips_and_char_byte_write_nothing(tmp_path, dat
         assert not list((tmp_path / other.kind).iterdir())
         notice = f"the {other.kind} tokenizer has no Hugging Face equivalent: no tokenizer files written"
         assert capsys.readouterr().out.splitlines() == [notice]
+
+
+def test_export_replaces_an_earlier_export_whole_and_refuses_other_directories(tmp_path, monkeypatch):
+    """Exporting again swaps the directory at once: no file of the earlier export outlives it (a stale
+    tokenizer.json would be what AutoTokenizer loads), a killed export leaves the earlier one whole,
+    and a directory holding anything else is refused, never replaced."""
+    import json
+
+    import safetensors.numpy
+
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    bpe_tok = bpe.train_bpe([str(tmp_path / "corpus.txt")], vocab_size=280)
+    out = tmp_path / "hf"
+
+    def export(tok, seed):
+        cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8)
+        convert.save_hf(out, GPT(cfg).init(jax.random.PRNGKey(seed), tokens(cfg, 4))["params"], cfg, tok)
+
+    export(bpe_tok, 0)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "tokenizer.json" in first and set(first) <= set(convert.EXPORT_FILES)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.numpy, "save_file", killed)
+        with pytest.raises(KeyboardInterrupt):
+            export(ByteTokenizer(), 1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "hf"]  # no temp directory left
+
+    export(ByteTokenizer(), 1)  # the byte tokenizer has no HF files: the BPE's must not remain
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 256
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds files an HF export does not write \(notes.txt\)"):
+        export(ByteTokenizer(), 2)
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        convert.save_hf(out / "notes.txt", {}, None)
