@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -228,11 +229,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir = pathlib.Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"workdir={workdir} is a file; pass a directory (created if missing)")
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     if not os.access(workdir, os.W_OK):
         raise PermissionError(f"workdir={workdir} is not writable; pass a directory you can write to")
-    with _one_run_in(workdir):
-        return _train_and_evaluate(config, workdir, K)
+    try:
+        with _one_run_in(workdir):
+            return _train_and_evaluate(config, workdir, K)
+    except BaseException:
+        if created and {p.name for p in workdir.iterdir()} <= {".lock"}:  # refused before writing
+            shutil.rmtree(workdir, ignore_errors=True)  # anything: leave no empty workdir behind
+        raise
 
 
 class WorkdirInUse(BlockingIOError):

@@ -303,6 +303,11 @@ def test_bad_data_gives_one_clear_line(tmp_path, tmp_cache, text, block_size, ma
     with pytest.raises(DataError, match=match) as info:
         train_and_evaluate(config, tmp_path / "w")
     assert "\n" not in str(info.value)
+    assert not (tmp_path / "w").exists()  # a refused run leaves no workdir (holding only its .lock)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match=match):
+        train_and_evaluate(config, tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()  # but never removes a directory it did not create
 
 
 def test_scripts_print_one_line_errors(tmp_path, data_dir, tmp_cache):
