@@ -163,3 +163,35 @@ def test_unreadable_steps_give_one_line_each(tmp_path, tiny_state, tiny_cfg, tin
     with pytest.raises(StepVanished, match=r"checkpoints/2 was deleted while being read"):
         reader.restore_state(abstract, 2)
     reader.close()
+
+
+def test_a_step_holding_another_steps_state_is_refused(tmp_path, tiny_state):
+    state = tiny_state()
+    save(tmp_path, 7, state.replace(step=jnp.int32(5)))  # e.g. a directory renamed by hand
+    reader = Checkpointer(tmp_path, read_only=True)
+    with pytest.raises(RuntimeError, match=r"checkpoints/7 holds step 5"):
+        reader.restore_state(jax.eval_shape(lambda: state))
+    reader.close()
+
+
+def test_a_step_with_unreadable_metadata_is_damaged_not_another_model(tmp_path, tiny_state, monkeypatch):
+    """When the saved state's own description cannot be read, the step is reported damaged: nothing says
+    it belongs to another model. (This orbax returns no metadata for a cut-off _METADATA; others raise,
+    as faked here.)"""
+    import orbax.checkpoint as ocp
+
+    state = tiny_state()
+    save(tmp_path, 1, state.replace(step=jnp.int32(1)))
+    (tmp_path / "checkpoints" / "1" / "state" / "_METADATA").write_text('{"tree_metadata": ')  # cut off
+    reader = Checkpointer(tmp_path, read_only=True)
+    damaged = r"checkpoints/1 cannot be read \(.*\); it is damaged: delete"
+    with pytest.raises(ValueError, match=damaged):
+        reader.restore_state(jax.eval_shape(lambda: state))
+
+    def unreadable(self, directory):
+        raise OSError(f"cannot read the metadata in {directory}")
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "metadata", unreadable)
+    with pytest.raises(ValueError, match=damaged):
+        reader.restore_state(jax.eval_shape(lambda: state))
+    reader.close()

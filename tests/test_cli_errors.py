@@ -169,3 +169,25 @@ def test_scripts_refuse_before_printing(tmp_path, tiny_cfg, tiny_params):
         assert result.returncode != 0 and result.stdout == "", result.stdout
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(start), result.stderr
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (ValueError("'a' is not 'b'"), "'a' is not 'b'"),  # quotes inside the text: not a KeyError's repr
+        (KeyError("'x'"), "'x'"),  # the key's own quotes stay
+        (ValueError("'"), "'"),
+    ],
+)
+def test_one_line_drops_only_a_quote_pair_around_the_whole_text(error, line):
+    assert cli._one_line(error) == line
+
+
+def test_one_line_errors_prefix_context_and_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.delenv("GPTJAX_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info, cli.one_line_errors("loading data: "):
+        raise KeyError("no such split")
+    assert str(info.value) == "error: loading data: KeyError: no such split"
+    monkeypatch.setenv("GPTJAX_DEBUG", "1")
+    with pytest.raises(KeyError, match="no such split"), cli.one_line_errors("loading data: "):
+        raise KeyError("no such split")

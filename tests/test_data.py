@@ -344,3 +344,77 @@ def test_get_batch_rejects_short_splits():
     )
     with pytest.raises(DataError, match="split='test'"):
         get_batch(np.arange(100), batch_size=2, block_size=16, seed=0, step=0, split="test")
+
+
+# ---------------------------------------------------------------------------- audit additions
+
+
+def test_char_tokenizer_lists_up_to_ten_unknown_characters_sorted():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(DataError) as e:
+        tok.encode("a9876543210")  # exactly 10 unknown, none of them "more"
+    shown = ", ".join(repr(c) for c in "0123456789")
+    assert f"text has 10 character(s) not in the tokenizer's vocab: {shown};" in str(e.value)
+    assert "more" not in str(e.value)
+
+
+def test_char_tokenizer_decode_refuses_the_id_past_its_vocab_and_2d_ids():
+    tok = CharTokenizer("abc")
+    assert tok.decode([2]) == "c"
+    with pytest.raises(DataError, match=r"ids \[3\] are outside the vocab \[0, 3\)"):
+        tok.decode([0, 3])
+    with pytest.raises(DataError, match=r"1-D sequence of ids, got shape \(1, 2\)"):
+        tok.decode([[0, 1]])
+
+
+def test_load_text_reads_a_bracket_glob(tmp_path):
+    for name, text in [("a.txt", "A"), ("b.txt", "B"), ("c.txt", "C")]:
+        (tmp_path / name).write_text(text)
+    assert load_text(str(tmp_path / "[ab].txt")) == "AB"
+
+
+def test_a_tiny_shakespeare_download_that_fails_its_sha256_is_not_cached(tmp_path, tmp_cache, monkeypatch):
+    """What a captive portal returns instead of the corpus is refused, never cached for later runs."""
+    portal = tmp_path / "portal.html"
+    portal.write_text("<html>log in to the wifi</html>")
+    monkeypatch.setattr(sources, "TINY_SHAKESPEARE_URL", portal.as_uri())
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(tmp_path))  # exists but lacks the file
+    with pytest.raises(DataError, match="do not match sha256"):
+        load_text("tiny_shakespeare")
+    assert not (tmp_cache / "tinyshakespeare" / "input.txt").exists()
+
+
+def test_get_batch_takes_a_split_of_exactly_block_size_plus_one():
+    toks = np.arange(9, dtype=np.uint16)
+    x, y = get_batch(toks, batch_size=3, block_size=8, seed=0, step=0)
+    np.testing.assert_array_equal(x, np.tile(np.arange(8), (3, 1)))  # the only window
+    np.testing.assert_array_equal(y, x + 1)
+
+
+def test_get_batch_seed_and_step_are_separate_keys():
+    """(seed, step) = (0, 1) and (1, 0) draw different batches: seeds are not steps of one stream."""
+    toks = np.arange(10_000, dtype=np.uint16)
+    kw = {"batch_size": 8, "block_size": 4}
+    for a, b in [((0, 1), (1, 0)), ((3, 5), (5, 3)), ((2, 7), (4, 5))]:
+        xa = get_batch(toks, seed=a[0], step=a[1], **kw)[0]
+        xb = get_batch(toks, seed=b[0], step=b[1], **kw)[0]
+        assert not np.array_equal(xa, xb), (a, b)
+
+
+def test_prepared_directory_keeps_the_given_tokenizer(tmp_path, data_dir):
+    """A checkpoint's GPT-2 tokenizer reading prepared tokens stays itself (its ranks file), not the one
+    meta.json recorded."""
+    from gptjax.data import GPT2Tokenizer
+    from gptjax.data.prepare import prepare_files
+
+    (tmp_path / "t.txt").write_text("abcabcabcd\n" * 10)
+    prepare_files([tmp_path / "t.txt"], tmp_path / "gpt2", GPT2Tokenizer())
+    (tmp_path / "r.tiktoken").write_bytes((data_dir / "gpt2" / "gpt2.tiktoken").read_bytes())
+    ranks = str(tmp_path / "r.tiktoken")
+    assert load_dataset(str(tmp_path / "gpt2"), tokenizer=GPT2Tokenizer(ranks)).tokenizer.ranks == ranks
+
+
+def test_prepare_tokens_refuses_a_text_too_short_for_both_splits(tmp_path):
+    with pytest.raises(DataError, match="text of 1 characters leaves an empty split at val_fraction=0.1"):
+        prepare_tokens("a", CharTokenizer("a"), cache_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -193,3 +193,16 @@ def test_tokenizer_files(tmp_path, data_dir):
     for run in (lambda: prepare.make_tokenizer(str(broken), []), lambda: load_tokenizer(broken)):
         with pytest.raises(DataError, match=r"tok.json is not a tokenizer JSON file \(Unterminated string"):
             run()
+
+
+def test_settings_that_cannot_split_or_chunk_are_refused(tmp_path):
+    files = [write(tmp_path, "a.txt", "some text\n" * 20)]
+    for val_fraction in (0.0, 1.0, -0.5):
+        with pytest.raises(DataError, match=rf"val_fraction={val_fraction} must be in \(0, 1\)"):
+            prepare.prepare_files(files, tmp_path / "out", ByteTokenizer(), val_fraction=val_fraction)
+    with pytest.raises(DataError, match="chunk_bytes=3 cannot hold a 4-byte UTF-8 character"):
+        prepare.prepare_files(files, tmp_path / "out", ByteTokenizer(), chunk_bytes=3)
+    assert not (tmp_path / "out").exists()
+    meta = prepare.prepare_files(files, tmp_path / "out", ByteTokenizer(), val_fraction=0.2)
+    assert meta["val_fraction"] == prepare.open_prepared(tmp_path / "out")[2]["val_fraction"] == 0.2
+    assert (meta["train_tokens"], meta["val_tokens"]) == (160, 40)

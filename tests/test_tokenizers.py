@@ -154,3 +154,37 @@ def test_train_bpe_names_a_file_that_is_not_utf8(tmp_path):
         DataError, match=r"latin1.txt is not valid UTF-8 \(invalid continuation byte at byte 3"
     ):
         bpe.train_bpe(files, vocab_size=300)
+
+
+def test_gpt2_begins_and_ends_with_endoftext(gpt2):
+    assert gpt2.bos_id == gpt2.eos_id == 50256  # GPT-2's config.json: bos_token_id = eos_token_id
+
+
+def test_tiktoken_source_searches_the_data_dir_first(gpt2_ranks):
+    """A checkpoint that loaded tiktoken's own ranks names TIKTOKEN_SOURCE; it still prefers the data dir."""
+    assert bpe.resolve_gpt2_ranks(bpe.TIKTOKEN_SOURCE) == gpt2_ranks
+    assert GPT2Tokenizer(bpe.TIKTOKEN_SOURCE).ranks == gpt2_ranks
+
+
+def test_gpt2_from_json_keeps_a_ranks_file_that_still_exists(gpt2_ranks, tmp_path):
+    elsewhere = tmp_path / "r50k.tiktoken"
+    elsewhere.write_bytes(open(gpt2_ranks, "rb").read())
+    again = tokenizer_from_json({"kind": "gpt2", "ranks": str(elsewhere)})
+    assert again.ranks == str(elsewhere) and again.encode("Hello world") == [15496, 995]
+
+
+def test_train_bpe_needs_room_for_the_bytes_and_endoftext(tmp_path):
+    (tmp_path / "c.txt").write_text("hello world\n" * 20)
+    match = r"vocab_size=256 is too small: the 256 bytes and <\|endoftext\|> need 257"
+    with pytest.raises(DataError, match=match):
+        bpe.train_bpe([str(tmp_path / "c.txt")], vocab_size=256)
+    assert bpe.train_bpe([str(tmp_path / "c.txt")], vocab_size=257).vocab_size == 257  # just the bytes + EOT
+
+
+def test_hf_tokenizer_without_its_eos_token_has_none(trained):
+    tok = trained[0]
+    assert (tok.eos_id, tok.bos_id, tok.eos_token) == (0, 0, bpe.GPT2_EOT)
+    other = bpe.HFTokenizer(tok.to_json()["tokenizer"], eos="<|im_end|>")  # not in its vocab
+    assert (other.eos_id, other.bos_id, other.eos_token) == (None, None, None)
+    plain = bpe.HFTokenizer(tok.to_json()["tokenizer"], eos=None)
+    assert (plain.eos_id, plain.eos_token) == (None, None)

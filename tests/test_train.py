@@ -388,3 +388,137 @@ def test_readers_follow_a_run_that_deletes_the_step_they_read(tmp_path, data_dir
     victims.add(10)
     with pytest.raises(checkpoint.StepVanished, match="checkpoints/10 was deleted while being read"):
         load_params(tmp_path, step=10)  # an explicit step is never swapped for another
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"max_iters": -1}, "max_iters=-1 must be >= 0"),
+        ({"max_iters": 25}, "max_iters=25 must be a multiple of steps_per_call=10"),
+        ({"eval_interval": 15}, "eval_interval=15 must be a multiple of steps_per_call=10"),
+        ({"checkpoint_interval": 5}, "checkpoint_interval=5 must be a multiple of steps_per_call=10"),
+    ],
+)
+def test_loop_lengths_that_miss_the_calls_are_refused_up_front(tmp_path, overrides, match):
+    """Calls of steps_per_call steps must land on every interval and end exactly at max_iters."""
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(tiny_config(**overrides), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_init_from_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match="init_from='resume' but .* has no checkpoint; use init_from='scratch'"
+    ):
+        train_and_evaluate(tiny_config(init_from="resume"), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_evaluations_draw_fresh_batches_apart_from_training(tmp_path, data_dir, tmp_cache, monkeypatch):
+    """Each evaluation draws eval_iters batches no other evaluation (even a closer one than eval_iters
+    steps) and no training step sees; its losses join that step's training record in one line."""
+    from gptjax import train
+
+    seen, batches = [], train.batches
+
+    def recording_batches(tokens, config, **kwargs):
+        xy = batches(tokens, config, **kwargs)
+        if kwargs["seed"] == 0 and kwargs["steps"] == range(1):
+            return xy  # the up-front check that each split holds a batch
+        seen.append((kwargs.get("split", "training"), [x.tobytes() for x in xy[0]]))
+        return xy
+
+    monkeypatch.setattr(train, "batches", recording_batches)
+    config = tiny_config(
+        max_iters=4, steps_per_call=1, eval_interval=2, checkpoint_interval=4, log_interval=2
+    )
+    train_and_evaluate(config, tmp_path)
+    split_batches = {
+        s: [x for split, xs in seen if split == s for x in xs] for s in ("train", "val", "training")
+    }
+    assert [len(split_batches[s]) for s in ("train", "val", "training")] == [12, 12, 4]  # evals at 0, 2, 4
+    for xs in split_batches.values():
+        assert len(set(xs)) == len(xs)  # no batch drawn twice
+    assert not set(split_batches["train"]) & set(split_batches["training"])
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert all({"train_loss", "val_loss", "eval_train_loss"} <= r.keys() for r in records[:2])
+
+
+def test_finetune_from_a_scanned_workdir_into_the_layer_loop(tmp_path, data_dir, tmp_cache):
+    """A source trained with scan_layers=True fine-tunes into scan_layers=False: its layers are unstacked."""
+    base = tiny_config(max_iters=0)
+    base.model.scan_layers = True
+    train_and_evaluate(base, tmp_path / "base")
+    train_and_evaluate(tiny_config(max_iters=0, init_from=str(tmp_path / "base")), tmp_path / "ft")
+    assert_params_equal(unstack_layers(load_params(tmp_path / "base")[0]), load_params(tmp_path / "ft")[0])
+
+
+def test_a_diverged_state_is_not_saved_between_evaluations(tmp_path, data_dir, tmp_cache):
+    """A checkpoint due at a step with no evaluation (and no log) first reads the previous call's metrics:
+    diverged parameters never replace the last good checkpoint."""
+    config = tiny_config(max_iters=10, checkpoint_interval=10, eval_interval=10)
+    train_and_evaluate(config, tmp_path)
+    config.update(max_iters=40, eval_interval=40, log_interval=40)
+    config.opt.update(lr=1e30, min_lr=1e30, decay_lr=False, grad_clip=0.0)
+    with pytest.raises(FloatingPointError, match="training diverged at step 10"):
+        train_and_evaluate(config, tmp_path)
+    assert checkpoint.Checkpointer(tmp_path, read_only=True).manager.all_steps() == [10]
+    # The last call's steps are all read before the final evaluation: the error names where it diverged.
+    config.update(max_iters=20, eval_interval=20, checkpoint_interval=20, log_interval=20)
+    with pytest.raises(FloatingPointError, match="training diverged at step 10"):
+        train_and_evaluate(config, tmp_path)
+    assert checkpoint.Checkpointer(tmp_path, read_only=True).manager.all_steps() == [10]
+
+
+def test_resume_carries_best_val_and_tokenizer_and_reruns_a_finished_run(tmp_path, data_dir, tmp_cache):
+    """A resumed run keeps the checkpoint's best val loss and tokenizer (not the config's), evaluates the
+    step it resumes at again, and a finished run run again changes nothing."""
+    intervals = dict(eval_interval=10, checkpoint_interval=10, log_interval=10)
+    train_and_evaluate(tiny_config(max_iters=10, **intervals), tmp_path)
+    meta_file = tmp_path / "checkpoints" / "10" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert meta["best_val_loss"] > 1.0
+    meta_file.write_text(json.dumps({**meta, "best_val_loss": 0.5}))  # as if an earlier eval had reached 0.5
+    config = tiny_config(max_iters=20, **intervals)
+    config.data.tokenizer = "byte"  # the checkpoint's char tokenizer wins
+    summary = train_and_evaluate(config, tmp_path)
+    assert summary["best_val_loss"] == 0.5
+    _, cfg, tokenizer, _ = load_params(tmp_path)
+    assert tokenizer.kind == "char" and cfg.vocab_size == 65
+    reader = checkpoint.Checkpointer(tmp_path, read_only=True)
+    assert reader.restore_json(20)["meta"]["best_val_loss"] == 0.5
+    records = read_metrics(tmp_path)
+    assert [(r["step"], "val_loss" in r) for r in records] == [(0, True), (10, True), (20, True)]
+    # Run again when finished: nothing to train; the final evaluation, logged again, replaces its line.
+    assert train_and_evaluate(config, tmp_path)["step"] == 20
+    assert reader.manager.all_steps() == [10, 20]
+    assert read_metrics(tmp_path) == records
+
+
+def test_keep_checkpoints_keeps_that_many_of_the_newest(tmp_path, data_dir, tmp_cache):
+    config = tiny_config(
+        max_iters=4, steps_per_call=1, eval_interval=4, checkpoint_interval=1, keep_checkpoints=3
+    )
+    train_and_evaluate(config, tmp_path)
+    assert checkpoint.Checkpointer(tmp_path, read_only=True).manager.all_steps() == [2, 3, 4]
+
+
+def test_a_run_starting_from_non_finite_parameters_stops_at_its_first_evaluation(
+    tmp_path, data_dir, tmp_cache
+):
+    """A fine-tuning source holding NaNs is refused by the evaluation at step 0: nothing is saved."""
+    from gptjax.convert import save_checkpoint
+    from gptjax.data import CharTokenizer
+    from gptjax.train import abstract_state, model_config
+
+    config = tiny_config(max_iters=0)
+    chars = CharTokenizer.from_text((data_dir / "tinyshakespeare" / "input.txt").read_text())
+    cfg = model_config(config, chars.vocab_size)
+    init, _ = abstract_state(cfg, config.opt, config.seed)
+    params = jax.tree_util.tree_map(lambda p: np.full(p.shape, np.nan, p.dtype), init().params)
+    save_checkpoint(tmp_path / "nan", params, cfg, chars, config=config)
+    config.init_from = str(tmp_path / "nan")
+    with pytest.raises(FloatingPointError, match="training diverged at step 0"):
+        train_and_evaluate(config, tmp_path / "w")
+    assert checkpoint.Checkpointer(tmp_path / "w", read_only=True).latest_step() is None

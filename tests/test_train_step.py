@@ -348,3 +348,15 @@ def test_eval_in_micro_batches_equals_one_batch(tiny_state, tiny_batch):
         return compiled.memory_analysis().temp_size_in_bytes
 
     assert scratch(4) < scratch(1) / 2
+
+
+def test_lr_schedule_without_a_cosine_phase_drops_to_min_lr():
+    """lr_decay_iters == warmup_iters: warmup to lr, then min_lr at once; never a division by zero."""
+    opt = ml_collections.ConfigDict(
+        dict(lr=1e-3, min_lr=1e-4, warmup_iters=5, lr_decay_iters=5, decay_lr=True)
+    )
+    lrs = np.asarray(lr_schedule(opt)(jnp.arange(10)), np.float64)
+    assert np.all(np.isfinite(lrs))
+    np.testing.assert_allclose(lrs[:5], [1e-3 * (s + 1) / 6 for s in range(5)], rtol=1e-6)
+    assert lrs[5] == pytest.approx(1e-3, rel=1e-6)  # the warmup's end: the cosine's start
+    np.testing.assert_allclose(lrs[6:], 1e-4, rtol=1e-6)
