@@ -86,6 +86,44 @@ def test_bfloat16_compute_is_close_to_float32(tiny_cfg):
     np.testing.assert_allclose(bf16_BTV, f32_BTV, rtol=0, atol=0.05 * scale)
 
 
+@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+def test_bfloat16_compute_keeps_the_residual_stream_in_bfloat16(tiny_cfg, position):
+    """dtype is the activations' dtype: float32 parameters (wte, wpe) must not promote the stream."""
+    cfg = dataclasses.replace(tiny_cfg, dtype="bfloat16", position=position)
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and context.module.name in ("h_0", "h_1", "ln_f"):
+            seen[context.module.name] = args[0].dtype
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        GPT(cfg).apply({"params": init_params(cfg)}, random_tokens(cfg, (2, cfg.block_size)))
+    assert seen == {"h_0": jnp.bfloat16, "h_1": jnp.bfloat16, "ln_f": jnp.bfloat16}
+
+
+def test_bfloat16_attention_takes_logits_and_softmax_in_float32():
+    """With dtype=bfloat16 the attention logits are accumulated and soft-maxed in float32: two keys whose
+    logits are 256 and 256.5 (bfloat16 spacing is 2 there, so both would round to 256) get the weights
+    softmax([256, 256.5]), not 1/2 each. One head of width 4 on the one-hot inputs e0, e1; every weight
+    below is exact in bfloat16."""
+    from gptjax.attention import CausalSelfAttention
+
+    D = 4
+    w_q, w_k, w_v = np.zeros((D, D)), np.zeros((D, D)), np.eye(D)
+    w_q[1, :2] = [32, 1]  # the second token's query
+    w_k[0, 0], w_k[1, :2] = 16, [16, 1]  # keys: q.k = 512 and 513, / sqrt(4)
+    params = {"c_attn": {"kernel": np.concatenate([w_q, w_k, w_v], axis=1)}, "c_proj": {"kernel": np.eye(D)}}
+    params = jax.tree_util.tree_map(lambda w: jnp.asarray(w, jnp.float32), params)
+    attn = CausalSelfAttention(
+        n_head=1, n_embd=D, n_layer=1, use_bias=False, dropout=0.0, dtype="bfloat16", param_dtype="float32"
+    )
+    x_BTD = jnp.asarray(np.eye(D)[None, :2], jnp.float32)
+    out_BTD, _ = attn.apply({"params": params}, x_BTD, deterministic=True)
+    weights = np.exp([256.0, 256.5] - np.logaddexp(256.0, 256.5))  # 0.378, 0.622
+    np.testing.assert_allclose(np.asarray(out_BTD[0, 1, :2], np.float64), weights, atol=4e-3)
+
+
 # ----- Causality. -----
 
 
