@@ -212,7 +212,8 @@ class TopK:
 
 @struct.dataclass
 class TopP:
-    """Keeps the smallest set of most likely tokens whose probabilities sum to >= p (nucleus sampling)."""
+    """Keeps the smallest set of most likely tokens whose probabilities sum to >= p (nucleus sampling),
+    and any token tied with the least likely one kept (HF drops such ties by their place in its sort)."""
 
     p: float
     min_keep: int = struct.field(pytree_node=False, default=1)  # the most likely min_keep always stay

@@ -71,6 +71,8 @@ def test_top_p_keeps_a_top_set_whose_mass_is_exactly_p_alone():
     for p, kept in [(0.5, [1]), (0.75, [1, 3]), (0.875, [1, 2, 3]), (0.8, [1, 2, 3]), (0.4, [1])]:
         out_1V = np.asarray(sample.TopP(p)(logits_1V, None))
         assert np.flatnonzero(np.isfinite(out_1V[0])).tolist() == kept, p
+    # 0.9375 is reached with one of the two 0.0625 tokens: the one tied with it stays too.
+    assert np.isfinite(np.asarray(sample.TopP(0.9375)(logits_1V, None))).all()
 
 
 # ----- Top-k draws keep the tokens tied with the k-th ------------------------------------------------------
