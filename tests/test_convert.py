@@ -242,6 +242,22 @@ def test_block_size_is_n_positions():
     assert convert.hf_config(GPTConfig(vocab_size=11, block_size=4))["n_positions"] == 4
 
 
+def test_config_fields_both_ways_and_zero_pad_rows():
+    """HF's dropouts are not imported (fine-tuning sets its own) and an explicit n_inner of 4 * n_embd is
+    GPT-2's width; export writes the tokenizer's BOS and EOS ids and imports back to the same config; a
+    padded vocabulary's extra rows import as zeros."""
+    cfg = convert.config_from_hf(tiny_hf_config(n_inner=32, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
+    assert (cfg.tie_embeddings, cfg.gelu, cfg.dropout) == (True, "tanh", 0.0)
+    untied = dataclasses.replace(cfg, tie_embeddings=False, gelu="exact")
+    hf = convert.hf_config(untied, type("Tok", (), {"bos_id": 3, "eos_id": 5})())
+    assert (hf["bos_token_id"], hf["eos_token_id"], hf["activation_function"]) == (3, 5, "gelu")
+    assert convert.config_from_hf(hf) == untied
+    ones = {hf: np.ones(shape, np.float32) for hf, _, shape in convert.weight_map(untied)}
+    params = convert.params_from_hf(ones, dataclasses.replace(untied, vocab_multiple=8))
+    for rows in (params["wte"]["embedding"], params["lm_head"]):
+        assert rows.shape == (16, 8) and np.all(rows[:11] == 1) and np.all(rows[11:] == 0)
+
+
 def test_weight_errors_name_the_weight_and_shapes():
     cfg = convert.config_from_hf(tiny_hf_config())
     rng = np.random.default_rng(0)

@@ -84,19 +84,20 @@ def test_bos_predicts_the_first_token(data_dir):
     assert r["bits_per_byte"] == pytest.approx(2 * math.log2(tok.vocab_size) / len("Hello world"), rel=1e-6)
 
 
-def test_random_batch_loss_is_the_mean_of_train_style_batches():
-    """random_batch_loss = the mean of the per-batch losses training's evaluation computes, and its
-    groups are the means of consecutive `group` batches."""
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_random_batch_loss_is_the_mean_of_train_style_batches(split):
+    """random_batch_loss = the mean of the per-batch losses training's evaluation computes on the windows
+    of the given split's stream, and its groups are the means of consecutive `group` batches."""
     from gptjax.data import get_batch
     from gptjax.evaluate import random_batch_loss
 
     params, cfg = model(256)
     tokens = np.random.default_rng(0).integers(0, 256, 500).astype(np.uint16)
-    r = random_batch_loss(params, cfg, tokens, batch_size=3, batches=6, group=2, split="val", seed=7)
+    r = random_batch_loss(params, cfg, tokens, batch_size=3, batches=6, group=2, split=split, seed=7)
     losses = []
     for step in range(6):
         x_BT, y_BT = get_batch(
-            tokens, batch_size=3, block_size=cfg.block_size, seed=7, step=step, split="val"
+            tokens, batch_size=3, block_size=cfg.block_size, seed=7, step=step, split=split
         )
         loss, _ = GPT(cfg).apply({"params": params}, x_BT, targets_BT=y_BT)
         losses.append(float(loss))

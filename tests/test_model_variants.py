@@ -103,6 +103,22 @@ def test_attention_backends_agree_with_cache_and_padding(params):
     assert_close(out["einsum"], out["xla"], atol=1e-5)
 
 
+def test_xla_attention_hides_padded_keys_without_a_cache(params):
+    """A left-padded batch in one pass (kv_mask_BS, no cache): the xla backend hides the pads as the
+    einsum reference does, and a padded row's real tokens get the logits they get alone."""
+    x_BT = tokens(T=8)
+    kv_mask_BS = jnp.ones((2, 8), bool).at[0, :3].set(False)  # row 0: three pads on the left
+    positions_BT = jnp.maximum(jnp.cumsum(kv_mask_BS, axis=1) - 1, 0).astype(jnp.int32)
+    out = {}
+    for impl in ("einsum", "xla"):
+        model = GPT(dataclasses.replace(BASE, attention=impl))
+        logits, _ = model.apply({"params": params}, x_BT, positions_BT=positions_BT, kv_mask_BS=kv_mask_BS)
+        out[impl] = (logits[0, 3:], logits[1])
+    alone, _ = GPT(BASE).apply({"params": params}, x_BT[:1, 3:])
+    assert_close(out["einsum"], out["xla"], atol=1e-5)
+    assert_close(out["xla"][0], alone[0], atol=1e-5)
+
+
 def test_non_einsum_attention_refuses_attention_dropout(params):
     cfg = dataclasses.replace(BASE, attention="xla", dropout=0.1)
     with pytest.raises(ValueError, match="no attention dropout"):
@@ -130,3 +146,83 @@ def test_padded_vocab_masks_the_pads_and_keeps_the_loss(params):
     np.testing.assert_allclose(
         loss_and_grads(padded, p, tokens())[0], loss_and_grads(BASE, params, tokens())[0], rtol=1e-6
     )
+
+
+def test_chunked_loss_backward_scales_by_the_incoming_cotangent(params):
+    """loss_chunk's custom backward multiplies both of its gradients (hidden states and the LM head) by
+    the cotangent it receives: grad(c * loss) is c times grad(loss), as for the full logits, e.g. under
+    the 1/grad_accum of gradient accumulation. A ragged last chunk and a padded vocabulary included."""
+    x_BT = tokens(T=16)
+    padded = dataclasses.replace(BASE, vocab_multiple=64)
+    p = dict(params)
+    p["wte"] = {"embedding": jnp.pad(params["wte"]["embedding"], ((0, 24), (0, 0)))}
+
+    def scaled(cfg):
+        def loss(q):
+            loss, _ = GPT(cfg).apply({"params": q}, x_BT[:, :-1], targets_BT=x_BT[:, 1:])
+            return 0.25 * loss
+
+        return jax.jit(jax.value_and_grad(loss))(p)
+
+    loss, grads = scaled(padded)
+    loss_c, grads_c = scaled(dataclasses.replace(padded, loss_chunk=4))  # 15 positions: 4 chunks
+    np.testing.assert_allclose(loss_c, loss, rtol=1e-6)
+    assert_close(grads_c, grads, atol=1e-7)
+
+
+def _residual_bytes(cfg, p, x_BT):
+    """Bytes of what the backward pass keeps from the forward pass (model inputs and params aside)."""
+    import contextlib
+    import io
+    import re
+
+    import jax.ad_checkpoint
+
+    def loss(q):
+        logits_BTV, _ = GPT(cfg).apply({"params": q}, x_BT[:, :-1])
+        return cross_entropy(logits_BTV, x_BT[:, 1:])
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(loss, p)
+    total = 0
+    for line in out.getvalue().splitlines():
+        m = re.match(r"[a-z]+(\d+)\[([\d,]*)\]", line)  # e.g. f32[2,15,32]
+        if m and "from the argument" not in line:
+            dims = [int(d) for d in m.group(2).split(",") if d]
+            total += int(np.prod(dims)) * int(m.group(1)) // 8
+    return total
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_remat_policies_keep_less_of_the_forward_pass(params, scan):
+    """Rematerialisation trades memory for compute: "full" keeps least (block inputs), "dots_no_batch"
+    the weights' matmuls, "dots" every matmul, "none" everything."""
+    p = stack_layers(params, BASE.n_layer) if scan else params
+    kept = {
+        policy: _residual_bytes(dataclasses.replace(BASE, remat=policy, scan_layers=scan), p, tokens())
+        for policy in ("full", "dots_no_batch", "dots", "none")
+    }
+    assert kept["full"] < kept["dots_no_batch"] < kept["dots"] < kept["none"], kept
+
+
+def test_scanned_layers_draw_their_own_dropout_masks(params):
+    """nn.scan splits the dropout key over the layers, as the loop's layers draw their own masks: with
+    zero kernels each block adds dropout(bias) to the residual stream whatever its input, so the
+    gradients of the stacked c_proj biases differ between layers only through their dropout masks."""
+    cfg = dataclasses.replace(BASE, dropout=0.5, scan_layers=True)
+    zero = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if path[-1].key == "kernel" else x, params
+    )
+
+    def loss(p):
+        logits_BTV, _ = GPT(cfg).apply(
+            {"params": p}, tokens(), deterministic=False, rngs={"dropout": jax.random.key(2)}
+        )
+        return jnp.sum(logits_BTV[..., 0])
+
+    grads = jax.jit(jax.grad(loss))(stack_layers(zero, BASE.n_layer))
+    bias_LD = np.asarray(grads["h"]["attn"]["c_proj"]["bias"])
+    assert np.count_nonzero(bias_LD) > bias_LD.size // 4  # the gradient reaches the biases
+    for i in range(1, BASE.n_layer):
+        assert not np.allclose(bias_LD[0], bias_LD[i]), i

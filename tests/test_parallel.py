@@ -1,6 +1,7 @@
 """Data, FSDP and tensor parallelism on 8 fake CPU devices (see conftest), and two processes
 training together through jax.distributed."""
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -166,6 +167,8 @@ def test_mesh_shape_errors():
     with pytest.raises(ValueError, match="needs 12 devices but there are 8"):
         parallel.make_mesh(dict(data=3, fsdp=4, tensor=1))
     assert parallel.make_mesh(dict(data=-1, fsdp=2, tensor=2)).shape["data"] == 2
+    with pytest.raises(ValueError, match="at most one axis may be -1"):
+        parallel.make_mesh(dict(data=-1, fsdp=-1, tensor=2))
 
 
 def _free_port() -> int:
@@ -251,3 +254,47 @@ def test_two_processes_train_like_one(tmp_path, data_dir, tmp_cache):
     # Fine-tuning from a workdir, on devices of both processes.
     _train_in_two_processes(tmp_path / "ft", dict(overrides, max_iters=0, init_from=tmp_path / "one"))
     close(load_params(tmp_path / "ft")[0], one, atol=0)
+
+
+def test_parameter_shardings_follow_the_logical_axes_and_the_rules():
+    """c_attn and fc split their outputs over tensor and their inputs over fsdp, c_proj and proj the
+    reverse (Megatron's pairs); the vocabulary rows of wte and of an untied lm_head go over tensor, wpe's
+    positions nowhere; scanned layers keep their leading L axis replicated; a dimension its mesh axis
+    does not divide (63 rows) stays replicated; other rules map the same logical axes elsewhere."""
+    from gptjax.model import GPT, GPTConfig
+
+    cfg = GPTConfig(
+        vocab_size=63, block_size=6, n_layer=2, n_head=2, n_embd=16, tie_embeddings=False, scan_layers=True
+    )
+    init = lambda cfg: GPT(cfg).init(jax.random.key(0), np.zeros((1, 6), np.int32))["params"]  # noqa: E731
+    shapes = jax.eval_shape(lambda: init(cfg))
+    mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    spec = lambda shardings: jax.tree_util.tree_map(lambda s: tuple(s.spec), shardings)  # noqa: E731
+    got = spec(parallel.state_shardings(shapes, mesh))
+    h = got["h"]
+    assert h["attn"]["c_attn"]["kernel"] == (None, "fsdp", "tensor")
+    assert h["attn"]["c_attn"]["bias"] == (None, "tensor")
+    assert h["attn"]["c_proj"]["kernel"] == (None, "tensor", "fsdp")
+    assert h["mlp"]["fc"]["kernel"] == (None, "fsdp", "tensor")
+    assert h["mlp"]["proj"]["kernel"] == (None, "tensor", "fsdp")
+    assert h["ln_1"]["scale"] == (None, "fsdp")
+    assert got["wpe"]["embedding"] == (None, "fsdp")
+    assert got["wte"]["embedding"] == got["lm_head"] == (None, "fsdp")  # 63 rows: not over tensor
+    bigger = jax.eval_shape(lambda: init(dataclasses.replace(cfg, vocab_multiple=2)))  # 64 rows
+    assert spec(parallel.state_shardings(bigger, mesh))["lm_head"] == ("tensor", "fsdp")
+    rules = (("embed", None), ("mlp", "fsdp"))
+    other = spec(parallel.state_shardings(shapes, mesh, rules))
+    assert other["h"]["mlp"]["fc"]["kernel"] == (None, None, "fsdp")
+    assert other["h"]["attn"]["c_attn"]["kernel"] == (None, None, None)
+
+
+def test_each_process_loads_an_equal_share_of_the_batch(monkeypatch):
+    """Outside mesh mode, process i of n loads rows [i * B/n, (i + 1) * B/n) of each global batch."""
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    rows = []
+    for i in range(4):
+        monkeypatch.setattr(jax, "process_index", lambda i=i: i)
+        rows.append(np.arange(32)[parallel.process_rows(32)])
+        assert parallel.Placement("single").process_rows(32) == parallel.process_rows(32)
+    np.testing.assert_array_equal(np.concatenate(rows), np.arange(32))
+    assert all(len(r) == 8 for r in rows)

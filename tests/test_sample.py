@@ -17,7 +17,7 @@ import pytest
 
 import gptjax
 from gptjax import decode, sample
-from gptjax.data import CharTokenizer
+from gptjax.data import ByteTokenizer, CharTokenizer
 from gptjax.model import GPT
 from gptjax.sample import GenerateOptions
 
@@ -76,6 +76,7 @@ def test_cached_logits_match_full_forward(tiny_cfg, params, full_logits):
         if int(state.cur) - int(state.offset) == S:
             state = decode.slide(params, tiny_cfg, state)
             slides += 1
+            assert int(state.cur) - int(state.offset) == tiny_cfg.block_size // 2 - 1  # the newest half
         logits_BV, cache = forward(params, tiny_cfg, state)
         cur, offset = int(state.cur), int(state.offset)
         tokens, valid = np.asarray(state.tokens_BL), np.asarray(state.valid_BL)
@@ -409,6 +410,35 @@ def test_empty_prompt_needs_a_start_token(model):
     )
     expected = run(params, cfg, [[0]], max_new_tokens=3, do_sample=False, eos_token_id=0)[0][0]
     assert text == "".join("abcdefghijklmnop"[t] for t in expected if t != 0)
+
+
+def test_given_options_beat_saved_ones_which_beat_the_tokenizers_eos():
+    tok = type("Tok", (), {"eos_id": 1})()
+    saved = dict(max_new_tokens=5, temperature=0.5, top_k=None, seed=9, prompt="\n")  # prompt: no option
+    o = sample.merged_options(saved, tok, temperature=0.8, top_k=None)
+    assert (o.temperature, o.seed, o.max_new_tokens, o.top_k, o.eos_token_id) == (0.8, 9, 5, None, (1,))
+    o = sample.merged_options(saved, tok, max_length=12)  # beats the saved max_new_tokens too
+    assert (o.max_new_tokens, o.max_length) == (None, 12)
+    assert sample.merged_options({"eos_token_id": 0, "temperature": None}, tok).eos_token_id == (0,)
+    assert sample.merged_options({"eos_token_id": 0}, tok, eos_token_id=[2, 3]).eos_token_id == (2, 3)
+    assert sample.merged_options({"temperature": None}, tok).temperature == 1.0  # saved None: unset
+
+
+def test_streaming_holds_back_the_first_bytes_of_a_character(model, monkeypatch):
+    """A character split across tokens (byte-level BPE, bytes) is streamed once whole, never as U+FFFD."""
+    new = list("héllo wörld".encode())
+
+    def fake_generate_ids(params, config, prompts, options, *, on_chunk, chunk):
+        assert chunk == 1
+        for n in range(1, len(new) + 1):  # one token per chunk, as the decode loop calls it
+            if on_chunk(np.asarray([new[:n]])):
+                break
+        return [[np.asarray(new, np.int32)]]
+
+    monkeypatch.setattr(sample, "generate_ids", fake_generate_ids)
+    pieces = []
+    (c,) = sample.complete((model[0], model[1], ByteTokenizer()), "x", stream=pieces.append)
+    assert c.text == "héllo wörld" and "".join(pieces) == c.text + "\n" and len(pieces) > 2
 
 
 # ----- HF generate() on a converted random GPT-2 (needs torch + transformers; see scripts/bench.py) -------
