@@ -23,7 +23,12 @@ setup(
         "tiktoken>=0.14",  # GPT-2's BPE (gptjax.data.GPT2Tokenizer)
     ],
     extras_require={
-        "test": ["pytest>=9.0", "hypothesis>=6.150", "ruff>=0.17"],
+        "test": [
+            "pytest>=9.0",
+            "pytest-timeout>=2.4.0",  # the per-test timeout (pyproject.toml): a hung test fails the run
+            "hypothesis>=6.150",
+            "ruff>=0.17",
+        ],
         "cuda": ["jax[cuda12]>=0.10.2"],
         # Hugging Face GPT-2 import/export (gptjax.convert), the PyTorch comparison (compare_torch).
         "torch": ["torch==2.13.0", "transformers>=5.23", "safetensors>=0.8"],
