@@ -19,6 +19,7 @@ class BeamState:
 
     scores_BK: jax.Array  # running beams: sum of log-probabilities
     fin_tokens_BKL: jax.Array  # the K best finished sequences so far, best first
+    fin_logp_BKL: jax.Array  # float32: the model's log-probability of each of their new tokens
     fin_scores_BK: jax.Array  # their length-penalised scores (NEG_SCORE for an empty slot)
     fin_done_BK: jax.Array  # bool: the slot holds a finished sequence
     fin_len_BK: jax.Array  # int32: its number of new tokens
@@ -32,6 +33,7 @@ def initial(N: int, K: int, L: int) -> BeamState:
     return BeamState(
         scores_BK=scores_BK,
         fin_tokens_BKL=np.zeros((N, K, L), np.int32),
+        fin_logp_BKL=np.zeros((N, K, L), np.float32),
         fin_scores_BK=np.full((N, K), NEG_SCORE, np.float32),
         fin_done_BK=np.zeros((N, K), bool),
         fin_len_BK=np.zeros((N, K), np.int32),
@@ -52,7 +54,8 @@ def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty
     b = state.beam
     N, K = b.scores_BK.shape
     V = logits_RV.shape[-1]
-    logp_RV = apply_rules(rules, jax.nn.log_softmax(logits_RV, axis=-1), history)
+    model_logp_RV = jax.nn.log_softmax(logits_RV, axis=-1)
+    logp_RV = apply_rules(rules, model_logp_RV, history)
     cand_BC = (logp_RV.reshape(N, K, V) + b.scores_BK[:, :, None]).reshape(N, K * V)
     # Keep (1 + number of EOS ids) * K candidates (at least 2K): K of them at least do not end.
     C = max(2, 1 + eos_E.shape[0]) * K
@@ -65,6 +68,7 @@ def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty
     else:
         top_BC, index_BC = jax.lax.top_k(cand_BC, C)
     parent_BC, token_BC = index_BC // V, (index_BC % V).astype(jnp.int32)
+    cand_logp_BC = jnp.take_along_axis(model_logp_RV.reshape(N, K * V), index_BC, axis=1)
     new_len = state.cur + 2 - state.first  # new tokens, this one included
     ends_BC = jnp.isin(token_BC, eos_E) | (state.cur + 1 == state.final)
 
@@ -72,6 +76,9 @@ def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty
     tokens_BKL = state.tokens_BL.reshape(N, K, -1)
     cand_tokens_BCL = jnp.take_along_axis(tokens_BKL, parent_BC[:, :, None], axis=1)
     cand_tokens_BCL = cand_tokens_BCL.at[:, :, state.cur + 1].set(token_BC)
+    logp_BKL = state.logp_BL.reshape(N, K, -1)
+    cand_logp_BCL = jnp.take_along_axis(logp_BKL, parent_BC[:, :, None], axis=1)
+    cand_logp_BCL = cand_logp_BCL.at[:, :, state.cur + 1].set(cand_logp_BC)
     just_done_BC = ends_BC & (jnp.arange(C) < K)[None, :]
     fin_score_BC = top_BC / new_len.astype(jnp.float32) ** length_penalty
     full_B1 = jnp.all(b.fin_done_BK, axis=1, keepdims=True) & (early_stopping is True)
@@ -80,9 +87,7 @@ def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty
     pick_BK = jax.lax.top_k(merged_BM, K)[1]
     take = lambda a, c: jnp.take_along_axis(jnp.concatenate([a, c], axis=1), pick_BK, axis=1)  # noqa: E731
     new_len_BC = jnp.full((N, C), new_len, jnp.int32)
-    fin_tokens_BKL = jnp.take_along_axis(
-        jnp.concatenate([b.fin_tokens_BKL, cand_tokens_BCL], axis=1), pick_BK[:, :, None], axis=1
-    )
+    take_rows = lambda a, c: jnp.take_along_axis(jnp.concatenate([a, c], axis=1), pick_BK[:, :, None], axis=1)  # noqa: E731
 
     # Running: the K best candidates that do not end continue.
     run_BC = top_BC + NEG_SCORE * ends_BC
@@ -90,12 +95,14 @@ def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty
     scores_BK = jnp.take_along_axis(run_BC, keep_BK, axis=1)
     rows_R = (jnp.take_along_axis(parent_BC, keep_BK, axis=1) + K * jnp.arange(N)[:, None]).reshape(-1)
     token_R = jnp.take_along_axis(token_BC, keep_BK, axis=1).reshape(-1)
+    logp_R = jnp.take_along_axis(cand_logp_BC, keep_BK, axis=1).reshape(-1)
     cache = jax.tree_util.tree_map(lambda x: x[rows_R] if x.ndim else x, cache)
     tokens_RL = state.tokens_BL[rows_R]
 
     beam = BeamState(
         scores_BK=scores_BK,
-        fin_tokens_BKL=fin_tokens_BKL,
+        fin_tokens_BKL=take_rows(b.fin_tokens_BKL, cand_tokens_BCL),
+        fin_logp_BKL=take_rows(b.fin_logp_BKL, cand_logp_BCL),
         fin_scores_BK=jnp.take_along_axis(merged_BM, pick_BK, axis=1),
         fin_done_BK=take(b.fin_done_BK, just_done_BC),
         fin_len_BK=take(b.fin_len_BK, new_len_BC),
@@ -109,6 +116,7 @@ def step(state, logits_RV, cache, history: History, rules, eos_E, length_penalty
     beam = beam.replace(open_B=beam.open_B & jnp.any(best_B1 > worst_BK, axis=1))
     return state.replace(
         tokens_BL=jax.lax.dynamic_update_slice_in_dim(tokens_RL, token_R[:, None], state.cur + 1, 1),
+        logp_BL=jax.lax.dynamic_update_slice_in_dim(state.logp_BL[rows_R], logp_R[:, None], state.cur + 1, 1),
         valid_BL=state.valid_BL[rows_R],
         cache=cache,
         kv_mask_BS=state.kv_mask_BS[rows_R],

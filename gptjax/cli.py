@@ -73,6 +73,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
             sys.exit(f"error: cannot load --config: {reason}; give an existing file, e.g. configs/tiny.py")
 
 
+def unescape(text: str) -> str:
+    """A flag's backslash escapes (\\n, \\t, \\u00e9) decoded; every other character, ASCII or not, kept."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """absl's app.run with one-line errors for bad flags, configs and data."""
 

@@ -18,6 +18,7 @@ from gptjax.sampling import BEAM_MODES, History, TopK, apply_rules
 @struct.dataclass
 class DecodeState:
     tokens_BL: jax.Array  # int32: left pads, prompt, new tokens (columns > cur not yet written)
+    logp_BL: jax.Array  # float32: the model's log-probability of each new token (0 elsewhere)
     valid_BL: jax.Array  # bool: not a left pad
     cache: list  # per layer KV cache of S slots; slot j holds column offset + j
     kv_mask_BS: jax.Array  # bool: the cache slot is not a pad
@@ -82,6 +83,7 @@ def initial_state(
     beam = beam_lib.initial(B // num_beams, num_beams, L) if num_beams else None
     state = DecodeState(
         tokens_BL=tokens_BL,
+        logp_BL=np.zeros(tokens_BL.shape, np.float32),
         valid_BL=valid_BL,
         cache=cache,
         kv_mask_BS=kv_mask_BS,
@@ -122,7 +124,7 @@ def forward(params, config: GPTConfig, state: DecodeState) -> tuple[jax.Array, l
 def history_of(state: DecodeState) -> History:
     """The tokens written so far, for the rules that look back (repetition penalty, n-grams)."""
     written_L = jnp.arange(state.tokens_BL.shape[1]) <= state.cur
-    return History(state.tokens_BL, state.valid_BL & written_L[None, :], state.cur)
+    return History(state.tokens_BL, state.valid_BL & written_L[None, :], state.cur, state.first)
 
 
 def finished(state: DecodeState, early_stopping) -> jax.Array:
@@ -160,14 +162,17 @@ def _sample_step(params, config, state: DecodeState, rules, eos_E, greedy: bool)
     else:
         keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.keys_B, state.cur + 1 - state.first)
         token_B = pick(rules, logits_BV, history_of(state), keys_B)
-    return advance(state, token_B, cache, eos_E)
+    logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BV, axis=-1), token_B[:, None], axis=1)[:, 0]
+    return advance(state, token_B, logp_B, cache, eos_E)
 
 
-def advance(state: DecodeState, token_B: jax.Array, cache: list, eos_E: jax.Array) -> DecodeState:
+def advance(state: DecodeState, token_B, logp_B, cache: list, eos_E: jax.Array) -> DecodeState:
     """Writes the next tokens after `cur` (pads for finished rows) and moves `cur` to them."""
     token_B = jnp.where(state.done_B, 0, token_B)
+    write = lambda x_BL, x_B: jax.lax.dynamic_update_slice_in_dim(x_BL, x_B[:, None], state.cur + 1, 1)  # noqa: E731
     return state.replace(
-        tokens_BL=jax.lax.dynamic_update_slice_in_dim(state.tokens_BL, token_B[:, None], state.cur + 1, 1),
+        tokens_BL=write(state.tokens_BL, token_B),
+        logp_BL=write(state.logp_BL, jnp.where(state.done_B, 0.0, logp_B)),
         cache=cache,
         cur=state.cur + 1,
         pos_B=state.pos_B + 1,

@@ -12,7 +12,9 @@ How `generate_ids` runs:
     to the model, applies the rules to its logits, picks the next token and writes it at `cur + 1`.
     It stops at the requested length, when every row has produced an EOS token (beam search: when no
     beam can still improve the finished ones, as HF decides it), or when the cache is full. Random
-    numbers come from per-row Philox keys (seed, prompt, sample index) folded with the step.
+    numbers come from per-row Philox keys (seed, prompt, sample index) folded with the step. Beside each
+    new token the loop keeps its log-probability under the model (the log-softmax of the raw logits,
+    before any rule), which beams carry along as they are reordered: Completion.logprobs.
   * One decoded row of a large model on CPU reads its kernels transposed (`for_matvec`): XLA's CPU
     matrix-vector product streams [out, in] weights faster than [in, out] ones.
   * Past the context the window slides: the newest block_size // 2 tokens are run through prefill again
@@ -139,24 +141,41 @@ def _token_id(t) -> int:
         raise ValueError(f"prompt token ids must be integers; got {t!r}") from None
 
 
+def _named_ids(options: GenerateOptions, name: str) -> list[int]:
+    """The token ids an option names (the words of bad_words_ids and sequence_bias flattened)."""
+    value = getattr(options, name) or ()
+    if name == "sequence_bias":
+        value = [word for word, _ in value]
+    return [t for word in value for t in word] if name in ("bad_words_ids", "sequence_bias") else list(value)
+
+
 def _prepare(
     params, config: GPTConfig, prompts, options: GenerateOptions
-) -> tuple[decode.DecodeState, int, int]:
-    """(state after prefill, longest prompt P, last column to write); prompts checked, cropped, padded."""
+) -> tuple[decode.DecodeState, int, int, tuple]:
+    """(state after prefill, longest prompt P, last column to write, the sampling rules); prompts checked,
+    cropped and padded."""
     prompts = _token_ids(prompts)
     for p in prompts:
         if not p:
             raise ValueError("a prompt is empty: give at least one token (e.g. the tokenizer's BOS token)")
         if not all(0 <= t < config.vocab_size for t in p):
             raise ValueError(f"prompt token ids must be in [0, {config.vocab_size}); got {p[:20]}")
-    if any(e >= config.vocab_size for e in options.eos_token_id or ()):
-        raise ValueError(
-            f"eos_token_id={list(options.eos_token_id)} has ids past the model's "
-            f"vocab_size={config.vocab_size}; pass ids in [0, {config.vocab_size})"
-        )
+    for name in (
+        "eos_token_id",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "bad_words_ids",
+        "sequence_bias",
+    ):
+        ids = _named_ids(options, name)
+        if any(t >= config.vocab_size for t in ids):
+            raise ValueError(
+                f"{name}={ids[:20]} has ids past the model's vocab_size={config.vocab_size}; "
+                f"pass ids in [0, {config.vocab_size})"
+            )
+    given = max(map(len, prompts))  # max_length and min_length count the prompt as given (HF)
     n_new = options.max_new_tokens
-    if n_new is None:  # max_length counts the prompt as given, before any cropping (HF)
-        given = max(map(len, prompts))
+    if n_new is None:
         n_new = options.max_length - given if options.max_length is not None else DEFAULT_MAX_NEW_TOKENS
         if n_new <= 0:
             raise ValueError(f"max_length={options.max_length} leaves no room after the {given}-token prompt")
@@ -191,7 +210,7 @@ def _prepare(
     final = P + n_new - 1
     num_beams = options.num_beams if options.mode in BEAM_MODES else None
     state = decode.initial_state(params, config, tokens_BL, valid_BL, P, final, keys_B, S, num_beams)
-    return state, P, final
+    return state, P, final, options.rules(prompt_len=given)
 
 
 def generate_ids(
@@ -208,14 +227,18 @@ def generate_ids(
     on_chunk(new_tokens_BN), when given, is called every `chunk` new tokens (not in beam search) with
     the tokens of every row so far; it returns True to stop early.
     """
+    return [[ids for ids, _ in seqs] for seqs in _generate(params, config, prompts, options, on_chunk, chunk)]
+
+
+def _generate(params, config, prompts, options, on_chunk, chunk) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """generate_ids, with the model's log-probability of each new token beside its id."""
     options = options or GenerateOptions()
     params, config = for_decoding(params, config)
-    state, P, final = _prepare(params, config, prompts, options)
+    state, P, final, rules = _prepare(params, config, prompts, options)
     mode, S = options.mode, state.kv_mask_BS.shape[1]
     step_params, step_config = params, config  # what the decode loop reads; prefill keeps [in, out]
     if _use_matvec_layout(params, rows=state.tokens_BL.shape[0]):
         step_params, step_config = for_matvec(params, config)
-    rules = options.rules()
     eos_E = jnp.asarray(options.eos_token_id or (), jnp.int32)
     length_penalty = jnp.float32(options.length_penalty)
     if mode in BEAM_MODES:
@@ -244,17 +267,19 @@ def generate_ids(
             state = decode.slide(params, config, state)
 
     eos, n_prompts = set(options.eos_token_id or ()), len(prompts)
-    if mode in BEAM_MODES:
-        fin_tokens = np.asarray(state.beam.fin_tokens_BKL)
-        fin_len = np.asarray(state.beam.fin_len_BK)
-        R = options.num_return_sequences
-        return [[fin_tokens[i, r, P : P + fin_len[i, r]] for r in range(R)] for i in range(n_prompts)]
-    new_BN = np.asarray(state.tokens_BL)[:, P : cur + 1]
-    out = []
-    for row in new_BN:
-        ends = [i for i, t in enumerate(row) if t in eos]
-        out.append(row[: ends[0] + 1] if ends else row)
     R = options.num_return_sequences
+    if mode in BEAM_MODES:
+        fin_tokens, fin_logp = np.asarray(state.beam.fin_tokens_BKL), np.asarray(state.beam.fin_logp_BKL)
+        fin_len = np.asarray(state.beam.fin_len_BK)
+        cut = lambda x, i, r: x[i, r, P : P + fin_len[i, r]]  # noqa: E731
+        return [[(cut(fin_tokens, i, r), cut(fin_logp, i, r)) for r in range(R)] for i in range(n_prompts)]
+    new_BN = np.asarray(state.tokens_BL)[:, P : cur + 1]
+    logp_BN = np.asarray(state.logp_BL)[:, P : cur + 1]
+    out = []
+    for row, logp in zip(new_BN, logp_BN, strict=True):
+        ends = [i for i, t in enumerate(row) if t in eos]
+        n = ends[0] + 1 if ends else len(row)
+        out.append((row[:n], logp[:n]))
     return [out[i * R : (i + 1) * R] for i in range(n_prompts)]
 
 
@@ -266,6 +291,9 @@ class Completion:
     prompt: str
     text: str  # the new text only (without the prompt, an EOS token or a stop string)
     token_ids: np.ndarray  # the new tokens behind `text` (an EOS token or the stop string's included)
+    # float32, one per token id: the model's log-probability of the token (its softmax before any option:
+    # no temperature, top-k or penalty), given the text before it as decoding saw it
+    logprobs: np.ndarray
     options: GenerateOptions  # as used: saved defaults and the tokenizer's EOS filled in
 
 
@@ -333,19 +361,19 @@ def complete(
         ends = [i for i, t in enumerate(new) if t in eos]
         return (new[: ends[0]], True) if ends else (new, False)
 
-    def finish(new: np.ndarray) -> Completion:
+    def finish(new: np.ndarray, logprobs: np.ndarray) -> Completion:
         tokens, _ = until_eos(new)
         text = tokenizer.decode(tokens)
         cut = _find_stop(text, opts.stop)
         if cut is None:
-            return Completion("", text, new, opts)
+            return Completion("", text, new, logprobs, opts)
         # The fewest tokens whose text contains the stop string.
         n = next(
             i
             for i in range(len(tokens) + 1)
             if _find_stop(tokenizer.decode(tokens[:i]), opts.stop) is not None
         )
-        return Completion("", text[:cut], new[:n], opts)
+        return Completion("", text[:cut], new[:n], logprobs[:n], opts)
 
     on_chunk, chunk = None, None
     if stream or opts.stop:
@@ -371,11 +399,11 @@ def complete(
 
         chunk = 1 if stream else STOP_CHECK_CHUNK
 
-    new_ids = generate_ids(params, config, ids, opts, on_chunk=on_chunk, chunk=chunk)
+    generated = _generate(params, config, ids, opts, on_chunk, chunk)
     out = [
-        dataclasses.replace(finish(new), prompt=prompt)
-        for prompt, seqs in zip(prompts, new_ids, strict=True)
-        for new in seqs
+        dataclasses.replace(finish(new, logprobs), prompt=prompt)
+        for prompt, seqs in zip(prompts, generated, strict=True)
+        for new, logprobs in seqs
     ]
     if stream:
         write(out[0].text[shown[0] :] + "\n")

@@ -1,8 +1,8 @@
 """What to generate: GenerateOptions (Hugging Face generate()'s names and meanings) and the sampling
 rules it builds: logits_BV -> logits_BV, each a small frozen dataclass with one method, applied in HF's
-order (penalties, then temperature, then top-k / top-p / min-p) by gptjax.sample.
+order (biases, penalties, bans, then temperature, then top-k / top-p / min-p) by gptjax.decode.
 
-Rule numbers are pytree leaves (changing them does not recompile); sizes are static fields.
+Rule numbers are pytree leaves (changing them does not recompile); sizes and token ids are static fields.
 """
 
 import dataclasses
@@ -33,8 +33,14 @@ class GenerateOptions:
     top_k: int | None = None  # keep the k most likely tokens; None or 0 keeps all (HF's default is 50)
     top_p: float | None = None  # keep the smallest set of most likely tokens with mass >= top_p
     min_p: float | None = None  # keep tokens at least min_p times as likely as the most likely one
+    min_new_tokens: int | None = None  # no EOS token before this many new tokens
+    min_length: int | None = None  # no EOS token before prompt + new tokens reach this length
     repetition_penalty: float | None = None  # > 1 makes tokens already in the text less likely
     no_repeat_ngram_size: int | None = None  # n > 0: no n-gram of tokens occurs twice
+    bad_words_ids: Sequence[Sequence[int]] | None = None  # token sequences never generated
+    sequence_bias: dict | Sequence | None = None  # {(ids...): bias} or [[ids, bias]]: logit bias of ids[-1]
+    suppress_tokens: Sequence[int] | None = None  # token ids never generated
+    begin_suppress_tokens: Sequence[int] | None = None  # token ids never generated first
     num_return_sequences: int = 1  # sequences per prompt: samples, or the best beams
     num_beams: int = 1  # > 1: beam search (deterministic; with do_sample=True, beam sampling)
     length_penalty: float = 1.0  # beam search ranks by sum(log p) / new_length ** length_penalty
@@ -44,7 +50,14 @@ class GenerateOptions:
     seed: int = 0  # same seed, same text (a prompt given twice in one batch gets the same text twice)
 
     def __post_init__(self):
-        optional = ("max_new_tokens", "max_length", "top_k", "no_repeat_ngram_size")
+        optional = (
+            "max_new_tokens",
+            "max_length",
+            "min_new_tokens",
+            "min_length",
+            "top_k",
+            "no_repeat_ngram_size",
+        )
         for name in (*optional, "num_return_sequences", "num_beams", "seed"):
             if getattr(self, name) is not None or name not in optional:
                 object.__setattr__(self, name, _integer(name, getattr(self, name)))
@@ -62,9 +75,23 @@ class GenerateOptions:
         object.__setattr__(self, "eos_token_id", tuple(_integer("eos_token_id", e) for e in eos) or None)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
+        for name in ("suppress_tokens", "begin_suppress_tokens"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _token_list(name, getattr(self, name)))
+        if self.bad_words_ids is not None:
+            words = self.bad_words_ids
+            if isinstance(words, str | bytes) or any(np.ndim(w) != 1 for w in words):
+                raise ValueError(
+                    f"bad_words_ids={words!r} must be a list of token-id lists; wrap one word as [[ids]]"
+                )
+            object.__setattr__(self, "bad_words_ids", tuple(_token_list("bad_words_ids", w) for w in words))
+        if self.sequence_bias is not None:
+            object.__setattr__(self, "sequence_bias", _sequence_bias(self.sequence_bias))
         checks = [
             (self.max_new_tokens is None or self.max_new_tokens > 0, "max_new_tokens={} must be > 0"),
             (self.max_length is None or self.max_length > 0, "max_length={} must be > 0"),
+            (self.min_new_tokens is None or self.min_new_tokens >= 0, "min_new_tokens={} must be >= 0"),
+            (self.min_length is None or self.min_length >= 0, "min_length={} must be >= 0"),
             (self.temperature >= 0, "temperature={} must be >= 0 (0 is greedy)"),
             (self.top_k is None or self.top_k >= 0, "top_k={} must be >= 0 (0 or None keeps all)"),
             (self.top_p is None or 0 < self.top_p <= 1, "top_p={} must be in (0, 1]"),
@@ -86,6 +113,7 @@ class GenerateOptions:
             ),
             (all(e >= 0 for e in self.eos_token_id or ()), "eos_token_id={} must be token ids >= 0"),
             (all(isinstance(s, str) and s for s in self.stop), "stop={!r} must be non-empty strings"),
+            (all(self.bad_words_ids or ()), "bad_words_ids={} must not hold an empty list"),
         ]
         for ok, message in checks:
             if not ok:
@@ -111,13 +139,29 @@ class GenerateOptions:
             return "beam_sample" if self.do_sample else "beam"
         return "greedy" if self.do_sample is False or self.temperature == 0 else "sample"
 
-    def rules(self) -> tuple:
-        """Rules in HF's order: penalties (every mode), then temperature, top-k, top-p, min-p (sampling)."""
+    def rules(self, prompt_len: int = 0) -> tuple:
+        """Rules in HF's order: biases, penalties and bans (every mode), then temperature, top-k, top-p and
+        min-p (sampling). prompt_len: the longest prompt as given, which min_length counts (HF)."""
         rules = []
+        bias = {} if self.bad_words_ids is None else {w: -np.inf for w in self.bad_words_ids}
+        for word in self.bad_words_ids or ():  # HF never bans an EOS token on its own (it ends the text)
+            if len(word) == 1 and word[0] in (self.eos_token_id or ()):
+                del bias[word]
+        if self.sequence_bias:
+            rules.append(SequenceBias.of(self.sequence_bias))
         if self.repetition_penalty not in (None, 1.0):
             rules.append(RepetitionPenalty(float(self.repetition_penalty)))
         if self.no_repeat_ngram_size:
             rules.append(NoRepeatNGram(self.no_repeat_ngram_size))
+        if bias:
+            rules.append(SequenceBias.of(tuple(bias.items())))
+        min_new = max(self.min_new_tokens or 0, (self.min_length or 0) - prompt_len)
+        if min_new > 0 and self.eos_token_id:
+            rules.append(MinNewTokens(min_new, self.eos_token_id))
+        if self.suppress_tokens:
+            rules.append(Suppress(self.suppress_tokens))
+        if self.begin_suppress_tokens:
+            rules.append(Suppress(self.begin_suppress_tokens, first_only=True))
         if self.mode in ("sample", "beam_sample"):
             # Beam sampling keeps at least one token per beam that does not end it, so that the beams
             # can differ and go on (HF's min_tokens_to_keep: 1 + the number of EOS ids, at least 2).
@@ -141,6 +185,36 @@ def _integer(name: str, value) -> int:
         raise ValueError(f"{name}={value!r} must be an integer") from None
 
 
+def _token_list(name: str, ids) -> tuple[int, ...]:
+    """A list of token ids (>= 0) as a tuple of ints; text and nested lists are refused."""
+    if isinstance(ids, str | bytes) or np.ndim(ids) != 1:
+        raise ValueError(f"{name}={ids!r} must be a list of token ids")
+    ids = tuple(_integer(name, i) for i in ids)
+    if any(i < 0 for i in ids):
+        raise ValueError(f"{name}={list(ids)} must be token ids >= 0")
+    return ids
+
+
+def _sequence_bias(bias) -> tuple[tuple[tuple[int, ...], float], ...]:
+    """HF's sequence_bias, {(ids...): bias} or [[ids, bias], ...], as ((ids, bias), ...)."""
+    pairs = bias.items() if isinstance(bias, dict) else bias
+    try:
+        pairs = [(ids, value) for ids, value in pairs]
+        if any(isinstance(ids, str | bytes) or np.ndim(ids) != 1 for ids, _ in pairs):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"sequence_bias={bias!r} must be {{(token ids...): bias}} or [[token ids, bias], ...]"
+        ) from None
+    out = {}  # a word given twice keeps its last bias (HF)
+    for ids, value in pairs:
+        ids = _token_list("sequence_bias", ids)
+        if not ids or not isinstance(value, numbers.Real):
+            raise ValueError(f"sequence_bias: ({ids}, {value!r}) needs non-empty token ids and a number")
+        out[ids] = float(value)
+    return tuple(out.items())
+
+
 # ----- Sampling rules ----------------------------------------------------------------------------------
 
 
@@ -151,6 +225,13 @@ class History:
     tokens_BL: jax.Array  # int32
     mask_BL: jax.Array  # bool: a real token (not a pad) that is already written
     cur: jax.Array  # int32 scalar: the column of the newest token
+    first: jax.Array = 0  # int32 scalar: the column of the first new token (0: all the text is new)
+
+    def last(self, n: int) -> tuple[jax.Array, jax.Array]:
+        """(the newest n tokens of each row [B, n], whether the row has n real tokens so far [B])."""
+        cols_N = self.cur - (n - 1) + jnp.arange(n)
+        ok_B = jnp.all((cols_N >= 0)[None, :] & jnp.take(self.mask_BL, jnp.clip(cols_N, 0), axis=1), axis=1)
+        return jnp.take(self.tokens_BL, jnp.clip(cols_N, 0), axis=1), ok_B
 
 
 @struct.dataclass
@@ -177,14 +258,68 @@ class NoRepeatNGram:
         if J <= 0:
             return logits_BV
         # The newest n-1 tokens: a repeat is an earlier n-gram that starts with them.
-        cols_M = history.cur - (n - 2) + jnp.arange(n - 1)
-        last_BM = jnp.take(tokens_BL, jnp.clip(cols_M, 0), axis=1)
-        last_ok_B = jnp.all((cols_M >= 0)[None, :] & jnp.take(mask_BL, jnp.clip(cols_M, 0), axis=1), axis=1)
+        last_BM, last_ok_B = history.last(n - 1)
         repeat_BJ = last_ok_B[:, None] & mask_BL[:, n - 1 :]
         for i in range(n - 1):
             repeat_BJ &= mask_BL[:, i : i + J] & (tokens_BL[:, i : i + J] == last_BM[:, i : i + 1])
         banned_BV = _scatter_any(logits_BV.shape, tokens_BL[:, n - 1 :], repeat_BJ)
         return jnp.where(banned_BV, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class SequenceBias:
+    """Adds a bias to the logit of each sequence's last token where the text ends with the rest of the
+    sequence (HF's sequence_bias; bad_words_ids are sequences biased by -inf). Left pads never match."""
+
+    words: tuple = struct.field(pytree_node=False)  # token-id tuples
+    biases: jax.Array  # float32 [number of words]
+
+    @classmethod
+    def of(cls, pairs) -> "SequenceBias":
+        return cls(tuple(w for w, _ in pairs), np.asarray([b for _, b in pairs], np.float32))
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        bias_BV = jnp.zeros_like(logits_BV)
+        for m in sorted({len(w) - 1 for w in self.words}):  # words grouped by prefix length m
+            group = [i for i, w in enumerate(self.words) if len(w) - 1 == m]
+            last_W = jnp.asarray([self.words[i][-1] for i in group], jnp.int32)
+            bias_W = self.biases[np.asarray(group)].astype(logits_BV.dtype)
+            if m == 0:
+                match_BW = jnp.ones((logits_BV.shape[0], len(group)), bool)
+            else:
+                prefix_WM = jnp.asarray([self.words[i][:-1] for i in group], jnp.int32)
+                last_BM, ok_B = history.last(m)
+                match_BW = ok_B[:, None] & jnp.all(last_BM[:, None, :] == prefix_WM[None], axis=-1)
+            bias_BV = bias_BV.at[:, last_W].add(jnp.where(match_BW, bias_W, 0.0))
+        return logits_BV + bias_BV
+
+
+@struct.dataclass
+class MinNewTokens:
+    """Forbids the EOS tokens until n new tokens are written (HF's min_new_tokens)."""
+
+    n: int
+    eos: tuple = struct.field(pytree_node=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        early = history.cur + 1 - history.first < self.n  # the new tokens written so far
+        is_eos_V = jnp.isin(jnp.arange(logits_BV.shape[-1]), jnp.asarray(self.eos, jnp.int32))
+        return jnp.where(early & is_eos_V[None, :], -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class Suppress:
+    """Forbids the given tokens: always, or as the first new token only (HF's suppress_tokens and
+    begin_suppress_tokens)."""
+
+    ids: tuple = struct.field(pytree_node=False)
+    first_only: bool = struct.field(pytree_node=False, default=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        ban_V = jnp.isin(jnp.arange(logits_BV.shape[-1]), jnp.asarray(self.ids, jnp.int32))
+        if self.first_only:
+            ban_V &= history.cur + 1 == history.first
+        return jnp.where(ban_V[None, :], -jnp.inf, logits_BV)
 
 
 @struct.dataclass

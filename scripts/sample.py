@@ -8,7 +8,6 @@ gptjax.sample.GenerateOptions (HF generate() names and meanings). One sample str
 it is generated; several are printed when done. --out=F.jsonl also writes one JSON object per sample.
 """
 
-import codecs
 import contextlib
 import dataclasses
 import json
@@ -23,10 +22,15 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_integer("num_samples", 1, "Sequences per prompt (samples, or the best beams).")
 flags.DEFINE_string(
-    "out", None, "Also write the samples to this .jsonl file (prompt, text, num_tokens, options)."
+    "out",
+    None,
+    "Also write the samples to this .jsonl file (prompt, text, num_tokens, logprobs: the model's log p of"
+    " each new token, options).",
 )
 flags.DEFINE_integer("max_new_tokens", None, "Tokens to generate per sample.")
 flags.DEFINE_integer("max_length", None, "Longest prompt + new tokens (when max_new_tokens is unset).")
+flags.DEFINE_integer("min_new_tokens", None, "No EOS token before this many new tokens.")
+flags.DEFINE_integer("min_length", None, "No EOS token before the longest prompt + new tokens reach this.")
 flags.DEFINE_boolean("do_sample", None, "Sample (default) or decode greedily (--nodo_sample).")
 flags.DEFINE_float("temperature", None, "Softmax temperature; 0 is greedy.")
 flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens; 0 keeps all.")
@@ -36,6 +40,11 @@ flags.DEFINE_float(
 flags.DEFINE_float("min_p", None, "Drop tokens less likely than min_p times the most likely one.")
 flags.DEFINE_float("repetition_penalty", None, "> 1 makes tokens already in the text less likely.")
 flags.DEFINE_integer("no_repeat_ngram_size", None, "No n-gram of this many tokens occurs twice.")
+flags.DEFINE_multi_string(
+    "bad_words", None, "Text never generated, encoded as given (GPT-2: ' word' with its space); repeatable."
+)
+flags.DEFINE_multi_integer("suppress_tokens", None, "A token id never generated; repeat for several.")
+flags.DEFINE_multi_integer("begin_suppress_tokens", None, "A token id never generated first; repeatable.")
 flags.DEFINE_integer(
     "num_beams", None, "Beam search with this many beams (deterministic; with --do_sample, beam sampling)."
 )
@@ -47,7 +56,7 @@ flags.DEFINE_integer("seed", None, "Same seed, same text.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
-OPTIONS = [f.name for f in dataclasses.fields(sample.GenerateOptions) if f.name != "num_return_sequences"]
+OPTIONS = [f.name for f in dataclasses.fields(sample.GenerateOptions) if f.name in FLAGS]
 
 
 def read_prompt(prompt: str) -> str:
@@ -67,7 +76,14 @@ def main(argv):
             options["early_stopping"]
         ]
     if "stop" in options:
-        options["stop"] = [codecs.decode(s, "unicode_escape") for s in options["stop"]]
+        options["stop"] = [cli.unescape(s) for s in options["stop"]]
+    if FLAGS.bad_words:
+        words = [model[2].encode(cli.unescape(w)) for w in FLAGS.bad_words]
+        if not all(words):
+            raise ValueError(
+                f"--bad_words={FLAGS.bad_words}: an empty word; give text of one character or more"
+            )
+        options["bad_words_ids"] = words
     # Stream one sample as it comes; the saved defaults count too (a saved num_beams > 1 is beam search).
     merged = sample.merged_options(model[3], model[2], num_return_sequences=FLAGS.num_samples, **options)
     single = len(prompts) == 1 and merged.num_return_sequences == 1 and merged.mode not in sample.BEAM_MODES
@@ -98,6 +114,7 @@ def main(argv):
                     prompt=c.prompt,
                     text=c.text,
                     num_tokens=len(c.token_ids),
+                    logprobs=[round(float(x), 6) for x in c.logprobs],
                     options=dataclasses.asdict(c.options),
                 )
                 out.write(json.dumps(record) + "\n")

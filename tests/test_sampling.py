@@ -314,6 +314,7 @@ def beam_steps(next_probs, prompt, K, n, eos, length_penalty, early_stopping):
     tokens_BL[:, :P] = prompt
     state = decode.DecodeState(
         tokens_BL=tokens_BL,
+        logp_BL=np.zeros((K, L), np.float32),
         valid_BL=np.ones((K, L), bool),
         cache=[],
         kv_mask_BS=np.ones((K, L), bool),
