@@ -45,14 +45,19 @@ from gptjax.model import GPTConfig, unstack_layers
 from gptjax.sampling import (  # noqa: F401  (re-exported: gptjax.sample.TopK etc.)
     BEAM_MODES,
     DEFAULT_MAX_NEW_TOKENS,
+    EpsilonCutoff,
     GenerateOptions,
     History,
+    MinNewTokens,
     MinP,
     NoRepeatNGram,
     RepetitionPenalty,
+    SequenceBias,
+    Suppress,
     Temperature,
     TopK,
     TopP,
+    Typical,
     apply_rules,
 )
 

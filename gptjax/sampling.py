@@ -1,6 +1,7 @@
 """What to generate: GenerateOptions (Hugging Face generate()'s names and meanings) and the sampling
 rules it builds: logits_BV -> logits_BV, each a small frozen dataclass with one method, applied in HF's
-order (biases, penalties, bans, then temperature, then top-k / top-p / min-p) by gptjax.decode.
+order (biases, penalties, bans, then temperature, then top-k / top-p / min-p / typical / epsilon / eta)
+by gptjax.decode.
 
 Rule numbers are pytree leaves (changing them does not recompile); sizes and token ids are static fields.
 """
@@ -33,6 +34,9 @@ class GenerateOptions:
     top_k: int | None = None  # keep the k most likely tokens; None or 0 keeps all (HF's default is 50)
     top_p: float | None = None  # keep the smallest set of most likely tokens with mass >= top_p
     min_p: float | None = None  # keep tokens at least min_p times as likely as the most likely one
+    typical_p: float | None = None  # keep the tokens nearest the entropy in surprise, mass >= typical_p
+    epsilon_cutoff: float | None = None  # drop tokens less likely than this (0 keeps all)
+    eta_cutoff: float | None = None  # drop tokens below min(eta, sqrt(eta) * exp(-entropy)) (0 keeps all)
     min_new_tokens: int | None = None  # no EOS token before this many new tokens
     min_length: int | None = None  # no EOS token before prompt + new tokens reach this length
     repetition_penalty: float | None = None  # > 1 makes tokens already in the text less likely
@@ -61,7 +65,7 @@ class GenerateOptions:
         for name in (*optional, "num_return_sequences", "num_beams", "seed"):
             if getattr(self, name) is not None or name not in optional:
                 object.__setattr__(self, name, _integer(name, getattr(self, name)))
-        optional = ("top_p", "min_p", "repetition_penalty")
+        optional = ("top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty")
         for name in ("temperature", "length_penalty", *optional):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) or (value is None and name in optional)):
@@ -96,6 +100,15 @@ class GenerateOptions:
             (self.top_k is None or self.top_k >= 0, "top_k={} must be >= 0 (0 or None keeps all)"),
             (self.top_p is None or 0 < self.top_p <= 1, "top_p={} must be in (0, 1]"),
             (self.min_p is None or 0 <= self.min_p <= 1, "min_p={} must be in [0, 1]"),
+            (self.typical_p is None or 0 < self.typical_p <= 1, "typical_p={} must be in (0, 1]"),
+            (
+                self.epsilon_cutoff is None or 0 <= self.epsilon_cutoff < 1,
+                "epsilon_cutoff={} must be in [0, 1) (0 keeps all)",
+            ),
+            (
+                self.eta_cutoff is None or 0 <= self.eta_cutoff < 1,
+                "eta_cutoff={} must be in [0, 1) (0 keeps all)",
+            ),
             (
                 self.repetition_penalty is None or self.repetition_penalty > 0,
                 "repetition_penalty={} must be > 0",
@@ -140,8 +153,9 @@ class GenerateOptions:
         return "greedy" if self.do_sample is False or self.temperature == 0 else "sample"
 
     def rules(self, prompt_len: int = 0) -> tuple:
-        """Rules in HF's order: biases, penalties and bans (every mode), then temperature, top-k, top-p and
-        min-p (sampling). prompt_len: the longest prompt as given, which min_length counts (HF)."""
+        """Rules in HF's order: biases, penalties and bans (every mode), then temperature, top-k, top-p,
+        min-p, typical, epsilon and eta (sampling). prompt_len: the longest prompt as given, which
+        min_length counts (HF)."""
         rules = []
         bias = {} if self.bad_words_ids is None else {w: -np.inf for w in self.bad_words_ids}
         for word in self.bad_words_ids or ():  # HF never bans an EOS token on its own (it ends the text)
@@ -174,6 +188,12 @@ class GenerateOptions:
                 rules.append(TopP(float(self.top_p), keep))
             if self.min_p:
                 rules.append(MinP(float(self.min_p), keep))
+            if self.typical_p is not None and self.typical_p < 1.0:
+                rules.append(Typical(float(self.typical_p), keep))
+            if self.epsilon_cutoff:
+                rules.append(EpsilonCutoff(float(self.epsilon_cutoff), min_keep=keep))
+            if self.eta_cutoff:
+                rules.append(EpsilonCutoff(float(self.eta_cutoff), eta=True, min_keep=keep))
         return tuple(rules)
 
 
@@ -377,6 +397,54 @@ class MinP:
             kth_B1 = jax.lax.top_k(probs_BV, min(self.min_keep, probs_BV.shape[-1]))[0][:, -1:]
             threshold_B1 = jnp.minimum(threshold_B1, kth_B1)
         return jnp.where(probs_BV < threshold_B1, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class Typical:
+    """Keeps the tokens whose surprise (-log p) is nearest the entropy, the fewest holding mass >= p
+    (locally typical sampling, Meister et al. 2022; HF's typical_p)."""
+
+    p: float
+    min_keep: int = struct.field(pytree_node=False, default=1)  # the min_keep most typical always stay
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+        probs_BV = jnp.exp(logp_BV)
+        entropy_B1 = _entropy(probs_BV, logp_BV)
+        shift_BV = jnp.abs(-logp_BV - entropy_B1)  # +inf for a token already ruled out
+        order_BV = jnp.argsort(shift_BV, axis=-1)
+        sorted_BV = jnp.take_along_axis(shift_BV, order_BV, axis=-1)
+        cum_BV = jnp.cumsum(jnp.take_along_axis(probs_BV, order_BV, axis=-1), axis=-1)
+        last_B1 = jnp.minimum(jnp.sum(cum_BV < self.p, axis=-1, keepdims=True), logits_BV.shape[-1] - 1)
+        bound_B1 = jnp.maximum(
+            jnp.take_along_axis(sorted_BV, last_B1, axis=-1), sorted_BV[:, self.min_keep - 1 : self.min_keep]
+        )
+        return jnp.where(shift_BV > bound_B1, -jnp.inf, logits_BV)
+
+
+@struct.dataclass
+class EpsilonCutoff:
+    """Drops tokens less likely than epsilon (Hewitt et al. 2022; HF's epsilon_cutoff); with `eta`, the
+    bound is min(epsilon, sqrt(epsilon) * exp(-entropy)) instead (HF's eta_cutoff)."""
+
+    epsilon: float
+    eta: bool = struct.field(pytree_node=False, default=False)
+    min_keep: int = struct.field(pytree_node=False, default=1)  # the most likely min_keep always stay
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+        probs_BV = jnp.exp(logp_BV)
+        bound_B1 = jnp.full((logits_BV.shape[0], 1), self.epsilon, jnp.float32)
+        if self.eta:
+            entropy_B1 = _entropy(probs_BV, logp_BV)
+            bound_B1 = jnp.minimum(bound_B1, jnp.sqrt(self.epsilon) * jnp.exp(-entropy_B1))
+        kth_B1 = jax.lax.top_k(logits_BV, min(self.min_keep, logits_BV.shape[-1]))[0][:, -1:]
+        return jnp.where((probs_BV < bound_B1) & (logits_BV < kth_B1), -jnp.inf, logits_BV)
+
+
+def _entropy(probs_BV: jax.Array, logp_BV: jax.Array) -> jax.Array:
+    """[B, 1] entropy in nats; tokens ruled out (p = 0, log p = -inf) add nothing."""
+    return -jnp.sum(jnp.where(probs_BV > 0, probs_BV * logp_BV, 0.0), axis=-1, keepdims=True)
 
 
 def _scatter_any(shape_BV: tuple[int, int], ids_BL: jax.Array, where_BL: jax.Array) -> jax.Array:

@@ -38,6 +38,9 @@ flags.DEFINE_float(
     "top_p", None, "Sample among the most likely tokens holding this probability mass, in (0, 1]."
 )
 flags.DEFINE_float("min_p", None, "Drop tokens less likely than min_p times the most likely one.")
+flags.DEFINE_float("typical_p", None, "Locally typical sampling: keep this mass of the most typical tokens.")
+flags.DEFINE_float("epsilon_cutoff", None, "Drop tokens less likely than this, in [0, 1).")
+flags.DEFINE_float("eta_cutoff", None, "Drop tokens below min(eta, sqrt(eta) * exp(-entropy)), in [0, 1).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 makes tokens already in the text less likely.")
 flags.DEFINE_integer("no_repeat_ngram_size", None, "No n-gram of this many tokens occurs twice.")
 flags.DEFINE_multi_string(

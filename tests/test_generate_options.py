@@ -132,6 +132,10 @@ def test_sequence_bias_and_bad_words_never_match_left_pads():
         (dict(sequence_bias={(1,): "x"}), "needs non-empty token ids and a number"),
         (dict(sequence_bias=5), "must be {(token ids...): bias} or [[token ids, bias], ...]"),
         (dict(min_new_tokens=-1), "min_new_tokens=-1 must be >= 0"),
+        (dict(typical_p=0.0), "typical_p=0.0 must be in (0, 1]"),
+        (dict(epsilon_cutoff=1.0), "epsilon_cutoff=1.0 must be in [0, 1) (0 keeps all)"),
+        (dict(eta_cutoff=-0.1), "eta_cutoff=-0.1 must be in [0, 1) (0 keeps all)"),
+        (dict(eta_cutoff="0.1"), "eta_cutoff='0.1' must be a number"),
         (dict(min_length=2.0), "min_length=2.0 must be an integer"),
     ],
 )

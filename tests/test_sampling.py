@@ -422,8 +422,11 @@ def test_numpy_integers_are_options():
 
 def test_options_at_their_bounds_are_valid_and_filter_nothing():
     """HF's neutral values are accepted and add no rule: top_p=1.0 (HF's default), min_p=0, top_k=0,
-    repetition_penalty=1.0, no_repeat_ngram_size=0."""
+    repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, epsilon_cutoff=0, eta_cutoff=0,
+    min_new_tokens=0, and empty token lists."""
     neutral = dict(top_p=1.0, min_p=0.0, top_k=0, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    neutral.update(typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, min_new_tokens=0, eos_token_id=1)
+    neutral.update(suppress_tokens=[], begin_suppress_tokens=[], bad_words_ids=[], sequence_bias={})
     assert [type(r).__name__ for r in GenerateOptions(**neutral, temperature=0.5).rules()] == ["Temperature"]
     assert [type(r).__name__ for r in GenerateOptions(min_p=1.0).rules()] == ["MinP"]
 

@@ -96,7 +96,11 @@ def test_draws_follow_the_rules_distribution():
     """_pick (which draws among the k survivors after TopK) samples softmax(rules(logits))."""
     logits_1V = jax.random.normal(jax.random.key(0), (1, 16)) * 2
     n = 20_000
-    for rules in [(sample.Temperature(0.7), sample.TopK(5), sample.TopP(0.8)), (sample.MinP(0.05),)]:
+    for rules in [
+        (sample.Temperature(0.7), sample.TopK(5), sample.TopP(0.8)),
+        (sample.MinP(0.05),),
+        (sample.TopK(9), sample.Typical(0.6), sample.EpsilonCutoff(0.02, eta=True)),
+    ]:
         probs_V = np.asarray(jax.nn.softmax(sample.apply_rules(rules, logits_1V, None)))[0]
         keys_B = jax.random.split(jax.random.key(1), n)
         tokens_B = decode.pick(rules, jnp.broadcast_to(logits_1V, (n, 16)), None, keys_B)
@@ -105,11 +109,50 @@ def test_draws_follow_the_rules_distribution():
         assert set(np.flatnonzero(freq_V)) <= set(np.flatnonzero(probs_V))
 
 
+@pytest.mark.parametrize("min_keep", [1, 3])
+def test_typical_epsilon_and_eta_equal_hfs_warpers(min_keep):
+    """On random logits (some already ruled out, as after top-k): HF's TypicalLogitsWarper,
+    EpsilonLogitsWarper and EtaLogitsWarper, min_tokens_to_keep included (beam sampling keeps >= 2)."""
+    import torch
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.default_rng(0)
+    logits_BV = rng.normal(scale=2.0, size=(6, 40)).astype(np.float32)
+    logits_BV[3:, rng.permutation(40)[:25]] = -np.inf
+    logits_BV[5] = np.linspace(-3, 3, 40)  # one row without ties or -inf, sharply peaked
+    pairs = [
+        (sample.Typical(0.2, min_keep), lp.TypicalLogitsWarper(0.2, min_tokens_to_keep=min_keep)),
+        (sample.Typical(0.9, min_keep), lp.TypicalLogitsWarper(0.9, min_tokens_to_keep=min_keep)),
+        (
+            sample.EpsilonCutoff(0.03, min_keep=min_keep),
+            lp.EpsilonLogitsWarper(0.03, min_tokens_to_keep=min_keep),
+        ),
+        (
+            sample.EpsilonCutoff(0.3, min_keep=min_keep),
+            lp.EpsilonLogitsWarper(0.3, min_tokens_to_keep=min_keep),
+        ),
+        (
+            sample.EpsilonCutoff(0.05, eta=True, min_keep=min_keep),
+            lp.EtaLogitsWarper(0.05, min_tokens_to_keep=min_keep),
+        ),
+    ]
+    for ours, hf in pairs:
+        got = np.asarray(ours(jnp.asarray(logits_BV), None))
+        want = hf(None, torch.from_numpy(logits_BV)).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=str(ours))
+        assert np.isfinite(got).sum(-1).min() >= min_keep
+        assert np.isfinite(got).sum() < np.isfinite(logits_BV).sum(), ours  # each drops some tokens
+
+
 def test_rules_follow_hfs_order():
     options = GenerateOptions(
         top_p=0.9, min_p=0.1, top_k=5, temperature=0.7, no_repeat_ngram_size=2, repetition_penalty=1.2
     )
     names = [type(r).__name__ for r in options.rules()]
     assert names == ["RepetitionPenalty", "NoRepeatNGram", "Temperature", "TopK", "TopP", "MinP"]
+    options = GenerateOptions(eta_cutoff=0.1, epsilon_cutoff=0.1, typical_p=0.9, min_p=0.1, top_k=5)
+    names = [type(r).__name__ for r in options.rules()]
+    assert names == ["TopK", "MinP", "Typical", "EpsilonCutoff", "EpsilonCutoff"]
+    assert [getattr(r, "eta", None) for r in options.rules()][-2:] == [False, True]
     greedy = GenerateOptions(top_k=5, temperature=0.7, repetition_penalty=1.2, do_sample=False)
     assert [type(r).__name__ for r in greedy.rules()] == ["RepetitionPenalty"]  # no warpers (as HF)
