@@ -155,7 +155,7 @@ def _named_ids(options: GenerateOptions, name: str) -> list[int]:
 
 
 def _prepare(
-    params, config: GPTConfig, prompts, options: GenerateOptions
+    params, config: GPTConfig, prompts, options: GenerateOptions, custom: Sequence = ()
 ) -> tuple[decode.DecodeState, int, int, tuple]:
     """(state after prefill, longest prompt P, last column to write, the sampling rules); prompts checked,
     cropped and padded."""
@@ -215,7 +215,7 @@ def _prepare(
     final = P + n_new - 1
     num_beams = options.num_beams if options.mode in BEAM_MODES else None
     state = decode.initial_state(params, config, tokens_BL, valid_BL, P, final, keys_B, S, num_beams)
-    return state, P, final, options.rules(prompt_len=given)
+    return state, P, final, options.rules(prompt_len=given, custom=custom)
 
 
 def generate_ids(
@@ -226,20 +226,27 @@ def generate_ids(
     *,
     on_chunk: Callable[[np.ndarray], bool] | None = None,
     chunk: int | None = None,
+    logits_processor: Sequence = (),
 ) -> list[list[np.ndarray]]:
     """New token ids: for each prompt, num_return_sequences int32 arrays (ending with the EOS if one came).
 
     on_chunk(new_tokens_BN), when given, is called every `chunk` new tokens (not in beam search) with
-    the tokens of every row so far; it returns True to stop early.
+    the tokens of every row so far; it returns True to stop early. logits_processor: rules of the
+    user's own (gptjax.sampling.custom_rule says what they may be).
     """
-    return [[ids for ids, _ in seqs] for seqs in _generate(params, config, prompts, options, on_chunk, chunk)]
+    generated = _generate(
+        params, config, prompts, options, on_chunk, chunk, logits_processor=logits_processor
+    )
+    return [[ids for ids, _ in seqs] for seqs in generated]
 
 
-def _generate(params, config, prompts, options, on_chunk, chunk) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+def _generate(
+    params, config, prompts, options, on_chunk, chunk, *, logits_processor: Sequence = ()
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """generate_ids, with the model's log-probability of each new token beside its id."""
     options = options or GenerateOptions()
     params, config = for_decoding(params, config)
-    state, P, final, rules = _prepare(params, config, prompts, options)
+    state, P, final, rules = _prepare(params, config, prompts, options, logits_processor)
     mode, S = options.mode, state.kv_mask_BS.shape[1]
     step_params, step_config = params, config  # what the decode loop reads; prefill keeps [in, out]
     if _use_matvec_layout(params, rows=state.tokens_BL.shape[0]):
@@ -344,6 +351,7 @@ def complete(
     prompts: str | Sequence[str],
     *,
     stream: bool | Callable[[str], None] = False,
+    logits_processor: Sequence = (),
     **options: Any,
 ) -> list[Completion]:
     """num_return_sequences Completions per prompt, prompt by prompt. See `generate` for the arguments."""
@@ -404,7 +412,7 @@ def complete(
 
         chunk = 1 if stream else STOP_CHECK_CHUNK
 
-    generated = _generate(params, config, ids, opts, on_chunk, chunk)
+    generated = _generate(params, config, ids, opts, on_chunk, chunk, logits_processor=logits_processor)
     out = [
         dataclasses.replace(finish(new, logprobs), prompt=prompt)
         for prompt, seqs in zip(prompts, generated, strict=True)
@@ -420,6 +428,7 @@ def generate(
     prompts: str | Sequence[str],
     *,
     stream: bool | Callable[[str], None] = False,
+    logits_processor: Sequence = (),
     **options: Any,
 ) -> list[str]:
     """Prompt + generated text for each prompt (num_return_sequences each, prompt by prompt).
@@ -427,5 +436,8 @@ def generate(
     model: a training workdir (its latest checkpoint; options left unset take its config.sample values)
     or a (params, GPTConfig, tokenizer) tuple. options: the fields of GenerateOptions. stream=True prints
     the text as it comes (one prompt, one sequence), or calls the given function with each piece.
+    logits_processor: rules of your own, each a function (logits_BV, history) -> logits_BV or a
+    flax.struct dataclass with that __call__ (HF's argument of that name; gptjax.sampling.custom_rule).
     """
-    return [c.prompt + c.text for c in complete(model, prompts, stream=stream, **options)]
+    completions = complete(model, prompts, stream=stream, logits_processor=logits_processor, **options)
+    return [c.prompt + c.text for c in completions]

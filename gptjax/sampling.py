@@ -9,7 +9,8 @@ Rule numbers are pytree leaves (changing them does not recompile); sizes and tok
 import dataclasses
 import numbers
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -152,10 +153,10 @@ class GenerateOptions:
             return "beam_sample" if self.do_sample else "beam"
         return "greedy" if self.do_sample is False or self.temperature == 0 else "sample"
 
-    def rules(self, prompt_len: int = 0) -> tuple:
-        """Rules in HF's order: biases, penalties and bans (every mode), then temperature, top-k, top-p,
-        min-p, typical, epsilon and eta (sampling). prompt_len: the longest prompt as given, which
-        min_length counts (HF)."""
+    def rules(self, prompt_len: int = 0, custom: Sequence = ()) -> tuple:
+        """Rules in HF's order: biases, penalties and bans (every mode), the `custom` ones (see
+        `custom_rule`), then temperature, top-k, top-p, min-p, typical, epsilon and eta (sampling).
+        prompt_len: the longest prompt as given, which min_length counts (HF)."""
         rules = []
         bias = {} if self.bad_words_ids is None else {w: -np.inf for w in self.bad_words_ids}
         for word in self.bad_words_ids or ():  # HF never bans an EOS token on its own (it ends the text)
@@ -176,6 +177,7 @@ class GenerateOptions:
             rules.append(Suppress(self.suppress_tokens))
         if self.begin_suppress_tokens:
             rules.append(Suppress(self.begin_suppress_tokens, first_only=True))
+        rules.extend(custom_rule(r) for r in custom)
         if self.mode in ("sample", "beam_sample"):
             # Beam sampling keeps at least one token per beam that does not end it, so that the beams
             # can differ and go on (HF's min_tokens_to_keep: 1 + the number of EOS ids, at least 2).
@@ -445,6 +447,31 @@ class EpsilonCutoff:
 def _entropy(probs_BV: jax.Array, logp_BV: jax.Array) -> jax.Array:
     """[B, 1] entropy in nats; tokens ruled out (p = 0, log p = -inf) add nothing."""
     return -jnp.sum(jnp.where(probs_BV > 0, probs_BV * logp_BV, 0.0), axis=-1, keepdims=True)
+
+
+@struct.dataclass
+class Custom:
+    """A user's function (logits_BV, history) -> logits_BV as a rule; a new function compiles anew."""
+
+    fn: Callable = struct.field(pytree_node=False)
+
+    def __call__(self, logits_BV: jax.Array, history: History) -> jax.Array:
+        return self.fn(logits_BV, history)
+
+
+def custom_rule(rule) -> Any:
+    """A user's rule (HF's logits_processor): a flax.struct dataclass with __call__(logits_BV, history),
+    whose array fields change without compiling again, or any function (logits_BV, history) -> logits_BV.
+    It runs inside the jitted decode loop, after the built-in penalties and bans and before temperature
+    and the filters, on float32 logits_BV [rows, V] (beam search: log-probabilities, as HF)."""
+    if dataclasses.is_dataclass(rule) and getattr(rule, "_flax_dataclass", False) and callable(rule):
+        return rule
+    if callable(rule):
+        return Custom(rule)
+    raise ValueError(
+        f"logits_processor item {rule!r} must be a function (logits_BV, history) -> logits_BV or a "
+        "flax.struct dataclass with that __call__"
+    )
 
 
 def _scatter_any(shape_BV: tuple[int, int], ids_BL: jax.Array, where_BL: jax.Array) -> jax.Array:

@@ -327,7 +327,7 @@ def test_streaming_holds_back_the_first_bytes_of_a_character(model, monkeypatch)
     """A character split across tokens (byte-level BPE, bytes) is streamed once whole, never as U+FFFD."""
     new = list("héllo wörld".encode())
 
-    def fake_generate(params, config, prompts, options, on_chunk, chunk):
+    def fake_generate(params, config, prompts, options, on_chunk, chunk, logits_processor):
         assert chunk == 1
         for n in range(1, len(new) + 1):  # one token per chunk, as the decode loop calls it
             if on_chunk(np.asarray([new[:n]])):
