@@ -64,7 +64,10 @@ def prefill(
     """Prefill of tokens_BL[:, start:], left-padded to a bucket: the first prefill and the window slides
     share one compilation when their buckets agree."""
     n = tokens_BL.shape[1] - start
-    Q = min(bucket(max(n, 1)), cache_len)
+    if n == 0:  # a one-token prompt: nothing to run through the model (and no compilation)
+        B = tokens_BL.shape[0]
+        return init_cache(config, B, cache_len), np.ones((B, cache_len), bool), np.zeros((B,), np.int32)
+    Q = min(bucket(n), cache_len)
     tokens_BQ = np.zeros((tokens_BL.shape[0], Q), np.int32)
     valid_BQ = np.zeros((tokens_BL.shape[0], Q), bool)
     tokens_BQ[:, Q - n :] = tokens_BL[:, start:]

@@ -1,5 +1,7 @@
 """Tests for gptjax.data: tokenizers, text sources, token caches and batches."""
 
+import dataclasses
+import hashlib
 import pathlib
 import sys
 
@@ -155,11 +157,11 @@ def test_load_text_files_and_globs(tmp_path):
     assert load_text(str(tmp_path / "b.txt")) == "B"
     with pytest.raises(DataError, match="matches no files"):
         load_text(str(tmp_path / "*.csv"))
-    with pytest.raises(DataError, match="neither 'tiny_shakespeare' nor an existing file"):
+    with pytest.raises(DataError, match=r"neither a built-in corpus \['names', 'tiny_shakespeare'\] nor an"):
         load_text(str(tmp_path / "missing.txt"))
     with pytest.raises(DataError, match="is a directory"):
         load_text(str(tmp_path))
-    with pytest.raises(DataError, match="only used with source='tiny_shakespeare'"):
+    with pytest.raises(DataError, match=r"only used with a built-in source \['names', 'tiny_shakespeare'\]"):
         load_text(str(tmp_path / "a.txt"), path=str(tmp_path / "b.txt"))
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match="is empty"):
@@ -373,15 +375,17 @@ def test_load_text_reads_a_bracket_glob(tmp_path):
     assert load_text(str(tmp_path / "[ab].txt")) == "AB"
 
 
-def test_a_tiny_shakespeare_download_that_fails_its_sha256_is_not_cached(tmp_path, tmp_cache, monkeypatch):
+@pytest.mark.parametrize("name", ["tiny_shakespeare", "names"])
+def test_a_builtin_download_that_fails_its_sha256_is_not_cached(tmp_path, tmp_cache, monkeypatch, name):
     """What a captive portal returns instead of the corpus is refused, never cached for later runs."""
     portal = tmp_path / "portal.html"
     portal.write_text("<html>log in to the wifi</html>")
-    monkeypatch.setattr(sources, "TINY_SHAKESPEARE_URL", portal.as_uri())
+    corpus = dataclasses.replace(sources.BUILTINS[name], url=portal.as_uri())
+    monkeypatch.setitem(sources.BUILTINS, name, corpus)
     monkeypatch.setenv("GPTJAX_DATA_DIR", str(tmp_path))  # exists but lacks the file
     with pytest.raises(DataError, match="do not match sha256"):
-        load_text("tiny_shakespeare")
-    assert not (tmp_cache / "tinyshakespeare" / "input.txt").exists()
+        load_text(name)
+    assert not (tmp_cache / corpus.rel).exists()
 
 
 def test_get_batch_takes_a_split_of_exactly_block_size_plus_one():
@@ -418,3 +422,33 @@ def test_prepare_tokens_refuses_a_text_too_short_for_both_splits(tmp_path):
     with pytest.raises(DataError, match="text of 1 characters leaves an empty split at val_fraction=0.1"):
         prepare_tokens("a", CharTokenizer("a"), cache_root=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_names_come_shuffled_so_that_val_is_a_sample(data_dir, tmp_cache):
+    """The built-in names: every name of the shared file once, in a fixed random order, so that the last
+    10% (val) spreads over the whole list (the file runs from the most popular name to the rarest)."""
+    file = data_dir / "names" / "names.txt"
+    assert hashlib.sha256(file.read_bytes()).hexdigest() == sources.NAMES_SHA256
+    names = file.read_text().splitlines()
+    text = load_text("names")
+    assert text == load_text("names") and text.endswith("\n")
+    shuffled = text.splitlines()
+    assert sorted(shuffled) == sorted(names) and len(shuffled) == 32_033 and shuffled != names
+    rank = {n: i for i, n in enumerate(names)}  # a name listed twice keeps its later rank
+    val_ranks = [rank[n] for n in shuffled[int(0.9 * len(names)) :]]
+    assert abs(np.mean(val_ranks) / len(names) - 0.5) < 0.05 and min(val_ranks) < 100
+    assert load_text("names", str(file)) == text  # an explicit path gets the same order
+
+
+def test_names_offline_error_says_where_to_put_the_file(tmp_path, tmp_cache, monkeypatch):
+    def offline(url, dest, sha256=None):
+        raise OSError("no network")
+
+    monkeypatch.setattr(sources, "_download", offline)
+    monkeypatch.setenv("GPTJAX_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError) as e:
+        load_text("names")
+    assert str(e.value) == (
+        f"could not download the names list (no network); put names.txt from {sources.NAMES_URL} at "
+        f"$GPTJAX_DATA_DIR/names/names.txt or at {tmp_cache / 'names' / 'names.txt'}"
+    )

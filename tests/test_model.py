@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import importlib
 import math
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -462,9 +463,21 @@ def test_param_count_formula(tiny_cfg, bias, position, tie):
     assert count_params(abstract_params(cfg)) == expected_param_count(cfg)
 
 
-@pytest.mark.parametrize(
-    "module, arg", [("shakespeare_char", ""), ("shakespeare_char", "cpu"), ("tiny", None), ("gpt2", None)]
-)
+# Every file in configs/ (found, not listed), with the variants a file needs or has.
+CONFIG_VARIANTS = {"shakespeare_char": ["", "cpu"], "finetune_shakespeare": ["gpt2", "gpt2-medium"]}
+CONFIGS = [
+    (path.stem, arg)
+    for path in sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
+    if path.stem != "__init__"
+    for arg in CONFIG_VARIANTS.get(path.stem, [None])
+]
+
+
+def test_every_config_file_is_built():
+    assert {m for m, _ in CONFIGS} >= {"shakespeare_char", "tiny", "gpt2", "names", "finetune_shakespeare"}
+
+
+@pytest.mark.parametrize("module, arg", CONFIGS)
 def test_configs_build(module, arg):
     config = importlib.import_module(f"configs.{module}").get_config(arg)
     cfg = model_config(config, vocab_size=65)

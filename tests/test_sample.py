@@ -95,6 +95,14 @@ def test_greedy_is_argmax_of_full_model(tiny_cfg, params, full_logits):
     assert run(params, tiny_cfg, [PROMPTS[2]], max_new_tokens=13, temperature=0) == [[got]]
 
 
+def test_one_token_prompts_skip_the_prefill(tiny_cfg, params, full_logits, monkeypatch):
+    """Prompts of one token have nothing to prefill: no model call before decoding, the same tokens."""
+    calls = []
+    monkeypatch.setattr(decode, "_prefill_jit", lambda *a, **k: calls.append(1))
+    got = run(params, tiny_cfg, [[6], [3]], max_new_tokens=5, do_sample=False)
+    assert calls == [] and got == [[reference_greedy(tiny_cfg, full_logits, p, 5)] for p in ([6], [3])]
+
+
 def test_one_row_decoding_with_transposed_kernels(tiny_cfg, params, full_logits, monkeypatch):
     """The [out, in] kernel layout that one-row decoding of large models uses (any size here) decodes
     the same tokens, and later calls on the same params reuse one transposed copy."""

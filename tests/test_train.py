@@ -288,7 +288,7 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, data_dir, tmp_cache):
 @pytest.mark.parametrize(
     "text, block_size, match",
     [
-        (None, 32, "neither .tiny_shakespeare. nor an existing file"),
+        (None, 32, "neither a built-in corpus .* nor an existing file"),
         ("", 32, "empty"),
         ("To be, or not to be", 32, "fewer than block_size"),
     ],
