@@ -103,6 +103,8 @@ def benchmark_train(
     """
     from gptjax.train import abstract_state, model_config  # the benchmark builds exactly what training builds
 
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps={steps} and warmup={warmup}: time at least 1 call after 0 or more warm-ups")
     cfg = model_config(config, vocab_size)
     init, abstract = abstract_state(cfg, config.opt, config.seed)
     placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
@@ -128,7 +130,7 @@ def benchmark_train(
     run = lambda s: compiled(s, batch)  # noqa: E731
     for _ in range(warmup):
         state, metrics = run(state)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

@@ -138,6 +138,15 @@ class Checkpointer:
                 "directory to fall back to the previous checkpoint"
             ) from e
 
+    def require(self, step: int) -> None:
+        """One line naming the steps there are when `step` is not one of them (a user's --step)."""
+        steps = sorted(self.manager.all_steps())
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint at step {step} in {self.directory}; "
+                + (f"pick one of steps {steps}" if steps else "train first with scripts/train.py")
+            )
+
     def _step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
         if step is None:

@@ -49,6 +49,8 @@ def load_params(workdir: str | pathlib.Path, step: int | None = None):
     for attempt in range(3):
         ckpt = Checkpointer(workdir, read_only=True)
         try:
+            if step is not None and attempt == 0:
+                ckpt.require(step)
             saved = ckpt.restore_json(step)
             config = ml_collections.ConfigDict(saved["config"])
             tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
@@ -448,14 +450,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             tracing = True
         with profiling.step_annotation(step):
             state, metrics = step_fn(state, placement.put_batch(xy, config.batch_size))
-        if tracing and step + K >= min(profile_until, config.max_iters):
-            jax.block_until_ready(metrics)
-            profiling.stop_trace()
-            tracing = False
-            tqdm.write(f"traced steps {profile_from}-{step + K - 1} into {workdir / 'profile'}")
         if pending is not None:
             report(*pending)
         pending = (step, metrics)
+        if tracing and step + K >= min(profile_until, config.max_iters):
+            jax.block_until_ready(metrics)
+            t_stop = time.time()
+            profiling.stop_trace()
+            t_log += time.time() - t_stop  # writing the trace is not training time
+            tracing = False
+            tqdm.write(f"traced steps {profile_from}-{step + K - 1} into {workdir / 'profile'}")
         pbar.update(K)
     pbar.close()
     if pending is not None:

@@ -143,6 +143,9 @@ def benchmark_generate() -> dict:
         "results": [],
     }
     rng = np.random.default_rng(0)
+    unknown = sorted(set(FLAGS.sizes) - set(SIZES))
+    if unknown:
+        raise ValueError(f"--sizes={','.join(unknown)} unknown; pick from {','.join(SIZES)}")
     for name in FLAGS.sizes:
         cfg, prompt_len, new_tokens = SIZES[name]
         for batch in map(int, FLAGS.batch_sizes):

@@ -90,6 +90,26 @@ def test_benchmark_train_runs_the_training_step(tmp_path):
     assert any("dot" in row["op"] or "fusion" in row["op"] for row in out["top_ops"])
 
 
+def test_benchmark_train_refuses_no_timed_calls():
+    with pytest.raises(ValueError, match=r"steps=0 and warmup=1: time at least 1 call after 0 or more"):
+        benchmark.benchmark_train(tiny.get_config(), vocab_size=65, steps=0, warmup=1)
+
+
+def test_bench_script_names_the_sizes_it_knows():
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--sizes=gpt2,foo", "--nohf"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode != 0 and out.stdout == ""
+    assert out.stderr.strip() == "error: ValueError: --sizes=foo unknown; pick from shakespeare_char_cpu,gpt2"
+
+
 def test_with_overrides_sets_fields_like_config_flags():
     base = tiny.get_config()
     config = benchmark.with_overrides(base, "model.loss_chunk=16, batch_size=8,model.dtype=bfloat16")
@@ -109,7 +129,7 @@ def test_with_overrides_sets_fields_like_config_flags():
 def test_bench_script_measures_variants_in_one_run():
     """scripts/bench.py --variant: a JSON list, the base config first, each variant with its overrides."""
     repo = pathlib.Path(__file__).resolve().parents[1]
-    args = ["scripts/bench.py", "--mode=train", "--config=configs/tiny.py", "--steps=1", "--warmup=1"]
+    args = ["scripts/bench.py", "--mode=train", "--config=configs/tiny.py", "--steps=1", "--warmup=0"]
     args += ["--config.steps_per_call=2", "--variant=model.loss_chunk=16,batch_size=16"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     out = subprocess.run(

@@ -157,6 +157,10 @@ def test_scripts_refuse_before_printing(tmp_path, tiny_cfg, tiny_params):
             ["eval.py", "--random_batches=4", "--split=val", "--group=0"],
             "error: flag --group=0: 0 is not a positive",
         ),
+        (
+            ["eval.py", "--random_batches=4", "--split=val", "--step=7"],
+            f"error: FileNotFoundError: no checkpoint at step 7 in {tmp_path / 'w' / 'checkpoints'}; pick",
+        ),
     ]
     for (script, *args), start in cases:
         result = subprocess.run(

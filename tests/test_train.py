@@ -76,12 +76,16 @@ def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
     assert estimate["group_min"] <= estimate["loss"] <= estimate["group_max"]
 
 
-def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, tmp_cache):
+def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, tmp_cache, monkeypatch):
     """profile_steps=15, 10 steps a call: the calls at steps 10 and 20 are traced into workdir/profile,
     with no compilation inside; top_ops reads back op kinds, not Python frames. The logged lr is the
-    schedule's."""
+    schedule's, and tokens/s counts the traced calls but not the writing of the trace (made slow here)."""
+    stop_trace = profiling.stop_trace
+    monkeypatch.setattr(profiling, "stop_trace", lambda: (stop_trace(), time.sleep(2.0)))
     c = tiny_config(max_iters=40, eval_interval=40, checkpoint_interval=40, profile_steps=15)
     train_and_evaluate(c, tmp_path)
+    tok_s = [r["tokens_per_sec"] for r in read_metrics(tmp_path) if "tokens_per_sec" in r and r["step"] > 0]
+    assert len(tok_s) == 3 and max(tok_s) < 4 * min(tok_s), tok_s  # it was 20x off (the traced call left out)
     with gzip.open(profiling.latest_perfetto_trace(tmp_path / "profile")) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
@@ -388,6 +392,8 @@ def test_readers_follow_a_run_that_deletes_the_step_they_read(tmp_path, data_dir
     victims.add(10)
     with pytest.raises(checkpoint.StepVanished, match="checkpoints/10 was deleted while being read"):
         load_params(tmp_path, step=10)  # an explicit step is never swapped for another
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 in .*; pick one of steps \[20\]$"):
+        load_params(tmp_path, step=7)  # a step that never was is not "deleted while being read"
 
 
 @pytest.mark.parametrize(
