@@ -7,6 +7,7 @@ half-written checkpoint; a step that exists is never overwritten.
 """
 
 import contextlib
+import logging
 import pathlib
 from typing import Any
 
@@ -14,6 +15,17 @@ import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "config", "tokenizer", "meta")
+
+
+class _NoReadOnlyNote(logging.Filter):
+    """Drops orbax's warning that a manager opened read-only is read-only: gptjax asked for it (readers
+    such as gptjax.generate from a notebook would print it on every call)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_NoReadOnlyNote())
 
 
 class StepVanished(FileNotFoundError):

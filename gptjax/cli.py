@@ -1,5 +1,6 @@
 """Shared by the scripts: quiet library logs, and bad input ends the program with one clear line."""
 
+import ast
 import contextlib
 import os
 import sys
@@ -38,7 +39,20 @@ def _one_line(e: BaseException) -> str:
     # str(KeyError) is the repr of its key: drop a quote pair around the whole text, never one that ends it.
     if len(text) > 1 and text[0] == text[-1] in "'\"" and text[0] not in text[1:-1]:
         text = text[1:-1]
+    # A KeyError's repr of a message of several lines (ml_collections' unknown keys, with "Did you mean"):
+    # the message itself, its lines joined.
+    unwrapped = False
+    while len(text) > 1 and text[0] == text[-1] in "'\"":
+        try:
+            inner = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            break
+        if not isinstance(inner, str) or "\n" not in inner.strip():
+            break
+        text, unwrapped = inner.strip(), True
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if unwrapped:
+        return "; ".join(lines)
     if not lines:
         return type(e).__name__
     if len(lines) > 1 and lines[0].endswith(":"):

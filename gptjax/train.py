@@ -431,37 +431,39 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         dynamic_ncols=True,
         disable=jax.process_index() != 0,
     )
-    for step in range(start, config.max_iters, K):
-        due_eval = step % config.eval_interval == 0
-        due_save = step % config.checkpoint_interval == 0 and step > start
-        if (due_eval or due_save) and pending is not None:
-            # The previous call's metrics include the norm of the parameters about to be evaluated
-            # and saved: read them first, so a diverged state is never written over a good one.
-            report(*pending, check=True)
-            pending = None
-        if due_eval:
-            evaluate_and_log(step)
-            t_log, tokens_since_log = time.time(), 0  # evaluation time is not training time
-        if due_save:
-            save(step)
-        xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K), rows=rows)
-        if step == profile_from:
-            profiling.start_trace(workdir / "profile")
-            tracing = True
-        with profiling.step_annotation(step):
-            state, metrics = step_fn(state, placement.put_batch(xy, config.batch_size))
-        if pending is not None:
-            report(*pending)
-        pending = (step, metrics)
-        if tracing and step + K >= min(profile_until, config.max_iters):
-            jax.block_until_ready(metrics)
-            t_stop = time.time()
-            profiling.stop_trace()
-            t_log += time.time() - t_stop  # writing the trace is not training time
-            tracing = False
-            tqdm.write(f"traced steps {profile_from}-{step + K - 1} into {workdir / 'profile'}")
-        pbar.update(K)
-    pbar.close()
+    try:  # an error mid-run closes the bar first, so that its one line starts a line of its own
+        for step in range(start, config.max_iters, K):
+            due_eval = step % config.eval_interval == 0
+            due_save = step % config.checkpoint_interval == 0 and step > start
+            if (due_eval or due_save) and pending is not None:
+                # The previous call's metrics include the norm of the parameters about to be evaluated
+                # and saved: read them first, so a diverged state is never written over a good one.
+                report(*pending, check=True)
+                pending = None
+            if due_eval:
+                evaluate_and_log(step)
+                t_log, tokens_since_log = time.time(), 0  # evaluation time is not training time
+            if due_save:
+                save(step)
+            xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K), rows=rows)
+            if step == profile_from:
+                profiling.start_trace(workdir / "profile")
+                tracing = True
+            with profiling.step_annotation(step):
+                state, metrics = step_fn(state, placement.put_batch(xy, config.batch_size))
+            if pending is not None:
+                report(*pending)
+            pending = (step, metrics)
+            if tracing and step + K >= min(profile_until, config.max_iters):
+                jax.block_until_ready(metrics)
+                t_stop = time.time()
+                profiling.stop_trace()
+                t_log += time.time() - t_stop  # writing the trace is not training time
+                tracing = False
+                tqdm.write(f"traced steps {profile_from}-{step + K - 1} into {workdir / 'profile'}")
+            pbar.update(K)
+    finally:
+        pbar.close()
     if pending is not None:
         report(*pending, check=True)  # the final state must be finite before it is saved
     final_step = int(placement.get_state(state).step)

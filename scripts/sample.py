@@ -18,7 +18,7 @@ from gptjax import cli, sample
 
 flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
 flags.DEFINE_multi_string(
-    "prompt", None, "Text to continue; FILE:path reads it from a file. Repeat for a batch."
+    "prompt", None, "Text to continue (\\n etc. understood); FILE:path reads a file as it is. Repeatable."
 )
 flags.DEFINE_integer("num_samples", 1, "Sequences per prompt (samples, or the best beams).")
 flags.DEFINE_string(
@@ -66,7 +66,7 @@ def read_prompt(prompt: str) -> str:
     if prompt.startswith("FILE:"):
         with open(prompt[len("FILE:") :], encoding="utf-8") as f:
             return f.read()
-    return prompt
+    return cli.unescape(prompt)
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 message for a workdir without checkpoints."""
 
 import dataclasses
+import logging
 import shutil
 
 import jax
@@ -195,3 +196,13 @@ def test_a_step_with_unreadable_metadata_is_damaged_not_another_model(tmp_path, 
     with pytest.raises(ValueError, match=damaged):
         reader.restore_state(jax.eval_shape(lambda: state))
     reader.close()
+
+
+def test_readers_print_no_read_only_note(tmp_path, tiny_state, caplog):
+    """Opening a checkpoint read-only (every gptjax.generate call) logs nothing: orbax's note is dropped."""
+    save(tmp_path, 1, tiny_state())
+    with caplog.at_level(logging.DEBUG):
+        Checkpointer(tmp_path, read_only=True).close()
+        logging.getLogger("absl").warning("Given directory is read only=%s", "x")  # as orbax logs it
+        logging.getLogger("absl").warning("another note")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == ["another note"]

@@ -74,6 +74,14 @@ def test_path_errors_are_one_line_naming_the_path(tmp_path):
             "config file: ValueError: configs/tiny.py takes no variant, got 'foo'",
         ),
         (["--config=configs/tiny.py", "--config.model.foo=1"], "AttributeError: 'foo'"),
+        (
+            ["--config=configs/tiny.py", "--config.model.n_layr=4"],
+            """AttributeError: 'n_layr'; Did you mean "n_layer" instead of "n_layr"?""",
+        ),
+        (
+            ["--config=configs/tiny.py", "--config.nmodel.n_layer=4"],
+            """KeyError: 'nmodel'; Did you mean "model" instead of "nmodel"?""",
+        ),
     ],
 )
 def test_config_file_errors_are_one_line(monkeypatch, argv, line):
@@ -195,3 +203,16 @@ def test_one_line_errors_prefix_context_and_debug_shows_the_traceback(monkeypatc
     monkeypatch.setenv("GPTJAX_DEBUG", "1")
     with pytest.raises(KeyError, match="no such split"), cli.one_line_errors("loading data: "):
         raise KeyError("no such split")
+
+
+def test_an_error_mid_training_starts_a_line_of_its_own(tmp_path, data_dir, tmp_cache):
+    """A run that diverges mid-loop ends with its one error line on a line of its own, after the bar."""
+    args = ["--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}", "--config.opt.lr=1e30"]
+    args += ["--config.opt.grad_clip=0", "--config.max_iters=40", "--config.eval_interval=40"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.split("\n") if "FloatingPointError" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: FloatingPointError: "), result.stderr[-500:]

@@ -380,7 +380,7 @@ def test_sample_script(tmp_path, model):
     assert single.stdout == "abc" + record["text"] + "\n"  # streamed, then a newline
     # The same text from Python: a workdir's options default to its config.sample (temperature 0.8, ...).
     assert gptjax.generate(str(tmp_path / "w"), "abc", max_new_tokens=6, seed=3) == ["abc" + record["text"]]
-    run_script("--prompt=abc", "--prompt=ponm", "--num_beams=3", "--num_samples=2", f"--out={out}")
+    run_script("--prompt=\\u0061bc", "--prompt=ponm", "--num_beams=3", "--num_samples=2", f"--out={out}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["abc", "abc", "ponm", "ponm"]
     assert all(r["num_tokens"] == 6 and len(r["text"]) == 6 for r in records)
