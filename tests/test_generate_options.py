@@ -57,6 +57,10 @@ def hf_processors(options: dict, prompt_len: int):
         bias = options["sequence_bias"]
         bias = bias.items() if isinstance(bias, dict) else bias
         out.append(lp.SequenceBiasLogitsProcessor([[list(w), b] for w, b in bias]))
+    if "repetition_penalty" in options:
+        out.append(lp.RepetitionPenaltyLogitsProcessor(options["repetition_penalty"]))
+    if "no_repeat_ngram_size" in options:
+        out.append(lp.NoRepeatNGramLogitsProcessor(options["no_repeat_ngram_size"]))
     if "bad_words_ids" in options:
         out.append(lp.NoBadWordsLogitsProcessor(options["bad_words_ids"], eos))
     if "min_length" in options:
@@ -79,6 +83,13 @@ RULE_OPTIONS = [
     dict(bad_words_ids=[[7], [2, 3], [1, 2, 3], [3, 3], [5]], eos_token_id=5),
     dict(sequence_bias=[((4,), 2.5), ((2, 3), -1.5), ((9, 2, 3), 3.0), ((2, 3), 1.0)]),
     dict(bad_words_ids=[[2, 3]], sequence_bias={(1,): -2.0}, min_new_tokens=2, eos_token_id=[6]),
+    # Both minimums: the later one holds (HF applies both processors).
+    dict(min_new_tokens=2, min_length=7, eos_token_id=[1]),
+    dict(min_new_tokens=5, min_length=4, eos_token_id=[1]),
+    # Only the EOS alone is spared: a longer word that starts with it is banned (a prompt may end with it).
+    dict(bad_words_ids=[[2], [2, 3], [1, 2, 0]], eos_token_id=2),
+    # Biases come before the penalties, which then scale the biased logits (HF's order).
+    dict(sequence_bias={(3,): 2.0, (1, 3): -1.0}, repetition_penalty=1.5, no_repeat_ngram_size=2),
 ]
 
 
@@ -111,7 +122,7 @@ def test_rules_equal_hfs_logits_processors(options):
 
 def test_sequence_bias_and_bad_words_never_match_left_pads():
     """A word whose prefix is the pad id 0 matches text only, never the left pads before a prompt."""
-    rules = GenerateOptions(bad_words_ids=[[0, 4]], do_sample=False).rules()
+    rules = GenerateOptions(bad_words_ids=[[0, 3, 4], [0, 0, 4]], do_sample=False).rules()
     tokens = jnp.asarray([[0, 0, 3], [0, 0, 0]], jnp.int32)  # row 0: pads then 3; row 1: 0 0 0 as text
     mask = jnp.asarray([[False, False, True], [True, True, True]])
     out = np.asarray(apply_rules(rules, jnp.zeros((2, 5)), History(tokens, mask, 2, 3)))
@@ -289,6 +300,9 @@ def test_logprobs_are_the_models_own_for_every_mode(tiny_cfg, params, log_softma
         dict(temperature=2.0, top_k=4, repetition_penalty=1.5, num_return_sequences=2, seed=4),
         dict(num_beams=3, num_return_sequences=2, eos_token_id=[2, 11]),
         dict(num_beams=2, do_sample=True, seed=1),
+        # Beams whose scores the rules change: the logprobs stay the model's, reordered with the beams.
+        dict(num_beams=3, num_return_sequences=3, repetition_penalty=3.0, sequence_bias={(4,): 1.0}),
+        dict(num_beams=2, do_sample=True, temperature=0.5, top_k=5, seed=2),
     ]:
         completions = sample.complete(model, ["bcdef", "g", "hij"], max_new_tokens=3, **options)
         assert len(completions) == 3 * options.get("num_return_sequences", 1)
@@ -316,6 +330,36 @@ def test_logprobs_past_the_context_follow_the_window(tiny_cfg, params, log_softm
     assert start > 0 and len(ids) == 14
 
 
+def test_logprobs_stay_beside_their_tokens_when_an_eos_or_a_stop_string_ends_the_text(tiny_cfg, params):
+    """An EOS or a stop string cuts the samples short; their tokens and logprobs are the first ones of the
+    same samples left to run (neither changes the draws)."""
+    model = (params, tiny_cfg, CharTokenizer("abcdefghijklmnop"))
+    options = dict(max_new_tokens=6, temperature=2.0, num_return_sequences=4, seed=3)
+    full = sample.complete(model, "bcd", **options)
+    eos = sorted({int(c.token_ids[2]) for c in full})  # each sample ends by its third token
+    ended = sample.complete(model, "bcd", eos_token_id=eos, **options)
+    stopped = sample.complete(model, "bcd", stop=full[0].text[2:4], **options)
+    for got in (ended, stopped):
+        for c, f in zip(got, full, strict=True):
+            n = len(c.token_ids)
+            assert len(c.logprobs) == n and c.token_ids.tolist() == f.token_ids[:n].tolist()
+            np.testing.assert_allclose(c.logprobs, f.logprobs[:n], rtol=1e-6)
+        assert min(len(c.token_ids) for c in got) < 6
+
+
+def test_min_length_counts_a_cropped_prompt_as_given(tiny_cfg, params):
+    """A 12-token prompt is cropped to the 8-token context; min_length still counts its 12 tokens (as
+    max_length does): min_length=15 holds the EOS back for 3 new tokens, as min_new_tokens=3 does."""
+    prompt = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]]
+    options = dict(max_new_tokens=6, eos_token_id=[t for t in range(16) if t != 7], temperature=0)
+    with pytest.warns(UserWarning, match="cropped"):
+        by_length = sample.generate_ids(params, tiny_cfg, prompt, GenerateOptions(min_length=15, **options))
+    with pytest.warns(UserWarning, match="cropped"):
+        by_new = sample.generate_ids(params, tiny_cfg, prompt, GenerateOptions(min_new_tokens=3, **options))
+    assert by_new[0][0].tolist()[:3] == [7, 7, 7] and len(by_new[0][0]) < 6  # then an EOS: 7 is not all
+    assert by_length[0][0].tolist() == by_new[0][0].tolist()
+
+
 def test_generate_ids_is_unchanged_by_logprobs(tiny_cfg, params):
     options = GenerateOptions(max_new_tokens=5, num_return_sequences=2, seed=7)
     ids = sample.generate_ids(params, tiny_cfg, PROMPTS, options)
@@ -332,7 +376,8 @@ def test_flag_escapes_keep_other_characters():
 
 @pytest.mark.slow
 def test_sample_script_bans_words_and_writes_logprobs(tmp_path, tiny_cfg, params):
-    """--bad_words (text, escapes understood), --suppress_tokens, --min_new_tokens; --out gets logprobs."""
+    """--bad_words (text, escapes understood), --suppress_tokens, --begin_suppress_tokens, --min_new_tokens
+    (here for every token: no EOS 'h'); --out gets logprobs. An empty --bad_words is refused."""
     from gptjax.convert import save_checkpoint
 
     tokenizer = CharTokenizer("abcdefghijklmnop")
@@ -340,19 +385,27 @@ def test_sample_script_bans_words_and_writes_logprobs(tmp_path, tiny_cfg, params
     out = tmp_path / "s.jsonl"
     args = ["--prompt=abc", "--num_samples=3", "--max_new_tokens=10", "--temperature=3", f"--out={out}"]
     bans = ["--bad_words=p", "--bad_words=\\u0063d", "--suppress_tokens=0", "--suppress_tokens=1"]
-    result = subprocess.run(
-        [sys.executable, "scripts/sample.py", f"--workdir={tmp_path / 'w'}", *args, *bans],
+    bans += [
+        "--begin_suppress_tokens=4",
+        "--begin_suppress_tokens=5",
+        "--min_new_tokens=10",
+        "--eos_token_id=7",
+    ]
+    script = lambda *flags: subprocess.run(  # noqa: E731
+        [sys.executable, "scripts/sample.py", f"--workdir={tmp_path / 'w'}", *flags],
         cwd=REPO,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
     )
+    result = script(*args, *bans)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 3 and all(len(r["text"]) == len(r["logprobs"]) == 10 for r in records)
     for r in records:
         text = "abc" + r["text"]
-        assert "p" not in r["text"] and "cd" not in text and not set("ab") & set(r["text"])
+        assert "p" not in r["text"] and "cd" not in text and not set("abh") & set(r["text"])
+        assert r["text"][0] not in "ef"
         assert all(x < 0 for x in r["logprobs"])
     completions = sample.complete(
         (params, tiny_cfg, tokenizer),
@@ -362,7 +415,12 @@ def test_sample_script_bans_words_and_writes_logprobs(tmp_path, tiny_cfg, params
         temperature=3.0,
         bad_words_ids=[[15], [2, 3]],
         suppress_tokens=[0, 1],
+        begin_suppress_tokens=[4, 5],
+        min_new_tokens=10,
+        eos_token_id=7,
         seed=0,
     )  # the script's defaults (seed 0); the same text
     assert [c.text for c in completions] == [r["text"] for r in records]
     np.testing.assert_allclose([c.logprobs for c in completions], [r["logprobs"] for r in records], atol=1e-6)
+    result = script("--prompt=abc", "--bad_words=")
+    assert result.returncode != 0 and "--bad_words=['']: an empty word" in result.stderr, result.stderr

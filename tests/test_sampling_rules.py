@@ -1,6 +1,8 @@
 """Generation's rules on made-up logits: top-k, top-p, min-p, temperature, the repetition penalty and
-no-repeat n-grams each against its definition, draws against the rules' distribution, and HF's rule order.
-(Split from test_sample.py, which tests them on the model.)
+no-repeat n-grams each against its definition, draws against the rules' distribution, and HF's rule order;
+typical, epsilon and eta against HF's warpers (at their exact bounds too), sequence biases and bad words
+against HF's processors on short texts and behind left pads. (Split from test_sample.py, which tests them
+on the model.)
 """
 
 import jax
@@ -156,3 +158,109 @@ def test_rules_follow_hfs_order():
     assert [getattr(r, "eta", None) for r in options.rules()][-2:] == [False, True]
     greedy = GenerateOptions(top_k=5, temperature=0.7, repetition_penalty=1.2, do_sample=False)
     assert [type(r).__name__ for r in greedy.rules()] == ["RepetitionPenalty"]  # no warpers (as HF)
+
+
+# ----- Words, biases and the new filters: edge cases ------------------------------------------------------
+
+
+def test_sequence_bias_and_bad_words_equal_hfs_from_the_first_token():
+    """HF's SequenceBiasLogitsProcessor and NoBadWordsLogitsProcessor on every text of 1 to 8 tokens (no
+    pads): a word longer than the text so far matches nothing, even where its prefix equals the text padded
+    on the left with the first token (History.last)."""
+    import torch
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.default_rng(0)
+    B, L, V = 6, 8, 6
+    tokens_BL = rng.integers(0, 3, (B, L)).astype(np.int32)
+    tokens_BL[:, :2] = 1  # every text starts 1 1: words of 1 1 1 ... would match if clipped
+    bias = {(1, 1, 4): 2.0, (1, 1, 1, 5): -3.0, (2, 1, 3): 1.5, (0, 2): -1.0, (4,): 0.5}
+    bad = [[1, 1, 1, 3], [1, 1, 2], [2, 2], [5]]
+    rules = GenerateOptions(sequence_bias=bias, bad_words_ids=bad, eos_token_id=5, do_sample=False).rules()
+    hf = [
+        lp.SequenceBiasLogitsProcessor([[list(w), b] for w, b in bias.items()]),
+        lp.NoBadWordsLogitsProcessor(bad, 5),
+    ]
+    for cur in range(L):
+        logits_BV = rng.normal(size=(B, V)).astype(np.float32)
+        mask_BL = np.broadcast_to(np.arange(L) <= cur, (B, L))
+        history = sample.History(jnp.asarray(tokens_BL), jnp.asarray(mask_BL), cur)
+        got = np.asarray(sample.apply_rules(rules, jnp.asarray(logits_BV), history))
+        want = torch.from_numpy(logits_BV)
+        for p in hf:
+            want = p(torch.from_numpy(tokens_BL[:, : cur + 1]).long(), want)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, err_msg=f"cur={cur}")
+
+
+def test_words_never_match_left_pads():
+    """Left pads (id 0) before a prompt are no text: with words made of 0s, each row's biases and bans are
+    HF's on its real tokens alone, however many pads come first."""
+    import torch
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.default_rng(1)
+    B, L, V = 5, 8, 5
+    pads_B = np.asarray([0, 1, 2, 3, 3])
+    tokens_BL = rng.integers(0, 3, (B, L)).astype(np.int32)
+    tokens_BL[np.arange(L)[None, :] < pads_B[:, None]] = 0
+    tokens_BL[np.arange(B), pads_B] = 0  # each text starts with 0, like its pads
+    bias = {(0, 0, 3): -2.0, (0, 0, 0, 4): 1.0, (0, 1): 0.5}
+    bad = [[0, 0, 2], [0, 0, 0, 0, 1]]
+    rules = GenerateOptions(sequence_bias=bias, bad_words_ids=bad, do_sample=False).rules()
+    hf = [
+        lp.SequenceBiasLogitsProcessor([[list(w), b] for w, b in bias.items()]),
+        lp.NoBadWordsLogitsProcessor(bad),
+    ]
+    for cur in range(pads_B.max(), L):
+        logits_BV = rng.normal(size=(B, V)).astype(np.float32)
+        mask_BL = (np.arange(L)[None, :] >= pads_B[:, None]) & (np.arange(L)[None, :] <= cur)
+        history = sample.History(jnp.asarray(tokens_BL), jnp.asarray(mask_BL), cur)
+        got = np.asarray(sample.apply_rules(rules, jnp.asarray(logits_BV), history))
+        for b in range(B):
+            want = torch.from_numpy(logits_BV[b : b + 1])
+            for p in hf:
+                want = p(torch.from_numpy(tokens_BL[b : b + 1, pads_B[b] : cur + 1]).long(), want)
+            np.testing.assert_allclose(got[b : b + 1], want.numpy(), rtol=1e-6, err_msg=f"cur={cur} row={b}")
+
+
+def test_typical_epsilon_and_eta_keep_one_more_than_the_eos_ids_in_beam_sampling():
+    """As top-k, top-p and min-p do (HF's min_tokens_to_keep): max(2, 1 + number of EOS ids) per beam in
+    beam sampling, 1 in plain sampling, where each filter alone would keep the one dominant token."""
+    logits_1V = jnp.asarray([[9.0, 1.0, 0.5, 0.0, -9.0]])
+    kept = lambda rule: int(np.isfinite(np.asarray(rule(logits_1V, None))).sum())  # noqa: E731
+    tight = dict(typical_p=0.2, epsilon_cutoff=0.5, eta_cutoff=0.5)
+    for eos_ids, keep in [(None, 2), ([1], 2), ([1, 2], 3)]:
+        options = GenerateOptions(num_beams=3, do_sample=True, eos_token_id=eos_ids, **tight)
+        assert [kept(rule) for rule in options.rules()] == [keep] * 3, eos_ids
+    assert [kept(rule) for rule in GenerateOptions(eos_token_id=[1, 2], **tight).rules()] == [1] * 3
+
+
+def test_typical_and_epsilon_at_their_bounds_exactly():
+    """Probabilities 1/2, 1/4, 1/8, 1/8 (exact in float32). Their entropy is 1.75 bits, so by surprise the
+    most typical tokens are 1 (2 bits), then 0 (1 bit), then 2 and 3 (3 bits, tied): as top-p and HF's
+    TypicalLogitsWarper, a set whose mass is exactly typical_p is the smallest with mass >= typical_p.
+    epsilon_cutoff drops only the tokens less likely than epsilon, not those exactly as likely (HF)."""
+    import torch
+    from transformers.generation import logits_process as lp
+
+    logits_1V = jnp.log(jnp.asarray([[0.5, 0.25, 0.125, 0.125]]))
+    cases = [
+        (sample.Typical(p), lp.TypicalLogitsWarper(p), kept)
+        for p, kept in [(0.25, [1]), (0.5, [0, 1]), (0.75, [0, 1]), (0.8, [0, 1, 2, 3])]
+    ]
+    cases += [
+        (sample.EpsilonCutoff(e), lp.EpsilonLogitsWarper(e), kept)
+        for e, kept in [(0.125, [0, 1, 2, 3]), (0.25, [0, 1]), (0.5, [0])]
+    ]
+    for ours, hf, kept in cases:
+        out_1V = np.asarray(ours(logits_1V, None))
+        assert np.flatnonzero(np.isfinite(out_1V[0])).tolist() == kept, ours
+        np.testing.assert_array_equal(out_1V, hf(None, torch.tensor(np.asarray(logits_1V))).numpy())
+
+
+def test_min_length_zero_or_within_the_prompt_adds_no_rule():
+    """min_length=0 is HF's default; a min_length the prompt already reaches holds nothing back."""
+    for min_length in (0, 2, 3):
+        assert GenerateOptions(min_length=min_length, eos_token_id=1).rules(prompt_len=3) == ()
+    (rule,) = GenerateOptions(min_length=5, min_new_tokens=1, eos_token_id=1).rules(prompt_len=3)
+    assert (type(rule).__name__, rule.n) == ("MinNewTokens", 2)
