@@ -4,6 +4,7 @@ import ast
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -89,13 +90,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def unescape(text: str) -> str:
     """A flag's backslash escapes (\\n, \\t, \\u00e9) decoded; every other character, ASCII or not, kept."""
-    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    try:
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:  # a lone backslash at the end, a short \\x or \\u escape
+        raise ValueError(
+            f"{text!r} has an incomplete backslash escape ({e.reason}); write \\\\ for a backslash"
+        ) from None
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings in one line, without the source file and line a script's user has no use for."""
+    print(f"warning: {message}", file=file or sys.stderr, flush=True)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
     """absl's app.run with one-line errors for bad flags, configs and data."""
 
     def wrapped(argv):
+        warnings.showwarning = _warning_line
         if logging.get_verbosity() == logging.INFO:  # orbax logs every file it renames at INFO
             logging.set_verbosity(logging.ERROR)
         with one_line_errors():

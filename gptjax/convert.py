@@ -329,6 +329,8 @@ def resolve_hf_dir(name: str) -> pathlib.Path:
     if path.is_dir():
         return path
     local = "pass a local HF model directory (config.json + model.safetensors)"
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, never a Hub id (owner/name)
+        raise FileNotFoundError(f"{name} is not a directory; {local}, a gptjax workdir or a Hub id")
     try:
         from huggingface_hub import snapshot_download  # here: only Hub ids need it
     except ImportError:
@@ -350,7 +352,9 @@ def resolve_hf_dir(name: str) -> pathlib.Path:
     try:
         return pathlib.Path(snapshot_download(name, cache_dir=cache, allow_patterns=HUB_FILES))
     except Exception as e:  # offline, unknown id, not a valid id: all end the same way
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        if len(reason) > 200:  # HF's messages run long; cut at a word
+            reason = reason[:200].rsplit(" ", 1)[0] + " ..."
         raise FileNotFoundError(
             f"{name} is not a local directory nor in the HF hub cache {cache}, and could not be "
             f"downloaded ({reason}); {local}"

@@ -216,3 +216,25 @@ def test_an_error_mid_training_starts_a_line_of_its_own(tmp_path, data_dir, tmp_
     assert result.returncode != 0
     errors = [line for line in result.stderr.split("\n") if "FloatingPointError" in line]
     assert len(errors) == 1 and errors[0].startswith("error: FloatingPointError: "), result.stderr[-500:]
+
+
+def test_an_incomplete_flag_escape_is_one_clear_line():
+    for text in ("ab\\", "\\x4", "\\u00"):
+        with pytest.raises(
+            ValueError, match="has an incomplete backslash escape .*; write .* for a backslash"
+        ):
+            cli.unescape(text)
+    assert cli.unescape("a\\\\") == "a\\"
+
+
+def test_scripts_print_warnings_in_one_line(tmp_path):
+    """A script's warnings (a prompt cropped to the context, say) come as 'warning: message' alone,
+    without Python's second line of source."""
+    code = (
+        "import warnings; from gptjax import cli\n"
+        "def main(argv): warnings.warn('prompt of 9 tokens cropped on the left')\n"
+        "cli.run(main)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "warning: prompt of 9 tokens cropped on the left\n"

@@ -429,3 +429,24 @@ def test_hub_ids_come_from_the_cache_first_then_a_download(tmp_path, monkeypatch
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
         convert.resolve_hf_dir("gpt2")
     assert calls == [("gpt2", cache, True)]  # offline: never a download
+
+
+def test_a_missing_path_is_never_tried_as_a_hub_id_and_long_reasons_are_cut_at_a_word(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(name, **kwargs):
+        calls.append(name)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("word " * 100)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for path in (str(tmp_path / "typo"), "./runs/typo", "~/typo", "runs/a/typo"):
+        with pytest.raises(FileNotFoundError, match=f"^{path} is not a directory; pass a local HF model"):
+            convert.resolve_hf_dir(path)
+    assert calls == []
+    with pytest.raises(FileNotFoundError) as info:
+        convert.resolve_hf_dir("owner/name")  # a Hub id: tried, and its long error cut between words
+    assert calls == ["owner/name", "owner/name"]
+    assert "word word ...); pass a local HF model directory" in str(info.value)
