@@ -1,4 +1,5 @@
-"""A model's loss on a text: nats per token, perplexity, bits per byte and per character.
+"""A model's loss on a text: nats per token, perplexity, bits per byte and per character (and on
+images: nats and bits per pixel).
 
 The text's tokens are cut into consecutive windows of block_size; each token is predicted from the
 earlier tokens of its window (no overlap, so a window's first tokens see little context; nanoGPT's
@@ -65,6 +66,27 @@ def text_loss(params: Any, cfg: GPTConfig, tokenizer: Any, text: str, batch_size
         "bits_per_byte": bits / n_bytes,
         "bits_per_char": bits / n_chars,
     }
+
+
+def image_loss(params: Any, cfg: GPTConfig, rows_NL: np.ndarray, batch_size: int = 64) -> dict:
+    """{images, loss (nats/pixel), bits_per_dim} of every image row (gptjax.data.load_image_dataset's:
+    a start token, then the pixels), each pixel predicted from the start token and the pixels before it.
+    Bits per dimension as iGPT reports them: per palette-coded pixel, not per RGB sub-pixel."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1; pass a positive batch size")
+    rows_NL = np.asarray(rows_NL, np.int32)
+    N = len(rows_NL)
+    if N == 0:
+        raise ValueError("no images to evaluate")
+    pad = -N % batch_size  # whole batches: one compiled shape
+    rows_NL = np.concatenate([rows_NL, np.zeros((pad, rows_NL.shape[1]), np.int32)])
+    total = 0.0
+    for i in range(0, N, batch_size):
+        batch = rows_NL[i : i + batch_size]
+        nats_BT = np.asarray(_token_nats(params, cfg, batch[:, :-1], batch[:, 1:]))
+        total += float(np.sum(nats_BT[: N - i], dtype=np.float64))
+    loss = total / (N * (rows_NL.shape[1] - 1))
+    return {"images": N, "loss": loss, "bits_per_dim": loss / math.log(2)}
 
 
 def random_batch_loss(

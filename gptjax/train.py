@@ -2,7 +2,8 @@
 
 Reads top to bottom: devices -> data -> model and optimizer -> initial state (scratch, resume, or
 fine-tune from a gptjax workdir or a Hugging Face GPT-2) placed on the devices -> loop (evaluate,
-checkpoint, K steps per call, log) -> final evaluation, checkpoint and loss curve.
+checkpoint, K steps per call, log) -> final evaluation, checkpoint and loss curve (and, for an image
+model, a grid of samples).
 """
 
 import contextlib
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from gptjax import benchmark, parallel, profiling
+from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.metric_writer import MetricWriter, plot_losses
@@ -104,15 +105,34 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
 
 
 def make_tokenizer(data: Any):
-    """config.data.tokenizer: "char" (None here: built from the corpus), "byte" or "gpt2" (BPE)."""
+    """config.data.tokenizer: "char" or "palette" (None here: built from the corpus or the images), "byte"
+    or "gpt2" (BPE)."""
     kind = data.get("tokenizer", "char")
-    if kind == "char":
+    if kind in ("char", "palette"):
         return None
     if kind == "byte":
         return data_lib.ByteTokenizer()
     if kind == "gpt2":
         return data_lib.GPT2Tokenizer(data.get("tokenizer_path"))
-    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte or gpt2")
+    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte, gpt2 or palette")
+
+
+def load_data(data: Any, tokenizer: Any) -> data_lib.Dataset:
+    """config.data's train/val tokens: a text stream, or one row per image for data.tokenizer="palette"
+    (gptjax.data.images). `tokenizer`: the checkpoint's, or make_tokenizer's."""
+    if data.get("tokenizer") == "palette" or getattr(tokenizer, "kind", None) == "palette":
+        return data_lib.load_image_dataset(
+            data.source,
+            image_size=data.image_size,
+            colors=data.colors,
+            channels=data.channels,
+            class_conditional=data.class_conditional,
+            val_fraction=data.val_fraction,
+            tokenizer=tokenizer,
+        )
+    return data_lib.load_dataset(
+        data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer
+    )
 
 
 def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path], Any]:
@@ -290,12 +310,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         source, tokenizer = init_source(config.init_from, tokenizer)
 
     # ----- Data. -----
-    dataset = data_lib.load_dataset(
-        config.data.source,
-        path=config.data.path,
-        val_fraction=config.data.val_fraction,
-        tokenizer=tokenizer,
-    )
+    dataset = load_data(config.data, tokenizer)
     tokenizer = dataset.tokenizer
     for split in ("train", "val"):  # fail now, with one clear line, rather than in the loop
         batches(getattr(dataset, split), config, seed=0, steps=range(1), split=split)
@@ -476,6 +491,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     writer.close()
     ckpt.close()
     plot_losses(workdir, title=f"{config.data.source}: {n_params / 1e6:.2f}M parameters")
+    if tokenizer.kind == "palette" and jax.process_index() == 0:  # an image model: a look at what it draws
+        params = jax.device_get(placement.get_state(state).params)
+        grid = image.draw((params, cfg, tokenizer, config), num_samples=8, seed=config.seed)
+        tqdm.write(f"drew {image.save_grid(grid, workdir / 'samples.png')}")
     summary = {
         "step": config.max_iters,
         "val_loss": final["val"],

@@ -2,26 +2,31 @@
 
   python scripts/eval.py --workdir=W --text=FILE [--split=val] [--batch_size=8]
   python scripts/eval.py --workdir=W --split=val --random_batches=2000 [--group=20]
+  python scripts/eval.py --workdir=W --split=val     # an image model: every val image, bits per dim
 
 --text is a file, a glob or "tiny_shakespeare"; --split=val|train takes the part of it that training
 used as that split (config.data.val_fraction, cut by characters), default all. --random_batches=N
 instead estimates the loss as training logs it (nanoGPT's estimate_loss): N random batches of the
-workdir's own data split, and how much the mean of --group of them (eval_iters) scatters. Prints one
-JSON object.
+workdir's own data split, and how much the mean of --group of them (eval_iters) scatters. An image
+model (configs/digits.py) is evaluated on every image of its own data's --split: nats and bits per
+pixel. Prints one JSON object.
 """
 
 import json
 
+import numpy as np
 from absl import flags
 
 from gptjax import cli, evaluate
-from gptjax.data import load_dataset, load_text
-from gptjax.train import load_params
+from gptjax.data import load_text
+from gptjax.train import load_data, load_params
 
 flags.DEFINE_string("workdir", None, "A training or converted workdir (its latest checkpoint).")
 flags.DEFINE_string("text", None, "A text file, a glob, or tiny_shakespeare.")
 flags.DEFINE_enum("split", "all", ["all", "train", "val"], "Which part of the text to evaluate.")
-flags.DEFINE_integer("batch_size", 8, "Windows of block_size tokens per forward pass.", lower_bound=1)
+flags.DEFINE_integer(
+    "batch_size", 8, "Windows of block_size tokens (or images) per forward pass.", lower_bound=1
+)
 flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
 flags.DEFINE_integer(
     "random_batches", 0, "N > 0: the loss of N random batches of the workdir's --split.", lower_bound=0
@@ -39,10 +44,7 @@ def main(argv):
     if FLAGS.random_batches:
         if FLAGS.split == "all":
             raise ValueError("--random_batches needs --split=train or --split=val")
-        data = config.data
-        dataset = load_dataset(
-            data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer
-        )
+        dataset = load_data(config.data, tokenizer)
         result = evaluate.random_batch_loss(
             params,
             cfg,
@@ -52,6 +54,15 @@ def main(argv):
             group=FLAGS.group,
             split=FLAGS.split,
         )
+        print(json.dumps({"workdir": FLAGS.workdir, "split": FLAGS.split, **result}))
+        return
+    if tokenizer.kind == "palette":
+        if FLAGS.text:
+            raise ValueError("an image model is evaluated on its own images: drop --text")
+        dataset = load_data(config.data, tokenizer)
+        splits = ("train", "val") if FLAGS.split == "all" else (FLAGS.split,)
+        rows = np.concatenate([getattr(dataset, s) for s in splits])
+        result = evaluate.image_loss(params, cfg, rows, FLAGS.batch_size)
         print(json.dumps({"workdir": FLAGS.workdir, "split": FLAGS.split, **result}))
         return
     if not FLAGS.text:

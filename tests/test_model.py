@@ -464,7 +464,11 @@ def test_param_count_formula(tiny_cfg, bias, position, tie):
 
 
 # Every file in configs/ (found, not listed), with the variants a file needs or has.
-CONFIG_VARIANTS = {"shakespeare_char": ["", "cpu"], "finetune_shakespeare": ["gpt2", "gpt2-medium"]}
+CONFIG_VARIANTS = {
+    "shakespeare_char": ["", "cpu"],
+    "finetune_shakespeare": ["gpt2", "gpt2-medium"],
+    "digits": [None, "uncond"],
+}
 CONFIGS = [
     (path.stem, arg)
     for path in sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
@@ -474,7 +478,14 @@ CONFIGS = [
 
 
 def test_every_config_file_is_built():
-    assert {m for m, _ in CONFIGS} >= {"shakespeare_char", "tiny", "gpt2", "names", "finetune_shakespeare"}
+    assert {m for m, _ in CONFIGS} >= {
+        "shakespeare_char",
+        "tiny",
+        "gpt2",
+        "names",
+        "finetune_shakespeare",
+        "digits",
+    }
 
 
 @pytest.mark.parametrize("module, arg", CONFIGS)
@@ -491,6 +502,8 @@ def test_configs_build(module, arg):
         # nanoGPT prints "number of parameters: 10.65M" for this model (it excludes wpe).
         wpe = cfg.block_size * cfg.n_embd
         assert round((n - wpe) / 1e6, 2) == 10.65
+    if module == "digits":  # the context is one image: 8 x 8 pixels
+        assert cfg.block_size == config.data.image_size**2 and config.data.class_conditional == (arg is None)
     if module == "gpt2":
         # OpenAI's GPT-2 small with biases and its 50257-token vocab: HF counts 124,439,808 parameters.
         gpt2 = model_config(config, vocab_size=50257, bias=True, vocab_multiple=1)

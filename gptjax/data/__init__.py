@@ -1,6 +1,7 @@
 """Host-side data pipeline (numpy only): text sources, tokenizers, token memmaps, batches."""
 
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer, HFTokenizer
+from gptjax.data.images import PaletteTokenizer, load_image_dataset, load_images
 from gptjax.data.sources import (
     TINY_SHAKESPEARE_URL,
     DataError,
@@ -24,9 +25,12 @@ __all__ = [
     "Dataset",
     "GPT2Tokenizer",
     "HFTokenizer",
+    "PaletteTokenizer",
     "cache_dir",
     "get_batch",
     "load_dataset",
+    "load_image_dataset",
+    "load_images",
     "load_text",
     "load_tokenizer",
     "prepare_tokens",

@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer, HFTokenizer
+from gptjax.data.images import PaletteTokenizer
 from gptjax.data.sources import DataError
 
 _MAX_UNKNOWN_SHOWN = 10  # Enough to spot the problem without flooding the error line.
@@ -77,7 +78,11 @@ def tokenizer_from_json(d: dict) -> CharTokenizer | ByteTokenizer | GPT2Tokenize
         return GPT2Tokenizer.from_json(d)
     if kind == "hf":
         return HFTokenizer(d["tokenizer"])
-    raise DataError(f"unknown tokenizer kind {kind!r}; expected one of ['char', 'byte', 'gpt2', 'hf']")
+    if kind == "palette":
+        return PaletteTokenizer.from_json(d)
+    raise DataError(
+        f"unknown tokenizer kind {kind!r}; expected one of ['char', 'byte', 'gpt2', 'hf', 'palette']"
+    )
 
 
 def save_tokenizer(tok: CharTokenizer, path: str | pathlib.Path) -> None:
