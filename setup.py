@@ -9,6 +9,7 @@ setup(
     description="Generative pretrained transformers (GPT) in JAX/Flax: train, fine-tune, sample.",
     python_requires=">=3.11",
     packages=find_packages(include=["gptjax", "gptjax.*", "configs"]),
+    package_data={"gptjax": ["studio.html"]},  # the page scripts/serve.py shows
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

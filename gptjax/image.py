@@ -85,9 +85,9 @@ def complete(model: Any, rows_NL: np.ndarray, given_rows: int, num_samples: int 
     return _draw(model, prompts, num_samples, options)
 
 
-def save_grid(images_RCHWC: np.ndarray, path: str | pathlib.Path, min_side: int = 64) -> pathlib.Path:
-    """Writes a PNG of images (rows, columns, H, W, C) with 1-pixel white gaps, each image scaled up by
-    a whole factor (nearest neighbour: pixels stay square) to at least `min_side` pixels."""
+def grid_image(images_RCHWC: np.ndarray, min_side: int = 64):
+    """A PIL image of images (rows, columns, H, W, C) with 1-pixel white gaps, each image scaled up by a
+    whole factor (nearest neighbour: pixels stay square) to at least `min_side` pixels."""
     from PIL import Image  # Pillow comes with matplotlib
 
     images_RCHWC = np.asarray(images_RCHWC, np.uint8)
@@ -99,7 +99,12 @@ def save_grid(images_RCHWC: np.ndarray, path: str | pathlib.Path, min_side: int 
         for c in range(C):
             y, x = 1 + r * (H * s + 1), 1 + c * (W * s + 1)
             grid[y : y + H * s, x : x + W * s] = big[r, c]
+    return Image.fromarray(grid.squeeze(-1) if ch == 1 else grid)
+
+
+def save_grid(images_RCHWC: np.ndarray, path: str | pathlib.Path, min_side: int = 64) -> pathlib.Path:
+    """Writes grid_image(images_RCHWC) as a PNG; returns its path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.squeeze(-1) if ch == 1 else grid).save(path)
+    grid_image(images_RCHWC, min_side).save(path)
     return path

@@ -392,7 +392,8 @@ def complete(
     if stream or opts.stop:
         if stream and (len(prompts) > 1 or opts.num_return_sequences > 1 or opts.mode in BEAM_MODES):
             raise ValueError("stream needs one prompt, one sequence and no beam search")
-        write = stream if callable(stream) else lambda s: print(s, end="", flush=True)
+        to = stream if callable(stream) else lambda s: print(s, end="", flush=True)
+        write = lambda s: s and to(s)  # noqa: E731  (no empty pieces: each is new text)
         shown = [0]  # characters of the first row printed so far
         hold = max(map(len, opts.stop), default=1) - 1  # a stop string may be starting at the end
 
@@ -419,7 +420,9 @@ def complete(
         for new, logprobs in seqs
     ]
     if stream:
-        write(out[0].text[shown[0] :] + "\n")
+        write(out[0].text[shown[0] :])  # the pieces joined are the completion's text
+        if not callable(stream):
+            print(flush=True)  # and the terminal's line ends after it
     return out
 
 
@@ -435,7 +438,8 @@ def generate(
 
     model: a training workdir (its latest checkpoint; options left unset take its config.sample values)
     or a (params, GPTConfig, tokenizer) tuple. options: the fields of GenerateOptions. stream=True prints
-    the text as it comes (one prompt, one sequence), or calls the given function with each piece.
+    the text as it comes (one prompt, one sequence), or calls the given function with each new piece
+    (the pieces joined are the new text).
     logits_processor: rules of your own, each a function (logits_BV, history) -> logits_BV or a
     flax.struct dataclass with that __call__ (HF's argument of that name; gptjax.sampling.custom_rule).
     """

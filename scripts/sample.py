@@ -107,6 +107,8 @@ def main(argv):
         )
         if single and not shown:  # nothing new (e.g. a stop string at once): the prompt alone
             print(prompts[0], end="", flush=True)
+        if single:
+            print(flush=True)  # the streamed text ends its line
         if not single:
             for i, c in enumerate(completions):
                 print(f"----- sample {i} -----\n{c.prompt}{c.text}", flush=True)

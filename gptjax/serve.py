@@ -1,0 +1,286 @@
+"""A local server for a trained model: OpenAI's completions API and the studio, a page to write with it.
+
+  python scripts/serve.py --workdir=W            # then open http://127.0.0.1:8000
+
+  GET  /                the studio: prompt, options, text streamed as it comes (an image model: draw a class)
+  GET  /v1/models       the model served, in OpenAI's list format (plus a "gptjax" entry: sizes, classes)
+  POST /v1/completions  OpenAI's (legacy) completions API: prompt (a string or a list), max_tokens, n,
+                        temperature, top_p, stop, seed, echo, logprobs, stream (server-sent events), and
+                        any gptjax.sample.GenerateOptions field by its own name (top_k, min_p,
+                        repetition_penalty, num_beams ...). Fields left out take the workdir's
+                        config.sample values, as scripts/sample.py does.
+  POST /v1/images       an image model: {"classes": [...], "n": 8, "temperature", "top_k", "top_p", "seed"}
+                        -> {"png": base64 PNG grid (a row per class), "classes", "shape"}
+
+Generation runs one request at a time (a lock): the model and its compiled decoder are shared. Errors
+are OpenAI's {"error": {"message", "type"}} with status 400 for a bad request.
+"""
+
+import base64
+import dataclasses
+import http.server
+import importlib.resources
+import io
+import json
+import pathlib
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+import numpy as np
+
+from gptjax import image, sample
+from gptjax.data import DataError
+from gptjax.model import count_params
+
+# OpenAI's names for options that gptjax calls otherwise; the rest keep GenerateOptions' names.
+OPENAI_NAMES = {"max_tokens": "max_new_tokens", "n": "num_return_sequences"}
+# OpenAI fields gptjax does not implement: refused unless they ask for nothing (their value here).
+UNSUPPORTED = {"presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None}
+MAX_BODY_BYTES = 1 << 20
+
+
+class BadRequest(ValueError):
+    """A request the API refuses (400), with a one-line message."""
+
+
+@dataclasses.dataclass
+class Served:
+    """The model a server holds: (params, GPTConfig, tokenizer, saved sample options) and its name."""
+
+    model: tuple
+    name: str
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model[2]
+
+    @property
+    def is_image(self) -> bool:
+        return getattr(self.tokenizer, "kind", None) == "palette"
+
+    def info(self) -> dict:
+        params, cfg, tok, saved = self.model
+        extra = {
+            "kind": "image" if self.is_image else "text",
+            "parameters": count_params(params),
+            "block_size": cfg.block_size,
+            "vocab_size": tok.vocab_size,
+            "tokenizer": tok.kind,
+            "sample_defaults": {k: v for k, v in saved.items() if k != "prompt"},
+            "prompt": saved.get("prompt", ""),
+        }
+        if self.is_image:
+            extra.update(classes=tok.classes, height=tok.height, width=tok.width)
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "gptjax", "gptjax": extra}
+
+
+def _options(body: dict) -> tuple[list[str], dict, bool, bool, int | None]:
+    """(prompts, GenerateOptions fields, stream, echo, logprobs) of a completions request."""
+    body = dict(body)
+    prompt = body.pop("prompt", None)
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest("prompt must be a string or a non-empty list of strings")
+    stream, echo = bool(body.pop("stream", False)), bool(body.pop("echo", False))
+    logprobs = body.pop("logprobs", None)
+    for name in ("model", "user", "best_of", "stream_options"):
+        if name == "best_of" and body.get(name) not in (None, body.get("n", 1)):
+            raise BadRequest("best_of must equal n: gptjax returns every sequence it draws")
+        body.pop(name, None)
+    for name, nothing in UNSUPPORTED.items():
+        if body.pop(name, nothing) not in (nothing, None):
+            hint = "; use repetition_penalty" if name.endswith("penalty") else ""
+            raise BadRequest(f"{name} is not supported by gptjax{hint}")
+    options = {OPENAI_NAMES.get(k, k): v for k, v in body.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(sample.GenerateOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise BadRequest(
+            f"unknown fields {unknown}; see /v1/completions in gptjax/serve.py for the known ones"
+        )
+    return prompts, options, stream, echo, logprobs
+
+
+def _finish_reason(c: sample.Completion, tokenizer: Any) -> str:
+    """OpenAI's: "stop" when an EOS token or a stop string ended the text, else "length"."""
+    eos = set(c.options.eos_token_id or ())
+    if len(c.token_ids) and int(c.token_ids[-1]) in eos:
+        return "stop"
+    if c.options.stop and len(tokenizer.decode(c.token_ids)) > len(c.text):
+        return "stop"
+    return "length"
+
+
+def _logprobs(c: sample.Completion, tokenizer: Any, offset: int) -> dict:
+    """OpenAI's legacy logprobs object for the completion's tokens (top_logprobs are not computed)."""
+    tokens = [tokenizer.decode([int(t)]) for t in c.token_ids]
+    offsets = list(np.cumsum([0, *map(len, tokens[:-1])]) + offset) if tokens else []
+    return {
+        "tokens": tokens,
+        "token_logprobs": [float(x) for x in c.logprobs],
+        "top_logprobs": None,
+        "text_offset": [int(o) for o in offsets],
+    }
+
+
+def completions(served: Served, body: dict, write_event=None) -> dict | None:
+    """The response to a completions request; with stream=True, `write_event(dict)` gets OpenAI's chunks
+    (the last one carries finish_reason) and None is returned."""
+    prompts, options, stream, echo, logprobs = _options(body)
+    tok = served.tokenizer
+    if served.is_image:
+        raise BadRequest("this model draws images; POST /v1/images")
+    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
+    head["model"] = served.name
+    if stream:
+        if len(prompts) > 1 or options.get("num_return_sequences", 1) > 1 or options.get("num_beams", 1) > 1:
+            raise BadRequest("stream needs one prompt, n=1 and no beam search")
+        chunk = lambda text, reason=None: {
+            **head,
+            "choices": [  # noqa: E731
+                {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+            ],
+        }
+        if echo:
+            write_event(chunk(prompts[0]))
+        with served.lock:
+            (c,) = sample.complete(served.model, prompts, stream=lambda s: write_event(chunk(s)), **options)
+        write_event(chunk("", _finish_reason(c, tok)))
+        return None
+    with served.lock:
+        done = sample.complete(served.model, prompts, **options)
+    choices = []
+    for i, c in enumerate(done):
+        choice = {"text": (c.prompt if echo else "") + c.text, "index": i, "logprobs": None}
+        if logprobs is not None:
+            choice["logprobs"] = _logprobs(c, tok, len(c.prompt) if echo else 0)
+        choices.append({**choice, "finish_reason": _finish_reason(c, tok)})
+    prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
+    completion_tokens = sum(len(c.token_ids) for c in done)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    return {**head, "choices": choices, "usage": {**usage, "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def images(served: Served, body: dict) -> dict:
+    """A PNG grid of new images: a row per class (every class when none are named), n per row."""
+    if not served.is_image:
+        raise BadRequest("this model writes text; POST /v1/completions")
+    body = dict(body)
+    classes, n = body.pop("classes", None), body.pop("n", 8)
+    options = {k: v for k, v in body.items() if v is not None}
+    unknown = sorted(set(options) - {"temperature", "top_k", "top_p", "min_p", "seed"})
+    if unknown:
+        raise BadRequest(
+            f"unknown fields {unknown}; known: classes, n, temperature, top_k, top_p, min_p, seed"
+        )
+    if not isinstance(n, int) or not 1 <= n <= 64:
+        raise BadRequest(f"n={n!r} must be an integer in [1, 64]")
+    with served.lock:
+        drawn = image.draw(served.model, classes, n, **options)
+    png = io.BytesIO()
+    image.grid_image(drawn).save(png, format="PNG")
+    tok = served.tokenizer
+    names = [c if isinstance(c, str) else tok.classes[c] for c in classes] if classes else tok.classes
+    return {
+        "png": base64.b64encode(png.getvalue()).decode("ascii"),
+        "classes": names,
+        "shape": list(drawn.shape),
+    }
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    served: Served  # set on the subclass make_server builds
+    server_version = "gptjax"
+
+    def log_message(self, format, *args):  # noqa: A002  (one quiet line per request, not two)
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: dict) -> None:
+        self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self._json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+
+    def do_GET(self):  # noqa: N802  (http.server's name)
+        if self.path in ("/", "/index.html"):
+            page = importlib.resources.files("gptjax").joinpath("studio.html").read_bytes()
+            self._send(200, page, "text/html; charset=utf-8")
+        elif self.path == "/v1/models":
+            self._json(200, {"object": "list", "data": [self.served.info()]})
+        else:
+            self._error(404, f"no page {self.path}; try / or /v1/models", "not_found")
+
+    def do_POST(self):  # noqa: N802
+        routes = {"/v1/completions": completions, "/v1/images": images}
+        if self.path not in routes:
+            return self._error(
+                404, f"no endpoint {self.path}; POST /v1/completions or /v1/images", "not_found"
+            )
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY_BYTES:
+                raise BadRequest(f"the request has {length} bytes, more than {MAX_BODY_BYTES}")
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                raise BadRequest("the request body must be a JSON object")
+            if self.path == "/v1/completions" and body.get("stream"):
+                return self._stream(body)
+            self._json(200, routes[self.path](self.served, body))
+        except (
+            BadRequest,
+            DataError,
+            ValueError,
+            TypeError,
+        ) as e:  # bad input: one line, the server lives on
+            self._error(400, " ".join(str(e).split()) or type(e).__name__)
+        except Exception as e:  # a bug: the client gets a 500 and its line, the terminal the traceback
+            traceback.print_exc()
+            self._error(500, f"{type(e).__name__}: {' '.join(str(e).split())}", "server_error")
+
+    def _stream(self, body: dict) -> None:
+        """Server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`."""
+        started = False
+
+        def write_event(obj) -> None:
+            nonlocal started
+            if not started:  # headers only once the request has been checked and generation runs
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                started = True
+            self.wfile.write(b"data: " + json.dumps(obj).encode("utf-8") + b"\n\n")
+            self.wfile.flush()
+
+        try:
+            completions(self.served, body, write_event)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (the studio's Stop)
+            return
+        except (BadRequest, DataError, ValueError, TypeError) as e:
+            if started:  # too late for a status code: an error event ends the stream
+                write_event({"error": {"message": " ".join(str(e).split()), "type": "invalid_request_error"}})
+            else:
+                return self._error(400, " ".join(str(e).split()) or type(e).__name__)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def make_server(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str | None = None):
+    """A ThreadingHTTPServer for `model` (a workdir or a (params, GPTConfig, tokenizer[, config]) tuple);
+    port 0 picks a free one (server.server_address). Call serve_forever() on it."""
+    if name is None:
+        name = pathlib.Path(model).name if isinstance(model, str | pathlib.Path) else "gptjax"
+    served = Served(sample.load(model), name)
+    handler = type("BoundHandler", (Handler,), {"served": served})
+    return http.server.ThreadingHTTPServer((host, port), handler)

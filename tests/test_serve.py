@@ -1,0 +1,250 @@
+"""The local server (gptjax/serve.py): OpenAI's completions API gives what gptjax.sample gives, streamed
+or not; images; one-line 400s that leave the server running; the studio page."""
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from gptjax import image, sample, serve
+from gptjax.data import CharTokenizer
+from gptjax.data.images import PaletteTokenizer
+from gptjax.model import GPT, GPTConfig
+
+CHARS = "abcdefghijklmnop"  # the tiny model's 16 tokens
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_cfg, tiny_params):
+    return (tiny_params, tiny_cfg, CharTokenizer(CHARS), {"temperature": 0.9, "top_k": 12})
+
+
+def start(model):
+    server = serve.make_server(model, port=0, name="tiny")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def url(text_model):
+    server, url = start(text_model)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def post(url: str, path: str, body, raw: bool = False):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+            return response.status, response.headers, payload if raw else json.loads(payload)
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def test_completions_are_what_sample_complete_gives(url, text_model):
+    # Within the context (8): past it a short row of a ragged batch slides early (gptjax.sample's docstring).
+    body = {"prompt": ["abc", "ponm"], "max_tokens": 4, "n": 2, "seed": 5, "logprobs": 0, "model": "x"}
+    status, headers, out = post(url, "/v1/completions", body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    expected = sample.complete(text_model, ["abc", "ponm"], max_new_tokens=4, num_return_sequences=2, seed=5)
+    assert [c["text"] for c in out["choices"]] == [c.text for c in expected]
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2, 3]
+    assert {c["finish_reason"] for c in out["choices"]} == {"length"}
+    assert out["object"] == "text_completion" and out["model"] == "tiny" and out["id"].startswith("cmpl-")
+    assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 16, "total_tokens": 23}
+    lp = out["choices"][1]["logprobs"]
+    assert "".join(lp["tokens"]) == expected[1].text and lp["text_offset"] == list(range(4))
+    np.testing.assert_allclose(lp["token_logprobs"], expected[1].logprobs, rtol=1e-6)
+    # The saved defaults (temperature 0.9, top_k 12) apply to fields left out; echo puts the prompt first.
+    _, _, again = post(url, "/v1/completions", {"prompt": "abc", "max_tokens": 4, "seed": 5, "echo": True})
+    assert again["choices"][0]["text"] == "abc" + expected[0].text
+
+
+def test_streamed_pieces_join_to_the_whole_text_and_end_with_the_reason(url):
+    body = {"prompt": "abc", "max_tokens": 7, "seed": 2, "temperature": 0}
+    _, _, whole = post(url, "/v1/completions", body)
+    status, headers, raw = post(url, "/v1/completions", {**body, "stream": True}, raw=True)
+    assert status == 200 and headers["Content-Type"] == "text/event-stream"
+    events = raw.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    pieces = [c["choices"][0]["text"] for c in chunks]
+    assert "".join(pieces) == whole["choices"][0]["text"] and len(pieces) >= 7
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+
+
+def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
+    body = {"prompt": "abc", "max_tokens": 8, "temperature": 0}
+    text = post(url, "/v1/completions", body)[2]["choices"][0]["text"]
+    stop, eos = text[3:5], text[2]
+    _, _, cut = post(url, "/v1/completions", {**body, "stop": stop})
+    expected = {"text": text[: text.find(stop)], "index": 0, "logprobs": None, "finish_reason": "stop"}
+    assert cut["choices"][0] == expected
+    _, _, ended = post(url, "/v1/completions", {**body, "eos_token_id": CHARS.index(eos)})
+    assert (
+        ended["choices"][0]["text"] == text[: text.find(eos)]
+        and ended["choices"][0]["finish_reason"] == "stop"
+    )
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"prompt": "abc", "max_tokenz": 3}, r"unknown fields \['max_tokenz'\]"),
+        (
+            {"prompt": "abc", "frequency_penalty": 0.5},
+            "frequency_penalty is not supported .* repetition_penalty",
+        ),
+        ({"prompt": 3}, "prompt must be a string or a non-empty list of strings"),
+        ({"prompt": "abc", "top_p": 0}, r"top_p=0 must be in \(0, 1\]"),
+        ({"prompt": "zz"}, "not in the tokenizer's vocab"),
+        ({"prompt": "abc", "n": 2, "stream": True}, "stream needs one prompt, n=1"),
+        ({"prompt": "abc", "best_of": 3}, "best_of must equal n"),
+        (b"{not json", "Expecting property name"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_bad_requests_get_one_line_400s_and_the_server_goes_on(url, body, message):
+    status, _, out = post(url, "/v1/completions", body)
+    assert status == 400 and out["error"]["type"] == "invalid_request_error"
+    assert re.search(message, out["error"]["message"]) and "\n" not in out["error"]["message"]
+    assert post(url, "/v1/completions", {"prompt": "a", "max_tokens": 1})[0] == 200
+
+
+def test_models_other_paths_and_the_studio_page(url):
+    with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
+        (info,) = json.loads(r.read())["data"]
+    assert info["id"] == "tiny" and info["gptjax"]["kind"] == "text" and info["gptjax"]["block_size"] == 8
+    assert info["gptjax"]["sample_defaults"] == {"temperature": 0.9, "top_k": 12}
+    assert (
+        post(url, "/v1/images", {})[2]["error"]["message"] == "this model writes text; POST /v1/completions"
+    )
+    assert post(url, "/v1/chat", {})[0] == 404
+    with urllib.request.urlopen(url + "/", timeout=30) as r:
+        page = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/html")
+    for element in ('id="prompt"', 'id="generate"', 'id="output"', 'id="draw"', "/v1/completions"):
+        assert element in page
+    if shutil.which("node"):  # the page's script at least parses (no browser here to run it)
+        script = page.split("<script>")[1].split("</script>")[0]
+        result = subprocess.run(
+            ["node", "--check", "-"], input=script, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_concurrent_requests_take_turns(url):
+    results = []
+
+    def ask(seed):
+        results.append(post(url, "/v1/completions", {"prompt": "abc", "max_tokens": 4, "seed": seed})[0])
+
+    threads = [threading.Thread(target=ask, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 4
+
+
+def test_images_endpoint_draws_what_image_draw_does(tmp_path):
+    tok = PaletteTokenizer([[0], [128], [255]], 2, 2, classes=["dark", "light"])
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=4, n_layer=1, n_head=1, n_embd=8)
+    params = GPT(cfg).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+    model = (params, cfg, tok, {})
+    server, url = start(model)
+    try:
+        status, _, out = post(url, "/v1/images", {"classes": ["light"], "n": 3, "seed": 4})
+        assert status == 200 and out["classes"] == ["light"] and out["shape"] == [1, 3, 2, 2, 1]
+        png = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["png"]))))
+        expected = np.asarray(image.grid_image(image.draw(model, ["light"], 3, seed=4)))
+        np.testing.assert_array_equal(png, expected)
+        assert post(url, "/v1/images", {"n": 2})[2]["classes"] == ["dark", "light"]
+        for body, message in [({"n": 0}, "n=0 must be"), ({"seed": 1, "beams": 2}, "unknown fields")]:
+            status, _, out = post(url, "/v1/images", body)
+            assert status == 400 and message in out["error"]["message"]
+        assert "draws images" in post(url, "/v1/completions", {"prompt": "a"})[2]["error"]["message"]
+        studio = run_studio(url, "image", {"n": "2", "seed": "1", "class": "dark"}, tmp_path)
+        assert studio["images"] == ["data:image/png;base64,"] and studio["status"].startswith("drew dark")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# A stand-in for the browser: just enough DOM for the studio's script, and fetch aimed at the server.
+FAKE_BROWSER = """
+const elements = {};
+const node = (id) => ({
+  id, v: "", get value() { return this.v; }, set value(v) { this.v = String(v); },  // inputs hold strings
+  textContent: "", innerHTML: "", disabled: false, checked: false, className: "", style: {},
+  children: [],
+  classList: {names: new Set(), add(c) { this.names.add(c); }, remove(c) { this.names.delete(c); }},
+  append(...c) { this.children.push(...c); },
+  prepend(c) { this.children.unshift(c); },
+  add(o) { this.children.push(o); },
+  addEventListener() {},
+});
+globalThis.document = {
+  getElementById: (id) => (elements[id] ??= node(id)),
+  createElement: (tag) => node(tag),
+  querySelectorAll: () => [],
+};
+globalThis.Option = function (label, value) { this.label = label; this.value = value; };
+globalThis.Image = function () { this.style = {}; };
+const server = process.argv[2], browserFetch = fetch;
+globalThis.fetch = (path, options) => browserFetch(server + path, options);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+"""
+STUDIO_SESSION = """
+(async () => {
+  while ($("status").textContent !== "ready") {
+    if ($("status").className === "error") throw new Error($("status").textContent);
+    await sleep(20);
+  }
+  const loaded = {temperature: $("temperature").value, prompt: $("prompt").value};
+  $("new_seed").checked = false;
+  for (const [id, v] of Object.entries(SETTINGS)) $(id).value = v;
+  if ($("draw").onclick && MODE === "image") await draw(); else await generate();
+  const out = $("output").children[1];
+  console.log(JSON.stringify({
+    loaded, status: $("status").textContent, text: out ? out.textContent : null,
+    images: $("drawing").children.map((img) => img.src.slice(0, 22)),
+  }));
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+def run_studio(url: str, mode: str, settings: dict, tmp_path) -> dict:
+    with urllib.request.urlopen(url + "/", timeout=30) as r:
+        script = r.read().decode().split("<script>")[1].split("</script>")[0]
+    session = STUDIO_SESSION.replace("SETTINGS", json.dumps(settings)).replace("MODE", json.dumps(mode))
+    (tmp_path / "studio.js").write_text(FAKE_BROWSER + script + session)
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the studio's script is checked with node")
+    out = subprocess.run([node, tmp_path / "studio.js", url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_the_studio_streams_what_the_api_gives(url, tmp_path):
+    settings = {"prompt": "abc", "max_tokens": "6", "temperature": "0", "seed": "3", "stop": ""}
+    result = run_studio(url, "text", settings, tmp_path)
+    assert result["loaded"] == {"temperature": "0.9", "prompt": ""}  # the model's saved defaults
+    _, _, api = post(url, "/v1/completions", {"prompt": "abc", "max_tokens": 6, "temperature": 0, "seed": 3})
+    assert result["text"] == api["choices"][0]["text"] and len(result["text"]) == 6
+    assert result["status"].startswith("reached max new tokens")
