@@ -36,5 +36,9 @@ setup(
         "tokenizers": ["tokenizers>=0.23"],  # scripts/train_tokenizer.py, gptjax.data.HFTokenizer
         # Images (gptjax.data.images): the built-in 8x8 digits ship inside scikit-learn; Pillow reads files.
         "art": ["scikit-learn>=1.9.1", "pillow>=12"],
+        # tfds:NAME image sources, read without TensorFlow (gptjax.data.tfds_images). importlib_resources:
+        # TFDS 4.9.10 imports it to prepare a data set (the tests do) but does not declare it
+        # (tensorflow/datasets#11212).
+        "tfds": ["tensorflow-datasets>=4.9.10", "array_record>=0.8.6", "importlib_resources>=7.1"],
     },
 )

@@ -4,7 +4,8 @@ An image of H x W pixels becomes H*W + 1 tokens in raster order: a start token (
 class-conditional model, else SOS), then the palette index of each pixel. Ids: the K palette colours
 0..K-1, SOS = K, then one token per class. The model's block_size is H*W: it predicts every pixel from
 the start token and the pixels before it. Sources: the built-in `digits` (scikit-learn's 8x8 handwritten
-digits, 1,797 images in 17 grey levels, bundled with the package: no download), an .npz file with
+digits, 1,797 images in 17 grey levels, bundled with the package: no download), `tfds:NAME` (a TensorFlow
+Datasets set prepared as array_record in $TFDS_DATA_DIR, read without TensorFlow), an .npz file with
 `images` (N, H, W[, C]) uint8 and optional `labels` (N,) ints and `classes` (names), or a directory or
 glob of image files (PNG, JPEG, ...; a directory's sub-directories are its classes, as torchvision's
 ImageFolder).
@@ -248,6 +249,10 @@ def load_images(source: str, size: int, channels: int) -> tuple[np.ndarray, np.n
     path = pathlib.Path(source).expanduser()
     if source == "digits":
         images, labels, classes = _digits()
+    elif source.startswith("tfds:"):  # prepared as array_record in $TFDS_DATA_DIR; read without TensorFlow
+        from gptjax.data.tfds_images import load_tfds_images
+
+        images, labels, classes = load_tfds_images(source[len("tfds:") :])
     elif path.suffix == ".npz" and path.is_file():
         images, labels, classes = _npz(path)
     elif path.is_dir() or any(c in source for c in "*?["):
@@ -257,8 +262,8 @@ def load_images(source: str, size: int, channels: int) -> tuple[np.ndarray, np.n
         return np.stack([_read_image(f, size, channels) for f in files]), labels, classes
     else:
         raise DataError(
-            f"image source {source!r} is neither 'digits', an .npz file, a directory nor a glob of images; "
-            "fix --config.data.source"
+            f"image source {source!r} is neither 'digits', 'tfds:NAME', an .npz file, a directory nor a glob "
+            "of images; fix --config.data.source"
         )
     images = _with_channels(images, channels)
     if images.shape[1:3] != (size, size):
