@@ -468,6 +468,7 @@ CONFIG_VARIANTS = {
     "shakespeare_char": ["", "cpu"],
     "finetune_shakespeare": ["gpt2", "gpt2-medium"],
     "digits": [None, "uncond"],
+    "cifar10": [None, "cond"],
 }
 CONFIGS = [
     (path.stem, arg)
@@ -502,8 +503,16 @@ def test_configs_build(module, arg):
         # nanoGPT prints "number of parameters: 10.65M" for this model (it excludes wpe).
         wpe = cfg.block_size * cfg.n_embd
         assert round((n - wpe) / 1e6, 2) == 10.65
-    if module == "digits":  # the context is one image: 8 x 8 pixels
-        assert cfg.block_size == config.data.image_size**2 and config.data.class_conditional == (arg is None)
+    if module in ("digits", "cifar10"):  # the context is one image; conditional as the variant says
+        assert cfg.block_size == config.data.image_size**2
+        assert config.data.class_conditional == (
+            arg in (None, "cond") if module == "digits" else arg == "cond"
+        )
+    if module == "cifar10":  # iGPT-S: ~76M parameters (514 ids: 512 colours, SOS, no classes)
+        assert (
+            round(count_params(abstract_state(model_config(config, 514), config.opt, 0)[1].params) / 1e6)
+            == 76
+        )
     if module == "gpt2":
         # OpenAI's GPT-2 small with biases and its 50257-token vocab: HF counts 124,439,808 parameters.
         gpt2 = model_config(config, vocab_size=50257, bias=True, vocab_multiple=1)
