@@ -151,6 +151,7 @@ def benchmark_generate() -> dict:
         for batch in map(int, FLAGS.batch_sizes):
             prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
             row = dict(model=name, batch=batch, prompt_tokens=prompt_len, new_tokens=new_tokens)
+            load_before = os.getloadavg()[0]  # other work on the cores swings the ratio (HF suffers more)
             seconds = time_gptjax(cfg, prompts, new_tokens, FLAGS.repeats)
             row["gptjax_tok_s"] = round(batch * new_tokens / seconds, 1)
             if name == "gpt2" and batch == 1:
@@ -159,6 +160,7 @@ def benchmark_generate() -> dict:
                 seconds = time_hf(cfg, prompts, new_tokens, FLAGS.repeats)
                 row["hf_tok_s"] = round(batch * new_tokens / seconds, 1)
                 row["speedup"] = round(row["gptjax_tok_s"] / row["hf_tok_s"], 2)
+            row["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2), os.cpu_count()]
             out["results"].append(row)
             print(json.dumps(row), flush=True)
     batch1 = [r for r in out["results"] if r["model"] == "gpt2" and r["batch"] == 1]

@@ -13,12 +13,14 @@ pixel. Prints one JSON object.
 """
 
 import json
+import pathlib
 
 import numpy as np
 from absl import flags
 
 from gptjax import cli, evaluate
 from gptjax.data import load_text
+from gptjax.data.sources import BUILTINS
 from gptjax.train import load_data, load_params
 
 flags.DEFINE_string("workdir", None, "A training or converted workdir (its latest checkpoint).")
@@ -67,6 +69,12 @@ def main(argv):
         return
     if not FLAGS.text:
         raise ValueError("pass --text=FILE|GLOB|tiny_shakespeare, or --random_batches=N")
+    is_glob = any(c in FLAGS.text for c in "*?[")
+    if FLAGS.text not in BUILTINS and not is_glob and not pathlib.Path(FLAGS.text).expanduser().is_file():
+        raise FileNotFoundError(  # load_text's own message names train.py's flag
+            f"--text={FLAGS.text} is neither a built-in corpus {sorted(BUILTINS)}, a glob nor an existing "
+            "file; fix the path"
+        )
     text = load_text(FLAGS.text)
     if FLAGS.split != "all":
         n = int(len(text) * (1 - config.data.val_fraction))  # as gptjax.data.prepare_tokens splits

@@ -144,3 +144,23 @@ def test_bench_script_measures_variants_in_one_run():
         16,
     )
     assert variant["step_memory_gb"] is None and variant["tokens_per_sec"] > 0  # no buffer sizes on CPU
+
+
+@pytest.mark.slow
+def test_bench_script_times_generation_beside_hf_and_records_the_load():
+    """--mode=generate: a row per size and batch with gptjax's and HF's tokens/s measured in the same run,
+    their ratio, and the load average before and after (a busy machine slows HF far more)."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    args = ["scripts/bench.py", "--mode=generate", "--sizes=shakespeare_char_cpu", "--batch_sizes=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = subprocess.run(
+        [sys.executable, *args, "--repeats=1"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout[out.stdout.index("{\n") :])  # the rows stream first, one line each
+    (row,) = report["results"]
+    assert (row["model"], row["batch"], row["new_tokens"]) == ("shakespeare_char_cpu", 2, 63)
+    assert row["gptjax_tok_s"] > 0 and row["hf_tok_s"] > 0
+    assert row["speedup"] == pytest.approx(row["gptjax_tok_s"] / row["hf_tok_s"], abs=0.01)
+    before, after, cores = row["load_average_1min"]
+    assert before >= 0 and after >= 0 and cores == os.cpu_count()

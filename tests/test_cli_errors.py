@@ -166,6 +166,10 @@ def test_scripts_refuse_before_printing(tmp_path, tiny_cfg, tiny_params):
             "error: flag --group=0: 0 is not a positive",
         ),
         (
+            ["eval.py", f"--text={tmp_path / 'nothing.txt'}"],
+            f"error: FileNotFoundError: --text={tmp_path / 'nothing.txt'} is neither a built-in corpus ",
+        ),
+        (
             ["eval.py", "--random_batches=4", "--split=val", "--step=7"],
             f"error: FileNotFoundError: no checkpoint at step 7 in {tmp_path / 'w' / 'checkpoints'}; pick",
         ),
