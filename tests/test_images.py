@@ -85,8 +85,10 @@ def test_npz_dataset_rows_start_with_their_class_and_split_deterministically(tmp
         str(tmp_path / "s.npz"), image_size=4, colors=4, channels=1, class_conditional=True
     )
     np.testing.assert_array_equal(again.val, ds.val)
+    np.testing.assert_array_equal(ds.train_labels, ds.train[:, 0] - tok.class_id(0))
     uncond = load_image_dataset(str(tmp_path / "s.npz"), image_size=4, colors=4, channels=1)
     assert (uncond.train[:, 0] == uncond.tokenizer.bos_id).all() and uncond.tokenizer.classes == []
+    np.testing.assert_array_equal(uncond.val_labels, ds.val_labels)  # the labels, without a class token
     # A checkpoint's tokenizer encodes new data with its own palette.
     reused = load_image_dataset(
         str(tmp_path / "s.npz"), image_size=4, colors=9, channels=1, tokenizer=tok, class_conditional=True

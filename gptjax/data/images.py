@@ -326,4 +326,5 @@ def load_image_dataset(
         out[:, 1:] = tokenizer.encode_images(images[idx])
         return out
 
-    return Dataset(train=rows(train_idx), val=rows(val_idx), tokenizer=tokenizer)
+    train_labels, val_labels = (None, None) if labels is None else (labels[train_idx], labels[val_idx])
+    return Dataset(rows(train_idx), rows(val_idx), tokenizer, train_labels, val_labels)

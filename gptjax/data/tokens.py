@@ -23,11 +23,13 @@ _SPLIT_CODES = {"train": 0, "val": 1}
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: comparing memmaps elementwise is moot.
 class Dataset:
-    """Train and val token streams (1-D memmaps) and the tokenizer that made them."""
+    """Train and val token streams (1-D memmaps; images: one row each) and the tokenizer that made them."""
 
     train: np.ndarray
     val: np.ndarray
     tokenizer: CharTokenizer
+    train_labels: np.ndarray | None = None  # images with classes: each row's class index
+    val_labels: np.ndarray | None = None
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:

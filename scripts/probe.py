@@ -1,0 +1,40 @@
+"""iGPT's linear probe of an unconditional image model: the val accuracy of a logistic regression on each
+layer's features (gptjax/probe.py); prints a JSON line per layer, then the best.
+
+  python scripts/train.py --config=configs/digits.py:uncond --workdir=runs/digits_uncond
+  python scripts/probe.py --workdir=runs/digits_uncond [--layers=2,3]
+"""
+
+import json
+
+from absl import flags
+
+from gptjax import cli, probe
+from gptjax.train import load_data, load_params
+
+flags.DEFINE_string("workdir", None, "A training workdir of an unconditional image model.")
+flags.DEFINE_list("layers", None, "Layers to probe (0: the embeddings; default: every one).")
+flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1)
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    params, cfg, tok, config = load_params(FLAGS.workdir)
+    if getattr(tok, "kind", None) != "palette":
+        raise ValueError(f"{FLAGS.workdir} holds a text model ({tok.kind!r} tokens); the probe is for images")
+    layers = None if FLAGS.layers is None else [int(x) for x in FLAGS.layers]
+    results = probe.probe((params, cfg, tok), load_data(config.data, tok), layers, FLAGS.batch_size)
+    for row in results:
+        print(json.dumps(row), flush=True)
+    best = max(results, key=lambda r: r["val_accuracy"])
+    print(
+        json.dumps(
+            {"workdir": FLAGS.workdir, "best_layer": best["layer"], "val_accuracy": best["val_accuracy"]}
+        )
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)
