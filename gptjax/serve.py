@@ -12,8 +12,10 @@
   POST /v1/images       an image model: {"classes": [...], "n": 8, "temperature", "top_k", "top_p", "seed"}
                         -> {"png": base64 PNG grid (a row per class), "classes", "shape"}
 
-Generation runs one request at a time (a lock): the model and its compiled decoder are shared. Errors
-are OpenAI's {"error": {"message", "type"}} with status 400 for a bad request.
+Generation runs one request at a time (a lock): the model and its compiled decoder are shared. A request
+without a seed gets a fresh one (the response's "seed" says which), unless config.sample sets one.
+Streaming takes one prompt and n=1, without logprobs. Errors are OpenAI's {"error": {"message", "type"}}
+with status 400 for a bad request.
 """
 
 import base64
@@ -23,6 +25,7 @@ import importlib.resources
 import io
 import json
 import pathlib
+import secrets
 import threading
 import time
 import traceback
@@ -73,7 +76,9 @@ class Served:
             "sample_defaults": {k: v for k, v in saved.items() if k != "prompt"},
             "prompt": saved.get("prompt", ""),
         }
-        if self.is_image:
+        if self.is_image:  # only the options /v1/images takes
+            drawing = ("temperature", "top_k", "top_p", "min_p", "seed")
+            extra.update(sample_defaults={k: v for k, v in saved.items() if k in drawing}, prompt=None)
             extra.update(classes=tok.classes, height=tok.height, width=tok.width)
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "gptjax", "gptjax": extra}
 
@@ -85,8 +90,21 @@ def _options(body: dict) -> tuple[list[str], dict, bool, bool, int | None]:
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise BadRequest("prompt must be a string or a non-empty list of strings")
-    stream, echo = bool(body.pop("stream", False)), bool(body.pop("echo", False))
+    stream, echo = body.pop("stream", False), body.pop("echo", False)
+    for name, value in (("stream", stream), ("echo", echo)):
+        if not isinstance(value, bool):
+            raise BadRequest(f"{name}={value!r} must be true or false")
     logprobs = body.pop("logprobs", None)
+    if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0):
+        raise BadRequest(f"logprobs={logprobs!r} must be an integer >= 0 (each token's own log-probability)")
+    if logprobs is not None and stream:
+        raise BadRequest("logprobs is not streamed; drop stream or logprobs")
+    for openai, ours in OPENAI_NAMES.items():
+        value = body.get(openai)
+        if value is not None and ours in body:
+            raise BadRequest(f"{openai} and {ours} are the same option; give one")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BadRequest(f"{openai}={value!r} must be an integer >= 1")
     for name in ("model", "user", "best_of", "stream_options"):
         if name == "best_of" and body.get(name) not in (None, body.get("n", 1)):
             raise BadRequest("best_of must equal n: gptjax returns every sequence it draws")
@@ -127,6 +145,13 @@ def _logprobs(c: sample.Completion, tokenizer: Any, offset: int) -> dict:
     }
 
 
+def _seed(served: Served, options: dict) -> int:
+    """The request's seed, else the workdir's config.sample.seed, else a fresh one: as OpenAI's API, a
+    request without a seed draws new text each time (the response says which seed it used)."""
+    seed = options.get("seed", served.model[3].get("seed"))
+    return secrets.randbelow(2**31) if seed is None else seed
+
+
 def completions(served: Served, body: dict, write_event=None) -> dict | None:
     """The response to a completions request; with stream=True, `write_event(dict)` gets OpenAI's chunks
     (the last one carries finish_reason) and None is returned."""
@@ -134,8 +159,9 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
     tok = served.tokenizer
     if served.is_image:
         raise BadRequest("this model draws images; POST /v1/images")
+    options["seed"] = _seed(served, options)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
-    head["model"] = served.name
+    head.update(model=served.name, seed=options["seed"])
     if stream:
         if len(prompts) > 1 or options.get("num_return_sequences", 1) > 1 or options.get("num_beams", 1) > 1:
             raise BadRequest("stream needs one prompt, n=1 and no beam search")
@@ -170,7 +196,14 @@ def images(served: Served, body: dict) -> dict:
     if not served.is_image:
         raise BadRequest("this model writes text; POST /v1/completions")
     body = dict(body)
-    classes, n = body.pop("classes", None), body.pop("n", 8)
+    classes, n = body.pop("classes", None), body.pop("n", None)
+    n = 8 if n is None else n  # null: the default, as for every other field
+    if isinstance(classes, str | int):
+        classes = [classes]
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str | int) for c in classes)
+    ):
+        raise BadRequest(f"classes={classes!r} must be a list of class names or indices")
     options = {k: v for k, v in body.items() if v is not None}
     unknown = sorted(set(options) - {"temperature", "top_k", "top_p", "min_p", "seed"})
     if unknown:
@@ -179,17 +212,15 @@ def images(served: Served, body: dict) -> dict:
         )
     if not isinstance(n, int) or not 1 <= n <= 64:
         raise BadRequest(f"n={n!r} must be an integer in [1, 64]")
+    options["seed"] = _seed(served, options)
     with served.lock:
         drawn = image.draw(served.model, classes, n, **options)
     png = io.BytesIO()
     image.grid_image(drawn).save(png, format="PNG")
     tok = served.tokenizer
     names = [c if isinstance(c, str) else tok.classes[c] for c in classes] if classes else tok.classes
-    return {
-        "png": base64.b64encode(png.getvalue()).decode("ascii"),
-        "classes": names,
-        "shape": list(drawn.shape),
-    }
+    png = base64.b64encode(png.getvalue()).decode("ascii")
+    return {"png": png, "classes": names, "shape": list(drawn.shape), "seed": options["seed"]}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -218,6 +249,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, page, "text/html; charset=utf-8")
         elif self.path == "/v1/models":
             self._json(200, {"object": "list", "data": [self.served.info()]})
+        elif self.path == f"/v1/models/{self.served.name}":  # OpenAI's models.retrieve
+            self._json(200, self.served.info())
+        elif self.path in ("/v1/completions", "/v1/images"):
+            self._error(405, f"{self.path} takes POST with a JSON body", "method_not_allowed")
         else:
             self._error(404, f"no page {self.path}; try / or /v1/models", "not_found")
 
@@ -231,7 +266,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
                 raise BadRequest(f"the request has {length} bytes, more than {MAX_BODY_BYTES}")
-            body = json.loads(self.rfile.read(length) or b"{}")
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError as e:
+                raise BadRequest(f"the body is not valid JSON ({e})") from None
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
             if self.path == "/v1/completions" and body.get("stream"):
@@ -283,4 +321,10 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str
         name = pathlib.Path(model).name if isinstance(model, str | pathlib.Path) else "gptjax"
     served = Served(sample.load(model), name)
     handler = type("BoundHandler", (Handler,), {"served": served})
-    return http.server.ThreadingHTTPServer((host, port), handler)
+    try:
+        return http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as e:  # in use, not this machine's address, an unknown host name
+        raise OSError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port (0: any free one) "
+            "or --host"
+        ) from None

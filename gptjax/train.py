@@ -120,7 +120,14 @@ def make_tokenizer(data: Any):
 def load_data(data: Any, tokenizer: Any) -> data_lib.Dataset:
     """config.data's train/val tokens: a text stream, or one row per image for data.tokenizer="palette"
     (gptjax.data.images). `tokenizer`: the checkpoint's, or make_tokenizer's."""
-    if data.get("tokenizer") == "palette" or getattr(tokenizer, "kind", None) == "palette":
+    images = data.get("tokenizer") == "palette"
+    if tokenizer is not None and images != (tokenizer.kind == "palette"):
+        raise ValueError(
+            f"the checkpoint's model reads {tokenizer.kind!r} tokens, and config.data.tokenizer is "
+            f"{data.get('tokenizer', 'char')!r}: one is an image model, the other a text model; use the "
+            "config the model was trained with, or a fresh --workdir"
+        )
+    if images:
         return data_lib.load_image_dataset(
             data.source,
             image_size=data.image_size,
@@ -234,6 +241,23 @@ def _check_resume(step: int, config: Any, workdir: pathlib.Path) -> None:
         )
 
 
+def _check_same_images(saved: dict, data: Any, workdir: pathlib.Path) -> None:
+    """An image run resumes with the images it started with: its palette and start tokens are saved."""
+    if saved.get("tokenizer") != "palette" or data.get("tokenizer") != "palette":
+        return  # a text run, or a kind mismatch (load_data names it)
+    keys = ("image_size", "channels", "colors", "class_conditional")
+    changed = [
+        f"{k}={data.get(k)!r} (the checkpoint's: {saved.get(k)!r})"
+        for k in keys
+        if saved.get(k) != data.get(k)
+    ]
+    if changed:
+        raise ValueError(
+            f"the checkpoint in {workdir} was trained with other images: data.{', data.'.join(changed)}; "
+            "resume with the checkpoint's settings, or fine-tune from it in a fresh --workdir"
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
@@ -299,6 +323,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     if latest is not None:
         _check_resume(latest, config, workdir)
         saved = resumed.restore_json(latest)
+        _check_same_images(saved["config"].get("data", {}), config.data, workdir)
         tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
         meta = saved["meta"]
         print(f"resuming from {resumed.directory} at step {latest}", flush=True)

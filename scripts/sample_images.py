@@ -15,8 +15,10 @@ from gptjax import cli, image, train
 
 flags.DEFINE_string("workdir", None, "A training workdir of an image model (its latest checkpoint).")
 flags.DEFINE_list("classes", None, "Classes to draw, by name or index (default: every class, a row each).")
-flags.DEFINE_integer("num_samples", 8, "Images per class (or per completed image).")
-flags.DEFINE_integer("complete", 0, "Complete this many validation images instead of drawing new ones.")
+flags.DEFINE_integer("num_samples", 8, "Images per class (or per completed image).", lower_bound=1)
+flags.DEFINE_integer(
+    "complete", 0, "Complete this many validation images instead of drawing new ones.", lower_bound=0
+)
 flags.DEFINE_integer("given_rows", None, "--complete: pixel rows given to the model (default: half).")
 flags.DEFINE_float("temperature", None, "Softmax temperature; 0 is greedy (default: config.sample).")
 flags.DEFINE_integer("top_k", None, "Sample among the k most likely colours; 0 keeps all.")
@@ -39,7 +41,14 @@ def main(argv):
         k: FLAGS[k].value for k in ("temperature", "top_k", "top_p", "seed") if FLAGS[k].value is not None
     }
     if FLAGS.complete > 0:
-        rows = train.load_data(config.data, tok).val[: FLAGS.complete]
+        if FLAGS.classes:
+            raise ValueError("--classes draws new images; --complete takes validation images as they come")
+        rows = train.load_data(config.data, tok).val
+        if FLAGS.complete > len(rows):
+            print(
+                f"note: --complete={FLAGS.complete}, but there are {len(rows)} validation images", flush=True
+            )
+        rows = rows[: FLAGS.complete]
         given = tok.height // 2 if FLAGS.given_rows is None else FLAGS.given_rows
         drawn = image.complete(model, rows, given, FLAGS.num_samples, **options)
         originals = tok.decode_images(rows[:, 1:])
@@ -58,10 +67,8 @@ def main(argv):
     drawn = image.draw(model, classes, FLAGS.num_samples, **options)
     path = image.save_grid(drawn, FLAGS.out or f"{FLAGS.workdir}/samples.png")
     names = [tok.classes[c] if isinstance(c, int) else c for c in classes] if classes else tok.classes
-    print(
-        f"wrote {path}: {drawn.shape[0]} rows ({', '.join(names) or 'unconditional'}) "
-        f"of {FLAGS.num_samples} images"
-    )
+    rows = f"{drawn.shape[0]} row{'s' * (drawn.shape[0] > 1)}"
+    print(f"wrote {path}: {rows} ({', '.join(names) or 'unconditional'}) of {FLAGS.num_samples} images")
 
 
 if __name__ == "__main__":

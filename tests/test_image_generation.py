@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import digits
 from gptjax import image
+from gptjax.data.images import PaletteTokenizer
 from gptjax.metric_writer import read_metrics
 from gptjax.train import load_params, train_and_evaluate
 from tests.test_images import stripes
@@ -113,6 +114,7 @@ def test_sample_images_script_writes_grids_and_refuses_bad_input_in_one_line(wor
     assert np.asarray(Image.open(workdir / "completions.png")).shape == (2 * 65 + 1, 4 * 65 + 1)
     for script, flag, message in [
         ("scripts/sample_images.py", "--classes=diagonal", "class 'diagonal' is not one of"),
+        ("scripts/sample_images.py", "--complete=-1", "--complete=-1: -1 is not a non-negative integer"),
         ("scripts/sample.py", "--num_samples=1", "draws images (palette tokenizer), not text"),
     ]:
         out = run_script(script, f"--workdir={workdir}", flag)
@@ -160,3 +162,29 @@ def test_image_model_resumes_exactly(tmp_path):
     a, b = load_params(tmp_path / "once")[0], load_params(tmp_path / "twice")[0]
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_run_refuses_a_checkpoint_of_the_other_kind_or_other_images(tmp_path):
+    """A text workdir under an image config (or back), and an image run resumed with other image settings
+    (conditional or not, colours, size), each end in one line before anything runs."""
+    from ml_collections import ConfigDict
+
+    from gptjax.data import CharTokenizer
+    from gptjax.train import _check_same_images, load_data
+
+    image_data = digits.get_config().data
+    with pytest.raises(ValueError, match="reads 'char' tokens, and config.data.tokenizer is 'palette'"):
+        load_data(image_data, CharTokenizer("ab"))
+    text_data = ConfigDict(
+        {"source": "tiny_shakespeare", "path": None, "val_fraction": 0.1, "tokenizer": "char"}
+    )
+    with pytest.raises(ValueError, match="reads 'palette' tokens, and config.data.tokenizer is 'char'"):
+        load_data(text_data, PaletteTokenizer([[0]], 8, 8))
+    saved = image_data.to_dict()
+    _check_same_images(saved, image_data, tmp_path)  # the same images: resumes
+    changed = digits.get_config("uncond").data
+    changed.colors = 8
+    with pytest.raises(
+        ValueError, match=r"data.colors=8 \(the checkpoint's: 17\), data.class_conditional=False"
+    ):
+        _check_same_images(saved, changed, tmp_path)

@@ -141,9 +141,20 @@ def test_digits_builtin_is_sklearns_8x8_digits():
         (lambda p: np.savez(p / "x.npz", images=stripes(4)[0].astype(float)), {}, "give uint8"),
         (lambda p: np.savez(p / "x.npz", images=stripes(4)[0], labels=[0, 1, 2, -1]), {}, "ints >= 0"),
         (lambda p: np.savez(p / "x.npz", images=stripes(1)[0]), {}, "empty split"),
-        (lambda p: None, {}, "neither 'digits'"),
+        (lambda p: (p / "x.npz").write_text("not an npz, a text file"), {}, "not a numpy .npz of arrays"),
         (lambda p: (p / "x.npz").mkdir() or (p / "x.npz" / "a.png").write_text("no"), {}, "not an image"),
         (lambda p: np.savez(p / "x.npz", images=stripes(4)[0]), {"channels": 2}, "1 \\(grey\\) or 3"),
+        (
+            lambda p: np.savez(p / "x.npz", images=stripes(4)[0], labels=np.ones(4) / 2),
+            {},
+            "labels are float64",
+        ),
+        (
+            lambda p: np.savez(p / "x.npz", images=stripes(4)[0], labels=list("abab")),
+            {},
+            "give integer labels",
+        ),
+        (lambda p: None, {}, "x.npz does not exist"),
     ],
 )
 def test_bad_image_input_gets_one_line(tmp_path, make, kwargs, message):
@@ -151,3 +162,22 @@ def test_bad_image_input_gets_one_line(tmp_path, make, kwargs, message):
     with pytest.raises(DataError, match=message) as e:
         load_image_dataset(str(tmp_path / "x.npz"), image_size=4, colors=4, **{"channels": 1, **kwargs})
     assert "\n" not in str(e.value)
+
+
+def test_a_loose_image_beside_class_folders_is_named(tmp_path):
+    for name in ("cat/a.png", "dog/b.png", "c.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    with pytest.raises(DataError, match=r"c.png lies beside the class folders of .*; move it into one"):
+        load_image_dataset(str(tmp_path), image_size=4, colors=2, channels=1, class_conditional=True)
+
+
+def test_a_checkpoints_tokenizer_fixes_whether_images_start_with_their_class(tmp_path):
+    images, labels = stripes(20)
+    np.savez(tmp_path / "s.npz", images=images, labels=labels)
+    kwargs = dict(image_size=4, colors=2, channels=1)
+    conditional = load_image_dataset(str(tmp_path / "s.npz"), class_conditional=True, **kwargs).tokenizer
+    unconditional = load_image_dataset(str(tmp_path / "s.npz"), **kwargs).tokenizer
+    for tok, flag in ((conditional, False), (unconditional, True)):
+        with pytest.raises(DataError, match=f"set --config.data.class_conditional={not flag}$"):
+            load_image_dataset(str(tmp_path / "s.npz"), class_conditional=flag, tokenizer=tok, **kwargs)

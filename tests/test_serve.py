@@ -114,8 +114,18 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ({"prompt": "zz"}, "not in the tokenizer's vocab"),
         ({"prompt": "abc", "n": 2, "stream": True}, "stream needs one prompt, n=1"),
         ({"prompt": "abc", "best_of": 3}, "best_of must equal n"),
-        (b"{not json", "Expecting property name"),
+        (b"{not json", r"the body is not valid JSON \(Expecting property name"),
         ([1, 2], "must be a JSON object"),
+        ({"prompt": "abc", "stream": "false"}, "stream='false' must be true or false"),
+        ({"prompt": "abc", "echo": 1}, "echo=1 must be true or false"),
+        ({"prompt": "abc", "logprobs": -1}, "logprobs=-1 must be an integer >= 0"),
+        ({"prompt": "abc", "logprobs": 1, "stream": True}, "logprobs is not streamed"),
+        (
+            {"prompt": "abc", "max_tokens": 3, "max_new_tokens": 5},
+            "max_tokens and max_new_tokens are the same",
+        ),
+        ({"prompt": "abc", "max_tokens": "4"}, "max_tokens='4' must be an integer >= 1"),
+        ({"prompt": "abc", "n": 0}, "n=0 must be an integer >= 1"),
     ],
 )
 def test_bad_requests_get_one_line_400s_and_the_server_goes_on(url, body, message):
@@ -134,6 +144,11 @@ def test_models_other_paths_and_the_studio_page(url):
         post(url, "/v1/images", {})[2]["error"]["message"] == "this model writes text; POST /v1/completions"
     )
     assert post(url, "/v1/chat", {})[0] == 404
+    with urllib.request.urlopen(url + "/v1/models/tiny", timeout=30) as r:  # OpenAI's models.retrieve
+        assert json.loads(r.read())["id"] == "tiny"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url + "/v1/completions", timeout=30)
+    assert e.value.code == 405 and "takes POST" in json.loads(e.value.read())["error"]["message"]
     with urllib.request.urlopen(url + "/", timeout=30) as r:
         page = r.read().decode()
         assert r.headers["Content-Type"].startswith("text/html")
@@ -145,6 +160,20 @@ def test_models_other_paths_and_the_studio_page(url):
             ["node", "--check", "-"], input=script, capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_a_request_without_a_seed_draws_a_fresh_one_and_says_which(url):
+    body = {"prompt": "abc", "max_tokens": 6, "temperature": 1.0, "top_k": 0}
+    first, second = (post(url, "/v1/completions", body)[2] for _ in range(2))
+    assert first["seed"] != second["seed"]  # 1 in 2**31 to collide
+    again = post(url, "/v1/completions", {**body, "seed": first["seed"]})[2]
+    assert again["seed"] == first["seed"] and again["choices"] == first["choices"]
+
+
+def test_a_port_in_use_is_one_line(text_model, url):
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(OSError, match=f"^cannot listen on 127.0.0.1:{port} .*; pass another --port"):
+        serve.make_server(text_model, port=port)
 
 
 def test_concurrent_requests_take_turns(url):
@@ -174,7 +203,14 @@ def test_images_endpoint_draws_what_image_draw_does(tmp_path):
         expected = np.asarray(image.grid_image(image.draw(model, ["light"], 3, seed=4)))
         np.testing.assert_array_equal(png, expected)
         assert post(url, "/v1/images", {"n": 2})[2]["classes"] == ["dark", "light"]
-        for body, message in [({"n": 0}, "n=0 must be"), ({"seed": 1, "beams": 2}, "unknown fields")]:
+        one = post(url, "/v1/images", {"classes": "light", "n": None, "seed": 4})[2]  # n null: the default, 8
+        assert one["classes"] == ["light"] and one["shape"] == [1, 8, 2, 2, 1] and one["seed"] == 4
+        bad = [
+            ({"n": 0}, "n=0 must be"),
+            ({"seed": 1, "beams": 2}, "unknown fields"),
+            ({"classes": {}}, "a list"),
+        ]
+        for body, message in bad:
             status, _, out = post(url, "/v1/images", body)
             assert status == 400 and message in out["error"]["message"]
         assert "draws images" in post(url, "/v1/completions", {"prompt": "a"})[2]["error"]["message"]

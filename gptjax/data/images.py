@@ -14,6 +14,7 @@ ImageFolder).
 import glob
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -180,19 +181,30 @@ def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _npz(file: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    with np.load(file, allow_pickle=False) as z:
+    try:
+        npz = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:  # not a zip of arrays, or object arrays
+        raise DataError(
+            f"{file} is not a numpy .npz of arrays ({type(e).__name__}); write it with np.savez"
+        ) from e
+    with npz as z:
         if "images" not in z:
             raise DataError(
                 f"{file} has arrays {sorted(z.files)} but no 'images'; save images=(N, H, W[, C]) uint8"
             )
         images = z["images"]
-        labels = z["labels"].astype(np.int64) if "labels" in z else None
+        labels = z["labels"] if "labels" in z else None
         classes = [str(c) for c in z["classes"]] if "classes" in z else []
     if labels is not None:
+        if labels.dtype.kind not in "iu":
+            raise DataError(
+                f"{file}: labels are {labels.dtype}; give integer labels (N,) and names in 'classes'"
+            )
         if labels.shape != (len(images),) or (len(labels) and labels.min() < 0):
             raise DataError(
                 f"{file}: labels of shape {labels.shape} must be (N,) = ({len(images)},) ints >= 0"
             )
+        labels = labels.astype(np.int64)
         classes = classes or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
         if len(labels) and labels.max() >= len(classes):
             raise DataError(f"{file}: label {labels.max()} has no name among its {len(classes)} classes")
@@ -260,6 +272,8 @@ def load_images(source: str, size: int, channels: int) -> tuple[np.ndarray, np.n
         if not files:
             raise DataError(f"{source} holds no image files ({', '.join(IMAGE_SUFFIXES)}); check the path")
         return np.stack([_read_image(f, size, channels) for f in files]), labels, classes
+    elif not path.exists():
+        raise DataError(f"image source {source} does not exist; fix --config.data.source")
     else:
         raise DataError(
             f"image source {source!r} is neither 'digits', 'tfds:NAME', an .npz file, a directory nor a glob "
@@ -294,9 +308,16 @@ def load_image_dataset(
         raise DataError(f"val_fraction={val_fraction} must be in (0, 1)")
     images, labels, classes = load_images(source, image_size, channels)
     if class_conditional and labels is None:
+        root = pathlib.Path(source).expanduser()
+        loose = [p for p in _image_files(source)[0] if p.parent == root] if root.is_dir() else []
+        if loose and any(p.is_dir() for p in root.iterdir()):
+            raise DataError(
+                f"{loose[0]} lies beside the class folders of {source}; move it into one, or set "
+                "--config.data.class_conditional=False"
+            )
         raise DataError(
             f"{source} has no labels (class folders, an .npz 'labels' array); "
-            "set data.class_conditional=False"
+            "set --config.data.class_conditional=False"
         )
     order = np.random.default_rng(0).permutation(len(images))
     n_train = int(len(images) * (1 - val_fraction))
@@ -312,7 +333,13 @@ def load_image_dataset(
     elif (tokenizer.height, tokenizer.width, tokenizer.channels) != (image_size, image_size, channels):
         raise DataError(
             f"the checkpoint's images are {tokenizer.height}x{tokenizer.width}x{tokenizer.channels}, not "
-            f"{image_size}x{image_size}x{channels}; set data.image_size and data.channels to match"
+            f"{image_size}x{image_size}x{channels}; set --config.data.image_size and --config.data.channels "
+            "to match"
+        )
+    elif class_conditional != bool(tokenizer.classes):
+        have = "starts each image with its class" if tokenizer.classes else "has no class tokens"
+        raise DataError(
+            f"the checkpoint's model {have}; set --config.data.class_conditional={bool(tokenizer.classes)}"
         )
     elif class_conditional and tokenizer.classes != classes:
         raise DataError(
