@@ -5,7 +5,8 @@
   GET  /                the studio: prompt, options, text streamed as it comes (an image model: draw a class)
   GET  /v1/models       the model served, in OpenAI's list format (plus a "gptjax" entry: sizes, classes)
   POST /v1/completions  OpenAI's (legacy) completions API: prompt (a string or a list), max_tokens, n,
-                        temperature, top_p, stop, seed, echo, logprobs, stream (server-sent events), and
+                        temperature, top_p, stop, seed, echo, logprobs (top k <= 5; with echo and
+                        max_tokens 0 it scores the prompt), stream (server-sent events), and
                         any gptjax.sample.GenerateOptions field by its own name (top_k, min_p,
                         repetition_penalty, num_beams ...). Fields left out take the workdir's
                         config.sample values, as scripts/sample.py does.
@@ -20,6 +21,7 @@ with status 400 for a bad request.
 
 import base64
 import dataclasses
+import functools
 import http.server
 import importlib.resources
 import io
@@ -32,16 +34,19 @@ import traceback
 import uuid
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gptjax import image, sample
 from gptjax.data import DataError
-from gptjax.model import count_params
+from gptjax.model import GPT, count_params
 
 # OpenAI's names for options that gptjax calls otherwise; the rest keep GenerateOptions' names.
 OPENAI_NAMES = {"max_tokens": "max_new_tokens", "n": "num_return_sequences"}
 # OpenAI fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None}
+MAX_LOGPROBS = 5  # OpenAI's limit on the completions API's top logprobs
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -95,16 +100,22 @@ def _options(body: dict) -> tuple[list[str], dict, bool, bool, int | None]:
         if not isinstance(value, bool):
             raise BadRequest(f"{name}={value!r} must be true or false")
     logprobs = body.pop("logprobs", None)
-    if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0):
-        raise BadRequest(f"logprobs={logprobs!r} must be an integer >= 0 (each token's own log-probability)")
+    if logprobs is not None and (
+        not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= MAX_LOGPROBS
+    ):
+        raise BadRequest(
+            f"logprobs={logprobs!r} must be an integer in [0, {MAX_LOGPROBS}] (top tokens per position)"
+        )
     if logprobs is not None and stream:
         raise BadRequest("logprobs is not streamed; drop stream or logprobs")
     for openai, ours in OPENAI_NAMES.items():
         value = body.get(openai)
         if value is not None and ours in body:
             raise BadRequest(f"{openai} and {ours} are the same option; give one")
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise BadRequest(f"{openai}={value!r} must be an integer >= 1")
+        least = 0 if (openai, echo) == ("max_tokens", True) else 1  # echo with 0 new tokens scores the prompt
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            hint = " (0 with echo)" if openai == "max_tokens" and least else ""
+            raise BadRequest(f"{openai}={value!r} must be an integer >= {least}{hint}")
     for name in ("model", "user", "best_of", "stream_options"):
         if name == "best_of" and body.get(name) not in (None, body.get("n", 1)):
             raise BadRequest("best_of must equal n: gptjax returns every sequence it draws")
@@ -133,16 +144,56 @@ def _finish_reason(c: sample.Completion, tokenizer: Any) -> str:
     return "length"
 
 
-def _logprobs(c: sample.Completion, tokenizer: Any, offset: int) -> dict:
-    """OpenAI's legacy logprobs object for the completion's tokens (top_logprobs are not computed)."""
-    tokens = [tokenizer.decode([int(t)]) for t in c.token_ids]
-    offsets = list(np.cumsum([0, *map(len, tokens[:-1])]) + offset) if tokens else []
-    return {
+@functools.partial(jax.jit, static_argnames=("cfg", "k"))
+def _scores(params: Any, cfg: Any, x_1T: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The log-softmax of the next token at every position of one row (T, V), and its k best (values, ids).
+    Rows are padded to block_size (one compilation): the model is causal, so pads change nothing before."""
+    logp_TV = jax.nn.log_softmax(GPT(cfg).apply({"params": params}, x_1T)[0][0].astype(jnp.float32))
+    top_TK, ids_TK = jax.lax.top_k(logp_TV, k)
+    return logp_TV, top_TK, ids_TK
+
+
+def _logprobs(served: Served, prompt_ids: list[int], c: sample.Completion, k: int, echo: bool) -> dict:
+    """OpenAI's logprobs object: for each token of the completion (echo: of the prompt too; its first token
+    has none, null as in OpenAI's), its log-probability under the model and, for k > 0, the k likeliest
+    tokens there. One forward pass over prompt + completion scores them, when they fit the context;
+    otherwise (no echo, k = 0) the log-probabilities decoding kept are used."""
+    params, cfg, tok = served.model[:3]
+    ids = [*prompt_ids, *map(int, c.token_ids)]
+    first = (0 if c.prompt else 1) if echo else len(prompt_ids)  # an empty prompt starts from a BOS token
+    tokens = [tok.decode([t]) for t in ids[first:]]
+    offsets = list(np.cumsum([0, *map(len, tokens[:-1])]) + (0 if echo else len(c.prompt))) if tokens else []
+    out = {
         "tokens": tokens,
-        "token_logprobs": [float(x) for x in c.logprobs],
+        "token_logprobs": None,
         "top_logprobs": None,
         "text_offset": [int(o) for o in offsets],
     }
+    if len(ids) > cfg.block_size:
+        if echo or k:
+            raise BadRequest(
+                f"scoring the prompt (echo) or top logprobs takes one pass over prompt + completion: "
+                f"{len(ids)} tokens exceed the model's context of {cfg.block_size}; ask for fewer tokens or "
+                "a shorter prompt"
+            )
+        out["token_logprobs"] = [float(x) for x in c.logprobs]
+        return out
+    x_1T = np.zeros((1, cfg.block_size), np.int32)
+    x_1T[0, : len(ids)] = ids
+    logp_TV, top_TK, ids_TK = (np.asarray(a) for a in _scores(params, cfg, x_1T, max(k, 1)))
+    positions = range(first, len(ids))
+    out["token_logprobs"] = [None if i == 0 else float(logp_TV[i - 1, ids[i]]) for i in positions]
+    if k:
+        out["top_logprobs"] = [
+            None
+            if i == 0
+            else {
+                tok.decode([int(j)]): float(v)
+                for j, v in zip(ids_TK[i - 1, :k], top_TK[i - 1, :k], strict=True)
+            }
+            for i in positions
+        ]
+    return out
 
 
 def _seed(served: Served, options: dict) -> int:
@@ -165,12 +216,13 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
     if stream:
         if len(prompts) > 1 or options.get("num_return_sequences", 1) > 1 or options.get("num_beams", 1) > 1:
             raise BadRequest("stream needs one prompt, n=1 and no beam search")
-        chunk = lambda text, reason=None: {
-            **head,
-            "choices": [  # noqa: E731
-                {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
-            ],
-        }
+
+        def chunk(text: str, reason: str | None = None) -> dict:
+            return {
+                **head,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}],
+            }
+
         if echo:
             write_event(chunk(prompts[0]))
         with served.lock:
@@ -178,13 +230,20 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
         write_event(chunk("", _finish_reason(c, tok)))
         return None
     with served.lock:
-        done = sample.complete(served.model, prompts, **options)
-    choices = []
-    for i, c in enumerate(done):
-        choice = {"text": (c.prompt if echo else "") + c.text, "index": i, "logprobs": None}
-        if logprobs is not None:
-            choice["logprobs"] = _logprobs(c, tok, len(c.prompt) if echo else 0)
-        choices.append({**choice, "finish_reason": _finish_reason(c, tok)})
+        if options.get("max_new_tokens") == 0:  # echo only: the prompt, to be scored
+            n = options.get("num_return_sequences", 1)
+            empty = sample.Completion("", "", np.zeros(0, np.int32), np.zeros(0, np.float32), None)
+            done = [dataclasses.replace(empty, prompt=p) for p in prompts for _ in range(n)]
+        else:
+            done = sample.complete(served.model, prompts, **options)
+        choices = []
+        for i, c in enumerate(done):
+            choice = {"text": (c.prompt if echo else "") + c.text, "index": i, "logprobs": None}
+            if logprobs is not None:
+                prompt_ids = tok.encode(c.prompt) or [tok.bos_id if tok.bos_id is not None else tok.eos_id]
+                choice["logprobs"] = _logprobs(served, prompt_ids, c, logprobs, echo)
+            reason = "length" if c.options is None else _finish_reason(c, tok)
+            choices.append({**choice, "finish_reason": reason})
     prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
     completion_tokens = sum(len(c.token_ids) for c in done)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}

@@ -66,9 +66,10 @@ def test_completions_are_what_sample_complete_gives(url, text_model):
     assert {c["finish_reason"] for c in out["choices"]} == {"length"}
     assert out["object"] == "text_completion" and out["model"] == "tiny" and out["id"].startswith("cmpl-")
     assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 16, "total_tokens": 23}
-    lp = out["choices"][1]["logprobs"]
-    assert "".join(lp["tokens"]) == expected[1].text and lp["text_offset"] == list(range(4))
-    np.testing.assert_allclose(lp["token_logprobs"], expected[1].logprobs, rtol=1e-6)
+    lp = out["choices"][1]["logprobs"]  # offsets count the prompt's characters, as OpenAI's
+    assert "".join(lp["tokens"]) == expected[1].text and lp["text_offset"] == [3, 4, 5, 6]
+    np.testing.assert_allclose(lp["token_logprobs"], expected[1].logprobs, rtol=1e-5)  # a forward pass's
+    assert lp["top_logprobs"] is None  # logprobs=0: none asked for
     # The saved defaults (temperature 0.9, top_k 12) apply to fields left out; echo puts the prompt first.
     _, _, again = post(url, "/v1/completions", {"prompt": "abc", "max_tokens": 4, "seed": 5, "echo": True})
     assert again["choices"][0]["text"] == "abc" + expected[0].text
@@ -118,7 +119,7 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ([1, 2], "must be a JSON object"),
         ({"prompt": "abc", "stream": "false"}, "stream='false' must be true or false"),
         ({"prompt": "abc", "echo": 1}, "echo=1 must be true or false"),
-        ({"prompt": "abc", "logprobs": -1}, "logprobs=-1 must be an integer >= 0"),
+        ({"prompt": "abc", "logprobs": -1}, r"logprobs=-1 must be an integer in \[0, 5\]"),
         ({"prompt": "abc", "logprobs": 1, "stream": True}, "logprobs is not streamed"),
         (
             {"prompt": "abc", "max_tokens": 3, "max_new_tokens": 5},
@@ -160,6 +161,39 @@ def test_models_other_paths_and_the_studio_page(url):
             ["node", "--check", "-"], input=script, capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_echo_with_no_new_tokens_scores_the_prompt_with_its_top_tokens(url, text_model):
+    """lm-eval's way to score a text: echo, max_tokens 0, logprobs k: every token after the first gets its
+    log-probability under the model and the k likeliest tokens at its place."""
+    body = {"prompt": "abcdh", "max_tokens": 0, "echo": True, "logprobs": 2}
+    status, _, out = post(url, "/v1/completions", body)
+    assert status == 200, out
+    (choice,) = out["choices"]
+    assert choice["text"] == "abcdh" and choice["finish_reason"] == "length"
+    assert out["usage"]["completion_tokens"] == 0
+    lp = choice["logprobs"]
+    assert lp["tokens"] == list("abcdh") and lp["text_offset"] == [0, 1, 2, 3, 4]
+    params, cfg = text_model[:2]
+    ids = [CHARS.index(ch) for ch in "abcdh"]
+    logits = GPT(cfg).apply({"params": params}, jnp.asarray([ids]))[0][0]
+    logp = np.asarray(jax.nn.log_softmax(logits), np.float64)
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    np.testing.assert_allclose(
+        lp["token_logprobs"][1:], [logp[i - 1, ids[i]] for i in range(1, 5)], atol=1e-5
+    )
+    for i in range(1, 5):
+        best = np.argsort(-logp[i - 1])[:2]
+        top = lp["top_logprobs"][i]
+        assert list(top) == [CHARS[j] for j in best]
+        np.testing.assert_allclose(list(top.values()), logp[i - 1, best], atol=1e-5)
+    too_long = {"prompt": "abcdefgh", "max_tokens": 2, "logprobs": 1}  # 10 tokens, a context of 8
+    assert "exceed the model's context of 8" in post(url, "/v1/completions", too_long)[2]["error"]["message"]
+    assert "in [0, 5]" in post(url, "/v1/completions", {"prompt": "a", "logprobs": 6})[2]["error"]["message"]
+    assert (
+        "(0 with echo)"
+        in post(url, "/v1/completions", {"prompt": "a", "max_tokens": 0})[2]["error"]["message"]
+    )
 
 
 def test_a_request_without_a_seed_draws_a_fresh_one_and_says_which(url):
