@@ -38,12 +38,11 @@ def _prefill_jit(params, tokens_BQ, valid_BQ, slack, *, config: GPTConfig, cache
     B, Q = tokens_BQ.shape
     positions_BQ = jnp.maximum(jnp.cumsum(valid_BQ, axis=1, dtype=jnp.int32) - 1, 0)
     kv_mask_BS = jnp.ones((B, cache_len), bool).at[:, :Q].set(valid_BQ)
+    # The barrier keeps XLA from constant-folding the attention over the empty cache's zeros: at a few
+    # hundred rows that folding took minutes of compilation (reductions of broadcast constants).
+    empty = jax.lax.optimization_barrier(init_cache(config, B, cache_len))
     _, cache = GPT(config).apply(
-        {"params": params},
-        tokens_BQ,
-        positions_BT=positions_BQ,
-        cache=init_cache(config, B, cache_len),
-        kv_mask_BS=kv_mask_BS,
+        {"params": params}, tokens_BQ, positions_BT=positions_BQ, cache=empty, kv_mask_BS=kv_mask_BS
     )
     # Roll the `slack` leading pads out: slot j then holds column slack + j. The slots after the prefill
     # are written before they are attended to, so are marked real.

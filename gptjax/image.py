@@ -26,6 +26,9 @@ def _image_model(model: Any) -> tuple[Any, Any, PaletteTokenizer, dict]:
     return params, config, tokenizer, saved
 
 
+MAX_ROWS = 256  # sequences decoded together (prompts x samples)
+
+
 def _draw(model: tuple, prompts: list[list[int]], num_samples: int, options: dict) -> np.ndarray:
     """Images (prompts, num_samples, H, W, C) that continue each prompt (a start token and given pixels)."""
     params, config, tok, saved = model
@@ -40,7 +43,16 @@ def _draw(model: tuple, prompts: list[list[int]], num_samples: int, options: dic
         num_return_sequences=num_samples,
         suppress_tokens=list(range(tok.num_colors, config.vocab_size)),  # colours only
     )
-    ids = sample.generate_ids(params, config, prompts, opts)
+    # At most MAX_ROWS rows per decoding call: memory stays bounded, and XLA had spent minutes
+    # constant-folding the prefill of one call of 1,440 rows. Every call has the same shape (the last
+    # group padded with copies of its first prompt), so one compilation serves them all. A row's pixels
+    # depend only on its prompt, the seed and its sample index, never on the rest of its call.
+    group = max(1, MAX_ROWS // num_samples)
+    ids = []
+    for i in range(0, len(prompts), group):
+        chunk = prompts[i : i + group]
+        padded = chunk + [chunk[0]] * (min(group, len(prompts)) - len(chunk))
+        ids += sample.generate_ids(params, config, padded, opts)[: len(chunk)]
     pixels = [
         np.concatenate([np.asarray(p[1:], np.int32), s])
         for p, seqs in zip(prompts, ids, strict=True)

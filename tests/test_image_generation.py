@@ -188,3 +188,19 @@ def test_a_run_refuses_a_checkpoint_of_the_other_kind_or_other_images(tmp_path):
         ValueError, match=r"data.colors=8 \(the checkpoint's: 17\), data.class_conditional=False"
     ):
         _check_same_images(saved, changed, tmp_path)
+
+
+@pytest.mark.slow
+def test_many_rows_are_drawn_in_calls_of_one_shape_with_the_same_result(workdir, monkeypatch):
+    from gptjax.train import load_data
+
+    model = load_params(workdir)
+    rows = load_data(model[3].data, model[2]).val[:6]
+    whole = (
+        image.complete(model, rows, given_rows=1, num_samples=2, seed=5),
+        image.draw(model, None, 3, seed=6),
+    )
+    monkeypatch.setattr(image, "MAX_ROWS", 8)  # completions: 4 images a call, the last call padded
+    np.testing.assert_array_equal(image.complete(model, rows, given_rows=1, num_samples=2, seed=5), whole[0])
+    monkeypatch.setattr(image, "MAX_ROWS", 4)  # draws: one class a call
+    np.testing.assert_array_equal(image.draw(model, None, 3, seed=6), whole[1])
