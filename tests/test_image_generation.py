@@ -18,6 +18,8 @@ from gptjax.metric_writer import read_metrics
 from gptjax.train import load_params, train_and_evaluate
 from tests.test_images import stripes
 
+pytestmark = pytest.mark.usefixtures("tmp_cache")  # encoded images are cached: never in ~/.cache
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 4
 
@@ -38,7 +40,9 @@ def workdir(tmp_path_factory) -> pathlib.Path:
     c.model.update(block_size=SIZE * SIZE, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     c.opt.update(lr=3e-3, min_lr=3e-4, warmup_iters=10, lr_decay_iters=300)
     c.update(max_iters=300, eval_interval=100, eval_iters=2, checkpoint_interval=100, steps_per_call=10)
-    train_and_evaluate(c, root / "w")
+    with pytest.MonkeyPatch.context() as patch:  # tmp_cache is per test; this fixture serves the module
+        patch.setenv("GPTJAX_CACHE_DIR", str(root / "cache"))
+        train_and_evaluate(c, root / "w")
     return root / "w"
 
 

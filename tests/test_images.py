@@ -9,6 +9,8 @@ from PIL import Image
 from gptjax.data import DataError, get_batch, load_image_dataset, load_images, tokenizer_from_json
 from gptjax.data.images import PaletteTokenizer, fit_palette, nearest_color
 
+pytestmark = pytest.mark.usefixtures("tmp_cache")  # encoded images are cached: never in ~/.cache
+
 
 def stripes(n: int, size: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n grey images: class 0 horizontal stripes, class 1 vertical, each black/white with a random phase."""
@@ -181,3 +183,31 @@ def test_a_checkpoints_tokenizer_fixes_whether_images_start_with_their_class(tmp
     for tok, flag in ((conditional, False), (unconditional, True)):
         with pytest.raises(DataError, match=f"set --config.data.class_conditional={not flag}$"):
             load_image_dataset(str(tmp_path / "s.npz"), class_conditional=flag, tokenizer=tok, **kwargs)
+
+
+def test_encoded_images_are_cached_and_keyed_by_their_settings(tmp_path, tmp_cache, monkeypatch):
+    """A second load reads the palette and pixel ids back (no k-means, no encoding); other colours, or a
+    checkpoint's palette, are other entries."""
+    from gptjax.data import images as images_lib
+
+    images, labels = stripes(30, 4)
+    images[:, 0, 0] = 128  # a third grey: colors=2 must merge it
+    np.savez(tmp_path / "s.npz", images=images, labels=labels)
+    load = lambda **kw: load_image_dataset(str(tmp_path / "s.npz"), image_size=4, channels=1, **kw)  # noqa: E731
+    first = load(colors=2)
+    assert len(list((tmp_cache / "images").iterdir())) == 1
+
+    def never(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(images_lib, "fit_palette", never)
+        patch.setattr(images_lib, "nearest_color", never)
+        again = load(colors=2)
+    np.testing.assert_array_equal(again.train, first.train)
+    assert again.tokenizer.to_json() == first.tokenizer.to_json()
+    three = load(colors=3)
+    assert three.tokenizer.num_colors == 3 and len(list((tmp_cache / "images").iterdir())) == 2
+    given = PaletteTokenizer([[0], [255]], 4, 4)  # a checkpoint's palette: encoded with it, cached apart
+    with_given = load(colors=3, tokenizer=given)
+    assert with_given.train.max() <= 2 and len(list((tmp_cache / "images").iterdir())) == 3

@@ -21,6 +21,8 @@ from gptjax.model import GPT, Block, GPTConfig, stack_layers
 from gptjax.train import train_and_evaluate
 from tests.test_images import stripes
 
+pytestmark = pytest.mark.usefixtures("tmp_cache")  # encoded images are cached: never in ~/.cache
+
 CFG = GPTConfig(vocab_size=4, block_size=16, n_layer=2, n_head=2, n_embd=16)  # 3 colours + SOS
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,8 @@ from PIL import Image
 from gptjax.data import DataError
 from gptjax.data.tfds_images import load_tfds_images
 
+pytestmark = pytest.mark.usefixtures("tmp_cache")  # encoded images are cached: never in ~/.cache
+
 
 def write_tfds(
     root, set_name: str, version: str, splits: dict, features: dict, *, shuffle: bool = False
