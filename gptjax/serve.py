@@ -210,6 +210,10 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
     tok = served.tokenizer
     if served.is_image:
         raise BadRequest("this model draws images; POST /v1/images")
+    if "" in prompts and tok.bos_id is None and tok.eos_id is None:
+        raise BadRequest("a prompt is empty, and this model's tokenizer has no start token: give some text")
+    if stream and options.get("max_new_tokens") == 0:
+        raise BadRequest("max_tokens=0 scores the prompt, which is not streamed; drop stream")
     options["seed"] = _seed(served, options)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
     head.update(model=served.name, seed=options["seed"])

@@ -127,6 +127,8 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ),
         ({"prompt": "abc", "max_tokens": "4"}, "max_tokens='4' must be an integer >= 1"),
         ({"prompt": "abc", "n": 0}, "n=0 must be an integer >= 1"),
+        ({"prompt": "", "max_tokens": 2}, "a prompt is empty, and this model's tokenizer has no start token"),
+        ({"prompt": "a", "max_tokens": 0, "echo": True, "stream": True}, "max_tokens=0 scores the prompt"),
     ],
 )
 def test_bad_requests_get_one_line_400s_and_the_server_goes_on(url, body, message):
