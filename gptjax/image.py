@@ -71,6 +71,8 @@ def draw(
     tok = model[2]
     if classes is None:
         classes = range(len(tok.classes)) if tok.classes else [None]
+    if not len(classes):
+        raise ValueError("classes is empty; pass None to draw every class")
     if not tok.classes and any(c is not None for c in classes):
         raise ValueError(
             "this model was trained without classes (data.class_conditional=False); drop classes"

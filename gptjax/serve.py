@@ -48,6 +48,7 @@ OPENAI_NAMES = {"max_tokens": "max_new_tokens", "n": "num_return_sequences"}
 UNSUPPORTED = {"presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None}
 MAX_LOGPROBS = 5  # OpenAI's limit on the completions API's top logprobs
 MAX_BODY_BYTES = 1 << 20
+LIMITS = {"max_tokens": 65_536, "n": 128}  # per request
 
 
 class BadRequest(ValueError):
@@ -116,6 +117,8 @@ def _options(body: dict) -> tuple[list[str], dict, bool, bool, int | None]:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
             hint = " (0 with echo)" if openai == "max_tokens" and least else ""
             raise BadRequest(f"{openai}={value!r} must be an integer >= {least}{hint}")
+        if value is not None and value > LIMITS[openai]:  # the server has no authentication: bound the work
+            raise BadRequest(f"{openai}={value} is more than this server's limit of {LIMITS[openai]}")
     for name in ("model", "user", "best_of", "stream_options"):
         if name == "best_of" and body.get(name) not in (None, body.get("n", 1)):
             raise BadRequest("best_of must equal n: gptjax returns every sequence it draws")
@@ -263,6 +266,8 @@ def images(served: Served, body: dict) -> dict:
     n = 8 if n is None else n  # null: the default, as for every other field
     if isinstance(classes, str | int):
         classes = [classes]
+    if classes == []:
+        raise BadRequest("classes is empty; leave it out to draw every class")
     if classes is not None and not (
         isinstance(classes, list) and all(isinstance(c, str | int) for c in classes)
     ):
@@ -326,7 +331,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 404, f"no endpoint {self.path}; POST /v1/completions or /v1/images", "not_found"
             )
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise BadRequest("the Content-Length header is not an integer") from None
+            if length < 0:
+                raise BadRequest(f"Content-Length={length} must be >= 0")
             if length > MAX_BODY_BYTES:
                 raise BadRequest(f"the request has {length} bytes, more than {MAX_BODY_BYTES}")
             try:
@@ -345,6 +355,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             TypeError,
         ) as e:  # bad input: one line, the server lives on
             self._error(400, " ".join(str(e).split()) or type(e).__name__)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away: nobody to answer
+            return
         except Exception as e:  # a bug: the client gets a 500 and its line, the terminal the traceback
             traceback.print_exc()
             self._error(500, f"{type(e).__name__}: {' '.join(str(e).split())}", "server_error")
@@ -368,11 +380,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             completions(self.served, body, write_event)
         except (BrokenPipeError, ConnectionResetError):  # the client went away (the studio's Stop)
             return
-        except (BadRequest, DataError, ValueError, TypeError) as e:
-            if started:  # too late for a status code: an error event ends the stream
-                write_event({"error": {"message": " ".join(str(e).split()), "type": "invalid_request_error"}})
-            else:
-                return self._error(400, " ".join(str(e).split()) or type(e).__name__)
+        except Exception as e:
+            bad_input = isinstance(e, BadRequest | DataError | ValueError | TypeError)
+            message, kind = " ".join(str(e).split()) or type(e).__name__, "invalid_request_error"
+            if not bad_input:
+                traceback.print_exc()
+                message, kind = f"{type(e).__name__}: {message}", "server_error"
+            if not started:
+                return self._error(400 if bad_input else 500, message, kind)
+            write_event({"error": {"message": message, "type": kind}})  # too late for a status code
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 

@@ -517,9 +517,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     ckpt.close()
     plot_losses(workdir, title=f"{config.data.source}: {n_params / 1e6:.2f}M parameters")
     if tokenizer.kind == "palette" and jax.process_index() == 0:  # an image model: a look at what it draws
-        params = jax.device_get(placement.get_state(state).params)
-        grid = image.draw((params, cfg, tokenizer, config), num_samples=8, seed=config.seed)
-        tqdm.write(f"drew {image.save_grid(grid, workdir / 'samples.png')}")
+        params = placement.get_state(state).params
+        if all(x.is_fully_addressable or x.is_fully_replicated for x in jax.tree_util.tree_leaves(params)):
+            grid = image.draw(
+                (jax.device_get(params), cfg, tokenizer, config), num_samples=8, seed=config.seed
+            )
+            tqdm.write(f"drew {image.save_grid(grid, workdir / 'samples.png')}")
+        else:  # sharded over processes: process 0 alone cannot read them
+            tqdm.write(
+                "no samples.png: the parameters span processes; run scripts/sample_images.py "
+                f"--workdir={workdir}"
+            )
     summary = {
         "step": config.max_iters,
         "val_loss": final["val"],

@@ -125,6 +125,9 @@ def test_image_folder_classes_rgb_crop_and_resize(tmp_path):
     np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1])
     assert (images[:3] == [0, 0, 255]).all() and (images[3:] == [255, 0, 0]).all()
     unlabelled, no_labels, _ = load_images(str(tmp_path / "*" / "*.png"), 4, 1)
+    (tmp_path / "blue").rename(tmp_path / "b[1]")  # a folder whose name has glob characters is a folder
+    assert load_images(str(tmp_path), 5, 3)[2] == ["b[1]", "red"]
+    assert load_images(str(tmp_path / "b[1]"), 5, 3)[0].shape == (3, 5, 5, 3)
     assert unlabelled.shape == (6, 4, 4, 1) and no_labels is None
 
 

@@ -128,6 +128,8 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ({"prompt": "abc", "max_tokens": "4"}, "max_tokens='4' must be an integer >= 1"),
         ({"prompt": "abc", "n": 0}, "n=0 must be an integer >= 1"),
         ({"prompt": "", "max_tokens": 2}, "a prompt is empty, and this model's tokenizer has no start token"),
+        ({"prompt": "a", "max_tokens": 10**12}, "max_tokens=1000000000000 is more than this server's limit"),
+        ({"prompt": "a", "n": 1000}, "n=1000 is more than this server's limit of 128"),
         ({"prompt": "a", "max_tokens": 0, "echo": True, "stream": True}, "max_tokens=0 scores the prompt"),
     ],
 )
@@ -212,18 +214,45 @@ def test_a_port_in_use_is_one_line(text_model, url):
         serve.make_server(text_model, port=port)
 
 
-def test_concurrent_requests_take_turns(url):
-    results = []
+def test_concurrent_requests_get_what_they_get_alone(url):
+    bodies = [{"prompt": "abc", "max_tokens": 4 + s, "seed": s} for s in range(4)]
+    alone = [post(url, "/v1/completions", b)[2]["choices"] for b in bodies]
+    together = [None] * 4
 
-    def ask(seed):
-        results.append(post(url, "/v1/completions", {"prompt": "abc", "max_tokens": 4, "seed": seed})[0])
+    def ask(i):
+        together[i] = post(url, "/v1/completions", bodies[i])[2]["choices"]
 
-    threads = [threading.Thread(target=ask, args=(s,)) for s in range(4)]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [200] * 4
+    assert together == alone
+
+
+def test_broken_headers_and_a_failure_mid_stream(url, monkeypatch):
+    import http.client
+
+    port = int(url.rsplit(":", 1)[1])
+    for length, message in [("-1", "Content-Length=-1 must be >= 0"), ("abc", "is not an integer")]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/v1/completions")
+        conn.putheader("Content-Length", length)
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 400 and message in json.loads(response.read())["error"]["message"]
+        conn.close()
+
+    def fails_after_a_piece(model, prompts, stream, **options):
+        stream("ab")
+        raise RuntimeError("the device fell over")
+
+    monkeypatch.setattr(sample, "complete", fails_after_a_piece)  # the server runs in this process
+    status, _, raw = post(url, "/v1/completions", {"prompt": "a", "stream": True}, raw=True)
+    events = raw.decode().split("\n\n")
+    assert status == 200 and events[-2:] == ["data: [DONE]", ""]
+    error = json.loads(events[-3].removeprefix("data: "))["error"]
+    assert error == {"message": "RuntimeError: the device fell over", "type": "server_error"}
 
 
 def test_images_endpoint_draws_what_image_draw_does(tmp_path):
@@ -245,6 +274,7 @@ def test_images_endpoint_draws_what_image_draw_does(tmp_path):
             ({"n": 0}, "n=0 must be"),
             ({"seed": 1, "beams": 2}, "unknown fields"),
             ({"classes": {}}, "a list"),
+            ({"classes": []}, "classes is empty"),
         ]
         for body, message in bad:
             status, _, out = post(url, "/v1/images", body)

@@ -217,7 +217,7 @@ def _npz(file: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
 def _image_files(source: str) -> tuple[list[pathlib.Path], np.ndarray | None, list[str]]:
     """Files of a glob or a directory (recursive), sorted; a directory's sub-directories are classes."""
     is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
-    if any(c in source for c in "*?["):
+    if any(c in source for c in "*?[") and not pathlib.Path(source).expanduser().is_dir():
         return (
             sorted(p for p in map(pathlib.Path, glob.glob(os.path.expanduser(source))) if is_image(p)),
             None,

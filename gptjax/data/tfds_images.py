@@ -153,7 +153,7 @@ def load_tfds_images(
     if len({im.shape[1:] for im in images}) > 1:
         raise DataError(
             f"tfds:{name}'s splits hold images of sizes {sorted({im.shape[1:] for im in images})}; "
-            "choose one split with split=..."
+            "export one split to an .npz or an image folder and train on that"
         )
     images_NHWC = np.concatenate(images)
     return images_NHWC, (np.concatenate(labels) if label_key else None), classes
