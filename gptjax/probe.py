@@ -68,7 +68,7 @@ def linear_probe(train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray, va
 
 def probe(model: tuple, dataset: Any, layers: list[int] | None = None, batch_size: int = 64) -> list[dict]:
     """A linear probe per layer (default every one, 0..n_layer) of `model` = (params, GPTConfig, tokenizer)
-    on `dataset`, an image Dataset with labels (gptjax.train.load_data of the model's config.data)."""
+    on `dataset`, an image Dataset with labels (gptjax.data.from_config.load_data of its config.data)."""
     params, cfg, tok = model[:3]
     if getattr(tok, "kind", None) != "palette":
         raise ValueError("the linear probe is for image models (data.tokenizer='palette')")

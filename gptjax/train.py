@@ -25,6 +25,7 @@ from tqdm import tqdm
 from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
+from gptjax.data.from_config import check_same_images, load_data, make_tokenizer
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params, stack_layers, unstack_layers
 from gptjax.optim import lr_schedule, make_optimizer
@@ -102,44 +103,6 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
         xy = placement.put_batch(xy, config.batch_size)
         out[split] = float(jnp.mean(placement.eval_fn(config.grad_accum)(state, xy)))
     return out
-
-
-def make_tokenizer(data: Any):
-    """config.data.tokenizer: "char" or "palette" (None here: built from the corpus or the images), "byte"
-    or "gpt2" (BPE)."""
-    kind = data.get("tokenizer", "char")
-    if kind in ("char", "palette"):
-        return None
-    if kind == "byte":
-        return data_lib.ByteTokenizer()
-    if kind == "gpt2":
-        return data_lib.GPT2Tokenizer(data.get("tokenizer_path"))
-    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte, gpt2 or palette")
-
-
-def load_data(data: Any, tokenizer: Any) -> data_lib.Dataset:
-    """config.data's train/val tokens: a text stream, or one row per image for data.tokenizer="palette"
-    (gptjax.data.images). `tokenizer`: the checkpoint's, or make_tokenizer's."""
-    images = data.get("tokenizer") == "palette"
-    if tokenizer is not None and images != (tokenizer.kind == "palette"):
-        raise ValueError(
-            f"the checkpoint's model reads {tokenizer.kind!r} tokens, and config.data.tokenizer is "
-            f"{data.get('tokenizer', 'char')!r}: one is an image model, the other a text model; use the "
-            "config the model was trained with, or a fresh --workdir"
-        )
-    if images:
-        return data_lib.load_image_dataset(
-            data.source,
-            image_size=data.image_size,
-            colors=data.colors,
-            channels=data.channels,
-            class_conditional=data.class_conditional,
-            val_fraction=data.val_fraction,
-            tokenizer=tokenizer,
-        )
-    return data_lib.load_dataset(
-        data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer
-    )
 
 
 def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path], Any]:
@@ -241,23 +204,6 @@ def _check_resume(step: int, config: Any, workdir: pathlib.Path) -> None:
         )
 
 
-def _check_same_images(saved: dict, data: Any, workdir: pathlib.Path) -> None:
-    """An image run resumes with the images it started with: its palette and start tokens are saved."""
-    if saved.get("tokenizer") != "palette" or data.get("tokenizer") != "palette":
-        return  # a text run, or a kind mismatch (load_data names it)
-    keys = ("image_size", "channels", "colors", "class_conditional")
-    changed = [
-        f"{k}={data.get(k)!r} (the checkpoint's: {saved.get(k)!r})"
-        for k in keys
-        if saved.get(k) != data.get(k)
-    ]
-    if changed:
-        raise ValueError(
-            f"the checkpoint in {workdir} was trained with other images: data.{', data.'.join(changed)}; "
-            "resume with the checkpoint's settings, or fine-tune from it in a fresh --workdir"
-        )
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
@@ -323,7 +269,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     if latest is not None:
         _check_resume(latest, config, workdir)
         saved = resumed.restore_json(latest)
-        _check_same_images(saved["config"].get("data", {}), config.data, workdir)
+        check_same_images(saved["config"].get("data", {}), config.data, workdir)
         tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
         meta = saved["meta"]
         print(f"resuming from {resumed.directory} at step {latest}", flush=True)

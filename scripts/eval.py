@@ -20,8 +20,9 @@ from absl import flags
 
 from gptjax import cli, evaluate
 from gptjax.data import load_text
+from gptjax.data.from_config import load_data
 from gptjax.data.sources import BUILTINS
-from gptjax.train import load_data, load_params
+from gptjax.train import load_params
 
 flags.DEFINE_string("workdir", None, "A training or converted workdir (its latest checkpoint).")
 flags.DEFINE_string("text", None, "A text file, a glob, or tiny_shakespeare.")

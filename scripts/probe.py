@@ -10,7 +10,8 @@ import json
 from absl import flags
 
 from gptjax import cli, probe
-from gptjax.train import load_data, load_params
+from gptjax.data.from_config import load_data
+from gptjax.train import load_params
 
 flags.DEFINE_string("workdir", None, "A training workdir of an unconditional image model.")
 flags.DEFINE_list("layers", None, "Layers to probe (0: the embeddings; default: every one).")

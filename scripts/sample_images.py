@@ -12,6 +12,7 @@ import numpy as np
 from absl import flags
 
 from gptjax import cli, image, train
+from gptjax.data.from_config import load_data
 
 flags.DEFINE_string("workdir", None, "A training workdir of an image model (its latest checkpoint).")
 flags.DEFINE_list("classes", None, "Classes to draw, by name or index (default: every class, a row each).")
@@ -43,7 +44,7 @@ def main(argv):
     if FLAGS.complete > 0:
         if FLAGS.classes:
             raise ValueError("--classes draws new images; --complete takes validation images as they come")
-        rows = train.load_data(config.data, tok).val
+        rows = load_data(config.data, tok).val
         if FLAGS.complete > len(rows):
             print(
                 f"note: --complete={FLAGS.complete}, but there are {len(rows)} validation images", flush=True

@@ -174,7 +174,7 @@ def test_a_run_refuses_a_checkpoint_of_the_other_kind_or_other_images(tmp_path):
     from ml_collections import ConfigDict
 
     from gptjax.data import CharTokenizer
-    from gptjax.train import _check_same_images, load_data
+    from gptjax.data.from_config import check_same_images, load_data
 
     image_data = digits.get_config().data
     with pytest.raises(ValueError, match="reads 'char' tokens, and config.data.tokenizer is 'palette'"):
@@ -185,13 +185,13 @@ def test_a_run_refuses_a_checkpoint_of_the_other_kind_or_other_images(tmp_path):
     with pytest.raises(ValueError, match="reads 'palette' tokens, and config.data.tokenizer is 'char'"):
         load_data(text_data, PaletteTokenizer([[0]], 8, 8))
     saved = image_data.to_dict()
-    _check_same_images(saved, image_data, tmp_path)  # the same images: resumes
+    check_same_images(saved, image_data, tmp_path)  # the same images: resumes
     changed = digits.get_config("uncond").data
     changed.colors = 8
     with pytest.raises(
         ValueError, match=r"data.colors=8 \(the checkpoint's: 17\), data.class_conditional=False"
     ):
-        _check_same_images(saved, changed, tmp_path)
+        check_same_images(saved, changed, tmp_path)
 
 
 @pytest.mark.slow

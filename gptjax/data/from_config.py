@@ -1,0 +1,61 @@
+"""config.data -> the run's tokenizer and Dataset: a text corpus or a set of images (host side only)."""
+
+import pathlib
+from typing import Any
+
+from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
+from gptjax.data.images import load_image_dataset
+from gptjax.data.tokens import Dataset, load_dataset
+
+
+def make_tokenizer(data: Any):
+    """config.data.tokenizer: "char" or "palette" (None here: built from the corpus or the images), "byte"
+    or "gpt2" (BPE)."""
+    kind = data.get("tokenizer", "char")
+    if kind in ("char", "palette"):
+        return None
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "gpt2":
+        return GPT2Tokenizer(data.get("tokenizer_path"))
+    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte, gpt2 or palette")
+
+
+def load_data(data: Any, tokenizer: Any) -> Dataset:
+    """config.data's train/val tokens: a text stream, or one row per image for data.tokenizer="palette"
+    (gptjax.data.images). `tokenizer`: the checkpoint's, or make_tokenizer's."""
+    images = data.get("tokenizer") == "palette"
+    if tokenizer is not None and images != (tokenizer.kind == "palette"):
+        raise ValueError(
+            f"the checkpoint's model reads {tokenizer.kind!r} tokens, and config.data.tokenizer is "
+            f"{data.get('tokenizer', 'char')!r}: one is an image model, the other a text model; use the "
+            "config the model was trained with, or a fresh --workdir"
+        )
+    if images:
+        return load_image_dataset(
+            data.source,
+            image_size=data.image_size,
+            colors=data.colors,
+            channels=data.channels,
+            class_conditional=data.class_conditional,
+            val_fraction=data.val_fraction,
+            tokenizer=tokenizer,
+        )
+    return load_dataset(data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer)
+
+
+def check_same_images(saved: dict, data: Any, workdir: pathlib.Path) -> None:
+    """An image run resumes with the images it started with: its palette and start tokens are saved."""
+    if saved.get("tokenizer") != "palette" or data.get("tokenizer") != "palette":
+        return  # a text run, or a kind mismatch (load_data names it)
+    keys = ("image_size", "channels", "colors", "class_conditional")
+    changed = [
+        f"{k}={data.get(k)!r} (the checkpoint's: {saved.get(k)!r})"
+        for k in keys
+        if saved.get(k) != data.get(k)
+    ]
+    if changed:
+        raise ValueError(
+            f"the checkpoint in {workdir} was trained with other images: data.{', data.'.join(changed)}; "
+            "resume with the checkpoint's settings, or fine-tune from it in a fresh --workdir"
+        )
