@@ -78,8 +78,10 @@ class GenerateOptions:
             raise ValueError(f"eos_token_id={eos!r} must be token ids, not text: give tokenizer.eos_id")
         eos = () if eos is None else (eos,) if np.ndim(eos) == 0 else tuple(eos)
         object.__setattr__(self, "eos_token_id", tuple(_integer("eos_token_id", e) for e in eos) or None)
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        object.__setattr__(self, "stop", stop)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not (isinstance(stop, list | tuple) and all(isinstance(s, str) for s in stop)):
+            raise ValueError(f"stop={self.stop!r} must be a string or a list of strings")
+        object.__setattr__(self, "stop", tuple(stop))
         for name in ("suppress_tokens", "begin_suppress_tokens"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _token_list(name, getattr(self, name)))

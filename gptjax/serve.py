@@ -331,16 +331,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 404, f"no endpoint {self.path}; POST /v1/completions or /v1/images", "not_found"
             )
         try:
+            raw = self._read_body()
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                raise BadRequest("the Content-Length header is not an integer") from None
-            if length < 0:
-                raise BadRequest(f"Content-Length={length} must be >= 0")
-            if length > MAX_BODY_BYTES:
-                raise BadRequest(f"the request has {length} bytes, more than {MAX_BODY_BYTES}")
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = json.loads(raw or b"{}")
             except ValueError as e:
                 raise BadRequest(f"the body is not valid JSON ({e})") from None
             if not isinstance(body, dict):
@@ -360,6 +353,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Exception as e:  # a bug: the client gets a 500 and its line, the terminal the traceback
             traceback.print_exc()
             self._error(500, f"{type(e).__name__}: {' '.join(str(e).split())}", "server_error")
+
+    def _read_body(self) -> bytes:
+        """The request's body, of Content-Length bytes or in chunks (Transfer-Encoding: chunked, which
+        http.server leaves to the handler), at most MAX_BODY_BYTES either way."""
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise BadRequest("the Content-Length header is not an integer") from None
+            if length < 0:
+                raise BadRequest(f"Content-Length={length} must be >= 0")
+            if length > MAX_BODY_BYTES:
+                raise BadRequest(f"the request has {length} bytes, more than {MAX_BODY_BYTES}")
+            return self.rfile.read(length)
+        if encoding.strip().lower() != "chunked":
+            raise BadRequest(
+                f"Transfer-Encoding={encoding!r} is not supported; send the body with Content-Length"
+            )
+        body = bytearray()
+        while True:  # chunks: a hex size line, that many bytes, CRLF; a size of 0 ends them
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";")[0], 16)  # a chunk extension after ';' is ignored
+            except ValueError:
+                size = -1
+            if size < 0:
+                raise BadRequest(
+                    f"the chunked body has a bad chunk size line {bytes(line)!r}; send Content-Length"
+                )
+            if len(body) + size > MAX_BODY_BYTES:
+                raise BadRequest(f"the chunked request has more than {MAX_BODY_BYTES} bytes")
+            if size == 0:
+                break
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise BadRequest(
+                    "a chunk of the body is shorter or longer than its size line says; send Content-Length"
+                )
+            body += chunk
+        for _ in range(100):  # trailer lines, up to a blank one
+            if self.rfile.readline(1024) in (b"\r\n", b"\n", b""):
+                break
+        return bytes(body)
 
     def _stream(self, body: dict) -> None:
         """Server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`."""

@@ -22,6 +22,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.layers is not None and not (FLAGS.layers and all(x.isdigit() for x in FLAGS.layers)):
+        raise ValueError(
+            f"--layers={','.join(FLAGS.layers)} must be layer numbers, e.g. --layers=0,2 (0: the "
+            "embeddings); leave it out to probe every layer"
+        )
     params, cfg, tok, config = load_params(FLAGS.workdir)
     if getattr(tok, "kind", None) != "palette":
         raise ValueError(f"{FLAGS.workdir} holds a text model ({tok.kind!r} tokens); the probe is for images")

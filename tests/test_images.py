@@ -160,12 +160,27 @@ def test_digits_builtin_is_sklearns_8x8_digits():
             "give integer labels",
         ),
         (lambda p: None, {}, "x.npz does not exist"),
+        (
+            lambda p: np.savez(p / "x.npz", images=np.zeros((0, 8, 8), np.uint8)),
+            {},
+            r"x.npz holds no images \('images' of shape \(0, 8, 8\)\); save at least one",
+        ),
+        (
+            lambda p: np.savez(p / "x.npz", images=stripes(4)[0]),
+            {"image_size": 0},
+            r"image_size=0 must be >= 1 \(pixels per side\); fix --config.data.image_size",
+        ),
+        (
+            lambda p: np.savez(p / "x.npz", images=np.zeros((4, 4, 4, 4), np.uint8)),
+            {"channels": 3},
+            r"\(4, 4, 4, 4\) must be .*; drop the alpha channel: images\[\.\.\., :3\]$",
+        ),
     ],
 )
 def test_bad_image_input_gets_one_line(tmp_path, make, kwargs, message):
     make(tmp_path)
     with pytest.raises(DataError, match=message) as e:
-        load_image_dataset(str(tmp_path / "x.npz"), image_size=4, colors=4, **{"channels": 1, **kwargs})
+        load_image_dataset(str(tmp_path / "x.npz"), colors=4, **{"image_size": 4, "channels": 1, **kwargs})
     assert "\n" not in str(e.value)
 
 

@@ -88,6 +88,18 @@ def test_the_probe_refuses_what_it_cannot_judge(params):
         probe.probe((params, CFG, object()), data)
 
 
+@pytest.mark.parametrize("layers", ["", "0,x"])
+def test_probe_script_names_a_bad_layers_flag(tmp_path, layers):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    args = [sys.executable, "scripts/probe.py", f"--workdir={tmp_path / 'w'}", f"--layers={layers}"]
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stdout == ""
+    assert out.stderr.strip() == (
+        f"error: ValueError: --layers={layers} must be layer numbers, e.g. --layers=0,2 (0: the embeddings); "
+        "leave it out to probe every layer"
+    )
+
+
 @pytest.mark.slow
 def test_probe_script_on_an_unconditional_workdir(tmp_path):
     images, labels = stripes(200, 4)

@@ -115,6 +115,8 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ({"prompt": "zz"}, "not in the tokenizer's vocab"),
         ({"prompt": "abc", "n": 2, "stream": True}, "stream needs one prompt, n=1"),
         ({"prompt": "abc", "best_of": 3}, "best_of must equal n"),
+        ({"prompt": "abc", "stop": 5}, "stop=5 must be a string or a list of strings"),
+        ({"prompt": "abc", "stop": ["ab", 5]}, r"stop=\['ab', 5\] must be a string or a list of strings"),
         (b"{not json", r"the body is not valid JSON \(Expecting property name"),
         ([1, 2], "must be a JSON object"),
         ({"prompt": "abc", "stream": "false"}, "stream='false' must be true or false"),
@@ -253,6 +255,35 @@ def test_broken_headers_and_a_failure_mid_stream(url, monkeypatch):
     assert status == 200 and events[-2:] == ["data: [DONE]", ""]
     error = json.loads(events[-3].removeprefix("data: "))["error"]
     assert error == {"message": "RuntimeError: the device fell over", "type": "server_error"}
+
+
+def test_a_chunked_body_is_read_and_bounded_as_any_other(url):
+    """Transfer-Encoding: chunked (no Content-Length), which http.server leaves to the handler."""
+    import http.client
+
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"prompt": "abc", "max_tokens": 1, "seed": 1}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/completions", body=iter([body[:10], body[10:]]))  # an iterable: chunked
+    response = conn.getresponse()
+    out = json.loads(response.read())
+    conn.close()
+    assert response.status == 200, out
+    assert out["choices"] == post(url, "/v1/completions", json.loads(body))[2]["choices"]
+    too_big = f"{serve.MAX_BODY_BYTES + 1:x}\r\n".encode()  # refused at its size line, before its bytes
+    for chunks, message in [
+        (too_big, f"the chunked request has more than {serve.MAX_BODY_BYTES} bytes"),
+        (b"zz\r\n", r"the chunked body has a bad chunk size line b'zz\\r\\n'; send Content-Length"),
+        (b"3\r\n{}}}\r\n", "a chunk of the body is shorter or longer than its size line says"),
+    ]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/v1/completions")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders(chunks)
+        response = conn.getresponse()
+        error = json.loads(response.read())["error"]["message"]
+        conn.close()
+        assert response.status == 400 and re.search(message, error), error
 
 
 def test_images_endpoint_draws_what_image_draw_does(tmp_path):

@@ -113,7 +113,9 @@ def _with_channels(images: np.ndarray, channels: int) -> np.ndarray:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise DataError(f"images of shape {images.shape} must be (N, H, W) or (N, H, W, 1 or 3)")
+        alpha = {2: 1, 4: 3}.get(images.shape[-1]) if images.ndim == 4 else None  # grey or RGB + alpha
+        hint = f"; drop the alpha channel: images[..., :{alpha}]" if alpha else ""
+        raise DataError(f"images of shape {images.shape} must be (N, H, W) or (N, H, W, 1 or 3){hint}")
     if images.dtype != np.uint8:
         raise DataError(f"images are {images.dtype}; give uint8 pixels in [0, 255]")
     if images.shape[-1] == channels:
@@ -198,6 +200,8 @@ def _npz(file: pathlib.Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
         images = z["images"]
         labels = z["labels"] if "labels" in z else None
         classes = [str(c) for c in z["classes"]] if "classes" in z else []
+    if images.shape[:1] == (0,):
+        raise DataError(f"{file} holds no images ('images' of shape {images.shape}); save at least one")
     if labels is not None:
         if labels.dtype.kind not in "iu":
             raise DataError(
@@ -261,6 +265,8 @@ def load_images(source: str, size: int, channels: int) -> tuple[np.ndarray, np.n
     """(images (N, size, size, channels) uint8, labels (N,) or None, class names) of `source`."""
     if channels not in (1, 3):
         raise DataError(f"channels={channels} must be 1 (grey) or 3 (RGB)")
+    if size < 1:
+        raise DataError(f"image_size={size} must be >= 1 (pixels per side); fix --config.data.image_size")
     path = pathlib.Path(source).expanduser()
     if source == "digits":
         images, labels, classes = _digits()
