@@ -7,6 +7,8 @@ CIFAR-10 from TensorFlow Datasets, prepared once as array_record (reading it nee
   python scripts/sample_images.py --workdir=runs/c10 --complete=8      # completions of val images
 Unconditional, as iGPT (variant `:cond` starts each image with its class). An accelerator run: not yet
 measured here (this project's machine has no GPU and no CIFAR-10); the optimizer settings are ours.
+Variant `:imagegpt` fine-tunes OpenAI's pretrained iGPT-S (HF `openai/imagegpt-small`, or a local copy:
+--config.init_from=DIR) with its own palette: ImageGPT's norms, GELU and head (gptjax.convert).
 """
 
 import ml_collections
@@ -28,6 +30,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_iters = 50
     c.log_interval = 50
     c.checkpoint_interval = 2000
-    if arg not in (None, "", "cond"):
-        raise ValueError(f"configs/cifar10.py takes no variant or 'cond', got {arg!r}")
+    if arg == "imagegpt":
+        c.init_from = "openai/imagegpt-small"
+        c.model.update(bias=True, norm="rms", gelu="quick", output_vocab=512, tie_embeddings=False)
+        c.opt.update(lr=1e-4, min_lr=1e-5, warmup_iters=100, lr_decay_iters=10_000)
+        c.max_iters = 10_000
+    if arg not in (None, "", "cond", "imagegpt"):
+        raise ValueError(f"configs/cifar10.py takes no variant, 'cond' or 'imagegpt', got {arg!r}")
     return c

@@ -1,10 +1,16 @@
-"""GPT-2 weights between Hugging Face directories (config.json + model.safetensors) and gptjax.
+"""GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax.
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
 `c_attn` is [D, 3D] with columns q | k | v as gptjax's, so no tensor is transposed or split. A model
 with a padded vocabulary (`vocab_multiple`) has extra embedding rows that HF has not: import pads them
 with zeros, export drops them.
+
+ImageGPT (OpenAI's iGPT, HF `ImageGPTForCausalImageModeling`, e.g. `openai/imagegpt-small`) is GPT-2 with
+layer norms that neither subtract the mean nor add a bias (GPTConfig.norm="rms"), quick GELU, an untied
+head without a row for its start token (output_vocab = vocab_size - 1) and a colour palette in its
+preprocessor_config.json ("clusters" in [-1, 1]), which becomes a PaletteTokenizer (colours rounded to 8
+bits): gptjax.image draws with it and fine-tunes it on images like any image model.
 
 Export also writes the tokenizer's HF files when it has an HF equivalent (GPT-2's BPE, a trained
 `tokenizers` BPE), so `transformers.AutoTokenizer.from_pretrained` encodes as gptjax does.
@@ -33,31 +39,36 @@ from gptjax.train import abstract_state, load_params
 
 # HF activation_function -> GPTConfig.gelu (transformers/activations.py: gelu_new and gelu_pytorch_tanh are
 # the tanh approximation, gelu is torch's exact erf form).
-HF_GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
-LAYER_NORM_EPS = 1e-5  # gptjax.layers.layer_norm's; GPT-2's layer_norm_epsilon
+HF_GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact", "quick_gelu": "quick"}
+# The architectures gptjax reads and writes: model_type -> HF class.
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "imagegpt": "ImageGPTForCausalImageModeling"}
+LAYER_NORM_EPS = 1e-5  # gptjax.layers.norm's; GPT-2's layer_norm_epsilon
 # Non-persistent attention-mask buffers that old checkpoints saved; they hold no weights.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-# Params with one row per token: HF has vocab_size rows, gptjax padded_vocab (model.GPT masks the pad rows'
-# logits, and no token id looks them up, so what they hold never matters: import writes zeros).
+# Params with one row per token: HF has vocab_size rows (ImageGPT's head one fewer), gptjax padded_vocab
+# (model.GPT masks the logits of rows past predicted_vocab, and no token id looks up a pad row, so what
+# they hold never matters: import writes zeros).
 VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # GPTConfig fields a model imported into a given config must share with the HF model: they fix the
 # function it computes (vocab_size is checked with the weights' shapes). Padding, dropout, dtypes, the
 # attention kernel, remat and scan_layers are free.
 SAME_MODEL_FIELDS = (
-    "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "tie_embeddings", "gelu",
-    "kernel_layout",
+    "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "tie_embeddings", "gelu", "norm",
+    "output_vocab", "kernel_layout",
 )  # fmt: skip
 # What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
 HUB_FILES = [
     "config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-    "tokenizer.json",
+    "tokenizer.json", "preprocessor_config.json",
 ]  # fmt: skip
+LEGACY_HUB_FILES = [*HUB_FILES, "pytorch_model.bin"]  # fetched only where no safetensors are
 
 WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]
 
 
 def weight_map(cfg: GPTConfig) -> WeightMap:
-    """(HF name, gptjax param path, HF shape) of every weight of a GPT-2 with biases."""
+    """(HF name, gptjax param path, HF shape) of every weight of a GPT-2 with biases (an ImageGPT: norm="rms"
+    has no norm biases)."""
     D, V = cfg.n_embd, cfg.vocab_size
     rows = [
         ("transformer.wte.weight", ("wte", "embedding"), (V, D)),
@@ -65,7 +76,7 @@ def weight_map(cfg: GPTConfig) -> WeightMap:
     ]
     norm = lambda hf, ours: [  # noqa: E731
         (f"{hf}.weight", (*ours, "scale"), (D,)),
-        (f"{hf}.bias", (*ours, "bias"), (D,)),
+        *([(f"{hf}.bias", (*ours, "bias"), (D,))] if cfg.norm == "layer" else []),
     ]
     dense = lambda hf, ours, d_in, d_out: [  # noqa: E731
         (f"{hf}.weight", (*ours, "kernel"), (d_in, d_out)),
@@ -81,7 +92,7 @@ def weight_map(cfg: GPTConfig) -> WeightMap:
         rows += dense(f"{hf}.mlp.c_proj", (ours, "mlp", "proj"), 4 * D, D)
     rows += norm("transformer.ln_f", ("ln_f",))
     if not cfg.tie_embeddings:
-        rows.append(("lm_head.weight", ("lm_head",), (V, D)))
+        rows.append(("lm_head.weight", ("lm_head",), (cfg.predicted_vocab, D)))
     return rows
 
 
@@ -89,10 +100,14 @@ def weight_map(cfg: GPTConfig) -> WeightMap:
 
 
 def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
-    """The GPTConfig of an HF GPT-2 config.json; one-line ValueError for what gptjax cannot represent."""
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"model_type={hf['model_type']!r} is not 'gpt2'; only GPT-2 checkpoints convert")
-    act = hf.get("activation_function", "gelu_new")
+    """The GPTConfig of an HF GPT-2 or ImageGPT config.json; one-line ValueError for what gptjax cannot
+    represent."""
+    model_type = hf.get("model_type", "gpt2")
+    if model_type not in HF_CLASSES:
+        known = " and ".join(HF_CLASSES)
+        raise ValueError(f"model_type={model_type!r} is not supported; gptjax converts {known} checkpoints")
+    image = model_type == "imagegpt"
+    act = hf.get("activation_function", "quick_gelu" if image else "gelu_new")
     if act not in HF_GELUS:
         raise ValueError(f"activation_function={act!r} is not supported; gptjax has {sorted(HF_GELUS)}")
     eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
@@ -105,11 +120,14 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         raise ValueError(
             f"n_inner={hf['n_inner']} is not supported; gptjax's MLP width is 4*n_embd={4 * n_embd}"
         )
+    tie = hf.get("tie_word_embeddings", not image)
     unsupported = {
         "scale_attn_weights": (True, hf.get("scale_attn_weights", True)),
         "scale_attn_by_inverse_layer_idx": (False, hf.get("scale_attn_by_inverse_layer_idx", False)),
         "add_cross_attention": (False, hf.get("add_cross_attention", False)),
     }
+    if image:  # ImageGPT's head has one row fewer than its embedding: the two cannot be one table
+        unsupported["tie_word_embeddings"] = (False, tie)
     for name, (want, got) in unsupported.items():
         if got != want:
             raise ValueError(f"{name}={got} is not supported; gptjax needs {want}")
@@ -122,19 +140,34 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         dropout=0.0,  # fine-tuning sets its own; nanoGPT's from_pretrained also defaults to 0
         bias=True,
         position="learned",
-        tie_embeddings=hf.get("tie_word_embeddings", True),
+        tie_embeddings=tie,
         gelu=HF_GELUS[act],
+        norm="rms" if image else "layer",
+        output_vocab=hf["vocab_size"] - 1 if image else 0,  # ImageGPT never predicts its start token
     )
 
 
 def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """config.json of an HF GPT2LMHeadModel equal to `cfg` (bias=False exports as zero biases)."""
+    """config.json of an HF model equal to `cfg`: a GPT2LMHeadModel, or for norm="rms" an
+    ImageGPTForCausalImageModeling (bias=False exports as zero biases)."""
     if cfg.position != "learned":
         raise ValueError(f"position={cfg.position!r} cannot be exported: HF GPT-2 has learned positions only")
-    gelu = {"tanh": "gelu_new", "exact": "gelu"}[cfg.gelu]
+    image = cfg.norm == "rms"
+    if image and (cfg.tie_embeddings or cfg.predicted_vocab != cfg.vocab_size - 1):
+        raise ValueError(
+            "norm='rms' exports as HF ImageGPT, whose head is untied and never predicts the last id: "
+            f"this model has tie_embeddings={cfg.tie_embeddings}, output_vocab={cfg.output_vocab} "
+            f"(ImageGPT: False, {cfg.vocab_size - 1})"
+        )
+    if not image and cfg.predicted_vocab != cfg.vocab_size:
+        raise ValueError(
+            f"output_vocab={cfg.output_vocab} cannot be exported as GPT-2, whose head predicts every id"
+        )
+    gelu = {v: k for k, v in reversed(HF_GELUS.items())}[cfg.gelu]  # the first HF name of each form
+    model_type = "imagegpt" if image else "gpt2"
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
+        "architectures": [HF_CLASSES[model_type]],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "n_positions": cfg.block_size,
         "n_embd": cfg.n_embd,
@@ -219,7 +252,7 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, 
             raise ValueError(f"HF weight {hf} has shape {tuple(w.shape)}, expected {shape} for {cfg}")
         w = np.asarray(w, np.float32)
         if path in VOCAB_ROWS:
-            w = np.pad(w, ((0, cfg.padded_vocab - cfg.vocab_size), (0, 0)))
+            w = np.pad(w, ((0, cfg.padded_vocab - len(w)), (0, 0)))
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -280,6 +313,7 @@ EXPORT_FILES = (
     "tokenizer.json",
     "special_tokens_map.json",
     "tokenizer_config.json",
+    "preprocessor_config.json",
 )
 
 
@@ -350,7 +384,10 @@ def resolve_hf_dir(name: str) -> pathlib.Path:
             f"{local}"
         )
     try:
-        return pathlib.Path(snapshot_download(name, cache_dir=cache, allow_patterns=HUB_FILES))
+        found = pathlib.Path(snapshot_download(name, cache_dir=cache, allow_patterns=HUB_FILES))
+        if not _is_model_dir(found):  # an older repository (openai/imagegpt-*): pytorch_model.bin only
+            found = pathlib.Path(snapshot_download(name, cache_dir=cache, allow_patterns=LEGACY_HUB_FILES))
+        return found
     except Exception as e:  # offline, unknown id, not a valid id: all end the same way
         reason = " ".join(f"{type(e).__name__}: {e}".split())
         if len(reason) > 200:  # HF's messages run long; cut at a word
@@ -367,9 +404,12 @@ def resolve_hf_dir(name: str) -> pathlib.Path:
 def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_length: int) -> list[str]:
     """Writes the HF files of `tokenizer` that transformers.AutoTokenizer.from_pretrained(directory) loads
     to encode as `tokenizer` does; returns their names. GPT-2's BPE: vocab.json + merges.txt (from its
-    tiktoken ranks); a trained `tokenizers` BPE: its tokenizer.json. char and byte: none (one line says so).
+    tiktoken ranks); a trained `tokenizers` BPE: its tokenizer.json; a palette without classes: ImageGPT's
+    preprocessor_config.json. char, byte and class-conditional palettes: none (one line says so).
     """
     eot = bpe.GPT2_EOT
+    if tokenizer.kind == "palette" and not tokenizer.classes:
+        return save_image_processor(directory, tokenizer)
     if tokenizer.kind == "gpt2":
         vocab, merges = bpe.hf_vocab_and_merges(tokenizer.token_bytes())
         files = {
@@ -384,7 +424,8 @@ def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_l
         special = {"bos_token": eos, "eos_token": eos} if eos is not None else {}
         hf_class = "PreTrainedTokenizerFast"
     else:
-        print(f"the {tokenizer.kind} tokenizer has no Hugging Face equivalent: no tokenizer files written")
+        what = "class-conditional palette" if tokenizer.kind == "palette" else tokenizer.kind
+        print(f"the {what} tokenizer has no Hugging Face equivalent: no tokenizer files written")
         return []
     files["special_tokens_map.json"] = json.dumps(special, indent=2)
     files["tokenizer_config.json"] = json.dumps(
@@ -404,22 +445,73 @@ def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_l
     return sorted(files)
 
 
+def save_image_processor(directory: str | pathlib.Path, tokenizer: Any) -> list[str]:
+    """ImageGPT's preprocessor_config.json of a palette: its colours as RGB "clusters" in [-1, 1] (grey
+    levels as grey RGB), the image size, and the normalisation that maps pixels into that range."""
+    clusters = np.broadcast_to(tokenizer.palette_KC, (tokenizer.num_colors, 3)) / 127.5 - 1
+    config = {
+        "image_processor_type": "ImageGPTImageProcessor",
+        "clusters": clusters.tolist(),
+        "do_color_quantize": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "size": {"height": tokenizer.height, "width": tokenizer.width},
+        "resample": 2,  # bilinear, as openai/imagegpt-*'s
+    }
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+    return ["preprocessor_config.json"]
+
+
+def read_image_processor(directory: str | pathlib.Path, vocab_size: int) -> Any:
+    """The PaletteTokenizer of an HF ImageGPT directory's preprocessor_config.json, or None when it has
+    none or its clusters do not fit `vocab_size` (colours + a start token)."""
+    path = pathlib.Path(directory) / "preprocessor_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    clusters = np.asarray(config.get("clusters") or [], np.float64)
+    if clusters.ndim != 2 or len(clusters) + 1 != vocab_size:
+        return None
+    size = config.get("size", {})
+    height, width = (size, size) if isinstance(size, int) else (size.get("height"), size.get("width"))
+    if not height or not width:
+        raise ValueError(f'{path} has clusters but no image size; add "size": {{"height": H, "width": W}}')
+    palette = np.clip(np.rint((clusters + 1) * 127.5), 0, 255)
+    return data_lib.PaletteTokenizer(palette, height, width)
+
+
+def image_config(cfg: GPTConfig, tokenizer: Any) -> ml_collections.ConfigDict:
+    """base_config with config.data describing the images of a palette tokenizer (as configs/digits.py)."""
+    config = base_config(cfg)
+    config.data.update(
+        source="",  # no images yet: fine-tuning names its own
+        tokenizer="palette",
+        image_size=tokenizer.height,
+        channels=tokenizer.channels,
+        colors=tokenizer.num_colors,
+        class_conditional=bool(tokenizer.classes),
+    )
+    return config
+
+
 # ----- gptjax checkpoints. -----
 
 
 def pick_tokenizer(tokenizer: Any, vocab_size: int, hf_dir: str | pathlib.Path | None = None) -> Any:
     """A tokenizer object for a model of `vocab_size`: given, "auto" (gpt2 for 50257, byte for 256, else
-    the HF directory's tokenizer.json, as save_hf writes for a trained BPE), "gpt2", "byte", or a
-    tokenizer JSON file (gptjax.data.save_tokenizer's)."""
+    the HF directory's tokenizer.json, as save_hf writes for a trained BPE, or its ImageGPT palette),
+    "gpt2", "byte", or a tokenizer JSON file (gptjax.data.save_tokenizer's)."""
     if tokenizer == "auto":
         tokenizer = {data_lib.GPT2Tokenizer.vocab_size: "gpt2", 256: "byte"}.get(vocab_size)
         hf_json = pathlib.Path(hf_dir) / "tokenizer.json" if hf_dir is not None else None
         if tokenizer is None and hf_json is not None and hf_json.is_file():
             tokenizer = data_lib.HFTokenizer(hf_json.read_text())
+        if tokenizer is None and hf_dir is not None:
+            tokenizer = read_image_processor(hf_dir, vocab_size)
         if tokenizer is None:
             raise ValueError(
                 f"no built-in tokenizer has the model's {vocab_size} ids and the model has no "
-                "tokenizer.json; pass a tokenizer JSON file"
+                "tokenizer.json nor ImageGPT clusters; pass a tokenizer JSON file"
             )
     if tokenizer == "gpt2":
         tokenizer = data_lib.GPT2Tokenizer()
@@ -459,17 +551,19 @@ def save_checkpoint(
 def hf_to_workdir(
     hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto"
 ) -> GPTConfig:
-    """Converts an HF GPT-2 directory (or Hub id) into a gptjax checkpoint in `workdir`."""
+    """Converts an HF GPT-2 or ImageGPT directory (or Hub id) into a gptjax checkpoint in `workdir`."""
     hf_dir = resolve_hf_dir(str(hf_dir))
     params, cfg = load_hf(hf_dir)
-    save_checkpoint(workdir, params, cfg, pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir))
+    tokenizer = pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir)
+    config = image_config(cfg, tokenizer) if tokenizer.kind == "palette" else None
+    save_checkpoint(workdir, params, cfg, tokenizer, config)
     return cfg
 
 
 def workdir_to_hf(
     workdir: str | pathlib.Path, hf_dir: str | pathlib.Path, step: int | None = None
 ) -> GPTConfig:
-    """Exports a gptjax checkpoint's params as an HF GPT-2 directory."""
+    """Exports a gptjax checkpoint's params as an HF GPT-2 (or, for norm="rms", ImageGPT) directory."""
     params, cfg, tokenizer, _ = load_params(workdir, step)
     save_hf(hf_dir, params, cfg, tokenizer)
     return cfg

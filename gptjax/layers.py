@@ -80,8 +80,12 @@ def residual_init(n_layer: int) -> Callable:
     return normal_init(INIT_STD / np.sqrt(2 * n_layer))
 
 
-def layer_norm(name: str, *, use_bias: bool, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-    # eps 1e-5 as GPT-2 (layer_norm_epsilon) and torch.nn.LayerNorm.
+def norm(name: str, kind: str, *, use_bias: bool, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
+    """kind "layer": LayerNorm (GPT-2), with a bias when use_bias. "rms": x / sqrt(mean(x^2) + eps) * scale,
+    no mean subtracted and no bias (ImageGPT's layer norm; also LLaMA's RMSNorm). eps 1e-5 as GPT-2's
+    layer_norm_epsilon and torch.nn.LayerNorm."""
+    if kind == "rms":
+        return nn.RMSNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
     return nn.LayerNorm(epsilon=1e-5, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
@@ -151,14 +155,24 @@ def _gelu_exact_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 gelu_exact.defvjp(lambda x: (gelu_exact(x), x), _gelu_exact_bwd)
 
 
+def gelu(x: jax.Array, kind: str) -> jax.Array:
+    """GELU by GPTConfig.gelu: "tanh" (GPT-2's gelu_new), "exact" (nanoGPT's), "quick" = x sigmoid(1.702 x)
+    (ImageGPT's and CLIP's quick_gelu)."""
+    if kind == "tanh":
+        return nn.gelu(x, approximate=True)
+    if kind == "quick":
+        return x * jax.nn.sigmoid(1.702 * x)
+    return gelu_exact(x)
+
+
 class MLP(nn.Module):
-    """GELU MLP, D -> F -> D. GPT-2 uses the tanh approximation of GELU, nanoGPT the exact one."""
+    """GELU MLP, D -> F -> D; `gelu` names the form (see gelu)."""
 
     n_embd: int
     n_layer: int
     use_bias: bool
     dropout: float
-    gelu_tanh: bool
+    gelu: str
     dtype: Dtype
     param_dtype: Dtype
     out_in: bool = False  # Dense kernels stored [out, in] (see Dense)
@@ -169,6 +183,6 @@ class MLP(nn.Module):
             features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, name=name
         )
         h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD)
-        h_BTF = nn.gelu(h_BTF, approximate=True) if self.gelu_tanh else gelu_exact(h_BTF)
+        h_BTF = gelu(h_BTF, self.gelu)
         out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

@@ -23,7 +23,7 @@ from gptjax.layers import (
     Embed,
     constrain,
     gather_table,
-    layer_norm,
+    norm,
     normal_init,
     sinusoidal_table,
 )
@@ -48,7 +48,8 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the cheap rest
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weights' matmuls only
 }
-GELUS = ("tanh", "exact")
+GELUS = ("tanh", "exact", "quick")
+NORMS = ("layer", "rms")
 KERNEL_LAYOUTS = ("in_out", "out_in")
 
 
@@ -68,7 +69,11 @@ class GPTConfig:
     vocab_multiple: int = (
         1  # embedding rows padded to a multiple (64: faster matmuls); pads get no probability
     )
-    gelu: str = "tanh"  # GELU form: "tanh" approximation (GPT-2's gelu_new) or "exact" (nanoGPT)
+    gelu: str = "tanh"  # GELU form: "tanh" approximation (GPT-2's gelu_new), "exact" (nanoGPT), "quick"
+    norm: str = "layer"  # "layer": LayerNorm (GPT-2); "rms": no mean subtracted, no bias (ImageGPT)
+    # Ids the LM head predicts: the first output_vocab (0: all vocab_size); the rest only ever start a
+    # sequence and get probability 0 (ImageGPT's head has no row for its start token).
+    output_vocab: int = 0
     dtype: str = "float32"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of parameters
     attention: str = (
@@ -99,6 +104,12 @@ class GPTConfig:
             )
         if self.gelu not in GELUS:
             raise ValueError(f"gelu={self.gelu!r} is unknown; use one of {GELUS}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r} is unknown; use one of {NORMS}")
+        if not 0 <= self.output_vocab <= self.vocab_size:
+            raise ValueError(
+                f"output_vocab={self.output_vocab} must be in [0, vocab_size={self.vocab_size}] (0: all ids)"
+            )
         if self.attention not in attention.IMPLEMENTATIONS:
             raise ValueError(
                 f"attention={self.attention!r} is unknown; use one of {attention.IMPLEMENTATIONS}"
@@ -115,6 +126,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def predicted_vocab(self) -> int:
+        """Ids the LM head gives a probability: output_vocab, else every id."""
+        return self.output_vocab or self.vocab_size
 
     @property
     def padded_vocab(self) -> int:
@@ -158,8 +174,8 @@ class Block(nn.Module):
     def __call__(self, x_BTD, cache=None, kv_mask_BS=None):
         c = self.config
         deterministic = self.deterministic
-        norm = lambda name: layer_norm(  # noqa: E731
-            name, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype
+        ln = lambda name: norm(  # noqa: E731
+            name, c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype
         )
         h_BTD, cache = attention.CausalSelfAttention(
             n_head=c.n_head,
@@ -172,20 +188,20 @@ class Block(nn.Module):
             dtype=c.dtype,
             param_dtype=c.param_dtype,
             name="attn",
-        )(norm("ln_1")(x_BTD), cache=cache, kv_mask_BS=kv_mask_BS, deterministic=deterministic)
+        )(ln("ln_1")(x_BTD), cache=cache, kv_mask_BS=kv_mask_BS, deterministic=deterministic)
         x_BTD = x_BTD + h_BTD
         mlp = MLP(
             c.n_embd,
             c.n_layer,
             c.bias,
             c.dropout,
-            c.gelu == "tanh",
+            c.gelu,
             c.dtype,
             c.param_dtype,
             c.kernel_layout == "out_in",
             name="mlp",
         )
-        x_BTD = x_BTD + mlp(norm("ln_2")(x_BTD), deterministic=deterministic)
+        x_BTD = x_BTD + mlp(ln("ln_2")(x_BTD), deterministic=deterministic)
         return x_BTD, cache
 
 
@@ -300,7 +316,7 @@ class GPT(nn.Module):
                 x_BTD, layer_cache = layer(c, deterministic, name=f"h_{i}")(x_BTD, layer_cache, kv_mask_BS)
                 if cache is not None:
                     new_cache.append(layer_cache)
-        x_BTD = layer_norm("ln_f", use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)(x_BTD)
+        x_BTD = norm("ln_f", c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)(x_BTD)
 
         if c.tie_embeddings:
             head_VD = wte.embedding
@@ -308,8 +324,8 @@ class GPT(nn.Module):
             head_VD = self.param("lm_head", normal_init(), (c.padded_vocab, c.n_embd), c.param_dtype)
         head_VD = jnp.asarray(gather_table(head_VD), c.dtype)
         if targets_BT is not None and c.loss_chunk:
-            return lm_head_loss(x_BTD, head_VD, targets_BT, c.vocab_size, c.loss_chunk), new_cache
-        logits_BTV = constrain(head_logits(x_BTD, head_VD, c.vocab_size), BATCH_AXES, None, VOCAB_AXIS)
+            return lm_head_loss(x_BTD, head_VD, targets_BT, c.predicted_vocab, c.loss_chunk), new_cache
+        logits_BTV = constrain(head_logits(x_BTD, head_VD, c.predicted_vocab), BATCH_AXES, None, VOCAB_AXIS)
         if targets_BT is not None:
             return cross_entropy(logits_BTV, targets_BT), new_cache
         return logits_BTV, new_cache
@@ -319,7 +335,8 @@ class GPT(nn.Module):
 
 
 def head_logits(x_BTD: jax.Array, head_VD: jax.Array, vocab_size: int) -> jax.Array:
-    """float32 logits; rows of a padded vocabulary (beyond vocab_size) are no tokens: probability 0."""
+    """float32 logits; rows from vocab_size on (a padded vocabulary's, or ids the head never predicts)
+    get probability 0."""
     logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, head_VD, preferred_element_type=jnp.float32)
     if head_VD.shape[0] > vocab_size:
         logits_BTV = jnp.where(jnp.arange(head_VD.shape[0]) < vocab_size, logits_BTV, attention.MASK_VALUE)

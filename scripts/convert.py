@@ -1,4 +1,4 @@
-"""Converts GPT-2 weights between Hugging Face directories and gptjax checkpoints.
+"""Converts GPT-2 and ImageGPT weights between Hugging Face directories and gptjax checkpoints.
 
   python scripts/convert.py --from_hf=DIR_OR_HUB_ID --workdir=W [--tokenizer=auto|gpt2|byte|tok.json]
   python scripts/convert.py --workdir=W --to_hf=DIR
@@ -8,14 +8,17 @@ training can also start from the HF model itself: --config.init_from=DIR_OR_HUB_
 --to_hf writes config.json + model.safetensors for transformers.GPT2LMHeadModel.from_pretrained(DIR), and
 the tokenizer's files for transformers.AutoTokenizer.from_pretrained(DIR) when it has an HF equivalent
 (GPT-2's BPE: vocab.json + merges.txt; a scripts/train_tokenizer.py BPE: tokenizer.json). A padded
-vocabulary (model.vocab_multiple) exports without its pad rows.
+vocabulary (model.vocab_multiple) exports without its pad rows. An ImageGPT (openai/imagegpt-small, ...)
+converts with its palette (preprocessor_config.json) both ways: scripts/sample_images.py draws with it.
 """
 
 from absl import flags
 
 from gptjax import cli, convert
 
-flags.DEFINE_string("from_hf", None, "An HF GPT-2 directory (config.json + weights) or a Hub id like gpt2.")
+flags.DEFINE_string(
+    "from_hf", None, "An HF GPT-2 or ImageGPT directory (config.json + weights) or a Hub id like gpt2."
+)
 flags.DEFINE_string("to_hf", None, "Directory to write the workdir's latest checkpoint to, HF format.")
 flags.DEFINE_string("workdir", None, "The gptjax workdir written (--from_hf) or read (--to_hf).")
 flags.DEFINE_string(

@@ -406,14 +406,19 @@ def test_init_from_errors_are_one_line(hub, tmp_path, data_dir, tmp_cache):
 def test_hub_ids_come_from_the_cache_first_then_a_download(tmp_path, monkeypatch):
     import huggingface_hub
 
-    downloaded = tmp_path / "downloaded"
-    downloaded.mkdir()
     calls = []
 
     def snapshot_download(name, *, cache_dir, local_files_only=False, allow_patterns=None):
+        """The Hub: "gpt2" has safetensors, "old" only pytorch_model.bin; fetches what the patterns ask."""
         calls.append((name, cache_dir, local_files_only))
         if local_files_only:
             raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        downloaded = tmp_path / "downloaded" / name
+        downloaded.mkdir(parents=True, exist_ok=True)
+        weights = "model.safetensors" if name == "gpt2" else "pytorch_model.bin"
+        for file in ("config.json", weights):
+            if file in allow_patterns:
+                (downloaded / file).write_text("{}")
         return str(downloaded)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
@@ -421,9 +426,12 @@ def test_hub_ids_come_from_the_cache_first_then_a_download(tmp_path, monkeypatch
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert convert.resolve_hf_dir("gpt2") == downloaded
+    assert convert.resolve_hf_dir("gpt2") == tmp_path / "downloaded" / "gpt2"
     cache = str(tmp_path / "hf_home" / "hub")
     assert calls == [("gpt2", cache, True), ("gpt2", cache, False)]
+    calls.clear()
+    old = convert.resolve_hf_dir("old")  # no safetensors: a second download fetches pytorch_model.bin
+    assert (old / "pytorch_model.bin").is_file() and len(calls) == 3
     calls.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):

@@ -337,9 +337,16 @@ def test_every_dropout_site_is_active_in_training_only(tiny_cfg, scan_layers):
 # ----- KV cache. -----
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
-def test_prefill_then_decode_equals_full_forward(tiny_cfg, position):
-    cfg = dataclasses.replace(tiny_cfg, position=position)
+# ImageGPT's options (gptjax.convert imports its weights): RMS norms, quick GELU, an untied head that never
+# predicts the last id (its start token).
+IMAGEGPT = dict(norm="rms", gelu="quick", tie_embeddings=False, output_vocab=-1)
+
+
+@pytest.mark.parametrize("options", [dict(position="learned"), dict(position="sinusoidal"), IMAGEGPT])
+def test_prefill_then_decode_equals_full_forward(tiny_cfg, options):
+    if options.get("output_vocab") == -1:
+        options = {**options, "output_vocab": tiny_cfg.vocab_size - 1}
+    cfg = dataclasses.replace(tiny_cfg, **options)
     params = init_params(cfg)
     B, T, prefix = 2, cfg.block_size, 3
     tokens_BT = random_tokens(cfg, (B, T))
@@ -444,7 +451,7 @@ def expected_param_count(cfg: GPTConfig) -> int:
     """A pre-LN GPT's parameter count, from its shapes (nanoGPT model.py)."""
     V, C, L, D = cfg.padded_vocab, cfg.block_size, cfg.n_layer, cfg.n_embd
     dense = lambda d_in, d_out: d_in * d_out + (d_out if cfg.bias else 0)
-    layer_norm = D * (2 if cfg.bias else 1)  # scale (+ bias)
+    layer_norm = D * (2 if cfg.bias and cfg.norm == "layer" else 1)  # scale (+ bias; RMS norms have none)
     block = 2 * layer_norm + dense(D, 3 * D) + dense(D, D) + dense(D, 4 * D) + dense(4 * D, D)
     return (
         V * D  # wte
@@ -468,7 +475,7 @@ CONFIG_VARIANTS = {
     "shakespeare_char": ["", "cpu"],
     "finetune_shakespeare": ["gpt2", "gpt2-medium"],
     "digits": [None, "uncond"],
-    "cifar10": [None, "cond"],
+    "cifar10": [None, "cond", "imagegpt"],
 }
 CONFIGS = [
     (path.stem, arg)
@@ -492,7 +499,7 @@ def test_every_config_file_is_built():
 @pytest.mark.parametrize("module, arg", CONFIGS)
 def test_configs_build(module, arg):
     config = importlib.import_module(f"configs.{module}").get_config(arg)
-    cfg = model_config(config, vocab_size=65)
+    cfg = model_config(config, vocab_size=513 if module == "cifar10" else 65)  # 512 colours + SOS
     _, abstract = abstract_state(cfg, config.opt, config.seed)
     n = count_params(abstract.params)
     assert n > 0
@@ -508,11 +515,8 @@ def test_configs_build(module, arg):
         assert config.data.class_conditional == (
             arg in (None, "cond") if module == "digits" else arg == "cond"
         )
-    if module == "cifar10":  # iGPT-S: ~76M parameters (514 ids: 512 colours, SOS, no classes)
-        assert (
-            round(count_params(abstract_state(model_config(config, 514), config.opt, 0)[1].params) / 1e6)
-            == 76
-        )
+    if module == "cifar10":  # iGPT-S: ~76M parameters, ImageGPT's untied head 0.26M more
+        assert round(n / 1e6) == (77 if arg == "imagegpt" else 76)
     if module == "gpt2":
         # OpenAI's GPT-2 small with biases and its 50257-token vocab: HF counts 124,439,808 parameters.
         gpt2 = model_config(config, vocab_size=50257, bias=True, vocab_multiple=1)
@@ -531,3 +535,23 @@ def test_gelu_exact_value_and_gradient():
     np.testing.assert_allclose(gelu_exact(x32), want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(jax.vmap(jax.grad(gelu_exact))(x32), want_grad, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(gelu_exact(x32), jax.nn.gelu(x32, approximate=False), rtol=1e-6, atol=1e-6)
+
+
+def test_imagegpt_norm_gelu_and_head():
+    """norm="rms" is x / sqrt(mean(x^2) + eps) * scale with no bias; gelu="quick" is x sigmoid(1.702 x);
+    output_vocab leaves the ids past it no probability."""
+    from gptjax.layers import gelu, norm
+
+    x_BD = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32) + 0.5
+    rms = norm("ln", "rms", use_bias=True, dtype="float32", param_dtype="float32")
+    variables = rms.init(jax.random.PRNGKey(0), x_BD)
+    assert jax.tree_util.tree_map(np.shape, variables["params"]) == {"scale": (8,)}
+    scale = np.linspace(0.5, 2.0, 8, dtype=np.float32)
+    want = x_BD / np.sqrt((x_BD**2).mean(-1, keepdims=True) + 1e-5) * scale
+    np.testing.assert_allclose(rms.apply({"params": {"scale": scale}}, x_BD), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gelu(x_BD, "quick"), x_BD / (1 + np.exp(-1.702 * x_BD)), rtol=1e-6)
+
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, output_vocab=9)
+    logits_BTV, _ = GPT(cfg).apply({"params": init_params(cfg)}, random_tokens(cfg, (2, 8)))
+    probs_BTV = np.asarray(jax.nn.softmax(logits_BTV))
+    assert np.all(probs_BTV[..., 9:] == 0) and np.allclose(probs_BTV[..., :9].sum(-1), 1, atol=1e-6)

@@ -63,6 +63,9 @@ def test_nanogpt_initialisation(torch):
     assert float(params["transformer.h.2.attn.c_attn.bias"].abs().max()) == 0.0
     with pytest.raises(ValueError, match="learned positions only"):
         torch_gpt.GPT(dataclasses.replace(cfg, position="sinusoidal"))
+    for change in (dict(norm="rms"), dict(gelu="quick"), dict(output_vocab=cfg.vocab_size - 1)):
+        with pytest.raises(ValueError, match="the PyTorch GPT is nanoGPT's"):
+            torch_gpt.GPT(dataclasses.replace(cfg, **change))
 
 
 def test_torch_reference_script_trains(torch, data_dir):
