@@ -15,7 +15,8 @@
 
 Generation runs one request at a time (a lock): the model and its compiled decoder are shared. A request
 without a seed gets a fresh one (the response's "seed" says which), unless config.sample sets one.
-Streaming takes one prompt and n=1, without logprobs. Errors are OpenAI's {"error": {"message", "type"}}
+Streaming sends each choice's text a token at a time, any prompts and n (chunks name their choice by
+index), without logprobs or beam search. Errors are OpenAI's {"error": {"message", "type"}}
 with status 400 for a bad request.
 """
 
@@ -206,9 +207,64 @@ def _seed(served: Served, options: dict) -> int:
     return secrets.randbelow(2**31) if seed is None else seed
 
 
+def _stream_choices(served: Served, prompts: list[str], options: dict, echo: bool, piece) -> None:
+    """Streams every choice a token at a time: `piece(index, text)` for each new piece of its text, then
+    `piece(index, "", finish_reason)`. Prompt p's j-th sample is choice p * n + j, as unstreamed.
+
+    gptjax.sample.complete streams one prompt and one sequence only (its callback gets text, not a row),
+    so this decodes with sample.generate_ids, whose on_chunk sees every row's tokens, and cuts each row as
+    complete does: before its first EOS token and its first stop string. While a row can still change,
+    its last len(longest stop) - 1 characters wait (a stop string may be starting there), and so do the
+    first bytes of a character split across tokens: the pieces of a choice join to its unstreamed text."""
+    params, cfg, tok, saved = served.model
+    opts = sample.merged_options(saved, tok, **options)
+    if opts.mode in sample.BEAM_MODES:
+        raise BadRequest("beam search is not streamed; drop stream or num_beams")
+    eos, hold = set(opts.eos_token_id or ()), max(map(len, opts.stop), default=1) - 1
+
+    def text_of(row: np.ndarray) -> tuple[str, str, bool]:
+        """(the row's text as complete cuts it, the start of it that cannot change, whether it ended)."""
+        ends = [i for i, t in enumerate(row) if t in eos]
+        whole = tok.decode(row[: ends[0]] if ends else row)
+        cut = sample._find_stop(whole, opts.stop)
+        text = whole[:cut]  # cut None: all of it
+        if ends:
+            return text, text, True
+        # Not yet: a stop string may be starting in the last `hold` characters (a longer one even before
+        # the stop string found), the last token may end with the first bytes of a character.
+        return text, text[: max(len(whole) - hold, 0)].rstrip("\ufffd"), cut is not None
+
+    n = opts.num_return_sequences
+    if echo:
+        for i in range(len(prompts) * n):
+            piece(i, prompts[i // n])
+    shown = [0] * (len(prompts) * n)  # characters of each choice written so far
+
+    def write_new(i: int, text: str) -> None:
+        if len(text) > shown[i]:
+            piece(i, text[shown[i] :])
+            shown[i] = len(text)
+
+    def on_chunk(new_BN: np.ndarray) -> bool:
+        ended = []
+        for i, row in enumerate(new_BN):
+            _, final, stopped = text_of(row)
+            write_new(i, final)
+            ended.append(stopped)
+        return all(ended)
+
+    ids = [tok.encode(p) or [tok.bos_id if tok.bos_id is not None else tok.eos_id] for p in prompts]
+    with served.lock:
+        generated = sample.generate_ids(params, cfg, ids, opts, on_chunk=on_chunk, chunk=1)
+    for i, row in enumerate(row for rows in generated for row in rows):
+        text, _, stopped = text_of(row)
+        write_new(i, text)
+        piece(i, "", "stop" if stopped else "length")  # as _finish_reason says of the unstreamed
+
+
 def completions(served: Served, body: dict, write_event=None) -> dict | None:
     """The response to a completions request; with stream=True, `write_event(dict)` gets OpenAI's chunks
-    (the last one carries finish_reason) and None is returned."""
+    (each choice's last one carries its finish_reason) and None is returned."""
     prompts, options, stream, echo, logprobs = _options(body)
     tok = served.tokenizer
     if served.is_image:
@@ -220,21 +276,13 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
     options["seed"] = _seed(served, options)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
     head.update(model=served.name, seed=options["seed"])
-    if stream:
-        if len(prompts) > 1 or options.get("num_return_sequences", 1) > 1 or options.get("num_beams", 1) > 1:
-            raise BadRequest("stream needs one prompt, n=1 and no beam search")
+    if stream:  # one chunk per piece of a choice's text, as OpenAI's
 
-        def chunk(text: str, reason: str | None = None) -> dict:
-            return {
-                **head,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}],
-            }
+        def piece(index: int, text: str, reason: str | None = None) -> None:
+            choice = {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+            write_event({**head, "choices": [choice]})
 
-        if echo:
-            write_event(chunk(prompts[0]))
-        with served.lock:
-            (c,) = sample.complete(served.model, prompts, stream=lambda s: write_event(chunk(s)), **options)
-        write_event(chunk("", _finish_reason(c, tok)))
+        _stream_choices(served, prompts, options, echo, piece)
         return None
     with served.lock:
         if options.get("max_new_tokens") == 0:  # echo only: the prompt, to be scored
@@ -432,15 +480,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def make_server(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str | None = None):
     """A ThreadingHTTPServer for `model` (a workdir or a (params, GPTConfig, tokenizer[, config]) tuple);
-    port 0 picks a free one (server.server_address). Call serve_forever() on it."""
+    port 0 picks a free one (server.server_address). Call serve_forever() on it. The port is taken before
+    the model loads, so that one in use is said at once, not after a slow load."""
     if name is None:
         name = pathlib.Path(model).name if isinstance(model, str | pathlib.Path) else "gptjax"
-    served = Served(sample.load(model), name)
-    handler = type("BoundHandler", (Handler,), {"served": served})
+    handler = type("BoundHandler", (Handler,), {})  # its model comes once the port is ours
     try:
-        return http.server.ThreadingHTTPServer((host, port), handler)
+        server = http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:  # in use, not this machine's address, an unknown host name
         raise OSError(
             f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port (0: any free one) "
             "or --host"
         ) from None
+    try:  # no request is answered before serve_forever: connections wait in the listen queue
+        handler.served = Served(sample.load(model), name)
+    except BaseException:
+        server.server_close()  # a failed load gives the port back
+        raise
+    return server

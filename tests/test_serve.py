@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -88,6 +89,42 @@ def test_streamed_pieces_join_to_the_whole_text_and_end_with_the_reason(url):
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
 
 
+def streamed(url: str, body: dict) -> list[dict]:
+    """The chunks of a streamed request, in order (each names one choice)."""
+    status, headers, raw = post(url, "/v1/completions", {**body, "stream": True}, raw=True)
+    assert status == 200 and headers["Content-Type"] == "text/event-stream", raw
+    events = raw.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(len(c["choices"]) == 1 for c in chunks), chunks
+    return [c["choices"][0] for c in chunks]
+
+
+def test_several_prompts_and_samples_stream_each_choice_as_unstreamed(url):
+    """Prompt p's j-th sample is choice p * n + j streamed as unstreamed: its pieces join to its text, its
+    last chunk alone has a finish_reason, the same; the choices come a token at a time, interleaved."""
+    body = {"prompt": ["abc", "pon"], "n": 2, "max_tokens": 5, "seed": 7, "temperature": 1.0, "top_k": 0}
+    texts = [c["text"] for c in post(url, "/v1/completions", body)[2]["choices"]]
+    stop = texts[1][1:3]  # choice 1 surely stops (the others may), the stream holds back a character
+    for extra in ({}, {"stop": stop}, {"echo": True}):
+        whole = post(url, "/v1/completions", {**body, **extra})[2]["choices"]
+        chunks = streamed(url, {**body, **extra})
+        indices = [c["index"] for c in chunks]
+        assert set(indices) == {0, 1, 2, 3} and indices != sorted(indices)  # interleaved, not one by one
+        for i, choice in enumerate(whole):
+            mine = [c for c in chunks if c["index"] == i]
+            assert "".join(c["text"] for c in mine) == choice["text"], (extra, i)
+            reasons = [c["finish_reason"] for c in mine]
+            assert reasons == [None] * (len(mine) - 1) + [choice["finish_reason"]], (extra, i)
+        if not extra:  # a chunk per token (a character here), then one with the finish_reason
+            assert [indices.count(i) for i in range(4)] == [6] * 4
+            assert [c["finish_reason"] for c in whole] == ["length"] * 4
+        if "stop" in extra:
+            assert whole[1] == {**whole[1], "text": texts[1][: texts[1].find(stop)], "finish_reason": "stop"}
+        if "echo" in extra:
+            assert [c["text"] for c in whole] == [body["prompt"][i // 2] + t for i, t in enumerate(texts)]
+
+
 def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
     body = {"prompt": "abc", "max_tokens": 8, "temperature": 0}
     text = post(url, "/v1/completions", body)[2]["choices"][0]["text"]
@@ -113,7 +150,7 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ({"prompt": 3}, "prompt must be a string or a non-empty list of strings"),
         ({"prompt": "abc", "top_p": 0}, r"top_p=0 must be in \(0, 1\]"),
         ({"prompt": "zz"}, "not in the tokenizer's vocab"),
-        ({"prompt": "abc", "n": 2, "stream": True}, "stream needs one prompt, n=1"),
+        ({"prompt": "abc", "num_beams": 2, "stream": True}, "beam search is not streamed; drop stream"),
         ({"prompt": "abc", "best_of": 3}, "best_of must equal n"),
         ({"prompt": "abc", "stop": 5}, "stop=5 must be a string or a list of strings"),
         ({"prompt": "abc", "stop": ["ab", 5]}, r"stop=\['ab', 5\] must be a string or a list of strings"),
@@ -216,6 +253,19 @@ def test_a_port_in_use_is_one_line(text_model, url):
         serve.make_server(text_model, port=port)
 
 
+def test_a_port_in_use_is_said_before_the_model_loads(url, text_model, tmp_path):
+    port, missing = int(url.rsplit(":", 1)[1]), tmp_path / "no_checkpoint"  # loading it would fail
+    with pytest.raises(OSError, match=f"^cannot listen on 127.0.0.1:{port} .*; pass another --port"):
+        serve.make_server(missing, port=port)
+    with socket.socket() as s:  # a free port; a load that fails gives it back
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with pytest.raises(FileNotFoundError, match="no checkpoint") as failed:  # its traceback holds the server
+        serve.make_server(missing, port=free)
+    serve.make_server(text_model, port=free).server_close()
+    del failed
+
+
 def test_concurrent_requests_get_what_they_get_alone(url):
     bodies = [{"prompt": "abc", "max_tokens": 4 + s, "seed": s} for s in range(4)]
     alone = [post(url, "/v1/completions", b)[2]["choices"] for b in bodies]
@@ -245,14 +295,15 @@ def test_broken_headers_and_a_failure_mid_stream(url, monkeypatch):
         assert response.status == 400 and message in json.loads(response.read())["error"]["message"]
         conn.close()
 
-    def fails_after_a_piece(model, prompts, stream, **options):
-        stream("ab")
+    def fails_after_a_piece(params, config, prompts, options, on_chunk, chunk):
+        on_chunk(np.array([[0, 1]]))
         raise RuntimeError("the device fell over")
 
-    monkeypatch.setattr(sample, "complete", fails_after_a_piece)  # the server runs in this process
+    monkeypatch.setattr(sample, "generate_ids", fails_after_a_piece)  # the server runs in this process
     status, _, raw = post(url, "/v1/completions", {"prompt": "a", "stream": True}, raw=True)
     events = raw.decode().split("\n\n")
     assert status == 200 and events[-2:] == ["data: [DONE]", ""]
+    assert json.loads(events[0].removeprefix("data: "))["choices"][0]["text"] == "ab"
     error = json.loads(events[-3].removeprefix("data: "))["error"]
     assert error == {"message": "RuntimeError: the device fell over", "type": "server_error"}
 
