@@ -150,11 +150,14 @@ def _finish_reason(c: sample.Completion, tokenizer: Any) -> str:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "k"))
 def _scores(params: Any, cfg: Any, x_1T: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The log-softmax of the next token at every position of one row (T, V), and its k best (values, ids).
-    Rows are padded to block_size (one compilation): the model is causal, so pads change nothing before."""
+    """For every position t of one row: the log-probability of token t + 1 (T,; the last is of token 0,
+    unused), and the k likeliest next tokens (values, ids (T, k)). Only these leave the device, not the
+    (T, V) log-softmax (200 MB for GPT-2's context and vocabulary). Rows are padded to block_size (one
+    compilation): the model is causal, so pads change nothing before them."""
     logp_TV = jax.nn.log_softmax(GPT(cfg).apply({"params": params}, x_1T)[0][0].astype(jnp.float32))
+    next_T = jnp.roll(x_1T[0], -1)
     top_TK, ids_TK = jax.lax.top_k(logp_TV, k)
-    return logp_TV, top_TK, ids_TK
+    return jnp.take_along_axis(logp_TV, next_T[:, None], axis=1)[:, 0], top_TK, ids_TK
 
 
 def _logprobs(served: Served, prompt_ids: list[int], c: sample.Completion, k: int, echo: bool) -> dict:
@@ -184,9 +187,9 @@ def _logprobs(served: Served, prompt_ids: list[int], c: sample.Completion, k: in
         return out
     x_1T = np.zeros((1, cfg.block_size), np.int32)
     x_1T[0, : len(ids)] = ids
-    logp_TV, top_TK, ids_TK = (np.asarray(a) for a in _scores(params, cfg, x_1T, max(k, 1)))
+    next_logp_T, top_TK, ids_TK = (np.asarray(a) for a in _scores(params, cfg, x_1T, max(k, 1)))
     positions = range(first, len(ids))
-    out["token_logprobs"] = [None if i == 0 else float(logp_TV[i - 1, ids[i]]) for i in positions]
+    out["token_logprobs"] = [None if i == 0 else float(next_logp_T[i - 1]) for i in positions]
     if k:
         out["top_logprobs"] = [
             None
