@@ -6,6 +6,8 @@
 
 --complete=N takes the first N validation images, gives the model their top --given_rows pixel rows and
 draws the rest --num_samples times: each grid row shows the original, what was given, then the samples.
+With --source (a folder, glob, .npz, ...: config.data.source's forms) it takes the first N images there
+instead, resized to the model's size: e.g. for a model converted from HF ImageGPT, which has no data.
 """
 
 import numpy as np
@@ -13,6 +15,7 @@ from absl import flags
 
 from gptjax import cli, image, train
 from gptjax.data.from_config import load_data
+from gptjax.data.images import load_images
 
 flags.DEFINE_string("workdir", None, "A training workdir of an image model (its latest checkpoint).")
 flags.DEFINE_list("classes", None, "Classes to draw, by name or index (default: every class, a row each).")
@@ -21,6 +24,7 @@ flags.DEFINE_integer(
     "complete", 0, "Complete this many validation images instead of drawing new ones.", lower_bound=0
 )
 flags.DEFINE_integer("given_rows", None, "--complete: pixel rows given to the model (default: half).")
+flags.DEFINE_string("source", None, "--complete: images to complete (default: the training data's val).")
 flags.DEFINE_float("temperature", None, "Softmax temperature; 0 is greedy (default: config.sample).")
 flags.DEFINE_integer("top_k", None, "Sample among the k most likely colours; 0 keeps all.")
 flags.DEFINE_float("top_p", None, "Sample among the most likely colours holding this mass, in (0, 1].")
@@ -30,6 +34,23 @@ flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 GIVEN_SHADE = 128  # the grey that stands for the pixels the model was not given
+
+
+def completion_rows(config, tok) -> np.ndarray:
+    """Token rows (start token, pixels) of the images --complete draws from: --source's, else val's."""
+    if FLAGS.source:
+        if tok.classes:
+            raise ValueError(
+                "--source images have no class, which this class-conditional model starts each image "
+                "with; leave --source out to complete its validation images"
+            )
+        images, _, _ = load_images(FLAGS.source, tok.height, tok.channels)
+        return np.concatenate([np.full((len(images), 1), tok.bos_id), tok.encode_images(images)], axis=1)
+    if not config.data.get("source"):
+        raise ValueError(
+            f"{FLAGS.workdir} names no training images (a model converted from HF); pass --source=<images>"
+        )
+    return load_data(config.data, tok).val
 
 
 def main(argv):
@@ -44,11 +65,10 @@ def main(argv):
     if FLAGS.complete > 0:
         if FLAGS.classes:
             raise ValueError("--classes draws new images; --complete takes validation images as they come")
-        rows = load_data(config.data, tok).val
+        rows = completion_rows(config, tok)
+        kind = "--source" if FLAGS.source else "validation"
         if FLAGS.complete > len(rows):
-            print(
-                f"note: --complete={FLAGS.complete}, but there are {len(rows)} validation images", flush=True
-            )
+            print(f"note: --complete={FLAGS.complete}, but there are {len(rows)} {kind} images", flush=True)
         rows = rows[: FLAGS.complete]
         given = tok.height // 2 if FLAGS.given_rows is None else FLAGS.given_rows
         drawn = image.complete(model, rows, given, FLAGS.num_samples, **options)
@@ -58,7 +78,7 @@ def main(argv):
         grid = [originals[:, None], shown[:, None], drawn]
         path = image.save_grid(np.concatenate(grid, axis=1), FLAGS.out or f"{FLAGS.workdir}/completions.png")
         print(
-            f"wrote {path}: {len(rows)} validation images (original, top {given} rows given, "
+            f"wrote {path}: {len(rows)} {kind} images (original, top {given} rows given, "
             f"{FLAGS.num_samples} completions)"
         )
         return

@@ -3,13 +3,17 @@ export -> import is exact, the palette comes from preprocessor_config.json and e
 processor, and a converted model draws images and fine-tunes on new ones."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from configs import digits
 from gptjax import convert, evaluate, image
-from gptjax.data import PaletteTokenizer
+from gptjax.data import DataError, PaletteTokenizer, load_images
 from gptjax.model import GPT, GPTConfig
 from gptjax.train import load_params, train_and_evaluate
 
@@ -177,3 +181,24 @@ def test_cifar10_imagegpt_config_is_openais_igpt_small():
     convert.check_same_model(hf, model_config(config, hf.vocab_size))  # raises naming any difference
     assert config.data.image_size**2 == hf.block_size and config.data.colors == hf.vocab_size - 1
     assert not config.data.class_conditional and config.init_from == "openai/imagegpt-small"
+
+
+def test_sample_images_completes_source_images_with_a_converted_model(torch, tmp_path):
+    """A converted model names no training images: --complete takes --source's (resized to its size),
+    says so in one line without it, and an empty source is never read as the working directory."""
+    make_imagegpt(torch, tmp_path / "hf")
+    convert.hf_to_workdir(tmp_path / "hf", tmp_path / "w")
+    np.savez(tmp_path / "mine.npz", images=np.random.default_rng(4).integers(0, 256, (3, 9, 9, 3), np.uint8))
+    script = pathlib.Path(__file__).parents[1] / "scripts" / "sample_images.py"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    run = lambda *flags: subprocess.run(  # noqa: E731
+        [sys.executable, script, f"--workdir={tmp_path / 'w'}", "--complete=2", *flags],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = run(f"--source={tmp_path / 'mine.npz'}", "--num_samples=2", f"--out={tmp_path / 'c.png'}")
+    assert out.returncode == 0 and "2 --source images" in out.stdout, out.stderr[-2000:]
+    assert (tmp_path / "c.png").is_file()
+    out = run()
+    assert out.returncode == 1 and out.stderr.strip().endswith("pass --source=<images>"), out.stderr
+    with pytest.raises(DataError, match="the image source is empty; set --config.data.source"):
+        load_images("", SIDE, 3)

@@ -267,6 +267,10 @@ def load_images(source: str, size: int, channels: int) -> tuple[np.ndarray, np.n
         raise DataError(f"channels={channels} must be 1 (grey) or 3 (RGB)")
     if size < 1:
         raise DataError(f"image_size={size} must be >= 1 (pixels per side); fix --config.data.image_size")
+    if not source:  # Path("") is the working directory: never read it by accident
+        raise DataError(
+            "the image source is empty; set --config.data.source (digits, tfds:NAME, .npz, folder)"
+        )
     path = pathlib.Path(source).expanduser()
     if source == "digits":
         images, labels, classes = _digits()
