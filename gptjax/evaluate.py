@@ -7,10 +7,16 @@ estimate_loss does the same on random windows). A tokenizer with a BOS token (GP
 predicts the first token from it; otherwise the first token is context only and is not counted.
 Bits per byte and per character divide the same total by the UTF-8 bytes and the characters of the
 predicted text, so they compare models with different tokenizers.
+
+Multiple choice (HellaSwag and the like, as lm-eval and llm.c score them): each choice's log-likelihood
+as a continuation of the context; accuracy picks the likeliest choice by its total (`acc`) and by its
+total per character of the choice (`acc_norm`, lm-eval's length normalisation).
 """
 
 import functools
+import json
 import math
+import pathlib
 from typing import Any
 
 import jax
@@ -123,3 +129,103 @@ def random_batch_loss(
         "group_min": float(np.min(means)),
         "group_max": float(np.max(means)),
     }
+
+
+# ----- Multiple choice ---------------------------------------------------------------------------------
+
+
+def read_choices(path: str | pathlib.Path) -> list[dict]:
+    """Examples {context, choices, label} of a JSON-lines file: HellaSwag's rows (ctx, endings, label; each
+    ending continues the context after a space, as lm-eval and llm.c render it) or rows of context,
+    choices and label (each choice continues the context exactly as written: include its leading space)."""
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass a JSON-lines file of examples")
+    examples = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{where} is not JSON ({e}); write one example per line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} is not a JSON object; write {{context, choices, label}} per line")
+        if "endings" in row:  # HellaSwag
+            context, choices = row.get("ctx"), [" " + e for e in row["endings"] if isinstance(e, str)]
+            if len(choices) != len(row["endings"]):
+                choices = None
+        else:
+            context, choices = row.get("context"), row.get("choices")
+        label = row.get("label")
+        if isinstance(label, str) and label.isdigit():  # some HellaSwag copies write "3"
+            label = int(label)
+        if not isinstance(context, str) or not isinstance(choices, list) or len(choices) < 2:
+            raise ValueError(
+                f"{where} needs a text context and 2 or more text choices: {{context, choices, label}} or "
+                "HellaSwag's {ctx, endings, label}"
+            )
+        if not all(isinstance(c, str) and c for c in choices):
+            raise ValueError(f"{where} has an empty or non-text choice; every choice must be text")
+        if not (isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(choices)):
+            raise ValueError(
+                f"{where} label={label!r} must be the index of the right choice, 0-{len(choices) - 1}"
+            )
+        examples.append({"context": context, "choices": choices, "label": label})
+    if not examples:
+        raise ValueError(f"{path} holds no examples; write one JSON object per line")
+    return examples
+
+
+def choice_logprobs(
+    params: Any, cfg: GPTConfig, tokenizer: Any, context: str, choices: list[str], batch_size: int = 8
+) -> np.ndarray:
+    """The log-likelihood (nats, summed over its tokens) of each choice as the continuation of `context`.
+    Context and choice are tokenized apart (lm-eval's way: the choice's tokens are the same whatever the
+    context); an empty context starts from the tokenizer's BOS (else EOS) token. A row longer than the
+    context window loses its first tokens, never the choice's."""
+    ctx = tokenizer.encode(context)
+    if not ctx:
+        start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if start is None:
+            raise ValueError("the context is empty and the tokenizer has no BOS/EOS token to start from")
+        ctx = [start]
+    rows, spans = [], []
+    for choice in choices:
+        cont = tokenizer.encode(choice)
+        if not cont or len(cont) > cfg.block_size:
+            raise ValueError(
+                f"choice {choice[:40]!r} has {len(cont)} tokens; a choice needs 1 to block_size="
+                f"{cfg.block_size}"
+            )
+        ids = (ctx + cont)[-(cfg.block_size + 1) :]
+        rows.append(ids)
+        spans.append(len(cont))
+    T = min(cfg.block_size, max(16, 1 << (max(map(len, rows)) - 2).bit_length()))  # few compiled shapes
+    R = len(rows) + (-len(rows) % batch_size)
+    x_RT, y_RT, mask_RT = np.zeros((R, T), np.int32), np.zeros((R, T), np.int32), np.zeros((R, T), bool)
+    for r, (ids, k) in enumerate(zip(rows, spans, strict=True)):
+        n = len(ids) - 1
+        x_RT[r, :n], y_RT[r, :n] = ids[:-1], ids[1:]
+        mask_RT[r, n - k : n] = True  # the choice's tokens
+    nats_RT = np.concatenate(
+        [np.asarray(_token_nats(params, cfg, x_RT[i : i + batch_size], y_RT[i : i + batch_size]))
+         for i in range(0, R, batch_size)]
+    )  # fmt: skip
+    return -np.sum(nats_RT, where=mask_RT, axis=1, dtype=np.float64)[: len(rows)]
+
+
+def multiple_choice(
+    params: Any, cfg: GPTConfig, tokenizer: Any, examples: list[dict], batch_size: int = 8, progress=None
+) -> dict:
+    """{examples, acc, acc_norm} over `examples` (read_choices'): the fraction whose right choice is the
+    likeliest by total log-likelihood, and by log-likelihood per character of the choice."""
+    right = right_norm = 0
+    for ex in progress(examples) if progress else examples:
+        logp_C = choice_logprobs(params, cfg, tokenizer, ex["context"], ex["choices"], batch_size)
+        chars_C = np.array([len(c) for c in ex["choices"]], np.float64)
+        right += int(np.argmax(logp_C)) == ex["label"]
+        right_norm += int(np.argmax(logp_C / chars_C)) == ex["label"]
+    n = len(examples)
+    return {"examples": n, "acc": right / n, "acc_norm": right_norm / n}

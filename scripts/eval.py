@@ -1,15 +1,19 @@
-"""Evaluates a checkpoint on a text: loss (nats/token), perplexity, bits per byte and per character.
+"""Evaluates a checkpoint on a text: loss (nats/token), perplexity, bits per byte and per character; or
+on multiple-choice questions (HellaSwag): accuracy.
 
   python scripts/eval.py --workdir=W --text=FILE [--split=val] [--batch_size=8]
   python scripts/eval.py --workdir=W --split=val --random_batches=2000 [--group=20]
   python scripts/eval.py --workdir=W --split=val     # an image model: every val image, bits per dim
+  python scripts/eval.py --workdir=W --choices=hellaswag_val.jsonl [--limit=1000]
 
 --text is a file, a glob or "tiny_shakespeare"; --split=val|train takes the part of it that training
 used as that split (config.data.val_fraction, cut by characters), default all. --random_batches=N
 instead estimates the loss as training logs it (nanoGPT's estimate_loss): N random batches of the
 workdir's own data split, and how much the mean of --group of them (eval_iters) scatters. An image
 model (configs/digits.py) is evaluated on every image of its own data's --split: nats and bits per
-pixel. Prints one JSON object.
+pixel. --choices scores every choice of every example as the continuation of its context
+(gptjax.evaluate.read_choices names the formats: HellaSwag's jsonl as published, or context/choices/label)
+and gives acc and acc_norm as lm-eval defines them. Prints one JSON object.
 """
 
 import json
@@ -17,6 +21,7 @@ import pathlib
 
 import numpy as np
 from absl import flags
+from tqdm import tqdm
 
 from gptjax import cli, evaluate
 from gptjax.data import load_text
@@ -37,6 +42,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "group", 20, "--random_batches: batches per estimate (eval_iters) for the scatter.", lower_bound=1
 )
+flags.DEFINE_string("choices", None, "A JSON-lines file of multiple-choice examples (HellaSwag's).")
+flags.DEFINE_integer("limit", None, "--choices: the first N examples only.", lower_bound=1)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -44,6 +51,14 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     params, cfg, tokenizer, config = load_params(FLAGS.workdir, FLAGS.step)
+    if FLAGS.choices:
+        if tokenizer.kind == "palette":
+            raise ValueError("--choices scores text; this is an image model")
+        examples = evaluate.read_choices(FLAGS.choices)[: FLAGS.limit]
+        progress = lambda xs: tqdm(xs, desc="examples", unit="ex")  # noqa: E731
+        result = evaluate.multiple_choice(params, cfg, tokenizer, examples, FLAGS.batch_size, progress)
+        print(json.dumps({"workdir": FLAGS.workdir, "choices": FLAGS.choices, **result}))
+        return
     if FLAGS.random_batches:
         if FLAGS.split == "all":
             raise ValueError("--random_batches needs --split=train or --split=val")

@@ -107,3 +107,79 @@ def test_random_batch_loss_is_the_mean_of_train_style_batches(split):
     assert (r["group_min"], r["group_max"]) == pytest.approx((groups.min(), groups.max()), rel=1e-6)
     with pytest.raises(ValueError, match="multiple of group=4"):
         random_batch_loss(params, cfg, tokens, batch_size=3, batches=6, group=4)
+
+
+# ----- Multiple choice. -----
+
+
+def direct_logprob(params, cfg, ids, n_choice):
+    """The summed log-probability of the last n_choice tokens of `ids`, from one full forward pass."""
+    logits_1TV, _ = GPT(cfg).apply({"params": params}, jnp.asarray([ids[:-1]], jnp.int32))
+    logp_TV = np.asarray(jax.nn.log_softmax(logits_1TV[0]), np.float64)
+    return sum(logp_TV[t - 1, ids[t]] for t in range(len(ids) - n_choice, len(ids)))
+
+
+def test_choice_logprobs_are_the_models_own_and_long_rows_lose_their_start():
+    from gptjax.evaluate import choice_logprobs
+
+    params, cfg = model(256)
+    tok = ByteTokenizer()
+    choices = [" a", " bcd", " efghij"]
+    got = choice_logprobs(params, cfg, tok, "Hi", choices, batch_size=2)  # 3 rows: a padded batch
+    want = [direct_logprob(params, cfg, tok.encode("Hi" + c), len(c)) for c in choices]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # 12 + 7 bytes > block_size 8 + 1: the row keeps its last 9 tokens, all 7 of the choice's among them.
+    got = choice_logprobs(params, cfg, tok, "a long context", [" efghij"])
+    ids = tok.encode("a long context efghij")[-9:]
+    np.testing.assert_allclose(got, [direct_logprob(params, cfg, ids, 7)], rtol=1e-5)
+    with pytest.raises(ValueError, match="a choice needs 1 to block_size=8"):
+        choice_logprobs(params, cfg, tok, "Hi", [" far too long"])
+
+
+def test_accuracy_follows_the_labels_and_hellaswag_rows_are_read(tmp_path):
+    """Labels at the likeliest choice give acc 1, elsewhere 0; acc_norm picks by log-likelihood per
+    character of the choice; HellaSwag's rows continue the context after a space."""
+    import json
+
+    from gptjax.evaluate import choice_logprobs, multiple_choice, read_choices
+
+    params, cfg = model(256)
+    tok = ByteTokenizer()
+    rows = [
+        {"ctx": "Hi", "endings": ["a", "bcd", "efghij", "kl"], "label": 0},
+        {"ctx": "Yo", "endings": ["x", "yy"], "label": "1"},  # some copies write labels as text
+    ]
+    (tmp_path / "hs.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
+    examples = read_choices(tmp_path / "hs.jsonl")
+    assert examples[0]["choices"] == [" a", " bcd", " efghij", " kl"] and examples[1]["label"] == 1
+    best, best_norm = [], []
+    for ex in examples:
+        logp = choice_logprobs(params, cfg, tok, ex["context"], ex["choices"])
+        best.append(int(np.argmax(logp)))
+        best_norm.append(int(np.argmax(logp / [len(c) for c in ex["choices"]])))
+    right = [dict(ex, label=b) for ex, b in zip(examples, best, strict=True)]
+    assert multiple_choice(params, cfg, tok, right)["acc"] == 1.0
+    wrong = [dict(ex, label=(b + 1) % len(ex["choices"])) for ex, b in zip(examples, best, strict=True)]
+    assert multiple_choice(params, cfg, tok, wrong)["acc"] == 0.0
+    normed = [dict(ex, label=b) for ex, b in zip(examples, best_norm, strict=True)]
+    assert multiple_choice(params, cfg, tok, normed)["acc_norm"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", "is not JSON"),
+        ('{"context": "a", "choices": ["b"], "label": 0}', "2 or more text choices"),
+        ('{"context": "a", "choices": [" b", ""], "label": 0}', "an empty or non-text choice"),
+        ('{"context": "a", "choices": [" b", " c"], "label": 2}', r"label=2 must be the index .* 0-1"),
+        ('{"ctx": "a", "endings": [" b", 3], "label": 0}', "HellaSwag's {ctx, endings, label}"),
+        ("", "holds no examples"),
+    ],
+)
+def test_bad_choice_files_get_one_line(tmp_path, line, message):
+    from gptjax.evaluate import read_choices
+
+    (tmp_path / "x.jsonl").write_text(line + "\n")
+    with pytest.raises(ValueError, match=message) as e:
+        read_choices(tmp_path / "x.jsonl")
+    assert "\n" not in str(e.value)

@@ -74,6 +74,20 @@ def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
     assert (estimate["batches"], estimate["group"]) == (40, 20)
     assert estimate["loss"] == pytest.approx(val[100], abs=0.1)
     assert estimate["group_min"] <= estimate["loss"] <= estimate["group_max"]
+    # --choices: the trained model tells Shakespeare's next 12 characters from the same ones shuffled.
+    text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[-20_000:]
+    rng = np.random.default_rng(0)
+    rows = []
+    for start in rng.integers(0, len(text) - 40, 20):
+        context, real = text[start : start + 20], text[start + 20 : start + 32]
+        fake, label = "".join(rng.permutation(list(real))), int(rng.integers(2))  # ties would pick 0
+        rows.append({"context": context, "choices": [fake, real] if label else [real, fake], "label": label})
+    (tmp_path / "mc.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    args = ["scripts/eval.py", f"--workdir={tmp_path}", f"--choices={tmp_path / 'mc.jsonl'}"]
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores = json.loads(out.stdout.splitlines()[-1])
+    assert scores["examples"] == 20 and scores["acc"] >= 0.8 and scores["acc_norm"] == scores["acc"], scores
 
 
 def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, tmp_cache, monkeypatch):
