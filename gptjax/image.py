@@ -99,6 +99,24 @@ def complete(model: Any, rows_NL: np.ndarray, given_rows: int, num_samples: int 
     return _draw(model, prompts, num_samples, options)
 
 
+def token_rows(tok: PaletteTokenizer, images_NHWC: np.ndarray, label: int | str | None = None) -> np.ndarray:
+    """Token rows (N, 1 + H*W) of images of the model's size, as complete takes them: the start token of
+    class `label` (None: SOS, for an unconditional model), then each pixel's palette id."""
+    start = tok.bos_id if label is None else tok.class_id(label)
+    return np.concatenate([np.full((len(images_NHWC), 1), start), tok.encode_images(images_NHWC)], axis=1)
+
+
+GIVEN_SHADE = 128  # the grey that stands for the pixels the model was not given
+
+
+def completion_grid(originals_NHWC: np.ndarray, drawn_NSHWC: np.ndarray, given_rows: int) -> np.ndarray:
+    """Images (N, 2 + S, H, W, C) showing completions, a row per image: its original, what the model was
+    given (its top `given_rows` pixel rows, the rest shaded GIVEN_SHADE), then its S completions."""
+    shown = np.array(originals_NHWC)
+    shown[:, given_rows:] = GIVEN_SHADE
+    return np.concatenate([originals_NHWC[:, None], shown[:, None], drawn_NSHWC], axis=1)
+
+
 def grid_image(images_RCHWC: np.ndarray, min_side: int = 64):
     """A PIL image of images (rows, columns, H, W, C) with 1-pixel white gaps, each image scaled up by a
     whole factor (nearest neighbour: pixels stay square) to at least `min_side` pixels."""

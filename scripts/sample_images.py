@@ -33,8 +33,6 @@ flags.DEFINE_string("out", None, "PNG to write (default: WORKDIR/samples.png or 
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
-GIVEN_SHADE = 128  # the grey that stands for the pixels the model was not given
-
 
 def completion_rows(config, tok) -> np.ndarray:
     """Token rows (start token, pixels) of the images --complete draws from: --source's, else val's."""
@@ -45,7 +43,7 @@ def completion_rows(config, tok) -> np.ndarray:
                 "with; leave --source out to complete its validation images"
             )
         images, _, _ = load_images(FLAGS.source, tok.height, tok.channels)
-        return np.concatenate([np.full((len(images), 1), tok.bos_id), tok.encode_images(images)], axis=1)
+        return image.token_rows(tok, images)
     if not config.data.get("source"):
         raise ValueError(
             f"{FLAGS.workdir} names no training images (a model converted from HF); pass --source=<images>"
@@ -72,11 +70,8 @@ def main(argv):
         rows = rows[: FLAGS.complete]
         given = tok.height // 2 if FLAGS.given_rows is None else FLAGS.given_rows
         drawn = image.complete(model, rows, given, FLAGS.num_samples, **options)
-        originals = tok.decode_images(rows[:, 1:])
-        shown = originals.copy()
-        shown[:, given:] = GIVEN_SHADE
-        grid = [originals[:, None], shown[:, None], drawn]
-        path = image.save_grid(np.concatenate(grid, axis=1), FLAGS.out or f"{FLAGS.workdir}/completions.png")
+        grid = image.completion_grid(tok.decode_images(rows[:, 1:]), drawn, given)
+        path = image.save_grid(grid, FLAGS.out or f"{FLAGS.workdir}/completions.png")
         print(
             f"wrote {path}: {len(rows)} {kind} images (original, top {given} rows given, "
             f"{FLAGS.num_samples} completions)"

@@ -99,6 +99,17 @@ def test_save_grid_scales_pixels_and_separates_images(tmp_path):
     assert (grid[18:34, 43:63] == [255, 0, 0]).all() and (grid[1:17, 1:21] == 0).all()
 
 
+def test_completion_grid_shows_the_original_what_was_given_and_the_samples():
+    originals = np.arange(2 * 3 * 2, dtype=np.uint8).reshape(2, 3, 2, 1)  # 2 images of 3x2 pixels
+    drawn = np.full((2, 4, 3, 2, 1), 255, np.uint8)  # 4 completions of each
+    grid = image.completion_grid(originals, drawn, given_rows=1)
+    assert grid.shape == (2, 6, 3, 2, 1)
+    np.testing.assert_array_equal(grid[:, 0], originals)
+    np.testing.assert_array_equal(grid[:, 1, :1], originals[:, :1])
+    assert (grid[:, 1, 1:] == image.GIVEN_SHADE).all() and (grid[:, 2:] == 255).all()
+    assert originals.max() == 11  # a copy was shaded
+
+
 def run_script(*args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     cmd = [sys.executable, *args]

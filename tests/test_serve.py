@@ -7,10 +7,12 @@ import json
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import urllib.error
 import urllib.request
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ from PIL import Image
 
 from gptjax import image, sample, serve
 from gptjax.data import CharTokenizer
-from gptjax.data.images import PaletteTokenizer
+from gptjax.data.images import PaletteTokenizer, load_images
 from gptjax.model import GPT, GPTConfig
 
 CHARS = "abcdefghijklmnop"  # the tiny model's 16 tokens
@@ -337,36 +339,185 @@ def test_a_chunked_body_is_read_and_bounded_as_any_other(url):
         assert response.status == 400 and re.search(message, error), error
 
 
-def test_images_endpoint_draws_what_image_draw_does(tmp_path):
-    tok = PaletteTokenizer([[0], [128], [255]], 2, 2, classes=["dark", "light"])
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=4, n_layer=1, n_head=1, n_embd=8)
-    params = GPT(cfg).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+def served_image_model(tok: PaletteTokenizer):
+    """((params, GPTConfig, tok, {}), url) of a server of a random one-layer model of tok's images."""
+    cfg = GPTConfig(
+        vocab_size=tok.vocab_size, block_size=tok.height * tok.width, n_layer=1, n_head=1, n_embd=8
+    )
+    params = GPT(cfg).init(jax.random.key(1), jnp.zeros((1, cfg.block_size), jnp.int32))["params"]
     model = (params, cfg, tok, {})
     server, url = start(model)
-    try:
-        status, _, out = post(url, "/v1/images", {"classes": ["light"], "n": 3, "seed": 4})
-        assert status == 200 and out["classes"] == ["light"] and out["shape"] == [1, 3, 2, 2, 1]
-        png = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["png"]))))
-        expected = np.asarray(image.grid_image(image.draw(model, ["light"], 3, seed=4)))
-        np.testing.assert_array_equal(png, expected)
-        assert post(url, "/v1/images", {"n": 2})[2]["classes"] == ["dark", "light"]
-        one = post(url, "/v1/images", {"classes": "light", "n": None, "seed": 4})[2]  # n null: the default, 8
-        assert one["classes"] == ["light"] and one["shape"] == [1, 8, 2, 2, 1] and one["seed"] == 4
-        bad = [
-            ({"n": 0}, "n=0 must be"),
-            ({"seed": 1, "beams": 2}, "unknown fields"),
-            ({"classes": {}}, "a list"),
-            ({"classes": []}, "classes is empty"),
-        ]
-        for body, message in bad:
-            status, _, out = post(url, "/v1/images", body)
-            assert status == 400 and message in out["error"]["message"]
-        assert "draws images" in post(url, "/v1/completions", {"prompt": "a"})[2]["error"]["message"]
-        studio = run_studio(url, "image", {"n": "2", "seed": "1", "class": "dark"}, tmp_path)
-        assert studio["images"] == ["data:image/png;base64,"] and studio["status"].startswith("drew dark")
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield model, url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def class_images():
+    """A class-conditional model of 2x2 grey images, and its server."""
+    yield from served_image_model(PaletteTokenizer([[0], [128], [255]], 2, 2, classes=["dark", "light"]))
+
+
+@pytest.fixture(scope="module")
+def plain_images():
+    """An unconditional model of 4x4 RGB images, and its server."""
+    yield from served_image_model(
+        PaletteTokenizer([[0, 0, 0], [255, 0, 0], [0, 0, 255], [255, 255, 255]], 4, 4)
+    )
+
+
+def png_of(out: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(out["png"]))))
+
+
+def test_images_endpoint_draws_what_image_draw_does(class_images, tmp_path):
+    model, url = class_images
+    status, _, out = post(url, "/v1/images", {"classes": ["light"], "n": 3, "seed": 4})
+    assert status == 200 and out["classes"] == ["light"] and out["shape"] == [1, 3, 2, 2, 1]
+    expected = np.asarray(image.grid_image(image.draw(model, ["light"], 3, seed=4)))
+    np.testing.assert_array_equal(png_of(out), expected)
+    assert post(url, "/v1/images", {"n": 2})[2]["classes"] == ["dark", "light"]
+    one = post(url, "/v1/images", {"classes": "light", "n": None, "seed": 4})[2]  # n null: the default, 8
+    assert one["classes"] == ["light"] and one["shape"] == [1, 8, 2, 2, 1] and one["seed"] == 4
+    bad = [
+        ({"n": 0}, "n=0 must be"),
+        ({"seed": 1, "beams": 2}, "unknown fields"),
+        ({"classes": {}}, "a list"),
+        ({"classes": []}, "classes is empty"),
+    ]
+    for body, message in bad:
+        status, _, out = post(url, "/v1/images", body)
+        assert status == 400 and message in out["error"]["message"]
+    assert "draws images" in post(url, "/v1/completions", {"prompt": "a"})[2]["error"]["message"]
+    studio = run_studio(url, "image", {"n": "2", "seed": "1", "class": "dark"}, tmp_path)
+    assert studio["images"] == ["data:image/png;base64,"] and studio["status"].startswith("drew dark")
+
+
+def encoded(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "served, label, fmt, given_rows",
+    [("class_images", "light", "PNG", None), ("plain_images", None, "JPEG", 3)],
+)
+def test_completing_an_image_is_image_complete_of_it_read_as_training_reads_files(
+    served, label, fmt, given_rows, request, tmp_path
+):
+    """The server crops, resizes and encodes the image as training reads an image file; its completions
+    are image.complete's of that row (same seed and options), each keeping the given rows as they are."""
+    model, url = request.getfixturevalue(served)
+    tok = model[2]
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 14, 3), np.uint8)  # not square, not 2x2 or 4x4
+    file = tmp_path / "given" / f"a.{fmt.lower()}"
+    file.parent.mkdir()
+    file.write_bytes(encoded(pixels, fmt))
+    as_trained, _, _ = load_images(str(file.parent), tok.height, tok.channels)
+    start_id = tok.bos_id if label is None else tok.class_id(label)
+    rows = np.concatenate([[[start_id]], tok.encode_images(as_trained)], axis=1)
+    data = base64.b64encode(file.read_bytes()).decode()
+    body = {"image": f"data:image/{fmt.lower()};base64,{data}" if fmt == "PNG" else data, "n": 3}
+    body.update(given_rows=given_rows, classes=label, seed=4, temperature=1.5, top_k=2)
+    status, _, out = post(url, "/v1/images", body)
+    assert status == 200, out
+    assert out["shape"] == [1, 5, tok.height, tok.width, tok.channels] and out["seed"] == 4
+    assert out["classes"] == ([] if label is None else [label])
+
+    given = tok.height // 2 if given_rows is None else given_rows
+    drawn = image.complete(model, rows, given, 3, seed=4, temperature=1.5, top_k=2)
+    original = tok.decode_images(rows[:, 1:])  # quantized to the palette
+    np.testing.assert_array_equal(drawn[0, :, :given], np.repeat(original[:, :given], 3, axis=0))
+    assert (drawn[0, :, given:] != original[:, given:]).any()  # drawn, not copied
+    expected = image.completion_grid(original, drawn, given)
+    np.testing.assert_array_equal(png_of(out), np.asarray(image.grid_image(expected)))
+
+
+def png_header(width: int, height: int) -> str:
+    """A PNG (base64) that says it is width x height and holds no pixels: what a header promises."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + head + chunk(b"IEND", b"")).decode()
+
+
+GREY = base64.b64encode(encoded(np.full((3, 3), 200, np.uint8))).decode()
+
+
+@pytest.mark.parametrize(
+    "served, body, message",
+    [
+        ("class_images", {"image": "not base64!", "classes": "dark"}, r"^image is not base64 \("),
+        ("class_images", {"image": 5, "classes": "dark"}, "^image must be a base64 string .*, not int$"),
+        (
+            "class_images",
+            {"image": "data:image/png,abc", "classes": "dark"},
+            "^image is a data URL of 'data:image/png', not base64",
+        ),
+        (
+            "class_images",
+            {"image": base64.b64encode(b"GIF89a, or not").decode(), "classes": "dark"},
+            "^image is not a PNG, JPEG, GIF, BMP, WEBP file Pillow can read",
+        ),
+        ("class_images", {"image": png_header(3, 3), "classes": "dark"}, "Pillow can read .*cannot load"),
+        (
+            "class_images",
+            {"image": png_header(4097, 4097), "classes": "dark"},
+            "^image is 4097x4097, more than this server's 16,777,216 pixels; send a smaller one$",
+        ),
+        ("class_images", {"image": png_header(20000, 20000), "classes": "dark"}, "^image has more than"),
+        (
+            "class_images",
+            {"image": GREY, "classes": "dark", "given_rows": 2},
+            r"given_rows=2 must be in \[0, 2\)",
+        ),
+        (
+            "class_images",
+            {"image": GREY, "classes": "dark", "given_rows": -1},
+            r"given_rows=-1 must be in \[0, 2\)",
+        ),
+        (
+            "class_images",
+            {"image": GREY, "classes": "dark", "given_rows": "1"},
+            r"given_rows='1' must be an integer",
+        ),
+        (
+            "class_images",
+            {"image": GREY},
+            r"starts each image with its class: name one of \['dark', 'light'\]",
+        ),
+        ("class_images", {"image": GREY, "classes": ["dark", "light"]}, "name one of"),
+        ("class_images", {"image": GREY, "classes": "bright"}, "class 'bright' is not one of"),
+        ("class_images", {"given_rows": 1}, "^given_rows goes with an image to complete"),
+        ("class_images", {"image": GREY, "size": 2}, r"unknown fields \['size'\]; known: classes, n, image"),
+        ("plain_images", {"image": GREY, "classes": "dark"}, "trained without classes; drop classes"),
+    ],
+)
+def test_bad_images_to_complete_get_one_line_400s(served, body, message, request):
+    _, url = request.getfixturevalue(served)
+    status, _, out = post(url, "/v1/images", {"n": 1, **body})
+    assert status == 400 and out["error"]["type"] == "invalid_request_error", out
+    assert re.search(message, out["error"]["message"]) and "\n" not in out["error"]["message"], out
+    assert post(url, "/v1/images", {"n": 1})[0] == 200
+
+
+def test_the_studio_completes_a_chosen_image(class_images, tmp_path):
+    _, url = class_images
+    data_url = f"data:image/png;base64,{GREY}"
+    settings = {"n": "2", "seed": "1", "class": "light", "temperature": "1", "top_k": "0", "top_p": "1"}
+    studio = run_studio(
+        url, "complete", settings, tmp_path, files=[{"name": "grey.png", "dataURL": data_url}]
+    )
+    assert studio["images"] == ["data:image/png;base64,"], studio
+    assert studio["status"].startswith("completed light")
+    body = {"image": data_url, "given_rows": 1, "classes": ["light"], "n": 2, "seed": 1, "temperature": 1}
+    _, _, api = post(url, "/v1/images", {**body, "top_k": 0, "top_p": 1})
+    assert studio["newest"] == "data:image/png;base64," + api["png"] and api["shape"][1] == 4
+    no_file = run_studio(url, "complete", settings, tmp_path)
+    assert no_file["status"] == "error: choose an image to complete first" and no_file["images"] == []
 
 
 # A stand-in for the browser: just enough DOM for the studio's script, and fetch aimed at the server.
@@ -375,7 +526,7 @@ const elements = {};
 const node = (id) => ({
   id, v: "", get value() { return this.v; }, set value(v) { this.v = String(v); },  // inputs hold strings
   textContent: "", innerHTML: "", disabled: false, checked: false, className: "", style: {},
-  children: [],
+  children: [], files: [],
   classList: {names: new Set(), add(c) { this.names.add(c); }, remove(c) { this.names.delete(c); }},
   append(...c) { this.children.push(...c); },
   prepend(c) { this.children.unshift(c); },
@@ -389,6 +540,9 @@ globalThis.document = {
 };
 globalThis.Option = function (label, value) { this.label = label; this.value = value; };
 globalThis.Image = function () { this.style = {}; };
+globalThis.FileReader = function () {  // the chosen file's data URL comes as a stand-in file's own
+  this.readAsDataURL = (file) => setTimeout(() => { this.result = file.dataURL; this.onload(); });
+};
 const server = process.argv[2], browserFetch = fetch;
 globalThis.fetch = (path, options) => browserFetch(server + path, options);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -402,20 +556,26 @@ STUDIO_SESSION = """
   const loaded = {temperature: $("temperature").value, prompt: $("prompt").value};
   $("new_seed").checked = false;
   for (const [id, v] of Object.entries(SETTINGS)) $(id).value = v;
-  if ($("draw").onclick && MODE === "image") await draw(); else await generate();
+  $("image_file").files = FILES;
+  if (MODE === "complete") await complete();
+  else if ($("draw").onclick && MODE === "image") await draw(); else await generate();
   const out = $("output").children[1];
   console.log(JSON.stringify({
     loaded, status: $("status").textContent, text: out ? out.textContent : null,
     images: $("drawing").children.map((img) => img.src.slice(0, 22)),
+    newest: $("drawing").children.length ? $("drawing").children[0].src : null,
   }));
 })().catch((e) => { console.error(e); process.exit(1); });
 """
 
 
-def run_studio(url: str, mode: str, settings: dict, tmp_path) -> dict:
+def run_studio(url: str, mode: str, settings: dict, tmp_path, files: list = ()) -> dict:
+    """What the studio shows after a session: mode "text" generates, "image" draws, "complete" completes
+    the first of `files` ({"name", "dataURL"}: what the file input holds)."""
     with urllib.request.urlopen(url + "/", timeout=30) as r:
         script = r.read().decode().split("<script>")[1].split("</script>")[0]
     session = STUDIO_SESSION.replace("SETTINGS", json.dumps(settings)).replace("MODE", json.dumps(mode))
+    session = session.replace("FILES", json.dumps(list(files)))
     (tmp_path / "studio.js").write_text(FAKE_BROWSER + script + session)
     node = shutil.which("node")
     if node is None:

@@ -246,10 +246,10 @@ def _read_image(file: pathlib.Path, size: int, channels: int) -> np.ndarray:
         raise DataError(
             f"{file} is not an image Pillow can read ({type(e).__name__}); fix or remove it"
         ) from e
-    return _square(im, size)
+    return square_crop(im, size)
 
 
-def _square(im, size: int) -> np.ndarray:
+def square_crop(im, size: int) -> np.ndarray:
     """The centre square of a PIL image, resized to size x size (area-averaged when shrinking)."""
     from PIL import Image
 
@@ -297,7 +297,7 @@ def load_images(source: str, size: int, channels: int) -> tuple[np.ndarray, np.n
         from PIL import Image
 
         images = np.stack(
-            [_square(Image.fromarray(im.squeeze(-1) if channels == 1 else im), size) for im in images]
+            [square_crop(Image.fromarray(im.squeeze(-1) if channels == 1 else im), size) for im in images]
         )
     return images, labels, classes
 
