@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.layers import Dense, Dtype, normal_init, residual_init
+from gptjax.layers import Dense, Dtype, LoRA, normal_init, residual_init
 
 # Added to the logits of masked (future or padded) keys. The float32 minimum makes their softmax weight
 # exactly 0 while keeping a fully masked row finite (uniform) instead of NaN.
@@ -49,6 +49,7 @@ class CausalSelfAttention(nn.Module):
     param_dtype: Dtype
     implementation: str = "einsum"
     out_in: bool = False  # Dense kernels stored [out, in] (see gptjax.layers.Dense)
+    lora: LoRA | None = None  # low-rank adapters on c_attn / c_proj (gptjax.layers.LoRA)
 
     @nn.compact
     def __call__(
@@ -137,7 +138,9 @@ class CausalSelfAttention(nn.Module):
         return self._project(out_BTNH, deterministic), new_cache
 
     def _dense(self, features: int, init, name: str) -> Dense:
-        return Dense(features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, name=name)
+        return Dense(
+            features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, self.lora, name=name
+        )
 
     def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:
         B, T, N, H = out_BTNH.shape

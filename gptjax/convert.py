@@ -267,6 +267,8 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, 
 def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
     """HF weights (name -> float32 array) of gptjax params; a bias=False model gets zero biases and a
     padded vocabulary loses its pad rows."""
+    if cfg.lora_rank:  # the adapters would be left out
+        raise ValueError("the params have LoRA adapters: merge them first (gptjax.model.merge_lora)")
     if cfg.kernel_layout != "in_out":  # square kernels would pass the shape checks transposed
         raise ValueError(f"kernel_layout={cfg.kernel_layout!r}: export the [in, out] params (in_out)")
     if cfg.scan_layers:

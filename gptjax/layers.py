@@ -6,6 +6,7 @@ Axis legend, used in every tensor suffix and einsum in gptjax:
   F MLP width (4*D), V vocab, L layers.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,24 @@ def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+    """Low-rank adapters (Hu et al. 2021) on the Dense layers named in `targets` (c_attn, c_proj, fc, proj):
+    y = x W + b + (x A) B * alpha / rank, A [in, rank], B [rank, out] zeros, so an adapted model starts as
+    the model it adapts; training then updates A and B only (gptjax.optim)."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+
+    def rank_of(self, name: str) -> int:
+        return self.rank if name in self.targets else 0
+
+
+def lora_rank(lora: LoRA | None, name: str) -> int:
+    return lora.rank_of(name) if lora is not None else 0
+
+
 class Dense(nn.Module):
     """y = x W + b; the params of flax's nn.Dense (kernel [in, out], bias [out], same initialisation).
 
@@ -114,6 +133,7 @@ class Dense(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     out_in: bool = False
+    lora: LoRA | None = None  # adapters, when lora.targets names this layer
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -134,6 +154,13 @@ class Dense(nn.Module):
         y_NF = jax.lax.dot_general(x_ND, kernel, (((1,), (1 if self.out_in else 0,)), ((), ())))
         if bias is not None:
             y_NF = y_NF + bias.reshape(1, -1)
+        rank = lora_rank(self.lora, self.name)
+        if rank:  # A as PEFT's (torch.nn.Linear's kaiming-uniform: U(+-1/sqrt(in))), B zeros
+            a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+            a = self.param("lora_a", a_init, (d_in, rank), self.param_dtype)
+            b = self.param("lora_b", nn.initializers.zeros_init(), (rank, self.features), self.param_dtype)
+            a, b = jnp.asarray(a, self.dtype), jnp.asarray(b, self.dtype)
+            y_NF = y_NF + (x_ND @ a) @ b * (self.lora.alpha / rank)
         return y_NF.reshape(*x.shape[:-1], self.features)
 
 
@@ -176,11 +203,12 @@ class MLP(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     out_in: bool = False  # Dense kernels stored [out, in] (see Dense)
+    lora: LoRA | None = None
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, *, deterministic: bool) -> jax.Array:
         dense = lambda features, init, name: Dense(  # noqa: E731
-            features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, name=name
+            features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, self.lora, name=name
         )
         h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD)
         h_BTF = gelu(h_BTF, self.gelu)

@@ -21,6 +21,7 @@ from gptjax.layers import (
     MLP,
     VOCAB_AXIS,
     Embed,
+    LoRA,
     constrain,
     gather_table,
     norm,
@@ -49,6 +50,7 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weights' matmuls only
 }
 GELUS = ("tanh", "exact", "quick")
+LORA_TARGETS = ("c_attn", "c_proj", "fc", "proj")  # attention's qkv and output, the MLP's two layers
 NORMS = ("layer", "rms")
 KERNEL_LAYOUTS = ("in_out", "out_in")
 
@@ -88,6 +90,11 @@ class GPTConfig:
     # the cross entropy over chunks of N positions, gradients included (lm_head_loss), so those logits never
     # exist at once: less memory and traffic for large vocabularies.
     loss_chunk: int = 0
+    # LoRA fine-tuning: rank > 0 adds low-rank adapters to the Dense layers in lora_targets and trains only
+    # them (gptjax.layers.LoRA); load_params merges them into the kernels (merge_lora).
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
@@ -122,10 +129,21 @@ class GPTConfig:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
         if self.loss_chunk < 0:
             raise ValueError(f"loss_chunk={self.loss_chunk} must be >= 0 (0: no chunking)")
+        targets = [self.lora_targets] if isinstance(self.lora_targets, str) else self.lora_targets
+        targets = tuple(t.strip() for item in targets for t in item.split(","))  # a flag gives ("c_attn,fc",)
+        object.__setattr__(self, "lora_targets", targets)  # a list from a config: hashable like the rest
+        if self.lora_rank < 0 or (self.lora_rank and not targets):
+            raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0: no LoRA) with lora_targets set")
+        if not set(targets) <= set(LORA_TARGETS):
+            raise ValueError(f"lora_targets={list(targets)} must name layers of {LORA_TARGETS}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def lora(self) -> LoRA | None:
+        return LoRA(self.lora_rank, self.lora_alpha, self.lora_targets) if self.lora_rank else None
 
     @property
     def predicted_vocab(self) -> int:
@@ -187,6 +205,7 @@ class Block(nn.Module):
             out_in=c.kernel_layout == "out_in",
             dtype=c.dtype,
             param_dtype=c.param_dtype,
+            lora=c.lora,
             name="attn",
         )(ln("ln_1")(x_BTD), cache=cache, kv_mask_BS=kv_mask_BS, deterministic=deterministic)
         x_BTD = x_BTD + h_BTD
@@ -199,6 +218,7 @@ class Block(nn.Module):
             c.dtype,
             c.param_dtype,
             c.kernel_layout == "out_in",
+            c.lora,
             name="mlp",
         )
         x_BTD = x_BTD + mlp(ln("ln_2")(x_BTD), deterministic=deterministic)
@@ -410,6 +430,42 @@ def _lm_head_loss_bwd(vocab_size, chunk, residuals, g):
 
 
 lm_head_loss.defvjp(_lm_head_loss_fwd, _lm_head_loss_bwd)
+
+
+def merge_lora(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
+    """(params, config) of the same function without adapters: each adapted kernel W becomes
+    W + A B * alpha / rank (transposed for kernel_layout out_in; stacked layers too), A and B dropped."""
+    if not config.lora_rank:
+        return params, config
+    scale = config.lora_alpha / config.lora_rank
+
+    def merge(node):
+        if not isinstance(node, Mapping):
+            return node
+        node = {k: merge(v) for k, v in node.items()}
+        if "lora_a" in node:
+            a, b = node.pop("lora_a"), node.pop("lora_b")
+            delta = jnp.einsum("...ir,...ro->...io", a, b) * scale
+            if config.kernel_layout == "out_in":
+                delta = jnp.swapaxes(delta, -1, -2)
+            node["kernel"] = (node["kernel"] + delta).astype(node["kernel"].dtype)
+        return node
+
+    return merge(params), dataclasses.replace(config, lora_rank=0)
+
+
+def drop_lora(params: Any) -> Any:
+    """The params without their LoRA adapters (lora_a, lora_b)."""
+    if not isinstance(params, Mapping):
+        return params
+    return {k: drop_lora(v) for k, v in params.items() if k not in ("lora_a", "lora_b")}
+
+
+def with_lora(params: Any, adapted: Any) -> Any:
+    """`params` (a model without adapters) with the LoRA adapters of `adapted` (the adapted model's)."""
+    if not isinstance(adapted, Mapping):
+        return params
+    return {k: adapted[k] if k in ("lora_a", "lora_b") else with_lora(params[k], adapted[k]) for k in adapted}
 
 
 def count_params(params: Any) -> int:

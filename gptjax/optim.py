@@ -1,4 +1,5 @@
-"""The optimizer: gradient clipping, then AdamW on a warmup + cosine schedule (nanoGPT's recipe)."""
+"""The optimizer: gradient clipping, then AdamW on a warmup + cosine schedule (nanoGPT's recipe). A model
+with LoRA adapters trains them alone: the rest is frozen and has no optimizer state."""
 
 from typing import Any
 
@@ -23,9 +24,28 @@ def lr_schedule(opt: Any) -> optax.Schedule:
     return schedule
 
 
-# The parameters that weight decay shrinks, by name: Dense kernels, embeddings, an untied LM head. Never
-# biases or LayerNorm scales, whatever their rank (scan_layers stacks them into [L, D] matrices).
-DECAYED_PARAMS = ("kernel", "embedding", "lm_head")
+# The parameters that weight decay shrinks, by name: Dense kernels, embeddings, an untied LM head, LoRA's
+# matrices (as HF's Trainer decays PEFT's). Never biases or LayerNorm scales, whatever their rank
+# (scan_layers stacks them into [L, D] matrices).
+DECAYED_PARAMS = ("kernel", "embedding", "lm_head", "lora_a", "lora_b")
+LORA_PARAMS = ("lora_a", "lora_b")
+
+
+def has_lora(params: Any) -> bool:
+    return any(path[-1].key in LORA_PARAMS for path, _ in jax.tree_util.tree_leaves_with_path(params))
+
+
+def trainable(params: Any) -> Any:
+    """True for the parameters training updates: the LoRA adapters when there are any, else all."""
+    lora = has_lora(params)
+    return jax.tree_util.tree_map_with_path(lambda path, p: not lora or path[-1].key in LORA_PARAMS, params)
+
+
+def freeze(params: Any) -> Any:
+    """`params` with the frozen ones (not `trainable`) behind stop_gradient: their gradients are zeros
+    that cost nothing, instead of full weight gradients that the optimizer would throw away."""
+    keep = trainable(params)
+    return jax.tree_util.tree_map(lambda p, k: p if k else jax.lax.stop_gradient(p), params, keep)
 
 
 def decay_mask(params: Any) -> Any:
@@ -33,9 +53,9 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, p: path[-1].key in DECAYED_PARAMS, params)
 
 
-def make_optimizer(opt: Any) -> optax.GradientTransformation:
+def make_optimizer(opt: Any, lora: bool = False) -> optax.GradientTransformation:
     """`opt` is config.opt: lr, min_lr, warmup_iters, lr_decay_iters, decay_lr, beta1, beta2,
-    weight_decay, grad_clip (0 disables)."""
+    weight_decay, grad_clip (0 disables). lora: only the adapters get the optimizer (and its state)."""
     adamw = optax.adamw(
         lr_schedule(opt),
         b1=opt.beta1,
@@ -45,4 +65,10 @@ def make_optimizer(opt: Any) -> optax.GradientTransformation:
         mask=decay_mask,
     )
     # Always the same chain, so a run resumed with other settings still finds its optimizer state.
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip or float("inf")), adamw)
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip or float("inf")), adamw)
+    if not lora:
+        return tx
+    labels = lambda params: jax.tree_util.tree_map(  # noqa: E731
+        lambda t: "train" if t else "frozen", trainable(params)
+    )
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

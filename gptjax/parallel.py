@@ -45,6 +45,11 @@ LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
     ("ln_f", "scale"): ("embed",),
     ("ln_f", "bias"): ("embed",),
 }
+# LoRA adapters (gptjax.layers.LoRA) of each Dense: A [in, rank] shards like the kernel's input, B [rank, out]
+# like its output; the rank stays whole.
+for (_module, _param), (_in, _out) in [(k, v) for k, v in LOGICAL_AXES.items() if k[1] == "kernel"]:
+    LOGICAL_AXES[(_module, "lora_a")] = (_in, None)
+    LOGICAL_AXES[(_module, "lora_b")] = (None, _out)
 # An untied LM head is a single parameter named lm_head: [V, D].
 HEAD_AXES = ("vocab", "embed")
 

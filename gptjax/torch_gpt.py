@@ -72,10 +72,11 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.position != "learned":
             raise ValueError(f"position={cfg.position!r}: the PyTorch GPT has learned positions only")
-        if (cfg.norm, cfg.output_vocab) != ("layer", 0) or cfg.gelu == "quick":
+        if (cfg.norm, cfg.output_vocab, cfg.lora_rank) != ("layer", 0, 0) or cfg.gelu == "quick":
             raise ValueError(
-                f"norm={cfg.norm!r}, gelu={cfg.gelu!r}, output_vocab={cfg.output_vocab}: the PyTorch GPT is "
-                "nanoGPT's (LayerNorm, tanh or exact GELU, a head over every id); compare ImageGPT with HF's"
+                f"norm={cfg.norm!r}, gelu={cfg.gelu!r}, output_vocab={cfg.output_vocab}, lora_rank="
+                f"{cfg.lora_rank}: the PyTorch GPT is nanoGPT's (LayerNorm, tanh or exact GELU, a head over "
+                "every id, no adapters); compare ImageGPT with HF's"
             )
         self.cfg = cfg
         self.transformer = nn.ModuleDict(

@@ -7,6 +7,7 @@ model, a grid of samples).
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import math
@@ -27,7 +28,15 @@ from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_same_images, load_data, make_tokenizer
 from gptjax.metric_writer import MetricWriter, plot_losses
-from gptjax.model import GPTConfig, count_params, stack_layers, unstack_layers
+from gptjax.model import (
+    GPTConfig,
+    count_params,
+    drop_lora,
+    merge_lora,
+    stack_layers,
+    unstack_layers,
+    with_lora,
+)
 from gptjax.optim import lr_schedule, make_optimizer
 from gptjax.train_step import create_train_state
 
@@ -42,12 +51,13 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
 
 def abstract_state(cfg: GPTConfig, opt: Any, seed: int):
     """(init function, its output's shapes) for a TrainState of this model and optimizer."""
-    init = functools.partial(create_train_state, cfg, make_optimizer(opt), seed)
+    init = functools.partial(create_train_state, cfg, make_optimizer(opt, lora=cfg.lora_rank > 0), seed)
     return init, jax.eval_shape(init)
 
 
 def load_params(workdir: str | pathlib.Path, step: int | None = None):
-    """(params, GPTConfig, tokenizer, config dict) of a workdir's checkpoint, for sampling or fine-tuning."""
+    """(params, GPTConfig, tokenizer, config dict) of a workdir's checkpoint, for sampling or fine-tuning;
+    LoRA adapters come merged into the kernels (model.merge_lora: the same function, decoded as fast)."""
     for attempt in range(3):
         ckpt = Checkpointer(workdir, read_only=True)
         try:
@@ -59,7 +69,7 @@ def load_params(workdir: str | pathlib.Path, step: int | None = None):
             cfg = model_config(config, tokenizer.vocab_size)
             _, abstract = abstract_state(cfg, config.opt, config.seed)
             state = ckpt.restore_state(abstract, saved["meta"]["step"])
-            return state.params, cfg, tokenizer, config
+            return (*merge_lora(state.params, cfg), tokenizer, config)
         except StepVanished:  # a run training in `workdir` replaced its latest step: read the new one
             if step is not None or attempt == 2:
                 raise
@@ -127,7 +137,9 @@ def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path
 
 
 def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:
-    """The params a fine-tuning run starts from (`init_source`'s), checked against config.model (`cfg`)."""
+    """The params a fine-tuning run starts from (`init_source`'s), checked against config.model (`cfg`);
+    without LoRA adapters, which start fresh (model.with_lora)."""
+    cfg, abstract_params = dataclasses.replace(cfg, lora_rank=0), drop_lora(abstract_params)
     if kind == "hf":
         from gptjax import convert  # here: gptjax.convert imports this module
 
@@ -291,12 +303,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     if latest is not None:
         saved_cfg = model_config(ml_collections.ConfigDict(saved["config"]), tokenizer.vocab_size)
         check_same_architecture(saved_cfg, cfg, f"the checkpoint in {workdir}")
-        if saved_cfg.scan_layers != cfg.scan_layers:  # the optimizer state is laid out like the params
-            raise ValueError(
-                f"the checkpoint in {workdir} was trained with model.scan_layers={saved_cfg.scan_layers}; "
-                f"resume with --config.model.scan_layers={saved_cfg.scan_layers} (or fine-tune from it: "
-                "--config.init_from=<that workdir> in a fresh --workdir)"
-            )
+        for field in ("scan_layers", "lora_rank", "lora_targets", "lora_alpha"):  # the state's layout, scale
+            if getattr(saved_cfg, field) != getattr(cfg, field):
+                value = getattr(saved_cfg, field)
+                value = ",".join(value) if isinstance(value, tuple) else value
+                raise ValueError(
+                    f"the checkpoint in {workdir} was trained with model.{field}={value}; resume with "
+                    f"--config.model.{field}={value} (or fine-tune from it: --config.init_from=<that "
+                    "workdir> in a fresh --workdir)"
+                )
+    if latest is None and source is None and cfg.lora_rank:
+        raise ValueError(
+            f"model.lora_rank={cfg.lora_rank} adapts a trained model: set --config.init_from=<workdir, HF "
+            "directory or Hub id> (or lora_rank=0 to train from scratch)"
+        )
     init, abstract = abstract_state(cfg, config.opt, config.seed)
     placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
     per_device = config.batch_size // jax.device_count()
@@ -308,7 +328,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         )
     rows = placement.process_rows(config.batch_size)
     n_params = count_params(abstract.params)
-    print(f"model: {n_params / 1e6:.2f}M parameters, {cfg}", flush=True)
+    lora = ""
+    if cfg.lora_rank:
+        n_lora = n_params - count_params(drop_lora(abstract.params))
+        lora = f" ({n_lora:,} trained: LoRA rank {cfg.lora_rank} on {','.join(cfg.lora_targets)})"
+    print(f"model: {n_params / 1e6:.2f}M parameters{lora}, {cfg}", flush=True)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mode {placement.mode}", flush=True)
     if latest is not None:
         if placement.mode == "mesh":  # restore each shard straight onto its device
@@ -322,8 +346,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         else:
             state = placement.put_state(jax.jit(init)())
         if source is not None:
-            params = init_params(*source, cfg, abstract.params)
-            state = placement.put_state(placement.get_state(state).replace(params=params))
+            params, initial = init_params(*source, cfg, abstract.params), placement.get_state(state)
+            state = placement.put_state(initial.replace(params=with_lora(params, initial.params)))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
     if resumed is not None:
         resumed.close()

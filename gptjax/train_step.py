@@ -6,6 +6,7 @@ import optax
 from flax.training import train_state
 
 from gptjax.model import GPT, GPTConfig
+from gptjax.optim import freeze
 
 
 class TrainState(train_state.TrainState):
@@ -27,9 +28,10 @@ def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed
 
 
 def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> jax.Array:
-    """Mean next-token cross entropy in float32 (the model computes it: GPTConfig.loss_chunk)."""
+    """Mean next-token cross entropy in float32 (the model computes it: GPTConfig.loss_chunk). Parameters
+    training does not update (a LoRA model's base) get no gradient (optim.freeze)."""
     loss, _ = apply_fn(
-        {"params": params},
+        {"params": freeze(params)},
         x_BT,
         deterministic=deterministic,
         rngs={"dropout": dropout_rng},

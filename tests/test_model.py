@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gptjax.layers import sinusoidal_table
-from gptjax.model import GPT, GPTConfig, count_params, init_cache
+from gptjax.model import GPT, GPTConfig, count_params, drop_lora, init_cache
 from gptjax.train import abstract_state, model_config
 
 # Implicit rank promotion hides shape bugs; the model must not rely on it (as nanodo's tests).
@@ -453,6 +453,10 @@ def expected_param_count(cfg: GPTConfig) -> int:
     dense = lambda d_in, d_out: d_in * d_out + (d_out if cfg.bias else 0)
     layer_norm = D * (2 if cfg.bias and cfg.norm == "layer" else 1)  # scale (+ bias; RMS norms have none)
     block = 2 * layer_norm + dense(D, 3 * D) + dense(D, D) + dense(D, 4 * D) + dense(4 * D, D)
+    shapes = {"c_attn": (D, 3 * D), "c_proj": (D, D), "fc": (D, 4 * D), "proj": (4 * D, D)}
+    block += sum(
+        cfg.lora_rank * (d_in + d_out) for name, (d_in, d_out) in shapes.items() if name in cfg.lora_targets
+    )
     return (
         V * D  # wte
         + (C * D if cfg.position == "learned" else 0)  # wpe
@@ -473,7 +477,7 @@ def test_param_count_formula(tiny_cfg, bias, position, tie):
 # Every file in configs/ (found, not listed), with the variants a file needs or has.
 CONFIG_VARIANTS = {
     "shakespeare_char": ["", "cpu"],
-    "finetune_shakespeare": ["gpt2", "gpt2-medium"],
+    "finetune_shakespeare": ["gpt2", "gpt2-medium", "gpt2-xl-lora"],
     "digits": [None, "uncond"],
     "cifar10": [None, "cond", "imagegpt"],
 }
@@ -504,8 +508,9 @@ def test_configs_build(module, arg):
     n = count_params(abstract.params)
     assert n > 0
     assert n == expected_param_count(cfg)
-    # The optimizer state was built too (AdamW moments have the params' shapes).
-    assert count_params(abstract.opt_state) >= 2 * n
+    # The optimizer state was built too (AdamW moments have the params' shapes; LoRA: the adapters' only).
+    trained = n - count_params(drop_lora(abstract.params)) if cfg.lora_rank else n
+    assert 2 * trained <= count_params(abstract.opt_state) < 2 * trained + 100
     if (module, arg) == ("shakespeare_char", ""):
         # nanoGPT prints "number of parameters: 10.65M" for this model (it excludes wpe).
         wpe = cfg.block_size * cfg.n_embd
