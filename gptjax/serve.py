@@ -52,6 +52,7 @@ OPENAI_NAMES = {"max_tokens": "max_new_tokens", "n": "num_return_sequences"}
 UNSUPPORTED = {"presence_penalty": 0, "frequency_penalty": 0, "suffix": None, "logit_bias": None}
 MAX_LOGPROBS = 5  # OpenAI's limit on the completions API's top logprobs
 MAX_BODY_BYTES = 1 << 20
+MAX_IMAGE_BODY_BYTES = 16 << 20  # /v1/images: a photo to complete, base64-encoded
 # An image to complete: a PNG of 1 MiB can hold gigapixels of one colour; refused from its header, unread.
 MAX_IMAGE_PIXELS = 4096 * 4096
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # what a browser sends; Pillow tries no other decoder
@@ -469,7 +470,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         """The request's body, of Content-Length bytes or in chunks (Transfer-Encoding: chunked, which
-        http.server leaves to the handler), at most MAX_BODY_BYTES either way."""
+        http.server leaves to the handler), at most MAX_BODY_BYTES (MAX_IMAGE_BODY_BYTES for /v1/images)
+        either way."""
+        limit = MAX_IMAGE_BODY_BYTES if self.path == "/v1/images" else MAX_BODY_BYTES
         encoding = self.headers.get("Transfer-Encoding")
         if encoding is None:
             try:
@@ -478,8 +481,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise BadRequest("the Content-Length header is not an integer") from None
             if length < 0:
                 raise BadRequest(f"Content-Length={length} must be >= 0")
-            if length > MAX_BODY_BYTES:
-                raise BadRequest(f"the request has {length} bytes, more than {MAX_BODY_BYTES}")
+            if length > limit:
+                raise BadRequest(f"the request has {length} bytes, more than {limit}")
             return self.rfile.read(length)
         if encoding.strip().lower() != "chunked":
             raise BadRequest(
@@ -496,8 +499,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise BadRequest(
                     f"the chunked body has a bad chunk size line {bytes(line)!r}; send Content-Length"
                 )
-            if len(body) + size > MAX_BODY_BYTES:
-                raise BadRequest(f"the chunked request has more than {MAX_BODY_BYTES} bytes")
+            if len(body) + size > limit:
+                raise BadRequest(f"the chunked request has more than {limit} bytes")
             if size == 0:
                 break
             chunk = self.rfile.read(size)

@@ -494,6 +494,8 @@ GREY = base64.b64encode(encoded(np.full((3, 3), 200, np.uint8))).decode()
         ("class_images", {"given_rows": 1}, "^given_rows goes with an image to complete"),
         ("class_images", {"image": GREY, "size": 2}, r"unknown fields \['size'\]; known: classes, n, image"),
         ("plain_images", {"image": GREY, "classes": "dark"}, "trained without classes; drop classes"),
+        # Photos may take more than the 1 MiB of other requests: 2 MB is read (and refused as no image).
+        ("plain_images", {"image": base64.b64encode(bytes(1_500_000)).decode()}, "^image is not a PNG"),
     ],
 )
 def test_bad_images_to_complete_get_one_line_400s(served, body, message, request):
