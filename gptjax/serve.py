@@ -255,21 +255,29 @@ def _stream_choices(served: Served, prompts: list[str], options: dict, echo: boo
             piece(i, text[shown[i] :])
             shown[i] = len(text)
 
+    finished = [False] * len(shown)
+
+    def finish(i: int, text: str, reason: str) -> None:
+        write_new(i, text)
+        piece(i, "", reason)  # as _finish_reason says of the unstreamed
+        finished[i] = True
+
     def on_chunk(new_BN: np.ndarray) -> bool:
-        ended = []
         for i, row in enumerate(new_BN):
-            _, final, stopped = text_of(row)
-            write_new(i, final)
-            ended.append(stopped)
-        return all(ended)
+            if not finished[i]:
+                text, final, stopped = text_of(row)
+                write_new(i, final)
+                if stopped:  # an EOS or a stop string: the choice ends now, while others go on
+                    finish(i, text, "stop")
+        return all(finished)
 
     ids = [tok.encode(p) or [tok.bos_id if tok.bos_id is not None else tok.eos_id] for p in prompts]
     with served.lock:
         generated = sample.generate_ids(params, cfg, ids, opts, on_chunk=on_chunk, chunk=1)
     for i, row in enumerate(row for rows in generated for row in rows):
-        text, _, stopped = text_of(row)
-        write_new(i, text)
-        piece(i, "", "stop" if stopped else "length")  # as _finish_reason says of the unstreamed
+        if not finished[i]:
+            text, _, stopped = text_of(row)
+            finish(i, text, "stop" if stopped else "length")
 
 
 def completions(served: Served, body: dict, write_event=None) -> dict | None:

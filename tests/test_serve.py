@@ -123,6 +123,10 @@ def test_several_prompts_and_samples_stream_each_choice_as_unstreamed(url):
             assert [c["finish_reason"] for c in whole] == ["length"] * 4
         if "stop" in extra:
             assert whole[1] == {**whole[1], "text": texts[1][: texts[1].find(stop)], "finish_reason": "stop"}
+            # Choice 1 ends as it stops: its finish chunk comes before the text of choices still going.
+            end_1 = next(k for k, c in enumerate(chunks) if c["index"] == 1 and c["finish_reason"])
+            if any(c["finish_reason"] == "length" for c in whole):
+                assert any(c["text"] for c in chunks[end_1 + 1 :]), chunks
         if "echo" in extra:
             assert [c["text"] for c in whole] == [body["prompt"][i // 2] + t for i, t in enumerate(texts)]
 
