@@ -79,8 +79,8 @@ class GenerateOptions:
         eos = () if eos is None else (eos,) if np.ndim(eos) == 0 else tuple(eos)
         object.__setattr__(self, "eos_token_id", tuple(_integer("eos_token_id", e) for e in eos) or None)
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
-        if not (isinstance(stop, list | tuple) and all(isinstance(s, str) for s in stop)):
-            raise ValueError(f"stop={self.stop!r} must be a string or a list of strings")
+        if not isinstance(stop, list | tuple):  # the checks below name what its items must be
+            raise ValueError(f"stop={self.stop!r} must be a string or a list of non-empty strings")
         object.__setattr__(self, "stop", tuple(stop))
         for name in ("suppress_tokens", "begin_suppress_tokens"):
             if getattr(self, name) is not None:
@@ -128,7 +128,10 @@ class GenerateOptions:
                 "early_stopping={!r}: use True, False or 'never'",
             ),
             (all(e >= 0 for e in self.eos_token_id or ()), "eos_token_id={} must be token ids >= 0"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop={!r} must be non-empty strings"),
+            (
+                all(isinstance(s, str) and s for s in self.stop),
+                "stop={!r} must be a string or a list of non-empty strings",
+            ),
             (all(self.bad_words_ids or ()), "bad_words_ids={} must not hold an empty list"),
         ]
         for ok, message in checks:

@@ -148,8 +148,8 @@ def test_sequence_bias_and_bad_words_never_match_left_pads():
         (dict(eta_cutoff=-0.1), "eta_cutoff=-0.1 must be in [0, 1) (0 keeps all)"),
         (dict(eta_cutoff="0.1"), "eta_cutoff='0.1' must be a number"),
         (dict(min_length=2.0), "min_length=2.0 must be an integer"),
-        (dict(stop=5), "stop=5 must be a string or a list of strings"),
-        (dict(stop=["ab", b"c"]), "stop=['ab', b'c'] must be a string or a list of strings"),
+        (dict(stop=5), "stop=5 must be a string or a list of non-empty strings"),
+        (dict(stop=["ab", b"c"]), "stop=('ab', b'c') must be a string or a list of non-empty strings"),
     ],
 )
 def test_bad_options_give_one_line_errors(options, message):

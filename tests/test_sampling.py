@@ -404,7 +404,7 @@ def test_each_beam_sampling_step_draws_new_random_numbers(tiny_cfg, params):
         (dict(seed=-1), "seed=-1 must be in [0, 2**32)"),
         (dict(seed=2**32), "seed=4294967296 must be in [0, 2**32)"),  # Philox would repeat seed 0
         (dict(do_sample="false"), "do_sample='false' must be True, False or None"),  # a truthy string
-        (dict(stop=["\n\n", 3]), "must be non-empty strings"),
+        (dict(stop=["\n\n", 3]), "must be a string or a list of non-empty strings"),
     ],
 )
 def test_bad_option_types_give_one_line_errors(options, message):

@@ -158,8 +158,11 @@ def test_finish_reason_is_stop_at_a_stop_string_or_an_eos(url):
         ({"prompt": "zz"}, "not in the tokenizer's vocab"),
         ({"prompt": "abc", "num_beams": 2, "stream": True}, "beam search is not streamed; drop stream"),
         ({"prompt": "abc", "best_of": 3}, "best_of must equal n"),
-        ({"prompt": "abc", "stop": 5}, "stop=5 must be a string or a list of strings"),
-        ({"prompt": "abc", "stop": ["ab", 5]}, r"stop=\['ab', 5\] must be a string or a list of strings"),
+        ({"prompt": "abc", "stop": 5}, "stop=5 must be a string or a list of non-empty strings"),
+        (
+            {"prompt": "abc", "stop": ["ab", 5]},
+            r"stop=\('ab', 5\) must be a string or a list of non-empty strings",
+        ),
         (b"{not json", r"the body is not valid JSON \(Expecting property name"),
         ([1, 2], "must be a JSON object"),
         ({"prompt": "abc", "stream": "false"}, "stream='false' must be true or false"),
