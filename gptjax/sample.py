@@ -154,11 +154,8 @@ def _named_ids(options: GenerateOptions, name: str) -> list[int]:
     return [t for word in value for t in word] if name in ("bad_words_ids", "sequence_bias") else list(value)
 
 
-def _prepare(
-    params, config: GPTConfig, prompts, options: GenerateOptions, custom: Sequence = ()
-) -> tuple[decode.DecodeState, int, int, tuple]:
-    """(state after prefill, longest prompt P, last column to write, the sampling rules); prompts checked,
-    cropped and padded."""
+def _checked(config: GPTConfig, prompts, options: GenerateOptions) -> tuple[list[list[int]], int]:
+    """(the prompts as lists of ints, new tokens per sequence); one-line errors for bad ids or lengths."""
     prompts = _token_ids(prompts)
     for p in prompts:
         if not p:
@@ -184,6 +181,16 @@ def _prepare(
         n_new = options.max_length - given if options.max_length is not None else DEFAULT_MAX_NEW_TOKENS
         if n_new <= 0:
             raise ValueError(f"max_length={options.max_length} leaves no room after the {given}-token prompt")
+    return prompts, n_new
+
+
+def _prepare(
+    params, config: GPTConfig, prompts, options: GenerateOptions, custom: Sequence = ()
+) -> tuple[decode.DecodeState, int, int, tuple]:
+    """(state after prefill, longest prompt P, last column to write, the sampling rules); prompts checked,
+    cropped and padded."""
+    prompts, n_new = _checked(config, prompts, options)
+    given = max(map(len, prompts))  # max_length and min_length count the prompt as given (HF)
     if max(map(len, prompts)) > config.block_size:
         warnings.warn(
             f"prompt of {max(map(len, prompts))} tokens cropped on the left to the context, "
@@ -227,24 +234,55 @@ def generate_ids(
     on_chunk: Callable[[np.ndarray], bool] | None = None,
     chunk: int | None = None,
     logits_processor: Sequence = (),
+    assistant: Any = None,
+    num_assistant_tokens: int = 5,
 ) -> list[list[np.ndarray]]:
     """New token ids: for each prompt, num_return_sequences int32 arrays (ending with the EOS if one came).
 
     on_chunk(new_tokens_BN), when given, is called every `chunk` new tokens (not in beam search) with
     the tokens of every row so far; it returns True to stop early. logits_processor: rules of the
-    user's own (gptjax.sampling.custom_rule says what they may be).
+    user's own (gptjax.sampling.custom_rule says what they may be). assistant: a draft model for assisted
+    generation (gptjax.assisted), a (params, GPTConfig) pair or a workdir, proposing num_assistant_tokens
+    tokens at a time; rows are then decoded one by one (on_chunk sees one row at a time).
     """
+    extra = {} if assistant is None else dict(assistant=assistant, num_assistant_tokens=num_assistant_tokens)
     generated = _generate(
-        params, config, prompts, options, on_chunk, chunk, logits_processor=logits_processor
+        params, config, prompts, options, on_chunk, chunk, logits_processor=logits_processor, **extra
     )
-    return [[ids for ids, _ in seqs] for seqs in generated]
+    return [[ids for ids, *_ in seqs] for seqs in generated]
 
 
 def _generate(
-    params, config, prompts, options, on_chunk, chunk, *, logits_processor: Sequence = ()
-) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """generate_ids, with the model's log-probability of each new token beside its id."""
+    params,
+    config,
+    prompts,
+    options,
+    on_chunk,
+    chunk,
+    *,
+    logits_processor: Sequence = (),
+    assistant: Any = None,
+    num_assistant_tokens: int = 5,
+) -> list[list[tuple]]:
+    """generate_ids, with the model's log-probability of each new token beside its id (and, with an
+    assistant, a third item: its stats, gptjax.assisted.generate)."""
     options = options or GenerateOptions()
+    if assistant is not None:
+        from gptjax import assisted  # it builds on this module
+
+        draft_params, draft_config = assisted.load_assistant(assistant)
+        return assisted.generate(
+            params,
+            config,
+            draft_params,
+            draft_config,
+            prompts,
+            options,
+            on_chunk,
+            chunk,
+            custom=logits_processor,
+            num_assistant_tokens=num_assistant_tokens,
+        )
     params, config = for_decoding(params, config)
     state, P, final, rules = _prepare(params, config, prompts, options, logits_processor)
     mode, S = options.mode, state.kv_mask_BS.shape[1]
@@ -307,6 +345,8 @@ class Completion:
     # no temperature, top-k or penalty), given the text before it as decoding saw it
     logprobs: np.ndarray
     options: GenerateOptions  # as used: saved defaults and the tokenizer's EOS filled in
+    # with an assistant: the share of the draft's proposals the model kept (gptjax.assisted)
+    acceptance_rate: float | None = None
 
 
 def load(model: Any) -> tuple[Any, GPTConfig, Any, dict]:
@@ -352,10 +392,16 @@ def complete(
     *,
     stream: bool | Callable[[str], None] = False,
     logits_processor: Sequence = (),
+    assistant: Any = None,
+    num_assistant_tokens: int = 5,
     **options: Any,
 ) -> list[Completion]:
     """num_return_sequences Completions per prompt, prompt by prompt. See `generate` for the arguments."""
     params, config, tokenizer, saved = load(model)
+    if assistant is not None:
+        from gptjax import assisted  # it builds on this module
+
+        assistant = assisted.load_assistant(assistant, tokenizer)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     opts = merged_options(saved, tokenizer, **options)
 
@@ -413,11 +459,14 @@ def complete(
 
         chunk = 1 if stream else STOP_CHECK_CHUNK
 
-    generated = _generate(params, config, ids, opts, on_chunk, chunk, logits_processor=logits_processor)
+    extra = {} if assistant is None else dict(assistant=assistant, num_assistant_tokens=num_assistant_tokens)
+    generated = _generate(
+        params, config, ids, opts, on_chunk, chunk, logits_processor=logits_processor, **extra
+    )
     out = [
-        dataclasses.replace(finish(new, logprobs), prompt=prompt)
+        dataclasses.replace(finish(new, logprobs), prompt=prompt, acceptance_rate=_acceptance(stats))
         for prompt, seqs in zip(prompts, generated, strict=True)
-        for new, logprobs in seqs
+        for new, logprobs, *stats in seqs
     ]
     if stream:
         write(out[0].text[shown[0] :])  # the pieces joined are the completion's text
@@ -426,12 +475,19 @@ def complete(
     return out
 
 
+def _acceptance(stats: list) -> float | None:
+    """The acceptance rate in an assisted row's stats (none without an assistant)."""
+    return stats[0]["accepted"] / max(stats[0]["proposed"], 1) if stats else None
+
+
 def generate(
     model: Any,
     prompts: str | Sequence[str],
     *,
     stream: bool | Callable[[str], None] = False,
     logits_processor: Sequence = (),
+    assistant: Any = None,
+    num_assistant_tokens: int = 5,
     **options: Any,
 ) -> list[str]:
     """Prompt + generated text for each prompt (num_return_sequences each, prompt by prompt).
@@ -442,6 +498,18 @@ def generate(
     (the pieces joined are the new text).
     logits_processor: rules of your own, each a function (logits_BV, history) -> logits_BV or a
     flax.struct dataclass with that __call__ (HF's argument of that name; gptjax.sampling.custom_rule).
+    assistant: a draft model sharing the model's tokenizer (a workdir or a (params, GPTConfig, tokenizer)
+    tuple) for assisted generation (HF's assistant_model; gptjax.assisted): it proposes
+    num_assistant_tokens tokens at a time, the model checks them in one pass; the text has the model's
+    distribution (greedy: its very text), prompts and sequences are decoded one by one.
     """
-    completions = complete(model, prompts, stream=stream, logits_processor=logits_processor, **options)
+    completions = complete(
+        model,
+        prompts,
+        stream=stream,
+        logits_processor=logits_processor,
+        assistant=assistant,
+        num_assistant_tokens=num_assistant_tokens,
+        **options,
+    )
     return [c.prompt + c.text for c in completions]

@@ -4,6 +4,7 @@
   python scripts/bench.py --mode=train --config=configs/gpt2.py [--config.batch_size=64 --config.grad_accum=1]
   python scripts/bench.py --mode=train --config=configs/gpt2.py --variant=model.loss_chunk=128 \
       --variant=model.remat=dots   # each variant measured after the base config, in the same run
+  python scripts/bench.py --mode=assisted --model=TARGET_WORKDIR --assistant=DRAFT_WORKDIR
 
 train: gptjax.benchmark.benchmark_train on the config's model, batch and parallel mode with random
 tokens: compile time, step time (median of --steps calls after --warmup), tokens/s, model FLOPs per
@@ -17,6 +18,12 @@ same sizes in the same run when torch and transformers are installed
 generate call (prompt encoding excluded: token ids in, token ids out), best of --repeats after a warm-up
 call (gptjax compiles there). Also the memory-bandwidth floor of GPT-2 124M at batch 1: each new token
 reads every fp32 weight once, so tokens/s <= read bandwidth / weight bytes.
+
+assisted: assisted generation (gptjax.assisted) of the --model checkpoint with the --assistant draft, side
+by side with the model alone and the draft alone, greedy and sampling (temperature 1, no top-k), one
+prompt at a time (batch 1, prompt + new tokens = the smaller block_size): tokens/s as above (all prompts
+over the time of their calls, best of --repeats rounds that time every variant in turn), the share of
+proposals accepted, tokens per model call, and for greedy whether the text is the model's own.
 """
 
 import json
@@ -31,10 +38,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import shakespeare_char
-from gptjax import benchmark, cli, sample
+from gptjax import assisted, benchmark, cli, sample
 from gptjax.model import GPT, GPTConfig, count_params
 
-flags.DEFINE_enum("mode", "generate", ["generate", "train"], "What to benchmark.")
+flags.DEFINE_enum("mode", "generate", ["generate", "train", "assisted"], "What to benchmark.")
 flags.DEFINE_list("sizes", ["shakespeare_char_cpu", "gpt2"], "Model sizes (see SIZES).")
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Prompts per generate call.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (the best is reported).")
@@ -56,6 +63,12 @@ flags.DEFINE_multi_string(
     "(repeatable), side by side in the same run; prints a JSON list, the base config first.",
 )
 flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default: config.data.tokenizer's).")
+flags.DEFINE_string("model", None, "assisted: the model's workdir.")
+flags.DEFINE_string("assistant", None, "assisted: the draft model's workdir (the same tokenizer).")
+flags.DEFINE_list("num_assistant_tokens", ["3", "5"], "assisted: tokens the draft proposes at a time.")
+flags.DEFINE_multi_string(
+    "prompt", ["\n", "ROMEO:\n", "First Citizen:\n"], "assisted: prompts, each generated alone (repeatable)."
+)
 FLAGS = flags.FLAGS
 
 TOP_K = 50  # HF's top_k default when sampling
@@ -177,8 +190,78 @@ def benchmark_generate() -> dict:
     return out
 
 
+def benchmark_assisted() -> dict:
+    if not (FLAGS.model and FLAGS.assistant):
+        raise app.UsageError("--mode=assisted needs --model=WORKDIR and --assistant=WORKDIR")
+    params, cfg, tokenizer, _ = sample.load(FLAGS.model)
+    draft_params, draft_cfg = assisted.load_assistant(FLAGS.assistant, tokenizer)
+    prompts = [tokenizer.encode(cli.unescape(p)) for p in FLAGS.prompt]
+    new_tokens = min(cfg.block_size, draft_cfg.block_size) - max(map(len, prompts))
+    out = {
+        "mode": "assisted",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0]}",
+        "model": dict(
+            workdir=FLAGS.model, params=count_params(params), n_layer=cfg.n_layer, n_embd=cfg.n_embd
+        ),
+        "assistant": dict(
+            workdir=FLAGS.assistant,
+            params=count_params(draft_params),
+            n_layer=draft_cfg.n_layer,
+            n_embd=draft_cfg.n_embd,
+        ),
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "results": [],
+    }
+    n_total = new_tokens * len(prompts)  # no EOS token in a character vocabulary: every call writes all
+    Ks = list(map(int, FLAGS.num_assistant_tokens))
+    for decoding, options in [("greedy", dict(do_sample=False)), ("sample", dict(temperature=1.0))]:
+        options = sample.GenerateOptions(max_new_tokens=new_tokens, seed=0, **options)
+        runs = {
+            "model": lambda p: sample.generate_ids(params, cfg, [p], options)[0][0],
+            "assistant": lambda p: sample.generate_ids(draft_params, draft_cfg, [p], options)[0][0],
+        }
+        for K in Ks:
+            runs[K] = lambda p, K=K: assisted.generate(
+                params, cfg, draft_params, draft_cfg, [p], options, num_assistant_tokens=K
+            )[0][0]
+        # Interleaved (model, assistant, each K, then again): a change in the machine's load hits all alike.
+        load_before = os.getloadavg()[0]
+        seconds, results = {name: [] for name in runs}, {}
+        for i in range(FLAGS.repeats + 1):  # the first round warms up (and compiles)
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                results[name] = [fn(p) for p in prompts]
+                if i:
+                    seconds[name].append(time.perf_counter() - start)
+        tok_s = {name: round(n_total / min(times), 1) for name, times in seconds.items()}
+        for K in Ks:
+            stats = {k: sum(r[2][k] for r in results[K]) for k in ("proposed", "accepted", "calls")}
+            row = dict(
+                decoding=decoding,
+                num_assistant_tokens=K,
+                model_tok_s=tok_s["model"],
+                assisted_tok_s=tok_s[K],
+                speedup=round(tok_s[K] / tok_s["model"], 2),
+                acceptance_rate=round(stats["accepted"] / stats["proposed"], 3),
+                tokens_per_model_call=round(n_total / stats["calls"], 2),
+                assistant_alone_tok_s=tok_s["assistant"],
+            )
+            if decoding == "greedy":
+                row["same_text_as_model"] = all(
+                    np.array_equal(a[0], b) for a, b in zip(results[K], results["model"], strict=True)
+                )
+            row["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2), os.cpu_count()]
+            out["results"].append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
 def main(argv):
     del argv
+    if FLAGS.mode == "assisted":
+        print(json.dumps(benchmark_assisted(), indent=1))
+        return
     if FLAGS.mode == "train":
         if FLAGS.config is None:
             raise app.UsageError("--mode=train needs --config=configs/....py")
