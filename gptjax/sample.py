@@ -372,6 +372,21 @@ def _find_stop(text: str, stop: Sequence[str]) -> int | None:
     return min(found) if found else None
 
 
+def text_so_far(tokenizer: Any, new_ids: np.ndarray, eos: set, stop: Sequence[str]) -> tuple[str, str, bool]:
+    """Of a row being generated: (its text as `complete` cuts it, before its first EOS token and its first
+    stop string; the start of that text that can no longer change; whether the row has ended). While it
+    runs, its last len(longest stop) - 1 characters may be the start of a stop string, and a last
+    character may be the first bytes of one split across tokens: those wait."""
+    ends = [i for i, t in enumerate(new_ids) if t in eos]
+    whole = tokenizer.decode(new_ids[: ends[0]] if ends else new_ids)
+    cut = _find_stop(whole, stop)
+    text = whole[:cut]  # cut None: all of it
+    if ends or cut is not None:
+        return text, text, True
+    hold = max(map(len, stop), default=1) - 1
+    return text, text[: max(len(text) - hold, 0)].rstrip("\ufffd"), False
+
+
 def merged_options(saved: dict, tokenizer: Any, **options: Any) -> GenerateOptions:
     """The options a call uses: those given (None: unset), then the saved ones, then the tokenizer's EOS."""
     fields = {f.name for f in dataclasses.fields(GenerateOptions)}
@@ -441,21 +456,14 @@ def complete(
         to = stream if callable(stream) else lambda s: print(s, end="", flush=True)
         write = lambda s: s and to(s)  # noqa: E731  (no empty pieces: each is new text)
         shown = [0]  # characters of the first row printed so far
-        hold = max(map(len, opts.stop), default=1) - 1  # a stop string may be starting at the end
 
         def on_chunk(new_BN: np.ndarray) -> bool:
-            texts, stopped = [], []
-            for row in new_BN:
-                tokens, ended = until_eos(row)
-                texts.append(tokenizer.decode(tokens))
-                stopped.append(ended or _find_stop(texts[-1], opts.stop) is not None)
+            rows = [text_so_far(tokenizer, row, eos, opts.stop) for row in new_BN]
             if stream:
-                cut = _find_stop(texts[0], opts.stop)
-                text = texts[0][:cut] if stopped[0] else texts[0][: len(texts[0]) - hold]
-                text = text.rstrip("\ufffd")  # the first bytes of a character split across tokens
-                write(text[shown[0] :])
-                shown[0] = max(shown[0], len(text))
-            return all(stopped)
+                final = rows[0][1]
+                write(final[shown[0] :])
+                shown[0] = max(shown[0], len(final))
+            return all(ended for _, _, ended in rows)
 
         chunk = 1 if stream else STOP_CHECK_CHUNK
 

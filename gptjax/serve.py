@@ -230,19 +230,10 @@ def _stream_choices(served: Served, prompts: list[str], options: dict, echo: boo
     opts = sample.merged_options(saved, tok, **options)
     if opts.mode in sample.BEAM_MODES:
         raise BadRequest("beam search is not streamed; drop stream or num_beams")
-    eos, hold = set(opts.eos_token_id or ()), max(map(len, opts.stop), default=1) - 1
+    eos = set(opts.eos_token_id or ())
 
-    def text_of(row: np.ndarray) -> tuple[str, str, bool]:
-        """(the row's text as complete cuts it, the start of it that cannot change, whether it ended)."""
-        ends = [i for i, t in enumerate(row) if t in eos]
-        whole = tok.decode(row[: ends[0]] if ends else row)
-        cut = sample._find_stop(whole, opts.stop)
-        text = whole[:cut]  # cut None: all of it
-        if ends:
-            return text, text, True
-        # Not yet: a stop string may be starting in the last `hold` characters (a longer one even before
-        # the stop string found), the last token may end with the first bytes of a character.
-        return text, text[: max(len(whole) - hold, 0)].rstrip("\ufffd"), cut is not None
+    def text_of(row: np.ndarray) -> tuple[str, str, bool]:  # what may be shown of it, as complete cuts it
+        return sample.text_so_far(tok, row, eos, opts.stop)
 
     n = opts.num_return_sequences
     if echo:

@@ -347,6 +347,24 @@ def test_streaming_holds_back_the_first_bytes_of_a_character(model, monkeypatch)
     assert c.text == "héllo wörld" and "".join(pieces) == c.text and len(pieces) > 2
 
 
+def test_streaming_never_shows_what_a_longer_stop_string_takes_back(model, monkeypatch):
+    """A stop string longer than the text so far may still be starting at its first character: nothing is
+    shown until it cannot be (it was, through a negative slice), and the pieces join to the text."""
+    new = list(b"abcdefgh")
+
+    def fake_generate(params, config, prompts, options, on_chunk, chunk, logits_processor):
+        for n in range(1, len(new) + 1):
+            if on_chunk(np.asarray([new[:n]])):
+                break
+        return [[(np.asarray(new, np.int32), np.zeros(len(new), np.float32))]]
+
+    monkeypatch.setattr(sample, "_generate", fake_generate)
+    for stop, text in [("abcd", ""), ("bcdef", "a"), ("zzzz", "abcdefgh")]:
+        pieces = []
+        (c,) = sample.complete((model[0], model[1], ByteTokenizer()), "x", stream=pieces.append, stop=stop)
+        assert c.text == text and "".join(pieces) == text, (stop, pieces)
+
+
 def test_scanned_checkpoints_decode_like_per_layer_ones(tiny_cfg, params):
     import dataclasses
 
