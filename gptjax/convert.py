@@ -9,8 +9,9 @@ with zeros, export drops them.
 ImageGPT (OpenAI's iGPT, HF `ImageGPTForCausalImageModeling`, e.g. `openai/imagegpt-small`) is GPT-2 with
 layer norms that neither subtract the mean nor add a bias (GPTConfig.norm="rms"), quick GELU, an untied
 head without a row for its start token (output_vocab = vocab_size - 1) and a colour palette in its
-preprocessor_config.json ("clusters" in [-1, 1]), which becomes a PaletteTokenizer (colours rounded to 8
-bits): gptjax.image draws with it and fine-tunes it on images like any image model.
+preprocessor_config.json ("clusters" in [-1, 1]), which becomes a PaletteTokenizer (encoding to the
+clusters as they are, drawing them rounded to 8 bits): gptjax.image draws with it and fine-tunes it on
+images like any image model.
 
 Export also writes the tokenizer's HF files when it has an HF equivalent (GPT-2's BPE, a trained
 `tokenizers` BPE), so `transformers.AutoTokenizer.from_pretrained` encodes as gptjax does.
@@ -450,7 +451,7 @@ def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_l
 def save_image_processor(directory: str | pathlib.Path, tokenizer: Any) -> list[str]:
     """ImageGPT's preprocessor_config.json of a palette: its colours as RGB "clusters" in [-1, 1] (grey
     levels as grey RGB), the image size, and the normalisation that maps pixels into that range."""
-    clusters = np.broadcast_to(tokenizer.palette_KC, (tokenizer.num_colors, 3)) / 127.5 - 1
+    clusters = np.broadcast_to(tokenizer.centers_KC.astype(np.float64), (tokenizer.num_colors, 3)) / 127.5 - 1
     config = {
         "image_processor_type": "ImageGPTImageProcessor",
         "clusters": clusters.tolist(),
@@ -478,7 +479,7 @@ def read_image_processor(directory: str | pathlib.Path, vocab_size: int) -> Any:
     height, width = (size, size) if isinstance(size, int) else (size.get("height"), size.get("width"))
     if not height or not width:
         raise ValueError(f'{path} has clusters but no image size; add "size": {{"height": H, "width": W}}')
-    palette = np.clip(np.rint((clusters + 1) * 127.5), 0, 255)
+    palette = np.clip((clusters + 1) * 127.5, 0, 255)  # HF's nearest cluster is the nearest colour here
     return data_lib.PaletteTokenizer(palette, height, width)
 
 

@@ -31,12 +31,8 @@ def torch():
 
 
 def clusters(seed=0):
-    """COLORS distinct RGB clusters in [-1, 1] that are whole 8-bit colours (k / 127.5 - 1), so the
-    palette read back is exact and gptjax's nearest colour must equal HF's."""
-    rng = np.random.default_rng(seed)
-    rgb = rng.choice(256**3, COLORS, replace=False)
-    rgb = np.stack([rgb // 65536, rgb // 256 % 256, rgb % 256], 1)
-    return rgb / 127.5 - 1
+    """COLORS RGB clusters in [-1, 1], between 8-bit colours as iGPT's are."""
+    return np.random.default_rng(seed).uniform(-1, 1, (COLORS, 3))
 
 
 def make_imagegpt(torch, directory, seed=0):
@@ -107,17 +103,17 @@ def test_export_import_is_exact_and_transformers_loads_it(torch, tmp_path):
 
 
 def test_palette_encodes_as_the_hf_image_processor(torch, tmp_path):
-    """The checkpoint's tokenizer is the processor's clusters in 8-bit colours; images encode to the same
+    """The checkpoint's tokenizer holds the processor's clusters as pixel values; images encode to the same
     ids and a converted model draws whole images in those colours."""
     _, processor = make_imagegpt(torch, tmp_path / "hf")
     convert.hf_to_workdir(tmp_path / "hf", tmp_path / "w")
     _, cfg, tok, config = load_params(tmp_path / "w")
     assert isinstance(tok, PaletteTokenizer)
     assert (tok.height, tok.width, tok.num_colors) == (SIDE, SIDE, COLORS)
-    np.testing.assert_array_equal(tok.palette_KC, np.rint((clusters() + 1) * 127.5))
+    np.testing.assert_allclose(tok.centers_KC, (clusters() + 1) * 127.5, rtol=1e-6)
     assert (config.data.tokenizer, config.data.image_size, config.data.colors) == ("palette", SIDE, COLORS)
 
-    images = np.random.default_rng(2).integers(0, 256, (5, SIDE, SIDE, 3), dtype=np.uint8)
+    images = np.random.default_rng(2).integers(0, 256, (200, SIDE, SIDE, 3), dtype=np.uint8)  # 3,200 pixels
     hf_ids = processor(list(images), input_data_format="channels_last", return_tensors="np")["input_ids"]
     np.testing.assert_array_equal(tok.encode_images(images), hf_ids)
 
@@ -143,7 +139,7 @@ def test_finetuning_from_an_imagegpt_directory_starts_from_its_weights(torch, tm
     train_and_evaluate(config, tmp_path / "ft")
     params, cfg, tok, _ = load_params(tmp_path / "ft")
     assert cfg.norm == "rms" and cfg.output_vocab == COLORS
-    np.testing.assert_array_equal(tok.palette_KC, np.rint((clusters() + 1) * 127.5))
+    np.testing.assert_allclose(tok.centers_KC, (clusters() + 1) * 127.5, rtol=1e-6)
     for name, want in convert.read_hf_weights(tmp_path / "hf").items():
         np.testing.assert_array_equal(convert.params_to_hf(params, cfg)[name], want, err_msg=name)
 

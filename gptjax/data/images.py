@@ -28,18 +28,29 @@ _CHUNK = 16_384  # pixels per distance computation: bounds the (pixels x colours
 
 
 class PaletteTokenizer:
-    """Pixels <-> palette ids for images of one size; the palette and classes are saved in its JSON."""
+    """Pixels <-> palette ids for images of one size; the palette and classes are saved in its JSON.
+
+    The palette's colours may lie between 8-bit values (an imported ImageGPT's clusters do): pixels are
+    encoded to the nearest of them as given (`centers_KC`), and decoded to them rounded (`palette_KC`)."""
 
     kind = "palette"
 
     def __init__(self, palette, height: int, width: int, classes=()):
-        self.palette_KC = np.asarray(palette, np.uint8)
-        if self.palette_KC.ndim != 2 or self.palette_KC.shape[1] not in (1, 3) or not len(self.palette_KC):
-            raise DataError(f"palette of shape {self.palette_KC.shape} must be (colours, 1 or 3 channels)")
+        self.centers_KC = np.asarray(palette, np.float32)
+        if self.centers_KC.ndim != 2 or self.centers_KC.shape[1] not in (1, 3) or not len(self.centers_KC):
+            raise DataError(f"palette of shape {self.centers_KC.shape} must be (colours, 1 or 3 channels)")
+        if not np.all((self.centers_KC >= 0) & (self.centers_KC <= 255)):
+            raise DataError("palette colours must lie in [0, 255]")
+        self.palette_KC = np.rint(self.centers_KC).astype(np.uint8)
         self.height, self.width = int(height), int(width)
         self.classes = [str(c) for c in classes]
         self.bos_id = self.num_colors  # SOS: the start of an unconditional image
         self.eos_id = None  # every image has height * width pixels: nothing ends early
+
+    @property
+    def exact_colors(self) -> bool:
+        """Whether every colour is an 8-bit one (a fitted palette's are)."""
+        return bool(np.array_equal(self.centers_KC, self.palette_KC))
 
     @property
     def num_colors(self) -> int:
@@ -71,7 +82,7 @@ class PaletteTokenizer:
         n, h, w, _ = images_NHWC.shape
         if (h, w) != (self.height, self.width):
             raise DataError(f"images are {h}x{w}; this tokenizer's are {self.height}x{self.width}")
-        return nearest_color(images_NHWC.reshape(-1, self.channels), self.palette_KC).reshape(n, h * w)
+        return nearest_color(images_NHWC.reshape(-1, self.channels), self.centers_KC).reshape(n, h * w)
 
     def decode_images(self, ids_NP: np.ndarray) -> np.ndarray:
         """Images (N, H, W, C) uint8 of palette ids (N, H*W)."""
@@ -97,7 +108,7 @@ class PaletteTokenizer:
     def to_json(self) -> dict:
         return {
             "kind": self.kind,
-            "palette": self.palette_KC.tolist(),
+            "palette": (self.palette_KC if self.exact_colors else self.centers_KC).tolist(),
             "height": self.height,
             "width": self.width,
             "classes": self.classes,
@@ -311,7 +322,7 @@ def _palette_ids(images_NHWC: np.ndarray, train_idx: np.ndarray, colors: int, pa
 
     N, H, W, C = images_NHWC.shape
     h = hashlib.sha256()
-    fitted = b"fit" if palette_KC is None else np.ascontiguousarray(palette_KC, np.uint8).tobytes()
+    fitted = b"fit" if palette_KC is None else np.ascontiguousarray(palette_KC, np.float32).tobytes()
     for part in (
         str(_CACHE_FORMAT).encode(),
         str((N, H, W, C, colors)).encode(),
@@ -395,7 +406,7 @@ def load_image_dataset(
         )
 
     else:
-        _, pixel_ids = _palette_ids(images, train_idx, colors, tokenizer.palette_KC)
+        _, pixel_ids = _palette_ids(images, train_idx, colors, tokenizer.centers_KC)
 
     def rows(idx: np.ndarray) -> np.ndarray:
         start = [tokenizer.class_id(int(c)) for c in labels[idx]] if class_conditional else tokenizer.bos_id
