@@ -488,9 +488,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     plot_losses(workdir, title=f"{config.data.source}: {n_params / 1e6:.2f}M parameters")
     if tokenizer.kind == "palette" and jax.process_index() == 0:  # an image model: a look at what it draws
         params = placement.get_state(state).params
-        if all(x.is_fully_addressable or x.is_fully_replicated for x in jax.tree_util.tree_leaves(params)):
+        readable = lambda x: not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated  # noqa: E731
+        if all(map(readable, jax.tree_util.tree_leaves(params))):  # numpy: a max_iters=0 fine-tune's
             grid = image.draw(
-                (jax.device_get(params), cfg, tokenizer, config), num_samples=8, seed=config.seed
+                (*merge_lora(jax.device_get(params), cfg), tokenizer, config), num_samples=8, seed=config.seed
             )
             tqdm.write(f"drew {image.save_grid(grid, workdir / 'samples.png')}")
         else:  # sharded over processes: process 0 alone cannot read them

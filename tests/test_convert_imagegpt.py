@@ -136,7 +136,11 @@ def test_finetuning_from_an_imagegpt_directory_starts_from_its_weights(torch, tm
         norm="rms", output_vocab=COLORS, tie_embeddings=False,
     )  # fmt: skip
     config.update(init_from=str(tmp_path / "hf"), batch_size=8, max_iters=0, eval_iters=1)
+    config.parallel.mode = (
+        "single"  # its params stay the host arrays init_params gives: samples.png read them
+    )
     train_and_evaluate(config, tmp_path / "ft")
+    assert (tmp_path / "ft" / "samples.png").is_file()
     params, cfg, tok, _ = load_params(tmp_path / "ft")
     assert cfg.norm == "rms" and cfg.output_vocab == COLORS
     np.testing.assert_allclose(tok.centers_KC, (clusters() + 1) * 127.5, rtol=1e-6)
