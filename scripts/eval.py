@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gptjax import cli, evaluate
 from gptjax.data import load_text
-from gptjax.data.from_config import load_data
+from gptjax.data.from_config import image_source, load_data
 from gptjax.data.sources import BUILTINS
 from gptjax.train import load_params
 
@@ -42,6 +42,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "group", 20, "--random_batches: batches per estimate (eval_iters) for the scatter.", lower_bound=1
 )
+flags.DEFINE_string("source", None, "An image model: images to evaluate on (default: its training data).")
 flags.DEFINE_string("choices", None, "A JSON-lines file of multiple-choice examples (HellaSwag's).")
 flags.DEFINE_integer("limit", None, "--choices: the first N examples only.", lower_bound=1)
 flags.mark_flags_as_required(["workdir"])
@@ -77,7 +78,7 @@ def main(argv):
     if tokenizer.kind == "palette":
         if FLAGS.text:
             raise ValueError("an image model is evaluated on its own images: drop --text")
-        dataset = load_data(config.data, tokenizer)
+        dataset = load_data(image_source(config.data, FLAGS.source, FLAGS.workdir), tokenizer)
         splits = ("train", "val") if FLAGS.split == "all" else (FLAGS.split,)
         rows = np.concatenate([getattr(dataset, s) for s in splits])
         result = evaluate.image_loss(params, cfg, rows, FLAGS.batch_size)

@@ -10,12 +10,13 @@ import json
 from absl import flags
 
 from gptjax import cli, probe
-from gptjax.data.from_config import load_data
+from gptjax.data.from_config import image_source, load_data
 from gptjax.train import load_params
 
 flags.DEFINE_string("workdir", None, "A training workdir of an unconditional image model.")
 flags.DEFINE_list("layers", None, "Layers to probe (0: the embeddings; default: every one).")
 flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1)
+flags.DEFINE_string("source", None, "Labelled images to probe on (default: the workdir's training data).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -31,7 +32,8 @@ def main(argv):
     if getattr(tok, "kind", None) != "palette":
         raise ValueError(f"{FLAGS.workdir} holds a text model ({tok.kind!r} tokens); the probe is for images")
     layers = None if FLAGS.layers is None else [int(x) for x in FLAGS.layers]
-    results = probe.probe((params, cfg, tok), load_data(config.data, tok), layers, FLAGS.batch_size)
+    data = load_data(image_source(config.data, FLAGS.source, FLAGS.workdir), tok)
+    results = probe.probe((params, cfg, tok), data, layers, FLAGS.batch_size)
     for row in results:
         print(json.dumps(row), flush=True)
     best = max(results, key=lambda r: r["val_accuracy"])

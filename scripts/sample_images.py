@@ -14,7 +14,7 @@ import numpy as np
 from absl import flags
 
 from gptjax import cli, image, train
-from gptjax.data.from_config import load_data
+from gptjax.data.from_config import image_source, load_data
 from gptjax.data.images import load_images
 
 flags.DEFINE_string("workdir", None, "A training workdir of an image model (its latest checkpoint).")
@@ -44,11 +44,7 @@ def completion_rows(config, tok) -> np.ndarray:
             )
         images, _, _ = load_images(FLAGS.source, tok.height, tok.channels)
         return image.token_rows(tok, images)
-    if not config.data.get("source"):
-        raise ValueError(
-            f"{FLAGS.workdir} names no training images (a model converted from HF); pass --source=<images>"
-        )
-    return load_data(config.data, tok).val
+    return load_data(image_source(config.data, None, FLAGS.workdir), tok).val
 
 
 def main(argv):

@@ -183,22 +183,27 @@ def test_cifar10_imagegpt_config_is_openais_igpt_small():
     assert not config.data.class_conditional and config.init_from == "openai/imagegpt-small"
 
 
-def test_sample_images_completes_source_images_with_a_converted_model(torch, tmp_path):
-    """A converted model names no training images: --complete takes --source's (resized to its size),
-    says so in one line without it, and an empty source is never read as the working directory."""
+def test_scripts_take_source_images_for_a_converted_model(torch, tmp_path):
+    """A converted model names no training images: sample_images.py --complete, eval.py and probe.py take
+    --source's (resized to its size), say so in one line without it, and an empty source is never read
+    as the working directory."""
     make_imagegpt(torch, tmp_path / "hf")
     convert.hf_to_workdir(tmp_path / "hf", tmp_path / "w")
     np.savez(tmp_path / "mine.npz", images=np.random.default_rng(4).integers(0, 256, (3, 9, 9, 3), np.uint8))
-    script = pathlib.Path(__file__).parents[1] / "scripts" / "sample_images.py"
+    scripts = pathlib.Path(__file__).parents[1] / "scripts"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    run = lambda *flags: subprocess.run(  # noqa: E731
-        [sys.executable, script, f"--workdir={tmp_path / 'w'}", "--complete=2", *flags],
+    run = lambda script, *flags: subprocess.run(  # noqa: E731
+        [sys.executable, scripts / script, f"--workdir={tmp_path / 'w'}", *flags],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    out = run(f"--source={tmp_path / 'mine.npz'}", "--num_samples=2", f"--out={tmp_path / 'c.png'}")
+    source = f"--source={tmp_path / 'mine.npz'}"
+    out = run("sample_images.py", "--complete=2", source, "--num_samples=2", f"--out={tmp_path / 'c.png'}")
     assert out.returncode == 0 and "2 --source images" in out.stdout, out.stderr[-2000:]
     assert (tmp_path / "c.png").is_file()
-    out = run()
-    assert out.returncode == 1 and out.stderr.strip().endswith("pass --source=<images>"), out.stderr
+    out = run("eval.py", source)
+    assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1])["images"] == 3, out.stderr[-2000:]
+    for script, flags in [("sample_images.py", ["--complete=2"]), ("eval.py", []), ("probe.py", [])]:
+        out = run(script, *flags)
+        assert out.returncode == 1 and out.stderr.strip().endswith("pass --source=<images>"), out.stderr
     with pytest.raises(DataError, match="the image source is empty; set --config.data.source"):
         load_images("", SIDE, 3)

@@ -3,6 +3,8 @@
 import pathlib
 from typing import Any
 
+import ml_collections
+
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
 from gptjax.data.images import load_image_dataset
 from gptjax.data.tokens import Dataset, load_dataset
@@ -42,6 +44,19 @@ def load_data(data: Any, tokenizer: Any) -> Dataset:
             tokenizer=tokenizer,
         )
     return load_dataset(data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer)
+
+
+def image_source(data: Any, source: str | None, workdir: Any) -> Any:
+    """A saved model's config.data with its images from `source` (a script's --source) when given; a
+    model converted from HF has none of its own, and one line says to pass them."""
+    data = ml_collections.ConfigDict(dict(data))
+    if source:
+        data.source = source
+    if not data.get("source"):
+        raise ValueError(
+            f"{workdir} names no training images (a model converted from HF); pass --source=<images>"
+        )
+    return data
 
 
 def check_same_images(saved: dict, data: Any, workdir: pathlib.Path) -> None:
