@@ -10,13 +10,15 @@ predicted text, so they compare models with different tokenizers.
 
 Multiple choice (HellaSwag and the like, as lm-eval and llm.c score them): each choice's log-likelihood
 as a continuation of the context; accuracy picks the likeliest choice by its total (`acc`) and by its
-total per character of the choice (`acc_norm`, lm-eval's length normalisation).
+total per character of the choice (`acc_norm`, lm-eval's length normalisation). Tokenization and
+HellaSwag's rendering are lm-eval's.
 """
 
 import functools
 import json
 import math
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -135,9 +137,11 @@ def random_batch_loss(
 
 
 def read_choices(path: str | pathlib.Path) -> list[dict]:
-    """Examples {context, choices, label} of a JSON-lines file: HellaSwag's rows (ctx, endings, label; each
-    ending continues the context after a space, as lm-eval and llm.c render it) or rows of context,
-    choices and label (each choice continues the context exactly as written: include its leading space)."""
+    """Examples {context, choices, label, chars} of a JSON-lines file: HellaSwag's rows as published (each
+    ending continues the context after a space; with activity_label, ctx_a and ctx_b rendered as
+    lm-eval's hellaswag task does, else its ctx as llm.c does) or rows of context, choices and label (each
+    choice continues the context exactly as written: include its leading space). `chars`: each choice's
+    length for acc_norm (lm-eval's: the ending's, without the space before it)."""
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass a JSON-lines file of examples")
@@ -153,11 +157,12 @@ def read_choices(path: str | pathlib.Path) -> list[dict]:
         if not isinstance(row, dict):
             raise ValueError(f"{where} is not a JSON object; write {{context, choices, label}} per line")
         if "endings" in row:  # HellaSwag
-            context, choices = row.get("ctx"), [" " + e for e in row["endings"] if isinstance(e, str)]
-            if len(choices) != len(row["endings"]):
-                choices = None
+            context, choices, chars = _hellaswag(row)
         else:
             context, choices = row.get("context"), row.get("choices")
+            chars = (
+                [len(c) if isinstance(c, str) else 0 for c in choices] if isinstance(choices, list) else []
+            )
         label = row.get("label")
         if isinstance(label, str) and label.isdigit():  # some HellaSwag copies write "3"
             label = int(label)
@@ -172,34 +177,57 @@ def read_choices(path: str | pathlib.Path) -> list[dict]:
             raise ValueError(
                 f"{where} label={label!r} must be the index of the right choice, 0-{len(choices) - 1}"
             )
-        examples.append({"context": context, "choices": choices, "label": label})
+        examples.append({"context": context, "choices": choices, "label": label, "chars": chars})
     if not examples:
         raise ValueError(f"{path} holds no examples; write one JSON object per line")
     return examples
+
+
+def _hellaswag(row: dict) -> tuple[Any, Any, list[int]]:
+    """(context, choices, their lengths) of a HellaSwag row; None where a field is not text."""
+    endings = row["endings"]
+    if not isinstance(endings, list) or not all(isinstance(e, str) for e in endings):
+        return None, None, []
+    if all(isinstance(row.get(k), str) for k in ("activity_label", "ctx_a", "ctx_b")):  # lm-eval's rendering
+
+        def clean(text: str) -> str:
+            text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
+            return text.replace("  ", " ")
+
+        context = clean(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
+        endings = [clean(e) for e in endings]
+    else:  # llm.c's
+        context = row.get("ctx")
+    return context, [" " + e for e in endings], [len(e) for e in endings]
 
 
 def choice_logprobs(
     params: Any, cfg: GPTConfig, tokenizer: Any, context: str, choices: list[str], batch_size: int = 8
 ) -> np.ndarray:
     """The log-likelihood (nats, summed over its tokens) of each choice as the continuation of `context`.
-    Context and choice are tokenized apart (lm-eval's way: the choice's tokens are the same whatever the
-    context); an empty context starts from the tokenizer's BOS (else EOS) token. A row longer than the
-    context window loses its first tokens, never the choice's."""
+    Tokenized as lm-eval does: spaces ending the context move to the choice, context + choice are encoded
+    whole and the choice's tokens are those after the context's own encoding; an empty context starts
+    from the tokenizer's BOS (else EOS) token. A row longer than the context window loses its first
+    tokens, never the choice's."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, choices = context[:-spaces], [context[-spaces:] + c for c in choices]
     ctx = tokenizer.encode(context)
+    start = []
     if not ctx:
-        start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-        if start is None:
+        first = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if first is None:
             raise ValueError("the context is empty and the tokenizer has no BOS/EOS token to start from")
-        ctx = [start]
+        start = [first]
     rows, spans = [], []
     for choice in choices:
-        cont = tokenizer.encode(choice)
+        cont = tokenizer.encode(context + choice)[len(ctx) :]
         if not cont or len(cont) > cfg.block_size:
             raise ValueError(
                 f"choice {choice[:40]!r} has {len(cont)} tokens; a choice needs 1 to block_size="
                 f"{cfg.block_size}"
             )
-        ids = (ctx + cont)[-(cfg.block_size + 1) :]
+        ids = (start + ctx + cont)[-(cfg.block_size + 1) :]
         rows.append(ids)
         spans.append(len(cont))
     T = min(cfg.block_size, max(16, 1 << (max(map(len, rows)) - 2).bit_length()))  # few compiled shapes
@@ -224,7 +252,7 @@ def multiple_choice(
     right = right_norm = 0
     for ex in progress(examples) if progress else examples:
         logp_C = choice_logprobs(params, cfg, tokenizer, ex["context"], ex["choices"], batch_size)
-        chars_C = np.array([len(c) for c in ex["choices"]], np.float64)
+        chars_C = np.maximum(np.array(ex["chars"], np.float64), 1)
         right += int(np.argmax(logp_C)) == ex["label"]
         right_norm += int(np.argmax(logp_C / chars_C)) == ex["label"]
     n = len(examples)

@@ -156,7 +156,7 @@ def test_accuracy_follows_the_labels_and_hellaswag_rows_are_read(tmp_path):
     for ex in examples:
         logp = choice_logprobs(params, cfg, tok, ex["context"], ex["choices"])
         best.append(int(np.argmax(logp)))
-        best_norm.append(int(np.argmax(logp / [len(c) for c in ex["choices"]])))
+        best_norm.append(int(np.argmax(logp / np.array(ex["chars"]))))  # the endings' lengths
     right = [dict(ex, label=b) for ex, b in zip(examples, best, strict=True)]
     assert multiple_choice(params, cfg, tok, right)["acc"] == 1.0
     wrong = [dict(ex, label=(b + 1) % len(ex["choices"])) for ex, b in zip(examples, best, strict=True)]
@@ -183,3 +183,35 @@ def test_bad_choice_files_get_one_line(tmp_path, line, message):
     with pytest.raises(ValueError, match=message) as e:
         read_choices(tmp_path / "x.jsonl")
     assert "\n" not in str(e.value)
+
+
+def test_choices_are_tokenized_and_hellaswag_rendered_as_lm_eval(data_dir, tmp_path):
+    """Spaces ending the context go to the choice and context + choice are encoded whole (GPT-2's BPE
+    gives " foo" one token, not a space and "foo"); HellaSwag's published rows read as lm-eval's task."""
+    import json
+
+    from gptjax.evaluate import choice_logprobs, read_choices
+
+    tok = GPT2Tokenizer()
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    params = GPT(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    ids = tok.encode("Hello world foo")
+    assert len(ids) == len(tok.encode("Hello world")) + 1  # " foo" is one token
+    got = choice_logprobs(params, cfg, tok, "Hello world ", ["foo"])
+    np.testing.assert_allclose(got, [direct_logprob(params, cfg, ids, 1)], rtol=1e-5)
+
+    row = {
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the window of a car.",
+        "ctx_b": "then",
+        "ctx": "unused here",
+        "endings": [", the man adds wax to the  windshield.", "Stop. [step] Now."],
+        "label": 0,
+    }
+    (tmp_path / "hs.jsonl").write_text(json.dumps(row))
+    (ex,) = read_choices(tmp_path / "hs.jsonl")
+    assert ex["context"] == (
+        "Removing ice from car: Then, the man writes over the snow covering the window of a car. Then"
+    )
+    assert ex["choices"] == [" , the man adds wax to the windshield.", " Stop. Now."]
+    assert ex["chars"] == [len(c) - 1 for c in ex["choices"]]  # lm-eval's acc_norm: without the space
