@@ -27,6 +27,7 @@ from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_same_images, load_data, make_tokenizer
+from gptjax.hf_tokenizer import pick_tokenizer
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import (
     GPTConfig,
@@ -133,7 +134,7 @@ def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path
 
     hf_dir = convert.resolve_hf_dir(init_from)
     vocab_size = convert.read_hf_config(hf_dir).vocab_size
-    return ("hf", hf_dir), convert.pick_tokenizer(tokenizer or "auto", vocab_size, hf_dir)
+    return ("hf", hf_dir), pick_tokenizer(tokenizer or "auto", vocab_size, hf_dir)
 
 
 def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gptjax import convert
+from gptjax import convert, hf_tokenizer
 from gptjax.data import ByteTokenizer, CharTokenizer, GPT2Tokenizer
 from gptjax.model import GPT, GPTConfig
 from gptjax.train import load_params, train_and_evaluate
@@ -272,7 +272,7 @@ def test_weight_errors_name_the_weight_and_shapes():
             convert.params_from_hf(weights, cfg)
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="tokenizer has 256 ids but the model's vocab_size is 11"):
-        convert.pick_tokenizer("byte", 11)
+        hf_tokenizer.pick_tokenizer("byte", 11)
     with pytest.raises(ValueError, match="sinusoidal"):
         convert.hf_config(GPTConfig(vocab_size=11, position="sinusoidal"))
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptjax import convert
+from gptjax import convert, hf_tokenizer
 from gptjax.data import ByteTokenizer, CharTokenizer, GPT2Tokenizer, bpe
 from gptjax.model import GPT, GPTConfig
 
@@ -38,7 +38,7 @@ def gpt2_export(tmp_path_factory):
     tok = GPT2Tokenizer(str(ranks))
     directory = tmp_path_factory.mktemp("gpt2_tokenizer")
     start = time.perf_counter()
-    names = convert.save_hf_tokenizer(directory, tok, model_max_length=1024)
+    names = hf_tokenizer.save_hf_tokenizer(directory, tok, model_max_length=1024)
     seconds = time.perf_counter() - start
     assert names == ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
     return tok, transformers.AutoTokenizer.from_pretrained(directory), seconds, directory
@@ -98,22 +98,22 @@ def test_trained_tokenizer_round_trips_and_char_byte_write_nothing(tmp_path, dat
     text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:50_000]
     (tmp_path / "corpus.txt").write_text(text)
     tok = bpe.train_bpe([str(tmp_path / "corpus.txt")], vocab_size=400)
-    names = convert.save_hf_tokenizer(tmp_path / "hf", tok, model_max_length=64)
+    names = hf_tokenizer.save_hf_tokenizer(tmp_path / "hf", tok, model_max_length=64)
     assert names == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert len(hf) == 400 and hf.eos_token_id == tok.eos_id == 0
     sample = text[-3000:] + " naïve 😀 1234<|endoftext|>  \n"
     assert hf(sample)["input_ids"] == tok.encode(sample) and hf.decode(tok.encode(sample)) == sample
     # Importing the directory again finds its tokenizer ("auto": no built-in one has 400 ids).
-    assert convert.pick_tokenizer("auto", 400, tmp_path / "hf").encode(sample) == tok.encode(sample)
+    assert hf_tokenizer.pick_tokenizer("auto", 400, tmp_path / "hf").encode(sample) == tok.encode(sample)
     with pytest.raises(
         ValueError, match="no built-in tokenizer has the model's 400 ids and the model has no"
     ):
-        convert.pick_tokenizer("auto", 400, tmp_path)
+        hf_tokenizer.pick_tokenizer("auto", 400, tmp_path)
 
     for other in (CharTokenizer("ab"), ByteTokenizer()):
         (tmp_path / other.kind).mkdir()
-        assert convert.save_hf_tokenizer(tmp_path / other.kind, other, model_max_length=64) == []
+        assert hf_tokenizer.save_hf_tokenizer(tmp_path / other.kind, other, model_max_length=64) == []
         assert not list((tmp_path / other.kind).iterdir())
         notice = f"the {other.kind} tokenizer has no Hugging Face equivalent: no tokenizer files written"
         assert capsys.readouterr().out.splitlines() == [notice]
