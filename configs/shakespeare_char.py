@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.remat = "none"  # recompute activations in the backward pass: none, full, dots, dots_no_batch
     c.model.scan_layers = False  # nn.scan over the blocks: compiles one block instead of n_layer
     c.model.loss_chunk = 0  # N > 0: fused LM head + loss over N positions at a time (large vocabularies)
+    c.model.logits_dtype = "float32"  # the LM head's output in the loss: float32, or model.dtype (autocast's)
     c.model.lora_rank = 0  # r > 0: fine-tune low-rank adapters only (needs init_from), scaled alpha / r
     c.model.lora_alpha = 16.0
     c.model.lora_targets = ("c_attn", "c_proj", "fc", "proj")  # attention's qkv, its output, the MLP

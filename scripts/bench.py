@@ -29,6 +29,7 @@ proposals accepted, tokens per model call, and for greedy whether the text is th
 import json
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -277,6 +278,8 @@ def main(argv):
                 config, vocab, steps=FLAGS.steps, warmup=FLAGS.warmup, profile_dir=profile_dir
             )
             results.append({"variant": FLAGS.variant[i - 1] if i else "", **result})
+            if FLAGS.variant:  # each as it is measured (stderr): a run cut short keeps what it measured
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         print(json.dumps(results if FLAGS.variant else results[0]))
         return
     print(json.dumps(benchmark_generate(), indent=1))

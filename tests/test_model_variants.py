@@ -226,3 +226,37 @@ def test_scanned_layers_draw_their_own_dropout_masks(params):
     assert np.count_nonzero(bias_LD) > bias_LD.size // 4  # the gradient reaches the biases
     for i in range(1, BASE.n_layer):
         assert not np.allclose(bias_LD[0], bias_LD[i]), i
+
+
+def _dots(jaxpr):
+    """Every dot_general of a jaxpr, nested calls (jit, custom_vjp, scan) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    yield from _dots(inner)
+
+
+@pytest.mark.parametrize("loss_chunk", [0, 4])
+def test_bf16_lm_head_gradients_are_bf16_matmuls(params, loss_chunk):
+    """The LM head's backward multiplies in the compute dtype, as its forward does: with float32 logits
+    the float32 cotangent made autodiff upcast the head for two float32 (TF32) matmuls of B x T x V."""
+    cfg = dataclasses.replace(BASE, dtype="bfloat16", vocab_multiple=64, loss_chunk=loss_chunk)
+    p = dict(params)
+    p["wte"] = {"embedding": jnp.pad(params["wte"]["embedding"], ((0, 24), (0, 0)))}
+    x_BT = tokens()
+
+    def loss(q):
+        return GPT(cfg).apply({"params": q}, x_BT[:, :-1], targets_BT=x_BT[:, 1:])[0]
+
+    head_dots = [
+        eqn
+        for eqn in _dots(jax.make_jaxpr(jax.grad(loss))(p).jaxpr)
+        if any(64 in v.aval.shape for v in eqn.invars)  # the padded vocabulary: the head's matmuls
+    ]
+    assert len(head_dots) == 3  # logits, d hidden states, d head
+    for eqn in head_dots:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn

@@ -322,6 +322,38 @@ def test_train_step_with_chunked_loss_equals_plain(tiny_state, tiny_cfg, tiny_ba
     assert_trees_close(got.params, want.params, atol=1e-3)
 
 
+@pytest.mark.parametrize("chunk", [0, 3], ids=["full", "chunked"])
+def test_bf16_logits_are_the_rounded_float32_logits(tiny_cfg, chunk):
+    """logits_dtype=bfloat16 (PyTorch autocast's LM head): the loss is the float32 softmax of the float32
+    logits rounded to bf16, full or chunked, with gradients; sampling's logits stay float32."""
+    cfg = dataclasses.replace(tiny_cfg, dtype="bfloat16", vocab_multiple=64, loss_chunk=chunk)
+    bf16 = dataclasses.replace(cfg, logits_dtype="bfloat16")
+    params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, (3, 9), dtype=np.int32)
+    x_BT, y_BT = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
+
+    def rounded_loss(p):
+        logits_BTV, _ = GPT(cfg).apply({"params": p}, x_BT)
+        logits_BTV = logits_BTV.astype(jnp.bfloat16).astype(jnp.float32)
+        logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
+        return -jnp.take_along_axis(logp_BTV, y_BT[..., None], axis=-1).mean()
+
+    loss_of = lambda c: lambda p: GPT(c).apply({"params": p}, x_BT, targets_BT=y_BT)[0]  # noqa: E731
+    want, want_grads = jax.jit(jax.value_and_grad(rounded_loss))(params)
+    got, got_grads = jax.jit(jax.value_and_grad(loss_of(bf16)))(params)
+    exact = float(jax.jit(loss_of(cfg))(params))
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert float(got) != exact  # the rounding is real: float32 logits give another loss
+    assert_trees_close(got_grads, want_grads, atol=2e-4)
+    logits_BTV, _ = jax.jit(GPT(bf16).apply)({"params": params}, x_BT)
+    assert logits_BTV.dtype == jnp.float32
+
+
+def test_logits_dtype_is_float32_or_the_compute_dtype(tiny_cfg):
+    with pytest.raises(ValueError, match="logits_dtype='bfloat16' must be 'float32' or the compute dtype"):
+        dataclasses.replace(tiny_cfg, logits_dtype="bfloat16")  # a float32 model
+
+
 # ----- Evaluation. -----
 
 
