@@ -64,8 +64,16 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x_BTD.shape
         N = self.n_head
         H = D // N
-        qkv_BT3D = self._dense(3 * D, normal_init(), "c_attn")(x_BTD)
-        q_BTD, k_BTD, v_BTD = jnp.split(qkv_BT3D, 3, axis=-1)
+        implementation = self.implementation
+        if implementation == "auto":
+            half = jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)
+            gpu = jax.default_backend() == "gpu" and cache is None and kv_mask_BS is None
+            implementation = "cudnn" if half and gpu else "xla"
+        if implementation == "cudnn":  # q, k, v as three matmuls: cuDNN reads each in place
+            q_BTD, k_BTD, v_BTD = self._dense(3 * D, normal_init(), "c_attn", splits=3)(x_BTD)
+        else:
+            qkv_BT3D = self._dense(3 * D, normal_init(), "c_attn")(x_BTD)
+            q_BTD, k_BTD, v_BTD = jnp.split(qkv_BT3D, 3, axis=-1)
         q_BTNH = q_BTD.reshape(B, T, N, H)
         k_BTNH = k_BTD.reshape(B, T, N, H)
         v_BTNH = v_BTD.reshape(B, T, N, H)
@@ -79,11 +87,6 @@ class CausalSelfAttention(nn.Module):
         if kv_mask_BS is not None:
             mask_BTS = mask_BTS & kv_mask_BS[:, None, :].astype(bool)
 
-        implementation = self.implementation
-        if implementation == "auto":
-            half = jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)
-            gpu = jax.default_backend() == "gpu" and cache is None and kv_mask_BS is None
-            implementation = "cudnn" if half and gpu else "xla"
         if implementation != "einsum":
             if self.dropout and not deterministic:
                 raise ValueError(
@@ -137,9 +140,17 @@ class CausalSelfAttention(nn.Module):
             new_cache = _write(cache, k_BNHT, v_BNTH, end + after)
         return self._project(out_BTNH, deterministic), new_cache
 
-    def _dense(self, features: int, init, name: str) -> Dense:
+    def _dense(self, features: int, init, name: str, splits: int = 1) -> Dense:
         return Dense(
-            features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, self.lora, name=name
+            features,
+            self.use_bias,
+            init,
+            self.dtype,
+            self.param_dtype,
+            self.out_in,
+            self.lora,
+            splits,
+            name=name,
         )
 
     def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:

@@ -134,9 +134,11 @@ class Dense(nn.Module):
     param_dtype: Dtype
     out_in: bool = False
     lora: LoRA | None = None  # adapters, when lora.targets names this layer
+    # > 1: the output's column blocks as that many matmuls, returned as a list (no copy slicing them out)
+    splits: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array | list[jax.Array]:
         d_in = x.shape[-1]
         if self.out_in:
             init = lambda key, shape, dtype: self.kernel_init(key, shape[::-1], dtype).T  # noqa: E731
@@ -151,17 +153,26 @@ class Dense(nn.Module):
         # [B, T] made XLA's CPU backend recompute the (bias-free) MLP's GELU gradient inside a transposing
         # copy, which cost 17 of 60 ms a step on shakespeare_char:cpu.
         x_ND = x.reshape(-1, d_in)
-        y_NF = jax.lax.dot_general(x_ND, kernel, (((1,), (1 if self.out_in else 0,)), ((), ())))
-        if bias is not None:
-            y_NF = y_NF + bias.reshape(1, -1)
         rank = lora_rank(self.lora, self.name)
         if rank:  # A as PEFT's (torch.nn.Linear's kaiming-uniform: U(+-1/sqrt(in))), B zeros
             a_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
             a = self.param("lora_a", a_init, (d_in, rank), self.param_dtype)
             b = self.param("lora_b", nn.initializers.zeros_init(), (rank, self.features), self.param_dtype)
             a, b = jnp.asarray(a, self.dtype), jnp.asarray(b, self.dtype)
-            y_NF = y_NF + (x_ND @ a) @ b * (self.lora.alpha / rank)
-        return y_NF.reshape(*x.shape[:-1], self.features)
+            xa_NR = x_ND @ a
+        n = self.splits
+        kernels = jnp.split(kernel, n, axis=0 if self.out_in else 1)
+        biases = jnp.split(bias, n) if bias is not None else [None] * n
+        lora_bs = jnp.split(b, n, axis=1) if rank else [None] * n
+        outs = []
+        for kernel_i, bias_i, b_i in zip(kernels, biases, lora_bs, strict=True):
+            y_NF = jax.lax.dot_general(x_ND, kernel_i, (((1,), (1 if self.out_in else 0,)), ((), ())))
+            if bias_i is not None:
+                y_NF = y_NF + bias_i.reshape(1, -1)
+            if rank:
+                y_NF = y_NF + xa_NR @ b_i * (self.lora.alpha / rank)
+            outs.append(y_NF.reshape(*x.shape[:-1], self.features // n))
+        return outs if n > 1 else outs[0]
 
 
 _SQRT_HALF, _INV_SQRT_2PI = 0.7071067811865476, 0.3989422804014327

@@ -542,6 +542,27 @@ def test_gelu_exact_value_and_gradient():
     np.testing.assert_allclose(gelu_exact(x32), jax.nn.gelu(x32, approximate=False), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("out_in", [False, True])
+@pytest.mark.parametrize("lora", [False, True])
+def test_dense_splits_are_the_column_blocks(out_in, lora):
+    """Dense(splits=3) (q, k, v for cuDNN attention) returns the three column blocks of the one product,
+    bias and LoRA adapters included, in either kernel layout, from the same params."""
+    from gptjax.layers import Dense, LoRA, normal_init
+
+    adapters = LoRA(2, 16.0, ("c_attn",)) if lora else None
+    dense = lambda splits: Dense(  # noqa: E731
+        24, True, normal_init(), jnp.float32, jnp.float32, out_in, adapters, splits, name="c_attn"
+    )
+    x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+    params = dense(1).init(jax.random.key(0), x)
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(3), a.shape), params)
+    blocks = dense(3).apply(params, x)
+    assert [b.shape for b in blocks] == [(2, 5, 8)] * 3
+    np.testing.assert_allclose(
+        jnp.concatenate(blocks, axis=-1), dense(1).apply(params, x), rtol=1e-6, atol=1e-6
+    )
+
+
 def test_imagegpt_norm_gelu_and_head():
     """norm="rms" is x / sqrt(mean(x^2) + eps) * scale with no bias; gelu="quick" is x sigmoid(1.702 x);
     output_vocab leaves the ids past it no probability."""
