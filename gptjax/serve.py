@@ -58,10 +58,22 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # what a browser sends; Pillow tries no other decoder
 IMAGE_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "seed")  # /v1/images' sampling options
 LIMITS = {"max_tokens": 65_536, "n": 128}  # per request
+# A body over its limit is answered 413 and then read and dropped (up to this much, while it keeps coming),
+# so that a client still sending sees the answer rather than a connection reset.
+DRAIN_BYTES = 64 << 20
+DRAIN_TIMEOUT_S = 2.0
 
 
 class BadRequest(ValueError):
     """A request the API refuses (400), with a one-line message."""
+
+
+class TooLarge(BadRequest):
+    """A body over the endpoint's limit (413); `unread`: its bytes still to come (None: unknown)."""
+
+    def __init__(self, message: str, unread: int | None):
+        super().__init__(message)
+        self.unread = unread
 
 
 @dataclasses.dataclass
@@ -369,12 +381,13 @@ def images(served: Served, body: dict) -> dict:
     classes, n = body.pop("classes", None), body.pop("n", None)
     given, given_rows = body.pop("image", None), body.pop("given_rows", None)
     n = 8 if n is None else n  # null: the default, as for every other field
-    if isinstance(classes, str | int):
+    if isinstance(classes, str | int) and not isinstance(classes, bool):
         classes = [classes]
     if classes == []:
         raise BadRequest("classes is empty; leave it out to draw every class")
     if classes is not None and not (
-        isinstance(classes, list) and all(isinstance(c, str | int) for c in classes)
+        isinstance(classes, list)
+        and all(isinstance(c, str | int) and not isinstance(c, bool) for c in classes)
     ):
         raise BadRequest(f"classes={classes!r} must be a list of class names or indices")
     options = {k: v for k, v in body.items() if v is not None}
@@ -454,6 +467,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.path == "/v1/completions" and body.get("stream"):
                 return self._stream(body)
             self._json(200, routes[self.path](self.served, body))
+        except TooLarge as e:
+            self._error(413, str(e))
+            self._drop_body(e.unread)
         except (
             BadRequest,
             DataError,
@@ -481,7 +497,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if length < 0:
                 raise BadRequest(f"Content-Length={length} must be >= 0")
             if length > limit:
-                raise BadRequest(f"the request has {length} bytes, more than {limit}")
+                raise TooLarge(f"the request has {length} bytes, more than this endpoint's {limit}", length)
             return self.rfile.read(length)
         if encoding.strip().lower() != "chunked":
             raise BadRequest(
@@ -499,7 +515,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     f"the chunked body has a bad chunk size line {bytes(line)!r}; send Content-Length"
                 )
             if len(body) + size > limit:
-                raise BadRequest(f"the chunked request has more than {limit} bytes")
+                raise TooLarge(f"the chunked request has more than this endpoint's {limit} bytes", None)
             if size == 0:
                 break
             chunk = self.rfile.read(size)
@@ -512,6 +528,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.rfile.readline(1024) in (b"\r\n", b"\n", b""):
                 break
         return bytes(body)
+
+    def _drop_body(self, unread: int | None) -> None:
+        """Reads and drops what is left of a refused body (at most DRAIN_BYTES, until the client pauses
+        DRAIN_TIMEOUT_S), then closes the connection."""
+        self.close_connection = True
+        left = DRAIN_BYTES if unread is None else min(unread, DRAIN_BYTES)
+        self.connection.settimeout(DRAIN_TIMEOUT_S)
+        try:
+            while left > 0:
+                piece = self.rfile.read1(min(left, 1 << 20))
+                if not piece:
+                    break
+                left -= len(piece)
+        except OSError:  # the pause (a timeout) or the client going away
+            pass
 
     def _stream(self, body: dict) -> None:
         """Server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`."""

@@ -331,10 +331,10 @@ def test_a_chunked_body_is_read_and_bounded_as_any_other(url):
     assert response.status == 200, out
     assert out["choices"] == post(url, "/v1/completions", json.loads(body))[2]["choices"]
     too_big = f"{serve.MAX_BODY_BYTES + 1:x}\r\n".encode()  # refused at its size line, before its bytes
-    for chunks, message in [
-        (too_big, f"the chunked request has more than {serve.MAX_BODY_BYTES} bytes"),
-        (b"zz\r\n", r"the chunked body has a bad chunk size line b'zz\\r\\n'; send Content-Length"),
-        (b"3\r\n{}}}\r\n", "a chunk of the body is shorter or longer than its size line says"),
+    for chunks, message, status in [
+        (too_big, f"the chunked request has more than this endpoint's {serve.MAX_BODY_BYTES} bytes", 413),
+        (b"zz\r\n", r"the chunked body has a bad chunk size line b'zz\\r\\n'; send Content-Length", 400),
+        (b"3\r\n{}}}\r\n", "a chunk of the body is shorter or longer than its size line says", 400),
     ]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.putrequest("POST", "/v1/completions")
@@ -343,7 +343,23 @@ def test_a_chunked_body_is_read_and_bounded_as_any_other(url):
         response = conn.getresponse()
         error = json.loads(response.read())["error"]["message"]
         conn.close()
-        assert response.status == 400 and re.search(message, error), error
+        assert response.status == status and re.search(message, error), error
+
+
+def test_an_oversized_body_is_answered_413_not_reset(url):
+    """A body over the limit gets a 413 and its one line; the server reads and drops the rest, so that a
+    client that sends all of it before reading (http.client, browsers) gets the answer, not a reset."""
+    import http.client
+
+    port = int(url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/completions", body=b" " * (16 * serve.MAX_BODY_BYTES))
+    response = conn.getresponse()
+    error = json.loads(response.read())["error"]["message"]
+    conn.close()
+    assert response.status == 413, error
+    assert error == f"the request has {16 * serve.MAX_BODY_BYTES} bytes, more than this endpoint's 1048576"
+    assert post(url, "/v1/completions", {"prompt": "a", "max_tokens": 1})[0] == 200  # it serves on
 
 
 def served_image_model(tok: PaletteTokenizer):
@@ -391,6 +407,8 @@ def test_images_endpoint_draws_what_image_draw_does(class_images, tmp_path):
         ({"seed": 1, "beams": 2}, "unknown fields"),
         ({"classes": {}}, "a list"),
         ({"classes": []}, "classes is empty"),
+        ({"classes": [True]}, "must be a list of class names or indices"),  # JSON true is no index 1
+        ({"classes": False}, "must be a list of class names or indices"),
     ]
     for body, message in bad:
         status, _, out = post(url, "/v1/images", body)
