@@ -288,8 +288,8 @@ def generate(
     check(config, draft_config, options, K)
     prompts, n_new = sample._checked(config, prompts, options)
     rules = options.rules(prompt_len=max(map(len, prompts)), custom=custom)
-    params, config = sample.for_decoding(params, config)
-    draft_params, draft_config = sample.for_decoding(draft_params, draft_config)
+    params, config = decode.for_decoding(params, config)
+    draft_params, draft_config = decode.for_decoding(draft_params, draft_config)
     eos_E = jnp.asarray(options.eos_token_id or (), jnp.int32)
     greedy, R = options.mode == "greedy", options.num_return_sequences
     seed = jax.random.key(options.seed, impl="philox4x32")

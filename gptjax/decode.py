@@ -1,9 +1,13 @@
-"""The device side of generation (gptjax.sample is the host side): the decoding state, the prefill that
+"""The device side of generation (gptjax.sample is the host side): the params as decoding reads them
+(per layer, einsum attention; [out, in] kernels for one row on CPU), the decoding state, the prefill that
 fills the KV cache, one model step, the sampling of a token, and the jitted `lax.while_loop` that
 decodes until a column is written, every row is finished, or the cache is full.
 """
 
+import dataclasses
 import functools
+import weakref
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +15,67 @@ import numpy as np
 from flax import struct
 
 from gptjax import beam as beam_lib
-from gptjax.model import GPT, GPTConfig, init_cache
+from gptjax.model import GPT, GPTConfig, init_cache, unstack_layers
 from gptjax.sampling import BEAM_MODES, History, TopK, apply_rules
+
+# ----- The params as decoding reads them -------------------------------------------------------------------
+
+
+def for_decoding(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
+    """Per-layer params and the einsum attention (the one that reads the cache in place), no remat."""
+    if config.scan_layers:
+        params = unstack_layers(params)
+    return params, dataclasses.replace(
+        config, scan_layers=False, remat="none", attention="einsum", dropout=0.0
+    )
+
+
+# Decoding one row on CPU reads every weight once per token; XLA's CPU matrix-vector product streams
+# [out, in] kernels ~20% faster than [in, out] ones once they no longer fit the caches (measured: GPT-2
+# 124M +7-15% tokens/s; the 0.8M baby GPT slower). Smaller models keep [in, out].
+MATVEC_MIN_KERNEL_BYTES = 64 * 2**20
+_matvec_cache: dict[str, Any] = {}  # the last params' transposed kernels, dropped with those params
+
+
+def for_matvec(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
+    """Params and config with every Dense kernel transposed to [out, in] (gptjax.layers.Dense), the layout
+    in which XLA's CPU decodes one row fastest. The copy is kept while `params` (jax arrays) lives, so that
+    repeated generate calls on the same params transpose once."""
+    leaves = jax.tree_util.tree_leaves(params)
+    hit = _matvec_cache.get("sources")
+    if (
+        hit is not None
+        and len(hit) == len(leaves)
+        and all(r() is x for r, x in zip(hit, leaves, strict=True))
+    ):
+        return _matvec_cache["params"], dataclasses.replace(config, kernel_layout="out_in")
+    _matvec_cache.clear()
+    flip = lambda path, x: _transpose(x) if path[-1].key == "kernel" else x  # noqa: E731
+    flipped = jax.tree_util.tree_map_with_path(flip, params)
+    # Only jax arrays are cached: they cannot change, while a numpy array edited in place keeps its id.
+    if all(isinstance(x, jax.Array) for x in leaves):
+        sources = [weakref.ref(x) for x in leaves]
+        weakref.finalize(leaves[0], _drop_matvec_cache, sources)
+        _matvec_cache.update(sources=sources, params=flipped)
+    return flipped, dataclasses.replace(config, kernel_layout="out_in")
+
+
+def _drop_matvec_cache(sources: list) -> None:
+    if _matvec_cache.get("sources") is sources:
+        _matvec_cache.clear()
+
+
+def use_matvec_layout(params: Any, rows: int) -> bool:
+    if rows != 1 or jax.default_backend() != "cpu":
+        return False
+    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"]
+    return sum(x.size * x.dtype.itemsize for x in kernels) >= MATVEC_MIN_KERNEL_BYTES
+
+
+_transpose = jax.jit(jnp.transpose)
+
+
+# ----- The decoding loop -----------------------------------------------------------------------------------
 
 
 @struct.dataclass

@@ -15,7 +15,7 @@ How `generate_ids` runs:
     numbers come from per-row Philox keys (seed, prompt, sample index) folded with the step. Beside each
     new token the loop keeps its log-probability under the model (the log-softmax of the raw logits,
     before any rule), which beams carry along as they are reordered: Completion.logprobs.
-  * One decoded row of a large model on CPU reads its kernels transposed (`for_matvec`): XLA's CPU
+  * One decoded row of a large model on CPU reads its kernels transposed (`decode.for_matvec`): XLA's CPU
     matrix-vector product streams [out, in] weights faster than [in, out] ones.
   * Past the context the window slides: the newest block_size // 2 tokens are run through prefill again
     (a new cache, positions from 0) and decoding goes on, so each new token sees between block_size // 2
@@ -31,7 +31,6 @@ import dataclasses
 import operator
 import os
 import warnings
-import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import decode
-from gptjax.model import GPTConfig, unstack_layers
+from gptjax.model import GPTConfig
 from gptjax.sampling import (  # noqa: F401  (re-exported: gptjax.sample.TopK etc.)
     BEAM_MODES,
     DEFAULT_MAX_NEW_TOKENS,
@@ -67,65 +66,11 @@ STOP_CHECK_CHUNK = 32  # tokens decoded between two host-side checks of stop str
 # ----- Host side: token ids in, token ids out ----------------------------------------------------------
 
 
-def for_decoding(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
-    """Per-layer params and the einsum attention (the one that reads the cache in place), no remat."""
-    if config.scan_layers:
-        params = unstack_layers(params)
-    return params, dataclasses.replace(
-        config, scan_layers=False, remat="none", attention="einsum", dropout=0.0
-    )
-
-
 @jax.jit
 def _row_keys(key, prompt_hash_B, copy_B):
     """fold_in(fold_in(key, prompt hash), copy index) per row (jitted: eagerly it costs ms)."""
     fold = lambda h, r: jax.random.fold_in(jax.random.fold_in(key, h), r)  # noqa: E731
     return jax.vmap(fold)(prompt_hash_B, copy_B)
-
-
-# Decoding one row on CPU reads every weight once per token; XLA's CPU matrix-vector product streams
-# [out, in] kernels ~20% faster than [in, out] ones once they no longer fit the caches (measured: GPT-2
-# 124M +7-15% tokens/s; the 0.8M baby GPT slower). Smaller models keep [in, out].
-MATVEC_MIN_KERNEL_BYTES = 64 * 2**20
-_matvec_cache: dict[str, Any] = {}  # the last params' transposed kernels, dropped with those params
-
-
-def for_matvec(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
-    """Params and config with every Dense kernel transposed to [out, in] (gptjax.layers.Dense), the layout
-    in which XLA's CPU decodes one row fastest. The copy is kept while `params` (jax arrays) lives, so that
-    repeated generate calls on the same params transpose once."""
-    leaves = jax.tree_util.tree_leaves(params)
-    hit = _matvec_cache.get("sources")
-    if (
-        hit is not None
-        and len(hit) == len(leaves)
-        and all(r() is x for r, x in zip(hit, leaves, strict=True))
-    ):
-        return _matvec_cache["params"], dataclasses.replace(config, kernel_layout="out_in")
-    _matvec_cache.clear()
-    flip = lambda path, x: _transpose(x) if path[-1].key == "kernel" else x  # noqa: E731
-    flipped = jax.tree_util.tree_map_with_path(flip, params)
-    # Only jax arrays are cached: they cannot change, while a numpy array edited in place keeps its id.
-    if all(isinstance(x, jax.Array) for x in leaves):
-        sources = [weakref.ref(x) for x in leaves]
-        weakref.finalize(leaves[0], _drop_matvec_cache, sources)
-        _matvec_cache.update(sources=sources, params=flipped)
-    return flipped, dataclasses.replace(config, kernel_layout="out_in")
-
-
-def _drop_matvec_cache(sources: list) -> None:
-    if _matvec_cache.get("sources") is sources:
-        _matvec_cache.clear()
-
-
-def _use_matvec_layout(params: Any, rows: int) -> bool:
-    if rows != 1 or jax.default_backend() != "cpu":
-        return False
-    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"]
-    return sum(x.size * x.dtype.itemsize for x in kernels) >= MATVEC_MIN_KERNEL_BYTES
-
-
-_transpose = jax.jit(jnp.transpose)
 
 
 def _token_ids(prompts) -> list[list[int]]:
@@ -283,12 +228,12 @@ def _generate(
             custom=logits_processor,
             num_assistant_tokens=num_assistant_tokens,
         )
-    params, config = for_decoding(params, config)
+    params, config = decode.for_decoding(params, config)
     state, P, final, rules = _prepare(params, config, prompts, options, logits_processor)
     mode, S = options.mode, state.kv_mask_BS.shape[1]
     step_params, step_config = params, config  # what the decode loop reads; prefill keeps [in, out]
-    if _use_matvec_layout(params, rows=state.tokens_BL.shape[0]):
-        step_params, step_config = for_matvec(params, config)
+    if decode.use_matvec_layout(params, rows=state.tokens_BL.shape[0]):
+        step_params, step_config = decode.for_matvec(params, config)
     eos_E = jnp.asarray(options.eos_token_id or (), jnp.int32)
     length_penalty = jnp.float32(options.length_penalty)
     if mode in BEAM_MODES:

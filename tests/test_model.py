@@ -365,7 +365,7 @@ def test_prefill_then_decode_equals_full_forward(tiny_cfg, options):
 def test_out_in_kernels_compute_the_same_model(tiny_cfg):
     """kernel_layout="out_in" (batch-1 decoding) = the same model with every Dense kernel transposed; its
     own initialisation draws the same weights as nn.Dense does."""
-    from gptjax.sample import for_matvec
+    from gptjax.decode import for_matvec
 
     cfg = dataclasses.replace(tiny_cfg, bias=True)
     params = init_params(cfg)

@@ -106,13 +106,13 @@ def test_one_token_prompts_skip_the_prefill(tiny_cfg, params, full_logits, monke
 def test_one_row_decoding_with_transposed_kernels(tiny_cfg, params, full_logits, monkeypatch):
     """The [out, in] kernel layout that one-row decoding of large models uses (any size here) decodes
     the same tokens, and later calls on the same params reuse one transposed copy."""
-    monkeypatch.setattr(sample, "MATVEC_MIN_KERNEL_BYTES", 0)
+    monkeypatch.setattr(decode, "MATVEC_MIN_KERNEL_BYTES", 0)
     got = run(params, tiny_cfg, [PROMPTS[2]], max_new_tokens=13, do_sample=False)[0][0]
     assert got == reference_greedy(tiny_cfg, full_logits, PROMPTS[2], 13)
-    flipped = sample._matvec_cache["params"]
+    flipped = decode._matvec_cache["params"]
     assert flipped["h_0"]["mlp"]["fc"]["kernel"].shape == (4 * tiny_cfg.n_embd, tiny_cfg.n_embd)
     run(params, tiny_cfg, [PROMPTS[0]], max_new_tokens=3, do_sample=False)
-    assert sample._matvec_cache["params"] is flipped
+    assert decode._matvec_cache["params"] is flipped
 
 
 @pytest.mark.parametrize(

@@ -461,7 +461,7 @@ def test_max_length_counts_the_prompt_before_cropping(tiny_cfg, params):
 
 def test_numpy_params_edited_in_place_decode_with_the_new_weights(tiny_cfg, params, monkeypatch):
     """numpy arrays keep their identity when edited in place: their transposed copy must not be reused."""
-    monkeypatch.setattr(sample, "MATVEC_MIN_KERNEL_BYTES", 0)
+    monkeypatch.setattr(decode, "MATVEC_MIN_KERNEL_BYTES", 0)
     numpy_params = jax.tree_util.tree_map(np.array, params)
     before = run(numpy_params, tiny_cfg, [PROMPT], max_new_tokens=8, do_sample=False)
     for path, leaf in jax.tree_util.tree_leaves_with_path(numpy_params):
