@@ -7,7 +7,6 @@ model, a grid of samples).
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import math
@@ -27,15 +26,13 @@ from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_same_images, load_data, make_tokenizer
-from gptjax.hf_tokenizer import pick_tokenizer
+from gptjax.init_from import check_same_architecture, init_params, init_source
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import (
     GPTConfig,
     count_params,
     drop_lora,
     merge_lora,
-    stack_layers,
-    unstack_layers,
     with_lora,
 )
 from gptjax.optim import lr_schedule, make_optimizer
@@ -114,62 +111,6 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
         xy = placement.put_batch(xy, config.batch_size)
         out[split] = float(jnp.mean(placement.eval_fn(config.grad_accum)(state, xy)))
     return out
-
-
-def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path], Any]:
-    """((kind, path), tokenizer) of a run starting from `init_from`: ("workdir", W) with W's tokenizer, or
-    ("hf", D) for an HF GPT-2 directory or Hub id (gptjax.convert.resolve_hf_dir) with `tokenizer` (the
-    config's byte or gpt2 one; it must fit the model's vocab), else the built-in one that fits (GPT-2's
-    BPE for 50257 ids, bytes for 256)."""
-    path = pathlib.Path(init_from).expanduser()
-    if (path / "checkpoints").is_dir():
-        saved = Checkpointer(path, read_only=True).restore_json()
-        return ("workdir", path), data_lib.tokenizer_from_json(saved["tokenizer"])
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"init_from={init_from} has neither gptjax checkpoints nor an HF config.json; pass a trained "
-            "workdir, an HF GPT-2 directory or a Hub id"
-        )
-    from gptjax import convert  # here: gptjax.convert imports this module
-
-    hf_dir = convert.resolve_hf_dir(init_from)
-    vocab_size = convert.read_hf_config(hf_dir).vocab_size
-    return ("hf", hf_dir), pick_tokenizer(tokenizer or "auto", vocab_size, hf_dir)
-
-
-def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:
-    """The params a fine-tuning run starts from (`init_source`'s), checked against config.model (`cfg`);
-    without LoRA adapters, which start fresh (model.with_lora)."""
-    cfg, abstract_params = dataclasses.replace(cfg, lora_rank=0), drop_lora(abstract_params)
-    if kind == "hf":
-        from gptjax import convert  # here: gptjax.convert imports this module
-
-        params, src_cfg = convert.load_hf(path, into=cfg)  # raises naming each field that differs
-    else:
-        params, src_cfg, _, _ = load_params(path)
-        check_same_architecture(src_cfg, cfg, f"init_from={path}")
-        if src_cfg.scan_layers and not cfg.scan_layers:
-            params = unstack_layers(params)
-        elif cfg.scan_layers and not src_cfg.scan_layers:
-            params = stack_layers(params, cfg.n_layer)
-    if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract_params):
-        raise ValueError(
-            f"init_from={path}: its model {src_cfg} does not match config.model {cfg}; "
-            "set config.model to the source model's shape"
-        )
-    # Host arrays: the restored ones sit on one device, which put_state cannot spread over other processes.
-    to_host = lambda p, a: np.asarray(jax.device_get(p), a.dtype)  # noqa: E731
-    return jax.tree_util.tree_map(to_host, params, abstract_params)
-
-
-def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> None:
-    """One-line ValueError naming each field of config.model (`cfg`) that changes the function of the
-    saved model, even with the same shapes (n_head, gelu, position ...): the fields an HF import checks
-    too (gptjax.convert.SAME_MODEL_FIELDS). Dtypes, dropout, attention kernel and remat are free;
-    scan_layers is free for fine-tuning (the params are restacked), not for resuming."""
-    from gptjax.convert import check_same_model  # here: gptjax.convert imports this module
-
-    check_same_model(saved, cfg, source=f"the model of {source}", label="saved")
 
 
 def _check_finite(step: int, metrics: dict) -> None:
