@@ -1,11 +1,10 @@
 """The GPT model: a frozen GPTConfig, a table of named sizes, the decoder Block and GPT itself.
 
 Pre-LayerNorm decoder (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)), a final LayerNorm and an LM
-head tied to the token embedding. Logits are float32.
+head tied to the token embedding (the head and the loss: gptjax.lm_head). Logits are float32.
 """
 
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,7 +12,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gptjax import attention
 from gptjax.layers import (
@@ -28,6 +26,7 @@ from gptjax.layers import (
     normal_init,
     sinusoidal_table,
 )
+from gptjax.lm_head import cross_entropy, head_logits, lm_head_loss
 
 # Named sizes. baby = nanoGPT's shakespeare_char model, baby-cpu its CPU run; gpt2* = OpenAI's GPT-2
 # family (Radford et al. 2019, table 2; HF config.json of each checkpoint).
@@ -360,116 +359,6 @@ class GPT(nn.Module):
         if targets_BT is not None:
             return cross_entropy(logits_BTV, targets_BT), new_cache
         return logits_BTV, new_cache
-
-
-# ----- The LM head and the loss -----------------------------------------------------------------------------
-
-
-def head_logits(x_BTD: jax.Array, head_VD: jax.Array, vocab_size: int, dtype: str = "float32") -> jax.Array:
-    """Logits in `dtype` (float32 unless the loss asks for the compute dtype's); rows from vocab_size on
-    (a padded vocabulary's, or ids the head never predicts) get probability 0."""
-    logits_BTV = _head_matmul(x_BTD, head_VD, dtype)
-    if head_VD.shape[0] > vocab_size:
-        lowest = jnp.finfo(logits_BTV.dtype).min  # attention.MASK_VALUE in float32
-        logits_BTV = jnp.where(jnp.arange(head_VD.shape[0]) < vocab_size, logits_BTV, lowest)
-    return logits_BTV
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _head_matmul(x_BTD: jax.Array, head_VD: jax.Array, dtype: str) -> jax.Array:
-    """x @ head^T with `dtype` output. Its gradients are matmuls in the compute dtype (the incoming
-    float32 cotangent cast down first, as PyTorch autocast's backward): autodiff would multiply the
-    float32 cotangent by the upcast bf16 operands, two float32 (TF32) matmuls of B x T x V that cost
-    a GPT-2 step on an H100 ~35 of 177 ms."""
-    return jnp.einsum("BTD,VD->BTV", x_BTD, head_VD, preferred_element_type=jnp.dtype(dtype))
-
-
-def _head_matmul_fwd(x_BTD, head_VD, dtype):
-    return _head_matmul(x_BTD, head_VD, dtype), (x_BTD, head_VD)
-
-
-def _head_matmul_bwd(dtype, residuals, dlogits_BTV):
-    x_BTD, head_VD = residuals
-    dlogits_BTV = dlogits_BTV.astype(x_BTD.dtype)
-    dx_BTD = jnp.einsum("BTV,VD->BTD", dlogits_BTV, head_VD, preferred_element_type=jnp.float32)
-    dhead_VD = jnp.einsum("BTV,BTD->VD", dlogits_BTV, x_BTD, preferred_element_type=jnp.float32)
-    return dx_BTD.astype(x_BTD.dtype), dhead_VD.astype(head_VD.dtype)
-
-
-_head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
-
-
-def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-    """Mean next-token cross entropy in float32 (nats)."""
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
-
-
-def _chunks(x_BT_: jax.Array, chunk: int, fill) -> jax.Array:
-    """[B, T, ...] -> [C, B, chunk, ...]: T padded with `fill` to a multiple of chunk, then split."""
-    B, T = x_BT_.shape[:2]
-    C = -(-T // chunk)
-    pad = [(0, 0), (0, C * chunk - T)] + [(0, 0)] * (x_BT_.ndim - 2)
-    x = jnp.pad(x_BT_, pad, constant_values=fill).reshape(B, C, chunk, *x_BT_.shape[2:])
-    return jnp.moveaxis(x, 1, 0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def lm_head_loss(
-    x_BTD, head_VD, targets_BT, vocab_size: int, chunk: int, logits_dtype: str = "float32"
-) -> jax.Array:
-    """cross_entropy(head_logits(x_BTD, head_VD, logits_dtype)), `chunk` positions at a time: the
-    logits of one chunk at a time. Under grad the gradients are computed in the same pass, chunk by chunk
-    (the dlogits of a chunk are softmax - onehot), so the backward pass neither stores nor recomputes
-    logits."""
-    return _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, logits_dtype, grads=False)[0]
-
-
-def _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, logits_dtype, grads: bool):
-    B, T, D = x_BTD.shape
-    n = B * T
-    x_CBKD = _chunks(x_BTD, chunk, 0)
-    t_CBK = _chunks(targets_BT, chunk, 0)
-    valid_CBK = _chunks(jnp.ones((B, T), bool), chunk, False)
-
-    def body(dhead_VD, chunk_in):
-        x_BKD, t_BK, valid_BK = chunk_in
-        # float32 softmax whatever the logits' dtype (XLA upcasts inside each pass: no float32 copy)
-        logits_BKV = head_logits(x_BKD, head_VD, vocab_size, logits_dtype).astype(jnp.float32)
-        lse_BK = jax.nn.logsumexp(logits_BKV, axis=-1)
-        target_BK = jnp.take_along_axis(logits_BKV, t_BK[..., None], axis=-1)[..., 0]
-        loss = jnp.sum(jnp.where(valid_BK, lse_BK - target_BK, 0.0))
-        if not grads:
-            return dhead_VD, (loss, None)
-        # d(mean loss)/d logits = (softmax - onehot) / n on real positions.
-        probs_BKV = jnp.exp(logits_BKV - lse_BK[..., None])
-        onehot_BKV = jax.nn.one_hot(t_BK, head_VD.shape[0], dtype=jnp.float32)
-        dlogits_BKV = jnp.where(valid_BK[..., None], (probs_BKV - onehot_BKV) / n, 0.0).astype(x_BKD.dtype)
-        dx_BKD = jnp.einsum("BKV,VD->BKD", dlogits_BKV, head_VD, preferred_element_type=jnp.float32)
-        dhead_VD += jnp.einsum("BKV,BKD->VD", dlogits_BKV, x_BKD, preferred_element_type=jnp.float32)
-        return dhead_VD, (loss, dx_BKD)
-
-    dhead_VD = jnp.zeros(head_VD.shape, jnp.float32) if grads else None
-    dhead_VD, (loss_C, dx_CBKD) = jax.lax.scan(body, dhead_VD, (x_CBKD, t_CBK, valid_CBK))
-    loss = jnp.sum(loss_C) / n
-    if not grads:
-        return loss, None
-    dx_BTD = jnp.moveaxis(dx_CBKD, 0, 1).reshape(B, -1, D)[:, :T]
-    return loss, (dx_BTD.astype(x_BTD.dtype), dhead_VD.astype(head_VD.dtype))
-
-
-def _lm_head_loss_fwd(x_BTD, head_VD, targets_BT, vocab_size, chunk, logits_dtype):
-    loss, grads = _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, logits_dtype, grads=True)
-    return loss, (*grads, targets_BT)
-
-
-def _lm_head_loss_bwd(vocab_size, chunk, logits_dtype, residuals, g):
-    dx_BTD, dhead_VD, targets_BT = residuals
-    zero_targets = np.zeros(targets_BT.shape, jax.dtypes.float0)  # integer inputs have no gradient
-    return g.astype(dx_BTD.dtype) * dx_BTD, g.astype(dhead_VD.dtype) * dhead_VD, zero_targets
-
-
-lm_head_loss.defvjp(_lm_head_loss_fwd, _lm_head_loss_bwd)
 
 
 def merge_lora(params: Any, config: GPTConfig) -> tuple[Any, GPTConfig]:
