@@ -24,6 +24,7 @@ pytorch_model.bin (`torch.load(weights_only=True)`), and huggingface_hub only to
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -320,6 +321,21 @@ EXPORT_FILES = (
 )
 
 
+def refuse_other_files(directory: pathlib.Path, ours: Sequence[str], export: str) -> pathlib.Path:
+    """`directory`, unless it is a file or holds files other than `ours` (an earlier export of this kind
+    may be replaced whole; anything else is the user's): then a one-line error."""
+    if directory.exists():
+        if not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is a file; pass a directory for {export}")
+        other = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+        if other:
+            raise FileExistsError(
+                f"{directory} holds files {export} does not write ({', '.join(other[:3])}"
+                f"{', ...' if len(other) > 3 else ''}); pass a new or empty directory"
+            )
+    return directory
+
+
 def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenizer: Any = None) -> None:
     """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads,
     and the tokenizer's files when it has an HF equivalent (`save_hf_tokenizer`).
@@ -329,16 +345,7 @@ def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenize
     directory holding other files is refused rather than replaced."""
     from safetensors.numpy import save_file  # here: the core package does not need safetensors
 
-    directory = pathlib.Path(directory)
-    if directory.exists():
-        if not directory.is_dir():
-            raise NotADirectoryError(f"{directory} is a file; pass a directory for the HF model")
-        other = sorted(p.name for p in directory.iterdir() if p.name not in EXPORT_FILES)
-        if other:
-            raise FileExistsError(
-                f"{directory} holds files an HF export does not write ({', '.join(other[:3])}"
-                f"{', ...' if len(other) > 3 else ''}); pass a new or empty directory"
-            )
+    directory = refuse_other_files(pathlib.Path(directory), EXPORT_FILES, "an HF export")
     weights = params_to_hf(jax.device_get(params), cfg)
     with write_atomically(directory) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer), indent=2))

@@ -53,9 +53,10 @@ def abstract_state(cfg: GPTConfig, opt: Any, seed: int):
     return init, jax.eval_shape(init)
 
 
-def load_params(workdir: str | pathlib.Path, step: int | None = None):
+def load_params(workdir: str | pathlib.Path, step: int | None = None, merge: bool = True):
     """(params, GPTConfig, tokenizer, config dict) of a workdir's checkpoint, for sampling or fine-tuning;
-    LoRA adapters come merged into the kernels (model.merge_lora: the same function, decoded as fast)."""
+    LoRA adapters come merged into the kernels (model.merge_lora: the same function, decoded as fast),
+    or as they were trained with merge=False (gptjax.hf_lora exports them)."""
     for attempt in range(3):
         ckpt = Checkpointer(workdir, read_only=True)
         try:
@@ -67,7 +68,8 @@ def load_params(workdir: str | pathlib.Path, step: int | None = None):
             cfg = model_config(config, tokenizer.vocab_size)
             _, abstract = abstract_state(cfg, config.opt, config.seed)
             state = ckpt.restore_state(abstract, saved["meta"]["step"])
-            return (*merge_lora(state.params, cfg), tokenizer, config)
+            params, cfg = merge_lora(state.params, cfg) if merge else (state.params, cfg)
+            return params, cfg, tokenizer, config
         except StepVanished:  # a run training in `workdir` replaced its latest step: read the new one
             if step is not None or attempt == 2:
                 raise

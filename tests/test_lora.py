@@ -2,6 +2,7 @@
 state for the rest), merges into the same function, and fine-tunes a workdir end to end."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +122,27 @@ def test_lora_fine_tunes_a_workdir_and_refuses_what_it_cannot_do(tmp_path, data_
         if not np.array_equal(np.asarray(a), np.asarray(b))
     ]
     assert changed and all(k.endswith("['kernel']") for k in changed), changed  # only adapted kernels
+
+    # PEFT's adapter files of the run, on its base exported to HF, are the fine-tuned model in PyTorch.
+    import peft
+    import torch
+    import transformers
+
+    from gptjax import convert, hf_lora
+
+    convert.workdir_to_hf(tmp_path / "base", tmp_path / "hf_base")
+    assert hf_lora.workdir_to_peft(tmp_path / "ft", tmp_path / "peft") == str(tmp_path / "base")
+    adapter = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] is None  # a gptjax workdir: its --to_hf export is the base
+    assert adapter["target_modules"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf_base")
+    torch_model = peft.PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    x_BT = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, cfg.block_size))
+    with torch.no_grad():
+        want = torch_model(torch.as_tensor(x_BT)).logits.numpy()
+    np.testing.assert_allclose(logits(cfg, params, jnp.asarray(x_BT))[..., : cfg.vocab_size], want, atol=1e-4)
+    with pytest.raises(ValueError, match=r"has no LoRA adapters \(model.lora_rank=0\); export it whole"):
+        hf_lora.workdir_to_peft(tmp_path / "base", tmp_path / "peft_of_base")
     from gptjax.metric_writer import read_metrics
 
     val = [r["val_loss"] for r in read_metrics(tmp_path / "ft") if "val_loss" in r]
