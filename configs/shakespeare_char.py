@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.logits_dtype = "float32"  # the LM head's output in the loss: float32, or model.dtype (autocast's)
     c.model.lora_rank = 0  # r > 0: fine-tune low-rank adapters only (needs init_from), scaled alpha / r
     c.model.lora_alpha = 16.0
+    c.model.lora_dropout = 0.0  # on the adapters' input in training (PEFT's lora_dropout)
     c.model.lora_targets = ("c_attn", "c_proj", "fc", "proj")  # attention's qkv, its output, the MLP
 
     c.opt = ml_collections.ConfigDict()

@@ -70,9 +70,9 @@ class CausalSelfAttention(nn.Module):
             gpu = jax.default_backend() == "gpu" and cache is None and kv_mask_BS is None
             implementation = "cudnn" if half and gpu else "xla"
         if implementation == "cudnn":  # q, k, v as three matmuls: cuDNN reads each in place
-            q_BTD, k_BTD, v_BTD = self._dense(3 * D, normal_init(), "c_attn", splits=3)(x_BTD)
+            q_BTD, k_BTD, v_BTD = self._dense(3 * D, normal_init(), "c_attn", splits=3)(x_BTD, deterministic)
         else:
-            qkv_BT3D = self._dense(3 * D, normal_init(), "c_attn")(x_BTD)
+            qkv_BT3D = self._dense(3 * D, normal_init(), "c_attn")(x_BTD, deterministic)
             q_BTD, k_BTD, v_BTD = jnp.split(qkv_BT3D, 3, axis=-1)
         q_BTNH = q_BTD.reshape(B, T, N, H)
         k_BTNH = k_BTD.reshape(B, T, N, H)
@@ -155,5 +155,6 @@ class CausalSelfAttention(nn.Module):
 
     def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:
         B, T, N, H = out_BTNH.shape
-        out_BTD = self._dense(N * H, residual_init(self.n_layer), "c_proj")(out_BTNH.reshape(B, T, N * H))
+        c_proj = self._dense(N * H, residual_init(self.n_layer), "c_proj")
+        out_BTD = c_proj(out_BTNH.reshape(B, T, N * H), deterministic)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

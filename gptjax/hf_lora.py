@@ -65,7 +65,7 @@ def peft_config(cfg: GPTConfig, base_model: str | None = None) -> dict[str, Any]
         "base_model_name_or_path": base_model,
         "r": cfg.lora_rank,
         "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": cfg.lora_dropout,
         "target_modules": targets,
         "fan_in_fan_out": True,  # GPT-2's Conv1D keeps its weight [in, out]
         "bias": "none",

@@ -104,12 +104,14 @@ def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class LoRA:
     """Low-rank adapters (Hu et al. 2021) on the Dense layers named in `targets` (c_attn, c_proj, fc, proj):
-    y = x W + b + (x A) B * alpha / rank, A [in, rank], B [rank, out] zeros, so an adapted model starts as
-    the model it adapts; training then updates A and B only (gptjax.optim)."""
+    y = x W + b + (dropout(x) A) B * alpha / rank, A [in, rank], B [rank, out] zeros, so an adapted model
+    starts as the model it adapts; training then updates A and B only (gptjax.optim). The dropout (PEFT's
+    lora_dropout) is on the adapters' input only, in training only."""
 
     rank: int
     alpha: float
     targets: tuple[str, ...]
+    dropout: float = 0.0
 
     def rank_of(self, name: str) -> int:
         return self.rank if name in self.targets else 0
@@ -138,7 +140,7 @@ class Dense(nn.Module):
     splits: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array | list[jax.Array]:
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array | list[jax.Array]:
         d_in = x.shape[-1]
         if self.out_in:
             init = lambda key, shape, dtype: self.kernel_init(key, shape[::-1], dtype).T  # noqa: E731
@@ -159,7 +161,7 @@ class Dense(nn.Module):
             a = self.param("lora_a", a_init, (d_in, rank), self.param_dtype)
             b = self.param("lora_b", nn.initializers.zeros_init(), (rank, self.features), self.param_dtype)
             a, b = jnp.asarray(a, self.dtype), jnp.asarray(b, self.dtype)
-            xa_NR = x_ND @ a
+            xa_NR = nn.Dropout(self.lora.dropout)(x_ND, deterministic=deterministic) @ a
         n = self.splits
         kernels = jnp.split(kernel, n, axis=0 if self.out_in else 1)
         biases = jnp.split(bias, n) if bias is not None else [None] * n
@@ -221,7 +223,7 @@ class MLP(nn.Module):
         dense = lambda features, init, name: Dense(  # noqa: E731
             features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, self.lora, name=name
         )
-        h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD)
+        h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD, deterministic)
         h_BTF = gelu(h_BTF, self.gelu)
-        out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF)
+        out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF, deterministic)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

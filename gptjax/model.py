@@ -97,16 +97,18 @@ class GPTConfig:
     # them (gptjax.layers.LoRA); load_params merges them into the kernels (merge_lora).
     lora_rank: int = 0
     lora_alpha: float = 16.0
+    lora_dropout: float = 0.0  # on the adapters' input, in training (PEFT's lora_dropout)
     lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1; set model.{name} to 1 or more")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(
-                f"dropout={self.dropout} must be in [0, 1); set model.dropout to e.g. 0.0 or 0.1"
-            )
+        for name in ("dropout", "lora_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be in [0, 1); set model.{name} to e.g. 0.0 or 0.1"
+                )
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -150,7 +152,9 @@ class GPTConfig:
 
     @property
     def lora(self) -> LoRA | None:
-        return LoRA(self.lora_rank, self.lora_alpha, self.lora_targets) if self.lora_rank else None
+        if not self.lora_rank:
+            return None
+        return LoRA(self.lora_rank, self.lora_alpha, self.lora_targets, self.lora_dropout)
 
     @property
     def predicted_vocab(self) -> int:

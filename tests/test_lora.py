@@ -157,10 +157,30 @@ def test_lora_fine_tunes_a_workdir_and_refuses_what_it_cannot_do(tmp_path, data_
         train_and_evaluate(config(lora_rank=4), tmp_path / "scratch")
 
 
+def test_lora_dropout_masks_the_adapters_input_in_training_only(tiny_cfg):
+    """lora_dropout (PEFT's) drops the adapters' input in training: the output then differs from the
+    model's without it by the adapters' terms only (zero adapters: no change) and not at all in evaluation."""
+    cfg, plain = adapted(tiny_cfg, lora_dropout=0.5), adapted(tiny_cfg)
+    lora_b = lambda f: lambda path, x: f(x) if path[-1].key == "lora_b" else x  # noqa: E731
+    params = jax.tree_util.tree_map_with_path(lora_b(lambda x: x + 0.1), init(cfg))  # adapters that act
+    silent = jax.tree_util.tree_map_with_path(lora_b(jnp.zeros_like), params)
+    x_BT = tokens(cfg)
+
+    def out(c, p, deterministic):
+        rngs = {"dropout": jax.random.key(1)}
+        return np.asarray(GPT(c).apply({"params": p}, x_BT, deterministic=deterministic, rngs=rngs)[0])
+
+    np.testing.assert_array_equal(out(cfg, params, True), out(plain, params, True))
+    assert np.abs(out(cfg, params, False) - out(plain, params, False)).max() > 1e-3
+    np.testing.assert_allclose(out(cfg, silent, False), out(plain, silent, False), rtol=0, atol=1e-6)
+
+
 def test_config_errors_are_one_line(tiny_cfg):
     with pytest.raises(ValueError, match=r"lora_targets=\['qkv'\] must name layers of"):
         adapted(tiny_cfg, lora_targets=("qkv",))
     with pytest.raises(ValueError, match="lora_rank=-1 must be >= 0"):
         adapted(tiny_cfg, rank=-1)
+    with pytest.raises(ValueError, match=r"lora_dropout=1.0 must be in \[0, 1\); set model.lora_dropout"):
+        adapted(tiny_cfg, lora_dropout=1.0)
     for flag in ("c_attn, fc", ("c_attn,fc",), ["c_attn", "fc"]):  # a flag's string, a list from JSON
         assert adapted(tiny_cfg, lora_targets=flag).lora_targets == ("c_attn", "fc")
