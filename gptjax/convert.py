@@ -448,11 +448,14 @@ def save_checkpoint(
 
 
 def hf_to_workdir(
-    hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto"
+    hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto", adapt=None
 ) -> GPTConfig:
-    """Converts an HF GPT-2 or ImageGPT directory (or Hub id) into a gptjax checkpoint in `workdir`."""
+    """Converts an HF GPT-2 or ImageGPT directory (or Hub id) into a gptjax checkpoint in `workdir`;
+    `adapt(params, cfg)` changes the params first (gptjax.hf_lora merges a PEFT adapter so)."""
     hf_dir = resolve_hf_dir(str(hf_dir))
     params, cfg = load_hf(hf_dir)
+    if adapt is not None:
+        params = adapt(params, cfg)
     tokenizer = pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir)
     config = image_config(cfg, tokenizer) if tokenizer.kind == "palette" else None
     save_checkpoint(workdir, params, cfg, tokenizer, config)

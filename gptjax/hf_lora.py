@@ -1,8 +1,10 @@
 """LoRA adapters as Hugging Face PEFT files (adapter_config.json + adapter_model.safetensors), which
 `peft.PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(BASE), DIR)` applies to the base model:
-the model a LoRA run fine-tuned (config.init_from), in HF format.
+the model a LoRA run fine-tuned (config.init_from), in HF format. And back: a PEFT LoRA adapter merged
+into its HF base as a gptjax workdir.
 
   python scripts/convert.py --workdir=W --to_peft=DIR
+  python scripts/convert.py --from_peft=DIR [--from_hf=BASE] --workdir=W
 
 Ours and PEFT's are the same function: PEFT adds x A^T B^T (alpha / r) to a GPT-2 Conv1D layer (x W + b,
 fan_in_fan_out), its lora_A.weight [r, in] and lora_B.weight [out, r] our lora_a [in, r] and lora_b [r, out]
@@ -10,15 +12,16 @@ transposed.
 """
 
 import json
+import math
 import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 
-from gptjax.convert import refuse_other_files, weight_map
+from gptjax.convert import hf_to_workdir, refuse_other_files, weight_map
 from gptjax.data.tokens import write_atomically
-from gptjax.model import GPTConfig, unstack_layers
+from gptjax.model import GPTConfig, stack_layers, unstack_layers
 from gptjax.train import load_params
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -96,3 +99,70 @@ def workdir_to_peft(
     hf_base = not (pathlib.Path(base).expanduser() / "checkpoints").is_dir()
     save_peft(directory, params, cfg, base if hf_base else None)
     return base
+
+
+# ----- PEFT -> gptjax ---------------------------------------------------------------------------------------
+
+# adapter_config.json fields whose non-default values gptjax cannot merge
+_UNSUPPORTED = {
+    "use_dora": False,
+    "bias": "none",
+    "modules_to_save": None,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+}
+
+
+def merge_peft(params: Any, cfg: GPTConfig, adapter: dict, weights: dict[str, np.ndarray]) -> Any:
+    """`params` with a PEFT LoRA adapter (its adapter_config.json and weights) merged into the kernels:
+    W + A^T B^T alpha / r (alpha / sqrt(r) with use_rslora), as PEFT's merge_and_unload."""
+    if adapter.get("peft_type") != "LORA":
+        raise ValueError(f"the adapter is {adapter.get('peft_type')!r}, not LoRA; gptjax merges LoRA only")
+    for field, default in _UNSUPPORTED.items():
+        if adapter.get(field, default) not in (default, None, {}):
+            raise ValueError(f"the adapter sets {field}={adapter[field]!r}, which gptjax cannot merge")
+    r = adapter["r"]
+    scale = adapter["lora_alpha"] / (math.sqrt(r) if adapter.get("use_rslora") else r)
+    weights = dict(weights)
+    params = unstack_layers(params) if cfg.scan_layers else params
+    for hf, path, _ in weight_map(cfg):
+        a = weights.pop(f"{PREFIX}{hf.removesuffix('.weight')}.lora_A.weight", None)
+        b = weights.pop(f"{PREFIX}{hf.removesuffix('.weight')}.lora_B.weight", None)
+        if a is None and b is None:
+            continue
+        if a is None or b is None or path[-1] != "kernel":
+            raise ValueError(f"the adapter's weights of {hf} are not a lora_A and lora_B pair on a kernel")
+        layer = params
+        for key in path[:-1]:
+            layer = layer[key]
+        delta = np.asarray(a, np.float32).T @ np.asarray(b, np.float32).T * scale  # [in, out]
+        if delta.shape != np.shape(layer["kernel"]):
+            raise ValueError(f"the adapter of {hf} is {delta.shape}, its kernel {np.shape(layer['kernel'])}")
+        layer["kernel"] = np.asarray(layer["kernel"], np.float32) + delta
+    if weights:
+        raise ValueError(
+            f"adapter weights {sorted(weights)[:3]} ({len(weights)} in all) fit no kernel of {cfg}"
+        )
+    return stack_layers(params, cfg.n_layer) if cfg.scan_layers else params
+
+
+def peft_to_workdir(
+    directory: str | pathlib.Path,
+    workdir: str | pathlib.Path,
+    base: str | None = None,
+    tokenizer: Any = "auto",
+) -> tuple[GPTConfig, str]:
+    """Writes `workdir` (step 0) as the HF model `base` (default: the adapter's base_model_name_or_path)
+    with the PEFT LoRA adapter in `directory` merged; returns (its config, the base)."""
+    from safetensors.numpy import load_file  # here: the core package does not need safetensors
+
+    directory = pathlib.Path(directory)
+    if not (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{directory} has no adapter_config.json; pass a PEFT adapter directory")
+    adapter = json.loads((directory / "adapter_config.json").read_text())
+    base = base or adapter.get("base_model_name_or_path")
+    if not base:
+        raise ValueError("adapter_config.json names no base_model_name_or_path; pass the base with --from_hf")
+    weights = load_file(directory / "adapter_model.safetensors")
+    cfg = hf_to_workdir(base, workdir, tokenizer, adapt=lambda p, c: merge_peft(p, c, adapter, weights))
+    return cfg, base

@@ -458,3 +458,44 @@ def test_a_missing_path_is_never_tried_as_a_hub_id_and_long_reasons_are_cut_at_a
         convert.resolve_hf_dir("owner/name")  # a Hub id: tried, and its long error cut between words
     assert calls == ["owner/name", "owner/name"]
     assert "word word ...); pass a local HF model directory" in str(info.value)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_a_peft_lora_adapter_merges_into_its_base(torch, tmp_path, rslora):
+    """--from_peft: a PEFT LoRA adapter (random, on c_attn and both c_proj, rsLoRA's scale too) merged into
+    its HF base (named by the adapter) gives the logits of peft.PeftModel; what gptjax cannot merge is a
+    one-line error."""
+    import json
+
+    import peft
+    import transformers
+
+    from gptjax import hf_lora
+
+    make_hf(torch, tmp_path / "base", n_layer=2, n_head=2, n_embd=16, vocab_size=256, n_positions=12)
+    base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], use_rslora=rslora)
+    model = peft.get_peft_model(base, lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    model.eval().save_pretrained(tmp_path / "adapter")
+    cfg, source = hf_lora.peft_to_workdir(tmp_path / "adapter", tmp_path / "w", tokenizer="byte")
+    assert source == str(tmp_path / "base")  # the adapter's base_model_name_or_path
+    params, cfg, _, _ = load_params(tmp_path / "w")
+    x_BT = tokens(cfg, 12)
+    np.testing.assert_allclose(jax_logits(params, cfg, x_BT), torch_logits(torch, model, x_BT), atol=1e-4)
+
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    for change, message in [
+        ({"use_dora": True}, r"sets use_dora=True, which gptjax cannot merge"),
+        ({"peft_type": "IA3"}, r"is 'IA3', not LoRA"),
+        (
+            {"base_model_name_or_path": None},
+            r"names no base_model_name_or_path; pass the base with --from_hf",
+        ),
+    ]:
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ValueError, match=message):
+            hf_lora.peft_to_workdir(tmp_path / "adapter", tmp_path / "w2", tokenizer="byte")
