@@ -55,11 +55,14 @@ class TooLarge(BadRequest):
 
 @dataclasses.dataclass
 class Served:
-    """The model a server holds: (params, GPTConfig, tokenizer, saved sample options) and its name."""
+    """The model a server holds: (params, GPTConfig, tokenizer, saved sample options) and its name; an
+    assistant (a draft model, loaded the same way) decodes the requests it can (gptjax.assisted)."""
 
     model: tuple
     name: str
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    assistant: tuple | None = None
+    num_assistant_tokens: int = 5
 
     @property
     def tokenizer(self) -> Any:
@@ -80,6 +83,12 @@ class Served:
             "sample_defaults": {k: v for k, v in saved.items() if k != "prompt"},
             "prompt": saved.get("prompt", ""),
         }
+        if self.assistant is not None:
+            draft = {
+                "parameters": count_params(self.assistant[0]),
+                "block_size": self.assistant[1].block_size,
+            }
+            extra["assistant"] = {**draft, "num_assistant_tokens": self.num_assistant_tokens}
         if self.is_image:  # only the options /v1/images takes
             extra.update(sample_defaults={k: v for k, v in saved.items() if k in IMAGE_OPTIONS}, prompt=None)
             extra.update(classes=tok.classes, height=tok.height, width=tok.width)
@@ -257,10 +266,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def make_server(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str | None = None):
+def make_server(
+    model: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str | None = None,
+    assistant: Any = None,
+    num_assistant_tokens: int = 5,
+):
     """A ThreadingHTTPServer for `model` (a workdir or a (params, GPTConfig, tokenizer[, config]) tuple);
     port 0 picks a free one (server.server_address). Call serve_forever() on it. The port is taken before
-    the model loads, so that one in use is said at once, not after a slow load."""
+    the model loads, so that one in use is said at once, not after a slow load. `assistant`, loaded as
+    `model` is, with the same tokenizer: a draft model for assisted generation (gptjax.assisted)."""
     if name is None:
         name = pathlib.Path(model).name if isinstance(model, str | pathlib.Path) else "gptjax"
     handler = type("BoundHandler", (Handler,), {})  # its model comes once the port is ours
@@ -272,7 +289,16 @@ def make_server(model: Any, host: str = "127.0.0.1", port: int = 8000, name: str
             "or --host"
         ) from None
     try:  # no request is answered before serve_forever: connections wait in the listen queue
-        handler.served = Served(sample.load(model), name)
+        served = Served(sample.load(model), name)
+        if assistant is not None:
+            from gptjax import assisted  # here: it imports gptjax.sample, as this module does
+
+            draft = sample.load(assistant)
+            assisted.load_assistant(draft, served.tokenizer)  # one line if the tokenizers differ
+            options = sample.GenerateOptions()
+            assisted.check(served.model[1], draft[1], options, num_assistant_tokens)
+            served = dataclasses.replace(served, assistant=draft, num_assistant_tokens=num_assistant_tokens)
+        handler.served = served
     except BaseException:
         server.server_close()  # a failed load gives the port back
         raise

@@ -136,6 +136,24 @@ def _logprobs(served: Served, prompt_ids: list[int], c: sample.Completion, k: in
     return out
 
 
+def _assisted(served: Served, ids: list[list[int]], opts: sample.GenerateOptions, stream: bool) -> dict:
+    """The served assistant's arguments for a request it can decode: greedy or sampling (no beams), each
+    prompt and its new tokens within both models' context (assisted generation does not slide the
+    window), one row if streamed (it decodes rows one after another). Others decode without it."""
+    rows = len(ids) * opts.num_return_sequences
+    if served.assistant is None or opts.mode in sample.BEAM_MODES or (stream and rows > 1):
+        return {}
+    _, n_new = sample._checked(served.model[1], ids, opts)
+    if max(map(len, ids)) + n_new > min(served.model[1].block_size, served.assistant[1].block_size):
+        return {}
+    return {"assistant": served.assistant, "num_assistant_tokens": served.num_assistant_tokens}
+
+
+def _prompt_ids(tok: Any, prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts from the tokenizer's BOS (else EOS) token."""
+    return tok.encode(prompt) or [tok.bos_id if tok.bos_id is not None else tok.eos_id]
+
+
 def _stream_choices(served: Served, prompts: list[str], options: dict, echo: bool, piece) -> None:
     """Streams every choice a token at a time: `piece(index, text)` for each new piece of its text, then
     `piece(index, "", finish_reason)`. Prompt p's j-th sample is choice p * n + j, as unstreamed.
@@ -181,9 +199,10 @@ def _stream_choices(served: Served, prompts: list[str], options: dict, echo: boo
                     finish(i, text, "stop")
         return all(finished)
 
-    ids = [tok.encode(p) or [tok.bos_id if tok.bos_id is not None else tok.eos_id] for p in prompts]
+    ids = [_prompt_ids(tok, p) for p in prompts]
     with served.lock:
-        generated = sample.generate_ids(params, cfg, ids, opts, on_chunk=on_chunk, chunk=1)
+        assisted = _assisted(served, ids, opts, stream=True)
+        generated = sample.generate_ids(params, cfg, ids, opts, on_chunk=on_chunk, chunk=1, **assisted)
     for i, row in enumerate(row for rows in generated for row in rows):
         if not finished[i]:
             text, _, stopped = text_of(row)
@@ -218,13 +237,14 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
             empty = sample.Completion("", "", np.zeros(0, np.int32), np.zeros(0, np.float32), None)
             done = [dataclasses.replace(empty, prompt=p) for p in prompts for _ in range(n)]
         else:
-            done = sample.complete(served.model, prompts, **options)
+            opts = sample.merged_options(served.model[3], tok, **options)
+            assisted = _assisted(served, [_prompt_ids(tok, p) for p in prompts], opts, stream=False)
+            done = sample.complete(served.model, prompts, **options, **assisted)
         choices = []
         for i, c in enumerate(done):
             choice = {"text": (c.prompt if echo else "") + c.text, "index": i, "logprobs": None}
             if logprobs is not None:
-                prompt_ids = tok.encode(c.prompt) or [tok.bos_id if tok.bos_id is not None else tok.eos_id]
-                choice["logprobs"] = _logprobs(served, prompt_ids, c, logprobs, echo)
+                choice["logprobs"] = _logprobs(served, _prompt_ids(tok, c.prompt), c, logprobs, echo)
             reason = "length" if c.options is None else _finish_reason(c, tok)
             choices.append({**choice, "finish_reason": reason})
     prompt_tokens = sum(len(tok.encode(p)) for p in prompts)

@@ -362,6 +362,58 @@ def test_an_oversized_body_is_answered_413_not_reset(url):
     assert post(url, "/v1/completions", {"prompt": "a", "max_tokens": 1})[0] == 200  # it serves on
 
 
+def joined(chunks: list[dict]) -> dict:
+    """{choice index: (its streamed text, its finish_reason)} of a stream's chunks."""
+    out = {}
+    for c in chunks:
+        text, _ = out.get(c["index"], ("", None))
+        out[c["index"]] = (text + c["text"], c["finish_reason"])
+    return out
+
+
+def test_an_assistant_decodes_what_it_can_and_the_text_is_the_models(text_model, url, monkeypatch):
+    """--assistant: greedy requests that fit both contexts (streamed: one choice) decode with the draft,
+    and give the model's own text; beam search, a stream of several choices and a request past the context
+    decode without it. The model is its own draft here (same tokenizer): the text must be the same."""
+    from gptjax import assisted
+
+    calls = []
+    generate = assisted.generate
+    monkeypatch.setattr(assisted, "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
+    server = serve.make_server(text_model, port=0, name="tiny", assistant=text_model, num_assistant_tokens=3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    helped = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(helped + "/v1/models/tiny", timeout=30) as response:
+            info = json.loads(response.read())["gptjax"]["assistant"]
+        assert info["num_assistant_tokens"] == 3 and info["block_size"] == 8
+        greedy = {"prompt": ["ab", "ba"], "max_tokens": 5, "temperature": 0}
+        for body, uses in [
+            (greedy, True),
+            ({**greedy, "prompt": "ab", "stream": True}, True),
+            (
+                {**greedy, "prompt": "ab", "n": 2, "stream": True, "temperature": 1, "top_k": 1, "seed": 3},
+                False,
+            ),
+            ({**greedy, "num_beams": 2}, False),
+            ({**greedy, "max_tokens": 12}, False),  # 2 + 12 tokens > block_size 8: the window slides
+        ]:
+            calls.clear()
+            if body.get("stream"):  # an assisted stream may bring several tokens a piece: the joined text
+                want, got = (joined(streamed(u, body)) for u in (url, helped))
+            else:
+                want, got = (
+                    post(url, "/v1/completions", body)[2]["choices"],
+                    post(helped, "/v1/completions", body)[2]["choices"],
+                )
+            assert got == want and bool(calls) == uses, body
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="num_assistant_tokens=8 needs K \\+ 1 <= the model's block_size=8"):
+        serve.make_server(text_model, port=0, assistant=text_model, num_assistant_tokens=8)
+
+
 def served_image_model(tok: PaletteTokenizer):
     """((params, GPTConfig, tok, {}), url) of a server of a random one-layer model of tok's images."""
     cfg = GPTConfig(
