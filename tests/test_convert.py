@@ -474,7 +474,8 @@ def test_a_peft_lora_adapter_merges_into_its_base(torch, tmp_path, rslora):
 
     make_hf(torch, tmp_path / "base", n_layer=2, n_head=2, n_embd=16, vocab_size=256, n_positions=12)
     base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base")
-    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], use_rslora=rslora)
+    targets = ["c_attn", "c_proj"]
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=True, use_rslora=rslora)
     model = peft.get_peft_model(base, lora)
     with torch.no_grad():
         for name, p in model.named_parameters():
