@@ -37,6 +37,13 @@ def _adapted(cfg: GPTConfig) -> list[tuple[str, tuple[str, ...]]]:
     ]
 
 
+def _layer(params: Any, path: tuple[str, ...]) -> dict:
+    node = params
+    for key in path:
+        node = node[key]
+    return node
+
+
 def adapters_to_peft(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
     """PEFT's adapter weights (name -> float32 array) of params trained with LoRA (unmerged)."""
     if not cfg.lora_rank:
@@ -46,9 +53,7 @@ def adapters_to_peft(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
     params = unstack_layers(params) if cfg.scan_layers else params
     out = {}
     for module, path in _adapted(cfg):
-        layer = params
-        for key in path:
-            layer = layer[key]
+        layer = _layer(params, path)
         out[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(
             np.asarray(layer["lora_a"], np.float32).T
         )
@@ -91,14 +96,14 @@ def save_peft(
 
 def workdir_to_peft(
     workdir: str | pathlib.Path, directory: str | pathlib.Path, step: int | None = None
-) -> str:
-    """Exports a LoRA run's adapters; returns the base model they apply to: config.init_from, an HF
-    model as given, or a gptjax workdir that `--to_hf` exports first."""
+) -> tuple[str, bool]:
+    """Exports a LoRA run's adapters; returns (the base model they apply to, config.init_from, whether it
+    is a gptjax workdir, which PEFT needs exported with `--to_hf` first)."""
     params, cfg, _, config = load_params(workdir, step, merge=False)
     base = config.get("init_from") or ""
-    hf_base = not (pathlib.Path(base).expanduser() / "checkpoints").is_dir()
-    save_peft(directory, params, cfg, base if hf_base else None)
-    return base
+    is_workdir = (pathlib.Path(base).expanduser() / "checkpoints").is_dir()
+    save_peft(directory, params, cfg, None if is_workdir else base)
+    return base, is_workdir
 
 
 # ----- PEFT -> gptjax ---------------------------------------------------------------------------------------
@@ -132,9 +137,7 @@ def merge_peft(params: Any, cfg: GPTConfig, adapter: dict, weights: dict[str, np
             continue
         if a is None or b is None or path[-1] != "kernel":
             raise ValueError(f"the adapter's weights of {hf} are not a lora_A and lora_B pair on a kernel")
-        layer = params
-        for key in path[:-1]:
-            layer = layer[key]
+        layer = _layer(params, path[:-1])
         delta = np.asarray(a, np.float32).T @ np.asarray(b, np.float32).T * scale  # [in, out]
         if delta.shape != np.shape(layer["kernel"]):
             raise ValueError(f"the adapter of {hf} is {delta.shape}, its kernel {np.shape(layer['kernel'])}")

@@ -237,8 +237,10 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
             empty = sample.Completion("", "", np.zeros(0, np.int32), np.zeros(0, np.float32), None)
             done = [dataclasses.replace(empty, prompt=p) for p in prompts for _ in range(n)]
         else:
-            opts = sample.merged_options(served.model[3], tok, **options)
-            assisted = _assisted(served, [_prompt_ids(tok, p) for p in prompts], opts, stream=False)
+            assisted = {}
+            if served.assistant is not None:
+                opts = sample.merged_options(served.model[3], tok, **options)
+                assisted = _assisted(served, [_prompt_ids(tok, p) for p in prompts], opts, stream=False)
             done = sample.complete(served.model, prompts, **options, **assisted)
         choices = []
         for i, c in enumerate(done):

@@ -18,8 +18,6 @@ peft.PeftModel.from_pretrained(base, DIR) on the base it fine-tuned in HF format
 --from_hf) and writes that model as W's step 0.
 """
 
-import pathlib
-
 from absl import flags
 
 from gptjax import cli, convert, hf_lora
@@ -51,9 +49,9 @@ def main(argv):
         cfg, base = hf_lora.peft_to_workdir(FLAGS.from_peft, FLAGS.workdir, FLAGS.from_hf, FLAGS.tokenizer)
         print(f"wrote {FLAGS.workdir} (step 0): {base} with {FLAGS.from_peft} merged: {cfg}")
     elif FLAGS.to_peft:
-        base = hf_lora.workdir_to_peft(FLAGS.workdir, FLAGS.to_peft, FLAGS.step)
+        base, is_workdir = hf_lora.workdir_to_peft(FLAGS.workdir, FLAGS.to_peft, FLAGS.step)
         print(f"wrote {FLAGS.to_peft}: the adapters of {FLAGS.workdir} on its base {base}")
-        if base and (pathlib.Path(base).expanduser() / "checkpoints").is_dir():
+        if is_workdir:
             print(f"for PEFT, export the base in HF format too: --workdir={base} --to_hf=DIR")
     elif FLAGS.from_hf:
         cfg = convert.hf_to_workdir(FLAGS.from_hf, FLAGS.workdir, tokenizer=FLAGS.tokenizer)

@@ -131,7 +131,7 @@ def test_lora_fine_tunes_a_workdir_and_refuses_what_it_cannot_do(tmp_path, data_
     from gptjax import convert, hf_lora
 
     convert.workdir_to_hf(tmp_path / "base", tmp_path / "hf_base")
-    assert hf_lora.workdir_to_peft(tmp_path / "ft", tmp_path / "peft") == str(tmp_path / "base")
+    assert hf_lora.workdir_to_peft(tmp_path / "ft", tmp_path / "peft") == (str(tmp_path / "base"), True)
     adapter = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] is None  # a gptjax workdir: its --to_hf export is the base
     assert adapter["target_modules"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
