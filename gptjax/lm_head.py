@@ -1,5 +1,6 @@
 """The LM head and the training loss: logits = x @ wte^T (pad rows of the vocabulary masked), the mean
-next-token cross entropy in float32, and both fused over chunks of positions with their own gradients
+next-token cross entropy in float32 over the targets that are not IGNORE (a prompt or padding in
+fine-tuning data), and both fused over chunks of positions with their own gradients
 (GPTConfig.loss_chunk), so that the B x T x V logits never exist at once."""
 
 import functools
@@ -8,6 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+# A target below 0 is not trained on (nanoGPT's ignore_index=-1): prompts and padding of supervised
+# fine-tuning rows (gptjax.data.sft). The loss is the mean over the other targets.
+IGNORE = -1
 
 
 def head_logits(x_BTD: jax.Array, head_VD: jax.Array, vocab_size: int, dtype: str = "float32") -> jax.Array:
@@ -45,9 +50,11 @@ _head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-    """Mean next-token cross entropy in float32 (nats)."""
+    """Mean next-token cross entropy in float32 (nats) over the targets >= 0 (0 if there are none)."""
     logits_BTV = logits_BTV.astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT).mean()
+    valid_BT = targets_BT >= 0
+    loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, jnp.where(valid_BT, targets_BT, 0))
+    return jnp.sum(jnp.where(valid_BT, loss_BT, 0.0)) / jnp.maximum(jnp.sum(valid_BT), 1)
 
 
 def _chunks(x_BT_: jax.Array, chunk: int, fill) -> jax.Array:
@@ -72,10 +79,10 @@ def lm_head_loss(
 
 def _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, logits_dtype, grads: bool):
     B, T, D = x_BTD.shape
-    n = B * T
+    n = jnp.maximum(jnp.sum(targets_BT >= 0), 1)  # the targets trained on
     x_CBKD = _chunks(x_BTD, chunk, 0)
-    t_CBK = _chunks(targets_BT, chunk, 0)
-    valid_CBK = _chunks(jnp.ones((B, T), bool), chunk, False)
+    t_CBK = _chunks(jnp.maximum(targets_BT, 0), chunk, 0)
+    valid_CBK = _chunks(targets_BT >= 0, chunk, False)  # neither IGNORE nor the padding of the last chunk
 
     def body(dhead_VD, chunk_in):
         x_BKD, t_BK, valid_BK = chunk_in
@@ -86,7 +93,7 @@ def _lm_head_pass(x_BTD, head_VD, targets_BT, vocab_size, chunk, logits_dtype, g
         loss = jnp.sum(jnp.where(valid_BK, lse_BK - target_BK, 0.0))
         if not grads:
             return dhead_VD, (loss, None)
-        # d(mean loss)/d logits = (softmax - onehot) / n on real positions.
+        # d(mean loss)/d logits = (softmax - onehot) / n on the positions trained on.
         probs_BKV = jnp.exp(logits_BKV - lse_BK[..., None])
         onehot_BKV = jax.nn.one_hot(t_BK, head_VD.shape[0], dtype=jnp.float32)
         dlogits_BKV = jnp.where(valid_BK[..., None], (probs_BKV - onehot_BKV) / n, 0.0).astype(x_BKD.dtype)

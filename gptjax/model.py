@@ -285,7 +285,8 @@ class GPT(nn.Module):
         targets_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, list[attention.Cache] | None]:
         """Returns float32 logits_BTV and the updated cache (None when no cache was given); with
-        `targets_BT` (as nanoGPT's forward), the mean next-token cross entropy instead of the logits.
+        `targets_BT` (as nanoGPT's forward), the mean next-token cross entropy instead of the logits (over
+        the targets that are not lm_head.IGNORE).
 
         positions_BT defaults to 0..T-1 (offset by the cache's fill level when decoding); pass it
         explicitly for left-padded batches.

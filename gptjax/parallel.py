@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -242,8 +243,10 @@ def in_mesh(fn, mesh: Mesh):
 
 @functools.cache
 def _pmap_eval(grad_accum: int):
-    def fn(state, batches):  # every device holds as many rows: the mean of the means is the batch's
-        return jax.lax.pmean(eval_steps(state, batches, grad_accum), "devices")
+    def fn(state, batches):  # each device's mean counts by its share of the targets trained on
+        trained_K = jnp.sum(batches[1] >= 0, axis=(1, 2)).astype(jnp.float32)
+        weighted_K = jax.lax.psum(eval_steps(state, batches, grad_accum) * trained_K, "devices")
+        return weighted_K / jnp.maximum(jax.lax.psum(trained_K, "devices"), 1.0)
 
     pmapped = jax.pmap(fn, axis_name="devices")
     return lambda state, batches: _local_copy(pmapped(state, batches))

@@ -28,8 +28,9 @@ def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed
 
 
 def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> jax.Array:
-    """Mean next-token cross entropy in float32 (the model computes it: GPTConfig.loss_chunk). Parameters
-    training does not update (a LoRA model's base) get no gradient (optim.freeze)."""
+    """Mean next-token cross entropy in float32 over the targets not IGNORE'd (the model computes it:
+    GPTConfig.loss_chunk). Parameters training does not update (a LoRA model's base) get no gradient
+    (optim.freeze)."""
     loss, _ = apply_fn(
         {"params": freeze(params)},
         x_BT,
@@ -40,6 +41,20 @@ def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> j
     return loss
 
 
+def _micro_batches(batch: tuple[jax.Array, jax.Array], grad_accum: int) -> tuple[jax.Array, jax.Array]:
+    """(x_BT, y_BT) -> (x_KbT, y_KbT): grad_accum equal micro-batches of b = B / grad_accum rows."""
+    x_BT, y_BT = batch
+    B, T = x_BT.shape
+    if B % grad_accum:
+        raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
+    return x_BT.reshape(grad_accum, B // grad_accum, T), y_BT.reshape(grad_accum, B // grad_accum, T)
+
+
+def _trained(y_BT: jax.Array) -> jax.Array:
+    """How many targets are trained on (not IGNORE), as float32."""
+    return jnp.sum(y_BT >= 0).astype(jnp.float32)
+
+
 def train_step(
     state: TrainState,
     batch: tuple[jax.Array, jax.Array],
@@ -48,14 +63,18 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a global batch (x_BT, y_BT) split into `grad_accum` micro-batches.
 
-    Gradients of equal-sized micro-batches are averaged, which equals the gradient of the whole batch.
-    Under `jax.pmap`, `axis_name` names the device axis: each device holds an equal share of the
-    batch, and gradients and loss are averaged over devices (`lax.pmean`).
+    The loss is the mean over every target of the global batch that is trained on (y >= 0): each
+    micro-batch's mean loss and gradient count by its share of those targets, which equals the gradient
+    of the whole batch however the ignored targets (fine-tuning prompts, padding) fall; without them the
+    shares are equal. Under `jax.pmap`, `axis_name` names the device axis: each device holds an equal
+    share of the batch, its shares are of the targets of all devices, and the weighted gradients and
+    loss are summed over devices (`lax.psum`).
     """
-    x_BT, y_BT = batch
-    B, T = x_BT.shape
-    if B % grad_accum:
-        raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
+    x_KbT, y_KbT = _micro_batches(batch, grad_accum)
+    total = _trained(y_KbT)
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name)
+    total = jnp.maximum(total, 1.0)  # a batch with nothing to learn: loss and gradients 0
     step_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # independent dropout masks on each device
         step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
@@ -67,19 +86,15 @@ def train_step(
         loss, grads = grad_fn(
             state.params, state.apply_fn, x_bT, y_bT, jax.random.fold_in(step_rng, i), False
         )
-        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
+        share = _trained(y_bT) / total
+        grad_sum = jax.tree_util.tree_map(lambda a, g: a + g * share.astype(g.dtype), grad_sum, grads)
+        return (loss_sum + loss * share, grad_sum), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    micro_batches = (
-        jnp.arange(grad_accum),
-        x_BT.reshape(grad_accum, B // grad_accum, T),
-        y_BT.reshape(grad_accum, B // grad_accum, T),
-    )
-    (loss_sum, grad_sum), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro_batches)
-    loss = loss_sum / grad_accum
-    grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grad_sum)
+    micro_batches = (jnp.arange(grad_accum), x_KbT, y_KbT)
+    (loss, grads), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro_batches)
     if axis_name is not None:
-        loss, grads = jax.lax.pmean((loss, grads), axis_name)
+        loss, grads = jax.lax.psum((loss, grads), axis_name)
 
     new_state = state.apply_gradients(grads=grads)
     updates = jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
@@ -107,20 +122,14 @@ def train_steps(
 
 
 def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array], grad_accum: int = 1) -> jax.Array:
-    """Mean loss on a batch, dropout off, over `grad_accum` equal micro-batches one at a time
-    (`lax.map`): the activations of one micro-batch at once, as in train_step."""
-    x_BT, y_BT = batch
-    B, T = x_BT.shape
-    if B % grad_accum:
-        raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
-    micro_batches = (
-        x_BT.reshape(grad_accum, B // grad_accum, T),
-        y_BT.reshape(grad_accum, B // grad_accum, T),
+    """Mean loss on a batch over its targets trained on (as train_step), dropout off, over `grad_accum`
+    equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
+    x_KbT, y_KbT = _micro_batches(batch, grad_accum)
+    losses_K = jax.lax.map(
+        lambda micro: loss_fn(state.params, state.apply_fn, *micro, state.rng, True), (x_KbT, y_KbT)
     )
-    losses = jax.lax.map(
-        lambda micro: loss_fn(state.params, state.apply_fn, *micro, state.rng, True), micro_batches
-    )
-    return jnp.mean(losses)
+    trained_K = jnp.sum(y_KbT >= 0, axis=(1, 2)).astype(jnp.float32)
+    return jnp.sum(losses_K * trained_K) / jnp.maximum(jnp.sum(trained_K), 1.0)
 
 
 def eval_steps(state: TrainState, batches: tuple[jax.Array, jax.Array], grad_accum: int = 1) -> jax.Array:

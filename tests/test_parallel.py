@@ -18,9 +18,10 @@ from jax.sharding import PartitionSpec as P
 
 from configs import tiny
 from gptjax import parallel
+from gptjax.lm_head import IGNORE
 from gptjax.metric_writer import read_metrics
 from gptjax.train import abstract_state, load_params, train_and_evaluate
-from gptjax.train_step import train_step, train_steps
+from gptjax.train_step import eval_steps, train_step, train_steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_DEVICES = 8
@@ -100,6 +101,29 @@ def test_fused_loss_under_mesh_equals_single_device(setup):
     init, abstract = abstract_state(cfg, config.opt, seed=0)
     state, _ = run(parallel.make_placement(config.parallel, abstract, 16), init, batches)
     close(state.params, single.params)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_ignored_targets_weigh_devices_as_one_device(setup, mode):
+    """Fine-tuning batches whose devices train on very different numbers of targets (the first device's
+    rows on none, the next on one, ...): pmap and mesh steps and evaluations still give the mean over the
+    global batch's targets, as one device does."""
+    config, init, abstract, (x_KBT, y_KBT), _ = setup
+    keep_KBT = (
+        np.arange(16)[None, :, None] * 16 + np.arange(16)[None, None, :]
+        < np.arange(3)[:, None, None] * 40 + 30
+    )
+    batches = (x_KBT, np.where(keep_KBT, y_KBT, IGNORE).astype(np.int32))
+    single, single_metrics = jax.jit(train_steps)(jax.jit(init)(), batches)
+    want_eval = jax.jit(eval_steps)(single, batches)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.parallel.update(mode=mode, mesh=dict(data=2, fsdp=2, tensor=2))
+    placement = parallel.make_placement(config.parallel, abstract, 16)
+    state, metrics = run(placement, init, batches)
+    close(state.params, single.params)
+    close(metrics["loss"], single_metrics["loss"])
+    got_eval = placement.eval_fn(1)(placement.put_state(single), placement.put_batch(batches))
+    close(got_eval, want_eval)
 
 
 def test_fsdp8_holds_an_eighth_of_the_parameters_per_device(setup):

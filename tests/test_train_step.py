@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from gptjax.lm_head import IGNORE
 from gptjax.model import GPT, stack_layers, unstack_layers
 from gptjax.optim import decay_mask, lr_schedule, make_optimizer
 from gptjax.train_step import (
@@ -84,6 +85,69 @@ def test_grad_accum_equals_one_big_batch(tiny_cfg, tiny_batch):
     assert_trees_close(four.params, expected, atol=1e-6)
     with pytest.raises(ValueError, match="grad_accum=3"):
         train_step(state, tiny_batch, grad_accum=3)
+
+
+# ----- Ignored targets (fine-tuning prompts and padding). -----
+
+
+def masked_loss(params, cfg, x_BT, y_BT):
+    """independent_loss over the targets >= 0 only, written out."""
+    logits_BTV, _ = GPT(cfg).apply({"params": params}, x_BT)
+    logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    nll_BT = -jnp.take_along_axis(logp_BTV, jnp.maximum(y_BT, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(y_BT >= 0, nll_BT, 0.0)) / jnp.sum(y_BT >= 0)
+
+
+def ignoring(y_BT, keep_BT):
+    return jnp.where(jnp.asarray(keep_BT), y_BT, IGNORE)
+
+
+# Row 0 trains on one target, row 1 on none, rows 2-3 on all: micro-batches of one row weigh 1, 0, 8, 8.
+UNEVEN_KEEP = np.array([[0] * 7 + [1], [0] * 8, [1] * 8, [1] * 8], bool)
+
+
+@pytest.mark.parametrize("chunk", [0, 3], ids=["full", "chunked"])
+def test_ignored_targets_are_left_out_of_the_loss_and_its_gradient(tiny_cfg, tiny_params, tiny_batch, chunk):
+    x_BT, y_BT = tiny_batch
+    y_BT = ignoring(y_BT, UNEVEN_KEEP)
+    cfg = dataclasses.replace(tiny_cfg, loss_chunk=chunk)
+    model_loss = lambda p, y: GPT(cfg).apply({"params": p}, x_BT, targets_BT=y)[0]  # noqa: E731
+    loss, grads = jax.jit(jax.value_and_grad(model_loss))(tiny_params, y_BT)
+    want, want_grads = jax.jit(jax.value_and_grad(masked_loss), static_argnums=1)(
+        tiny_params, tiny_cfg, x_BT, y_BT
+    )
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    assert_trees_close(grads, want_grads, atol=1e-6)
+    # ... which is not the mean over every position (the ignored ones counted as token 0, say).
+    assert (
+        abs(float(loss) - float(independent_loss(tiny_params, tiny_cfg, x_BT, jnp.maximum(y_BT, 0)))) > 1e-3
+    )
+    # Nothing to learn: loss 0 and no gradient, not 0/0.
+    loss, grads = jax.jit(jax.value_and_grad(model_loss))(tiny_params, jnp.full_like(y_BT, IGNORE))
+    assert float(loss) == 0.0
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_grad_accum_weighs_micro_batches_by_the_targets_they_train_on(tiny_cfg, tiny_batch):
+    """Micro-batches training on 1, 0, 8 and 8 targets give the update of the whole batch: the mean over
+    its 17 targets, not the mean of four micro-batch means (HF's old gradient accumulation bug)."""
+    x_BT, y_BT = tiny_batch
+    batch = (x_BT, ignoring(y_BT, UNEVEN_KEEP))
+    state = create_train_state(tiny_cfg, optax.sgd(1.0), seed=0)
+    step = jax.jit(train_step, static_argnames="grad_accum")
+    one, m_one = step(state, batch, grad_accum=1)
+    four, m_four = step(state, batch, grad_accum=4)
+    assert float(m_four["loss"]) == pytest.approx(float(m_one["loss"]), abs=1e-6)
+    assert_trees_close(four.params, one.params, atol=1e-6)
+    want, grads = jax.jit(jax.value_and_grad(masked_loss), static_argnums=1)(state.params, tiny_cfg, *batch)
+    assert float(m_one["loss"]) == pytest.approx(float(want), rel=1e-6)
+    assert_trees_close(one.params, jax.tree_util.tree_map(jnp.subtract, state.params, grads), atol=1e-6)
+    means = [
+        float(masked_loss(state.params, tiny_cfg, x_BT[i : i + 1], batch[1][i : i + 1])) for i in (0, 2, 3)
+    ]
+    assert abs(np.mean(means) - float(want)) > 1e-3  # the weighting matters here (measured 6e-3)
+    # Evaluation weighs its micro-batches the same way.
+    assert float(jit_eval_step(state, batch, grad_accum=4)) == pytest.approx(float(want), rel=1e-6)
 
 
 # ----- Metrics. -----
