@@ -121,7 +121,9 @@ def random_batch_loss(
         x_BT, y_BT = get_batch(
             tokens, batch_size=batch_size, block_size=cfg.block_size, seed=seed, step=step, split=split
         )
-        losses.append(float(jnp.mean(_token_nats(params, cfg, x_BT, y_BT))))
+        trained_BT = y_BT >= 0  # a fine-tuning prompt's targets are IGNORE: the loss is training's
+        nats_BT = _token_nats(params, cfg, x_BT, np.maximum(y_BT, 0))
+        losses.append(float(jnp.sum(jnp.where(trained_BT, nats_BT, 0.0)) / max(trained_BT.sum(), 1)))
     means = np.asarray(losses).reshape(-1, group).mean(axis=1)
     return {
         "batches": batches,

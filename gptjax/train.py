@@ -25,7 +25,7 @@ from tqdm import tqdm
 from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
-from gptjax.data.from_config import check_same_images, load_data, make_tokenizer
+from gptjax.data.from_config import check_format, check_same_images, load_data, make_tokenizer
 from gptjax.init_from import check_same_architecture, init_params, init_source
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import (
@@ -221,6 +221,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     latest = resumed.latest_step() if resumed is not None else None
     source = None  # (kind, path) a fine-tuning run starts from: ("workdir", W) or ("hf", HF directory)
     tokenizer = make_tokenizer(config.data)  # a checkpoint's own tokenizer wins below
+    check_format(config.data)  # before fetching a model to fine-tune
     meta: dict[str, Any] = {}
     if latest is not None:
         _check_resume(latest, config, workdir)
@@ -237,7 +238,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         source, tokenizer = init_source(config.init_from, tokenizer)
 
     # ----- Data. -----
-    dataset = load_data(config.data, tokenizer)
+    dataset = load_data(config.data, tokenizer, block_size=config.model.block_size)
     tokenizer = dataset.tokenizer
     for split in ("train", "val"):  # fail now, with one clear line, rather than in the loop
         batches(getattr(dataset, split), config, seed=0, steps=range(1), split=split)

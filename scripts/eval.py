@@ -63,7 +63,7 @@ def main(argv):
     if FLAGS.random_batches:
         if FLAGS.split == "all":
             raise ValueError("--random_batches needs --split=train or --split=val")
-        dataset = load_data(config.data, tokenizer)
+        dataset = load_data(config.data, tokenizer, block_size=cfg.block_size)
         result = evaluate.random_batch_loss(
             params,
             cfg,

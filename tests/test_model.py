@@ -480,6 +480,7 @@ CONFIG_VARIANTS = {
     "finetune_shakespeare": ["gpt2", "gpt2-medium", "gpt2-xl-lora"],
     "digits": [None, "uncond"],
     "cifar10": [None, "cond", "imagegpt"],
+    "sft": [None, "tiny"],
 }
 CONFIGS = [
     (path.stem, arg)

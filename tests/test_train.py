@@ -337,6 +337,8 @@ def test_scripts_print_one_line_errors(tmp_path, data_dir, tmp_cache):
         (["scripts/sample.py"], "no checkpoint"),
         # Once printed orbax's traceback from the clean-up thread a writing Checkpointer starts.
         (["scripts/train.py", "--config=configs/tiny.py", f"--config.data.source={short}"], "fewer than"),
+        # Before it fetches GPT-2 (no network here: that would be another error).
+        (["scripts/train.py", "--config=configs/sft.py"], "data.source is not set; pass --config.data"),
     ]
     for args, needle in cases:
         result = run_script(*args, f"--workdir={tmp_path / 'none'}", check=False)

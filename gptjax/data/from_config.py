@@ -7,7 +7,10 @@ import ml_collections
 
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
 from gptjax.data.images import load_image_dataset
+from gptjax.data.sft import load_sft_dataset, source_path
 from gptjax.data.tokens import Dataset, load_dataset
+
+FORMATS = ("text", "prompt_completion")  # config.data.format: a corpus, or a JSON-lines SFT file
 
 
 def make_tokenizer(data: Any):
@@ -23,15 +26,33 @@ def make_tokenizer(data: Any):
     raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte, gpt2 or palette")
 
 
-def load_data(data: Any, tokenizer: Any) -> Dataset:
-    """config.data's train/val tokens: a text stream, or one row per image for data.tokenizer="palette"
-    (gptjax.data.images). `tokenizer`: the checkpoint's, or make_tokenizer's."""
+def check_format(data: Any) -> str:
+    """config.data.format, checked (a prompt/completion file must exist) before a run loads anything."""
+    kind = data.get("format", "text")
+    if kind not in FORMATS:
+        raise ValueError(f"data.format={kind!r} is unknown; use one of {list(FORMATS)}")
+    if kind == "prompt_completion":
+        source_path(data.get("source"))
+    return kind
+
+
+def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Dataset:
+    """config.data's train/val tokens: a text stream, one row per image for data.tokenizer="palette"
+    (gptjax.data.images), or one row of block_size + 1 per example for data.format="prompt_completion"
+    (gptjax.data.sft). `tokenizer`: the checkpoint's, or make_tokenizer's."""
+    kind = check_format(data)
     images = data.get("tokenizer") == "palette"
     if tokenizer is not None and images != (tokenizer.kind == "palette"):
         raise ValueError(
             f"the checkpoint's model reads {tokenizer.kind!r} tokens, and config.data.tokenizer is "
             f"{data.get('tokenizer', 'char')!r}: one is an image model, the other a text model; use the "
             "config the model was trained with, or a fresh --workdir"
+        )
+    if kind == "prompt_completion":
+        if block_size is None:
+            raise ValueError("load_data needs block_size (the model's) for data.format='prompt_completion'")
+        return load_sft_dataset(
+            data.source, block_size=block_size, val_fraction=data.val_fraction, tokenizer=tokenizer
         )
     if images:
         return load_image_dataset(

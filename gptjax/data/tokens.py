@@ -198,7 +198,8 @@ def get_batch(
     split: str = "train",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random windows of `tokens` as int32 (x_BT, y_BT), y the next token of each x. `tokens` is one
-    stream (1-D: text) or one row per example (2-D, rows of block_size + 1: images), drawn whole.
+    stream (1-D: text) or one row per example (2-D, rows of block_size + 1: images, or prompt/completion
+    rows whose masked tokens become IGNORE targets: gptjax.data.sft.decode_rows), drawn whole.
 
     The offsets depend only on (seed, step, split), so a resumed run sees exactly the
     batches an uninterrupted run would.
@@ -206,15 +207,21 @@ def get_batch(
     if split not in _SPLIT_CODES:
         raise DataError(f"split={split!r} is not one of {list(_SPLIT_CODES)}")
     if tokens.ndim == 2:
+        from gptjax.data.sft import decode_rows  # sft imports this module
+
         if tokens.shape[1] != block_size + 1:
+            if np.issubdtype(tokens.dtype, np.signedinteger):  # prompt/completion rows; images are unsigned
+                raise DataError(
+                    f"{split} prompt/completion rows are {tokens.shape[1]} tokens, built for block_size="
+                    f"{tokens.shape[1] - 1}, not {block_size}; build them with the model's block_size"
+                )
             raise DataError(
                 f"{split} examples are {tokens.shape[1]} tokens (a start token and {tokens.shape[1] - 1} "
                 f"pixels), which needs block_size={tokens.shape[1] - 1}, not {block_size}; set "
                 f"--config.model.block_size={tokens.shape[1] - 1}"
             )
         rng = np.random.default_rng([seed, step, _SPLIT_CODES[split]])
-        rows_BT = np.asarray(tokens[rng.integers(0, len(tokens), size=batch_size)], dtype=np.int32)
-        return rows_BT[:, :-1], rows_BT[:, 1:]
+        return decode_rows(tokens[rng.integers(0, len(tokens), size=batch_size)])
     if len(tokens) < block_size + 1:
         raise DataError(
             f"{split} split has {len(tokens)} tokens, fewer than block_size+1={block_size + 1}; "

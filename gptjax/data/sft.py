@@ -1,0 +1,171 @@
+"""Supervised fine-tuning data: prompt/completion pairs, trained on the completion only.
+
+The file is JSON lines, one example per non-empty line: {"prompt": "...", "completion": "..."} (TRL's
+"prompt-completion" format with completion-only loss; OpenAI's legacy fine-tuning format); other fields
+are ignored. Each example becomes one int32 row of block_size + 1 values: the prompt's ids, the
+completion's ids, the tokenizer's EOS (when it has one), then padding. A value v >= 0 is token v, which
+the model learns to predict where it is a target; v < 0 stands for token -v - 1 (`masked`), which the
+model reads but is never trained to predict: the prompt and the padding (token 0, after the real tokens,
+so causal attention never lets them see it). `decode_rows` turns rows into (x_BT, y_BT) with y IGNORE
+where masked; gptjax.data.get_batch draws rows through it.
+
+An example longer than the row loses the start of its prompt first (the completion follows the prompt's
+end). If the completion and EOS alone are too long, the row keeps the prompt's last token (so the first
+completion token is still a target) and the completion loses its end, EOS included: a cut answer must not
+be taught to stop. One warning counts the examples cut.
+"""
+
+import json
+import pathlib
+import warnings
+
+import numpy as np
+
+from gptjax.data.sources import DataError, not_utf8
+from gptjax.data.tokenizers import CharTokenizer
+from gptjax.data.tokens import Dataset
+
+IGNORE = -1  # a target left out of the loss (nanoGPT's ignore_index; gptjax.lm_head.IGNORE)
+PAD_ID = 0  # the token that fills a row after its example; masked, so never a target
+_EXAMPLE = '{"prompt": "...", "completion": "..."}'
+
+
+def masked(ids) -> np.ndarray:
+    """Token ids encoded as read-only inputs: id t becomes -t - 1 (< 0), never a target."""
+    return -np.asarray(ids, dtype=np.int32) - 1
+
+
+def decode_rows(rows_BR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of block_size + 1 values -> int32 (x_BT, y_BT): x the tokens read (masked ones decoded),
+    y the next token of each x, IGNORE where masked. Rows without negatives give x = rows[:, :-1],
+    y = rows[:, 1:], as text windows and images are batched."""
+    rows_BR = np.asarray(rows_BR, dtype=np.int32)
+    x_BT, y_BT = rows_BR[:, :-1], rows_BR[:, 1:]
+    return np.where(x_BT < 0, -x_BT - 1, x_BT), np.where(y_BT < 0, IGNORE, y_BT)
+
+
+def source_path(source: str | None) -> pathlib.Path:
+    """config.data.source as the path of an existing file, or a one-line error (checked before a run
+    fetches the model it fine-tunes)."""
+    if not source:
+        raise DataError("data.source is not set; pass --config.data.source=FILE.jsonl")
+    path = pathlib.Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"prompt/completion file {path} does not exist; fix --config.data.source")
+    return path
+
+
+def _read(path: pathlib.Path) -> list[tuple[int, str, str]]:
+    """(line number, prompt, completion) of every example in `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from e
+    examples = []
+    # split("\n"), not splitlines(): JSON strings may hold a raw U+2028, which splitlines breaks at.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{number}: not JSON ({e.msg} at column {e.colno}); write one object per line, "
+                f"{_EXAMPLE}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{number}: a JSON {type(obj).__name__}, not an object; write {_EXAMPLE}")
+        for field in ("prompt", "completion"):
+            if not isinstance(obj.get(field), str):
+                got = "missing" if field not in obj else f"{type(obj[field]).__name__}, not a string"
+                raise DataError(f'{path}:{number}: "{field}" is {got}; every line needs {_EXAMPLE}')
+        examples.append((number, obj["prompt"], obj["completion"]))
+    if not examples:
+        raise DataError(f"{path} holds no examples; give it one JSON object per line, {_EXAMPLE}")
+    return examples
+
+
+def read_examples(path: str | pathlib.Path) -> list[tuple[str, str]]:
+    """The (prompt, completion) pairs of a JSON-lines file, in file order."""
+    return [(p, c) for _, p, c in _read(source_path(str(path)))]
+
+
+def _row(prompt: list[int], completion: list[int], length: int) -> np.ndarray:
+    """One row of `length` values: the prompt masked, then the completion, then masked padding; an
+    example too long for it cut as the module docstring says."""
+    # Prompt tokens kept: all that fit beside the whole completion, and never fewer than one.
+    n_prompt = min(len(prompt), max(length - len(completion), 1))
+    completion = completion[: length - n_prompt]
+    row = np.full(length, masked(PAD_ID), dtype=np.int32)
+    row[:n_prompt] = masked(prompt[len(prompt) - n_prompt :])
+    row[n_prompt : n_prompt + len(completion)] = completion
+    return row
+
+
+def _encode(where: str, tokenizer, text: str) -> list[int]:
+    try:
+        return tokenizer.encode(text)
+    except DataError as e:  # unknown characters: name the line they are on
+        raise DataError(f"{where}: {e}") from None
+
+
+def _rows(path: pathlib.Path, examples, tokenizer, length: int) -> np.ndarray:
+    """[len(examples), length] int32 rows; warns once with how many examples were cut."""
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    rows, cut_prompt, cut_completion = [], 0, 0
+    for number, prompt, completion in examples:
+        where = f"{path}:{number}"
+        prompt_ids = _encode(where, tokenizer, prompt)
+        completion_ids = _encode(where, tokenizer, completion) + eos
+        # Row position 0 is never a target: with no prompt, the first completion token is only read.
+        if len(completion_ids) < (1 if prompt_ids else 2):
+            raise DataError(
+                f"{where}: nothing to train on: the completion gives {len(completion_ids)} token(s)"
+                f"{' (the tokenizer has no EOS)' if not eos else ''} after a prompt of {len(prompt_ids)}; "
+                "give it a longer completion or drop the line"
+            )
+        if len(prompt_ids) + len(completion_ids) > length:
+            cut_prompt += len(completion_ids) < length
+            cut_completion += len(completion_ids) >= length
+        rows.append(_row(prompt_ids, completion_ids, length))
+    if cut_prompt or cut_completion:
+        warnings.warn(
+            f"{path}: {cut_prompt + cut_completion} of {len(examples)} examples are longer than "
+            f"block_size + 1 = {length} tokens and were cut: {cut_prompt} lost the start of the prompt only, "
+            f"{cut_completion} the end of the completion; raise model.block_size to keep them whole",
+            stacklevel=3,
+        )
+    return np.stack(rows)
+
+
+def load_sft_dataset(
+    source: str | None,
+    *,
+    block_size: int,
+    val_fraction: float,
+    tokenizer=None,
+) -> Dataset:
+    """The prompt/completion file `source` as train/val rows of block_size + 1 values (see module doc).
+
+    The val split is the last `val_fraction` of the examples in file order (split as prepare_tokens
+    splits text: the first int(N * (1 - val_fraction)) train). `tokenizer` None: the characters of every
+    prompt and completion.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must be in (0, 1); e.g. 0.1")
+    path = source_path(source)
+    examples = _read(path)
+    n_train = int(len(examples) * (1 - val_fraction))
+    if not 0 < n_train < len(examples):
+        raise DataError(
+            f"{path} has {len(examples)} example(s), which leaves {n_train} for train and "
+            f"{len(examples) - n_train} for val at val_fraction={val_fraction}; each split needs one: "
+            "add examples or change --config.data.val_fraction"
+        )
+    if tokenizer is None:
+        text = "".join(p + c for _, p, c in examples)
+        if not text:
+            raise DataError(f"{path}: every prompt and completion is empty; give them text")
+        tokenizer = CharTokenizer.from_text(text)
+    rows = _rows(path, examples, tokenizer, block_size + 1)
+    return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)

@@ -1,0 +1,231 @@
+"""Tests for gptjax.data.sft: prompt/completion rows, their batches, cuts, splits and errors."""
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+from gptjax.data import ByteTokenizer, CharTokenizer, DataError, GPT2Tokenizer, get_batch
+from gptjax.data.from_config import load_data, make_tokenizer
+from gptjax.data.sft import IGNORE, decode_rows, load_sft_dataset, masked, read_examples
+
+EXAMPLES = [
+    ("Q: 2+2?\nA:", " 4"),
+    ("Translate 'chat':", " cat\n"),
+    ("", "no prompt here"),
+    ("Hi", ""),  # an EOS-only completion where the tokenizer has one; replaced below where not
+    ("Über", " naïve café ✓"),
+]
+
+
+def write_jsonl(path, examples, extra=None) -> str:
+    lines = [json.dumps({"prompt": p, "completion": c, **(extra or {})}) for p, c in examples]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def expected_xy(prompt_ids, completion_ids, block_size):
+    """(x, y) of one example written out: y IGNORE on prompt targets and padding, x padded with 0."""
+    ids = prompt_ids + completion_ids
+    x = np.zeros(block_size, np.int32)
+    y = np.full(block_size, IGNORE, np.int32)
+    x[: len(ids)] = ids[:block_size]  # the last token is read too (its target is padding) if it fits
+    for t in range(len(ids) - 1):  # x[t] predicts ids[t + 1], trained on when that is a completion token
+        if t + 1 >= len(prompt_ids):
+            y[t] = ids[t + 1]
+    return x, y
+
+
+def test_ignore_is_the_losss_ignore_value():
+    from gptjax import lm_head
+
+    assert IGNORE == lm_head.IGNORE
+
+
+@pytest.mark.parametrize("kind", ["byte", "gpt2"])
+def test_rows_decode_to_the_prompt_completion_and_eos(tmp_path, tmp_cache, data_dir, kind):
+    tok = ByteTokenizer() if kind == "byte" else GPT2Tokenizer(str(data_dir / "gpt2" / "gpt2.tiktoken"))
+    examples = EXAMPLES if tok.eos_id is not None else [*EXAMPLES[:3], ("Hi", "!"), EXAMPLES[4]]
+    source = write_jsonl(tmp_path / "s.jsonl", examples, extra={"id": 7})  # other fields are ignored
+    block_size = 40
+    ds = load_sft_dataset(source, block_size=block_size, val_fraction=0.2, tokenizer=tok)
+    rows = np.concatenate([ds.train, ds.val])
+    assert rows.dtype == np.int32 and rows.shape == (len(examples), block_size + 1)
+    assert ds.tokenizer is tok
+    x_BT, y_BT = decode_rows(rows)
+    eos = [] if tok.eos_id is None else [tok.eos_id]
+    for row, x, y, (prompt, completion) in zip(rows, x_BT, y_BT, examples, strict=True):
+        p, c = tok.encode(prompt), tok.encode(completion) + eos
+        n = len(p) + len(c)
+        np.testing.assert_array_equal(row[:n], np.concatenate([masked(p), c]).astype(np.int32))
+        np.testing.assert_array_equal(row[n:], -1)  # padding: token 0, masked
+        want_x, want_y = expected_xy(p, c, block_size)
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(y, want_y)
+        assert y[n - 2] == (tok.eos_id if eos else c[-1])  # the last target: EOS where there is one
+
+
+def test_default_tokenizer_is_the_characters_of_prompts_and_completions(tmp_path, tmp_cache):
+    source = write_jsonl(tmp_path / "s.jsonl", [("ab", "c"), ("b", "dd"), ("", "ea")])
+    ds = load_sft_dataset(source, block_size=4, val_fraction=0.5)
+    assert ds.tokenizer.chars == "abcde"
+    x, y = decode_rows(ds.train[:1])
+    np.testing.assert_array_equal(x, [[0, 1, 2, 0]])  # "ab" then "c", then padding (token 0)
+    np.testing.assert_array_equal(y, [[IGNORE, 2, IGNORE, IGNORE]])  # only "c" is trained on (no EOS)
+
+
+def test_get_batch_of_sft_rows_is_decode_rows_of_the_drawn_rows(tmp_path, tmp_cache):
+    examples = [(f"prompt {i}:", f" answer {i}") for i in range(20)]
+    ds = load_sft_dataset(write_jsonl(tmp_path / "s.jsonl", examples), block_size=24, val_fraction=0.1)
+    kw = dict(batch_size=12, block_size=24, seed=5)
+    x, y = get_batch(ds.train, step=3, **kw)
+    assert x.dtype == y.dtype == np.int32 and x.shape == y.shape == (12, 24)
+    all_x, all_y = decode_rows(ds.train)
+    for xr, yr in zip(x, y, strict=True):
+        (i,) = np.flatnonzero((all_x == xr).all(axis=1))  # the examples differ: one row matches
+        np.testing.assert_array_equal(yr, all_y[i])
+    assert (y == IGNORE).any() and (y >= 0).any()
+    x2, y2 = get_batch(ds.train, step=3, **kw)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+    assert not np.array_equal(get_batch(ds.train, step=4, **kw)[0], x)
+    with pytest.raises(DataError, match=r"rows are 25 tokens, built for block_size=24, not 16"):
+        get_batch(ds.train, batch_size=2, block_size=16, seed=0, step=0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_get_batch_of_image_rows_is_unchanged(dtype):
+    high = np.iinfo(dtype).max if dtype != np.uint32 else 2**31 - 1  # int32 holds every id batched
+    rows = np.random.default_rng(0).integers(0, high, size=(9, 17), endpoint=True).astype(dtype)
+    x, y = get_batch(rows, batch_size=6, block_size=16, seed=2, step=7, split="val")
+    # What get_batch returned before SFT rows: the drawn rows, shifted.
+    picked = np.random.default_rng([2, 7, 1]).integers(0, 9, size=6)
+    want = rows[picked].astype(np.int32)
+    np.testing.assert_array_equal(x, want[:, :-1])
+    np.testing.assert_array_equal(y, want[:, 1:])
+
+
+def test_long_examples_lose_the_prompt_start_then_the_completion_end(tmp_path, tmp_cache):
+    examples = [
+        ("abcdefghij", "XY"),  # prompt cut: 6 of its 10 tokens fit beside the completion
+        ("p", "0123456789"),  # completion cut: the last prompt token stays, then 7 completion tokens
+        ("", "0123456789"),  # no prompt: the first 8 completion tokens
+        ("abcd", "WXYZ"),  # exactly block_size + 1: not cut
+        ("ok", "fine"),
+    ]
+    source = write_jsonl(tmp_path / "s.jsonl", examples)
+    with pytest.warns(
+        UserWarning, match=r"3 of 5 examples .* 1 lost the start of the prompt only, 2 the end"
+    ):
+        ds = load_sft_dataset(source, block_size=7, val_fraction=0.2, tokenizer=ByteTokenizer())
+    rows = np.concatenate([ds.train, ds.val])
+    text = lambda row: bytes(np.where(row < 0, -row - 1, row).tolist()).decode()  # noqa: E731
+    assert [text(r) for r in rows[:4]] == ["efghijXY", "p0123456", "01234567", "abcdWXYZ"]
+    np.testing.assert_array_equal(rows[0] < 0, [True] * 6 + [False] * 2)
+    np.testing.assert_array_equal(rows[1] < 0, [True] + [False] * 7)
+    assert (rows[2] >= 0).all()
+
+
+def test_short_examples_do_not_warn(tmp_path, tmp_cache, recwarn):
+    load_sft_dataset(write_jsonl(tmp_path / "s.jsonl", [("a", "b")] * 3), block_size=1, val_fraction=0.5)
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("n, val_fraction, n_train", [(10, 0.1, 9), (10, 0.25, 7), (3, 0.1, 2), (2, 0.5, 1)])
+def test_val_split_is_the_last_examples(tmp_path, tmp_cache, n, val_fraction, n_train):
+    examples = [("", f"{i:02d}") for i in range(n)]
+    source = write_jsonl(tmp_path / "s.jsonl", examples)
+    ds = load_sft_dataset(source, block_size=2, val_fraction=val_fraction, tokenizer=ByteTokenizer())
+    assert (len(ds.train), len(ds.val)) == (n_train, n - n_train)
+    numbers = [bytes(r[:2].tolist()).decode() for r in np.concatenate([ds.train, ds.val])]
+    assert numbers == [c for _, c in examples]  # file order: train first, val the last lines
+
+
+def test_read_examples_skips_blank_lines_and_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    lines = [
+        "",
+        '{"prompt": "a", "completion": "b", "x": 1}',
+        "",
+        "  ",
+        '{"prompt": "", "completion": "\u2028"}',
+    ]
+    (tmp_path / "s.jsonl").write_text("\n".join(lines))  # a raw U+2028 in a JSON string: not a line break
+    assert read_examples("~/s.jsonl") == [("a", "b"), ("", "\u2028")]
+
+
+OK = '{"prompt": "a", "completion": "b"}'
+BAD_FILES = [  # (the file's lines, the error's pattern)
+    ([OK, "", '{"prompt": "a",'], r"s\.jsonl:3: not JSON \(.* at column \d+\); write one object per line"),
+    ([OK, '{"prompt": "a"}'], r's\.jsonl:2: "completion" is missing; every line needs'),
+    (['{"prompt": 3, "completion": "b"}'], r's\.jsonl:1: "prompt" is int, not a string'),
+    (['["a", "b"]'], r"s\.jsonl:1: a JSON list, not an object"),
+    (["", "  "], r"s\.jsonl holds no examples"),
+    ([OK], r"1 example\(s\), which leaves 0 for train and 1 for val .* change --config.data.val_fraction$"),
+    (
+        [OK, '{"prompt": "a", "completion": ""}'],
+        r"s\.jsonl:2: nothing to train on: the completion gives 0 token\(s\) \(the tokenizer has no EOS\)",
+    ),
+    (['{"prompt": "", "completion": "b"}', OK], r"s\.jsonl:1: nothing to train on"),
+]
+
+
+@pytest.mark.parametrize("lines, pattern", BAD_FILES)
+def test_bad_files_give_one_line_naming_the_line(tmp_path, tmp_cache, lines, pattern):
+    (tmp_path / "s.jsonl").write_text("\n".join(lines))
+    with pytest.raises(DataError, match=pattern) as e:
+        load_sft_dataset(str(tmp_path / "s.jsonl"), block_size=8, val_fraction=0.5)
+    assert "\n" not in str(e.value)
+
+
+def test_characters_outside_a_char_tokenizer_name_the_line(tmp_path, tmp_cache):
+    source = write_jsonl(tmp_path / "s.jsonl", [("ab", "ba"), ("ab", "zz")])
+    with pytest.raises(
+        DataError, match=r"s\.jsonl:2: text has 1 character\(s\) not in the tokenizer's vocab: 'z'"
+    ):
+        load_sft_dataset(source, block_size=8, val_fraction=0.5, tokenizer=CharTokenizer("ab"))
+
+
+def test_missing_file_and_unset_source(tmp_path, tmp_cache):
+    with pytest.raises(DataError, match=r"nope\.jsonl does not exist; fix --config.data.source"):
+        load_sft_dataset(str(tmp_path / "nope.jsonl"), block_size=8, val_fraction=0.1)
+    with pytest.raises(DataError, match=r"^data.source is not set; pass --config.data.source=FILE.jsonl$"):
+        load_sft_dataset(None, block_size=8, val_fraction=0.1)
+
+
+def sft_config(variant, source):
+    config = importlib.import_module("configs.sft").get_config(variant)
+    config.data.source = source
+    return config
+
+
+@pytest.mark.parametrize("variant, kind, block_size", [("tiny", "char", 32), (None, "gpt2", 1024)])
+def test_load_data_with_the_sft_config(tmp_path, tmp_cache, data_dir, variant, kind, block_size):
+    examples = [(f"Q{i}: how many?", f" {i} of them") for i in range(30)]
+    config = sft_config(variant, write_jsonl(tmp_path / "s.jsonl", examples))
+    ds = load_data(config.data, make_tokenizer(config.data), block_size=config.model.block_size)
+    assert config.model.block_size == block_size and ds.tokenizer.kind == kind
+    assert ds.train.shape == (27, block_size + 1) and ds.val.shape == (3, block_size + 1)
+    assert ds.train.dtype == ds.val.dtype == np.int32
+    with pytest.raises(ValueError, match="load_data needs block_size"):
+        load_data(config.data, None)
+
+
+def test_sft_configs_pass_the_training_loop_checks():
+    from gptjax.train import _check_loop
+
+    for variant in ("tiny", None):
+        config = sft_config(variant, "s.jsonl")
+        assert _check_loop(config) == config.steps_per_call == 10
+    with pytest.raises(ValueError, match="unknown variant 'big' of configs/sft.py"):
+        sft_config("big", "s.jsonl")
+
+
+def test_load_data_refuses_an_unknown_format(tmp_path):
+    config = sft_config("tiny", str(tmp_path / "s.jsonl"))
+    config.data.format = "chat"
+    with pytest.raises(
+        ValueError, match=r"^data.format='chat' is unknown; use one of \['text', 'prompt_completion'\]$"
+    ):
+        load_data(config.data, None, block_size=32)
