@@ -7,7 +7,8 @@ becomes a row and how a long one is cut. The last 10% of the lines are the val s
   python scripts/sample.py --workdir=runs/sft --prompt="<a prompt as the file writes them>"
 Training starts from the HF model gpt2 (as configs/finetune_shakespeare.py: the HF hub cache, else
 downloaded once; offline, --config.init_from=path/to/gpt2). Each example is a row padded to GPT-2's whole
-context of 1024 tokens, the completion followed by <|endoftext|>, so the model learns where to stop.
+context of 1024 tokens (--config.model.block_size=256 crops it, nanoGPT's crop_block_size), the completion
+followed by <|endoftext|>, so the model learns where to stop.
 300 steps of 8 examples at a small constant lr; no expected numbers: they depend on the data, and this
 machine cannot download GPT-2. On an accelerator add --config.model.dtype=bfloat16.
 
@@ -51,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sample.max_new_tokens = 32
         return c
 
-    # GPT-2's block_size stays its 1024: importing its weights checks it (gptjax.convert.SAME_MODEL_FIELDS).
+    # GPT-2's whole context, 1024; for short pairs --config.model.block_size=256 crops it (rows 4x shorter).
     c.model.dropout = 0.1  # a small SFT set is seen many times: some regularisation (GPT-2 trained with 0.1)
     c.opt.lr = 3e-5  # small and constant (finetune_shakespeare's): nudge the pretrained weights
     c.opt.lr_decay_iters = 300  # unused while decay_lr is False; = max_iters if it is turned on

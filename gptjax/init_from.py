@@ -42,16 +42,20 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
     if kind == "hf":
         from gptjax import convert  # here: gptjax.convert imports this module
 
-        params, src_cfg = convert.load_hf(path, into=cfg)  # raises naming each field that differs
+        into = _cropping(convert.read_hf_config(path), cfg, path)
+        params, src_cfg = convert.load_hf(path, into=into)  # raises naming each field that differs
     else:
         from gptjax.train import load_params  # here: gptjax.train imports this module
 
         params, src_cfg, _, _ = load_params(path)
-        check_same_architecture(src_cfg, cfg, f"init_from={path}")
+        into = _cropping(src_cfg, cfg, path)
+        check_same_architecture(src_cfg, into, f"init_from={path}")
         if src_cfg.scan_layers and not cfg.scan_layers:
             params = unstack_layers(params)
         elif cfg.scan_layers and not src_cfg.scan_layers:
             params = stack_layers(params, cfg.n_layer)
+    if into.block_size != cfg.block_size and "wpe" in params:  # learned positions: keep the first ones
+        params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][: cfg.block_size]}}
     if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract_params):
         raise ValueError(
             f"init_from={path}: its model {src_cfg} does not match config.model {cfg}; "
@@ -60,6 +64,18 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
     # Host arrays: the restored ones sit on one device, which put_state cannot spread over other processes.
     to_host = lambda p, a: np.asarray(jax.device_get(p), a.dtype)  # noqa: E731
     return jax.tree_util.tree_map(to_host, params, abstract_params)
+
+
+def _cropping(src_cfg: GPTConfig, cfg: GPTConfig, path: pathlib.Path) -> GPTConfig:
+    """`cfg` with the source's context when config.model asks for a shorter one (nanoGPT's
+    crop_block_size: the model keeps its first block_size positions), so the checks compare the rest."""
+    if cfg.block_size >= src_cfg.block_size:
+        return cfg  # the same, or longer: check_same_model names the difference
+    print(
+        f"init_from={path}: context cropped from {src_cfg.block_size} to {cfg.block_size} positions",
+        flush=True,
+    )
+    return dataclasses.replace(cfg, block_size=src_cfg.block_size)
 
 
 def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> None:

@@ -386,6 +386,39 @@ def test_init_from_a_hub_id_starts_from_its_exact_weights(hub, tmp_path, data_di
     assert hf_tok.encode("Hello world") == [15496, 995] and hf_tok.eos_token_id == 50256
 
 
+def test_init_from_a_shorter_context_keeps_the_first_positions(
+    hub, torch, tmp_path, data_dir, tmp_cache, capsys
+):
+    """config.model.block_size below the source's crops the context (nanoGPT's crop_block_size): the
+    model keeps the first positions and, on sequences that fit, computes what the source computes; from
+    an HF model or a workdir. A longer context than the source's is refused."""
+    config = hub_config(tmp_path, data_dir)
+    config.model.block_size = 16  # the Hub model's: 32
+    train_and_evaluate(config, tmp_path / "ft16")
+    assert "context cropped from 32 to 16 positions" in capsys.readouterr().out
+    params, cfg, _, _ = load_params(tmp_path / "ft16")
+    assert cfg.block_size == 16
+    np.testing.assert_array_equal(
+        params["wpe"]["embedding"], hub.state_dict()["transformer.wpe.weight"][:16].numpy()
+    )
+    x_BT = tokens(cfg, 16)
+    np.testing.assert_allclose(jax_logits(params, cfg, x_BT), torch_logits(torch, hub, x_BT), atol=1e-4)
+
+    config.update(init_from=str(tmp_path / "ft16"))
+    config.model.block_size = 8
+    train_and_evaluate(config, tmp_path / "ft8")
+    params8, cfg8, _, _ = load_params(tmp_path / "ft8")
+    np.testing.assert_array_equal(params8["wpe"]["embedding"], params["wpe"]["embedding"][:8])
+    np.testing.assert_allclose(
+        jax_logits(params8, cfg8, x_BT[:, :8]), jax_logits(params, cfg, x_BT[:, :8]), atol=1e-5
+    )
+
+    config = hub_config(tmp_path, data_dir)
+    config.model.block_size = 64
+    with pytest.raises(ValueError, match=r"block_size=64 \(HF: 32\); set --config.model.block_size=32$"):
+        train_and_evaluate(config, tmp_path / "ft64")
+
+
 def test_init_from_errors_are_one_line(hub, tmp_path, data_dir, tmp_cache):
     (tmp_path / "empty").mkdir()
     cases = [
