@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.opt.warmup_iters = 100
     c.opt.lr_decay_iters = 5000  # = max_iters: the cosine reaches min_lr at the end
     c.opt.decay_lr = True
+    c.opt.schedule = "cosine"  # after warmup, to min_lr: "cosine" (nanoGPT), "linear" or "wsd" (see optim.py)
+    c.opt.cooldown_iters = 0  # "wsd": the last steps before lr_decay_iters that fall to min_lr (e.g. 20%)
     c.opt.beta1 = 0.9
     c.opt.beta2 = 0.99  # a bit higher than GPT-2's 0.95 because few tokens go into each step
     c.opt.weight_decay = 0.1  # on matrices only

@@ -1,5 +1,6 @@
-"""The optimizer: gradient clipping, then AdamW on a warmup + cosine schedule (nanoGPT's recipe). A model
-with LoRA adapters trains them alone: the rest is frozen and has no optimizer state."""
+"""The optimizer: gradient clipping, then AdamW on a warmup + cosine (nanoGPT's recipe), linear or
+warmup-stable-decay schedule. A model with LoRA adapters trains them alone: the rest is frozen and has no
+optimizer state."""
 
 from typing import Any
 
@@ -7,19 +8,38 @@ import jax
 import jax.numpy as jnp
 import optax
 
+SCHEDULES = ("cosine", "linear", "wsd")  # config.opt.schedule: what follows the warmup
+
 
 def lr_schedule(opt: Any) -> optax.Schedule:
-    """nanoGPT's get_lr: linear warmup lr·(step+1)/(warmup_iters+1) (no zero first step), then cosine from
-    lr to min_lr at `lr_decay_iters`, then min_lr."""
+    """nanoGPT's get_lr: linear warmup lr·(step+1)/(warmup_iters+1) (no zero first step), then from lr to
+    min_lr at `lr_decay_iters` (then min_lr): a cosine (opt.schedule="cosine", nanoGPT's), a straight line
+    ("linear", HF Trainer's default), or warmup-stable-decay ("wsd": lr held, then a straight line over the
+    last `cooldown_iters` before lr_decay_iters; a run can go on from any checkpoint of its stable phase
+    with a later lr_decay_iters). decay_lr=False: lr throughout."""
     if not opt.decay_lr:
         return optax.constant_schedule(opt.lr)
+    kind = opt.get("schedule", "cosine")
     warmup, decay = opt.warmup_iters, opt.lr_decay_iters
+    start = warmup  # where the fall from lr to min_lr starts
+    if kind == "wsd":
+        cooldown = opt.get("cooldown_iters", 0)
+        if not 0 < cooldown <= decay - warmup:
+            raise ValueError(
+                f"opt.cooldown_iters={cooldown} must be in [1, lr_decay_iters - warmup_iters = "
+                f"{decay - warmup}] for opt.schedule='wsd'; e.g. 20% of the steps"
+            )
+        start = decay - cooldown
+    elif kind not in SCHEDULES:
+        raise ValueError(f"opt.schedule={kind!r} is unknown; use one of {list(SCHEDULES)}")
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
-        ratio = jnp.clip((step - warmup) / max(decay - warmup, 1), 0.0, 1.0)
-        cosine = opt.min_lr + 0.5 * (1.0 + jnp.cos(jnp.pi * ratio)) * (opt.lr - opt.min_lr)
-        return jnp.where(step < warmup, opt.lr * (step + 1) / (warmup + 1), cosine)
+        ratio = jnp.clip((step - start) / max(decay - start, 1), 0.0, 1.0)  # 0 -> 1 over the fall
+        fall = 0.5 * (1.0 + jnp.cos(jnp.pi * ratio)) if kind == "cosine" else 1.0 - ratio
+        return jnp.where(
+            step < warmup, opt.lr * (step + 1) / (warmup + 1), opt.min_lr + fall * (opt.lr - opt.min_lr)
+        )
 
     return schedule
 

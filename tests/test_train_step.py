@@ -446,6 +446,39 @@ def test_eval_in_micro_batches_equals_one_batch(tiny_state, tiny_batch):
     assert scratch(4) < scratch(1) / 2
 
 
+def test_lr_schedule_linear_and_warmup_stable_decay():
+    """After nanoGPT's warmup: "linear" falls straight from lr to min_lr; "wsd" holds lr, then falls
+    straight over the last cooldown_iters, so a run whose stable phase is extended (a later lr_decay_iters)
+    has had the same rates up to then. Unknown schedules and cooldowns that do not fit are one line."""
+
+    def lrs(**opt):
+        base = dict(
+            lr=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=50, decay_lr=True, cooldown_iters=20
+        )
+        return np.asarray(lr_schedule(ml_collections.ConfigDict({**base, **opt}))(jnp.arange(60)), np.float64)
+
+    warmup = [1e-3 * (s + 1) / 11 for s in range(10)]
+    linear = lrs(schedule="linear")
+    np.testing.assert_allclose(linear[:10], warmup, rtol=1e-6)
+    np.testing.assert_allclose(
+        linear[10:51], [1e-4 + (1 - (s - 10) / 40) * 9e-4 for s in range(10, 51)], rtol=1e-5
+    )
+    np.testing.assert_allclose(linear[50:], 1e-4, rtol=1e-6)
+    wsd = lrs(schedule="wsd")
+    np.testing.assert_allclose(wsd[:10], warmup, rtol=1e-6)
+    np.testing.assert_allclose(wsd[10:31], 1e-3, rtol=1e-6)  # stable
+    assert wsd[40] == pytest.approx(5.5e-4, rel=1e-5)  # half way down the cooldown
+    np.testing.assert_allclose(wsd[50:], 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(lrs(schedule="wsd", lr_decay_iters=100)[:31], wsd[:31], rtol=0)
+    for opt, match in [
+        (dict(schedule="step"), r"opt.schedule='step' is unknown; use one of \['cosine', 'linear', 'wsd'\]"),
+        (dict(schedule="wsd", cooldown_iters=0), r"opt.cooldown_iters=0 must be in \[1, .* = 40\]"),
+        (dict(schedule="wsd", cooldown_iters=41), r"opt.cooldown_iters=41 must be in"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lrs(**opt)
+
+
 def test_lr_schedule_without_a_cosine_phase_drops_to_min_lr():
     """lr_decay_iters == warmup_iters: warmup to lr, then min_lr at once; never a division by zero."""
     opt = ml_collections.ConfigDict(
