@@ -106,6 +106,21 @@ def test_get_batch_of_image_rows_is_unchanged(dtype):
     np.testing.assert_array_equal(y, want[:, 1:])
 
 
+def test_text_lines_are_trained_on_whole(tmp_path, tmp_cache):
+    """{"text": ...} lines (TRL's language-modeling format) beside pairs: an empty prompt, every target
+    trained on up to the padding; a line with a prompt and a text is a pair missing its completion."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "hello"}\n{"prompt": "q", "completion": "a"}\n{"text": "bye", "id": 3}\n')
+    ds = load_sft_dataset(path, block_size=7, val_fraction=0.34, tokenizer=ByteTokenizer())
+    x, y = decode_rows(ds.train[:1])
+    assert bytes(x[0, :5].tolist()) == b"hello"
+    np.testing.assert_array_equal(y[0], [*b"ello", IGNORE, IGNORE, IGNORE])  # no EOS: bytes have none
+    assert bytes(decode_rows(ds.val[-1:])[0][0, :3].tolist()) == b"bye"
+    path.write_text('{"prompt": "q", "text": "a"}\n')
+    with pytest.raises(DataError, match=r's\.jsonl:1: "completion" is missing; .* \(or \{"text": "..."\}\)'):
+        load_sft_dataset(path, block_size=7, val_fraction=0.5, tokenizer=ByteTokenizer())
+
+
 def test_long_examples_lose_the_prompt_start_then_the_completion_end(tmp_path, tmp_cache):
     examples = [
         ("abcdefghij", "XY"),  # prompt cut: 6 of its 10 tokens fit beside the completion

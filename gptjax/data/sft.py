@@ -1,8 +1,9 @@
 """Supervised fine-tuning data: prompt/completion pairs, trained on the completion only.
 
 The file is JSON lines, one example per non-empty line: {"prompt": "...", "completion": "..."} (TRL's
-"prompt-completion" format with completion-only loss; OpenAI's legacy fine-tuning format); other fields
-are ignored. Each example becomes one int32 row of block_size + 1 values: the prompt's ids, the
+"prompt-completion" format with completion-only loss; OpenAI's legacy fine-tuning format), or {"text":
+"..."} (TRL's "language modeling" format: an empty prompt, the whole text trained on); other fields are
+ignored. Each example becomes one int32 row of block_size + 1 values: the prompt's ids, the
 completion's ids, the tokenizer's EOS (when it has one), then padding. A value v >= 0 is token v, which
 the model learns to predict where it is a target; v < 0 stands for token -v - 1 (`masked`), which the
 model reads but is never trained to predict: the prompt and the padding (token 0, after the real tokens,
@@ -75,10 +76,15 @@ def _read(path: pathlib.Path) -> list[tuple[int, str, str]]:
             ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{number}: a JSON {type(obj).__name__}, not an object; write {_EXAMPLE}")
+        if "prompt" not in obj and "completion" not in obj and isinstance(obj.get("text"), str):
+            examples.append((number, "", obj["text"]))
+            continue
         for field in ("prompt", "completion"):
             if not isinstance(obj.get(field), str):
                 got = "missing" if field not in obj else f"{type(obj[field]).__name__}, not a string"
-                raise DataError(f'{path}:{number}: "{field}" is {got}; every line needs {_EXAMPLE}')
+                raise DataError(
+                    f'{path}:{number}: "{field}" is {got}; every line needs {_EXAMPLE} (or {{"text": "..."}})'
+                )
         examples.append((number, obj["prompt"], obj["completion"]))
     if not examples:
         raise DataError(f"{path} holds no examples; give it one JSON object per line, {_EXAMPLE}")
