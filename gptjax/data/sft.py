@@ -99,7 +99,7 @@ def read_examples(path: str | pathlib.Path) -> list[tuple[str, str]]:
 def _row(prompt: list[int], completion: list[int], length: int) -> np.ndarray:
     """One row of `length` values: the prompt masked, then the completion, then masked padding; an
     example too long for it cut as the module docstring says."""
-    # Prompt tokens kept: all that fit beside the whole completion, and never fewer than one.
+    # Prompt tokens kept: all that fit beside the whole completion, and at least one if there is a prompt.
     n_prompt = min(len(prompt), max(length - len(completion), 1))
     completion = completion[: length - n_prompt]
     row = np.full(length, masked(PAD_ID), dtype=np.int32)
