@@ -8,7 +8,8 @@ becomes a row and how a long one is cut. The last 10% of the lines are the val s
 Training starts from the HF model gpt2 (as configs/finetune_shakespeare.py: the HF hub cache, else
 downloaded once; offline, --config.init_from=path/to/gpt2). Each example is a row padded to GPT-2's whole
 context of 1024 tokens (--config.model.block_size=256 crops it, nanoGPT's crop_block_size), the completion
-followed by <|endoftext|>, so the model learns where to stop.
+followed by <|endoftext|>, so the model learns where to stop; --config.data.packing=True packs several
+short examples into each row instead (each still attends only to itself).
 300 steps of 8 examples at a small constant lr; no expected numbers: they depend on the data, and this
 machine cannot download GPT-2. On an accelerator add --config.model.dtype=bfloat16.
 
@@ -17,7 +18,7 @@ machine cannot download GPT-2. On an accelerator add --config.model.dtype=bfloat
   python scripts/train.py --config=configs/sft.py:tiny --workdir=/tmp/sft_tiny --config.data.source=FILE.jsonl
 On tests/test_sft.py's task (1,000 pairs such as {"prompt": "dhab>", "completion": "ddd."}: repeat the
 first letter) the val loss falls from 2.14 to 0.012 at step 200 and greedy decoding answers all 100 val
-prompts, in 4 s on 2 CPU cores.
+prompts, in 4 s on 2 CPU cores; with --config.data.packing=True (3 examples a row) 2.15 -> 0.010.
 """
 
 import ml_collections
@@ -36,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = config_dict.placeholder(str)  # required: a JSON-lines file of prompt/completion pairs
     c.data.format = "prompt_completion"  # one row per example, trained on the completion only
     c.data.val_fraction = 0.1  # the last 10% of the examples, in file order
+    # True: several examples per row (TRL's packing=True, best-fit decreasing), each attending only to
+    # itself with its own positions, so a short example spends no compute on padding; batch_size then
+    # counts rows, not examples. False: one example per row, padded.
+    c.data.packing = False
 
     if arg == "tiny":
         c.init_from = "scratch"

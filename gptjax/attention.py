@@ -58,16 +58,19 @@ class CausalSelfAttention(nn.Module):
         *,
         cache: Cache | None = None,
         kv_mask_BS: jax.Array | None = None,
+        segments_BT: jax.Array | None = None,
         deterministic: bool,
     ) -> tuple[jax.Array, Cache | None]:
-        """Attends each query to itself and earlier keys; `kv_mask_BS` (bool) also hides padded keys."""
+        """Attends each query to itself and earlier keys; `kv_mask_BS` (bool) also hides padded keys, and
+        `segments_BT` (int, packed examples) the keys of other segments than the query's."""
         B, T, D = x_BTD.shape
         N = self.n_head
         H = D // N
         implementation = self.implementation
         if implementation == "auto":
             half = jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)
-            gpu = jax.default_backend() == "gpu" and cache is None and kv_mask_BS is None
+            masked = cache is not None or kv_mask_BS is not None or segments_BT is not None
+            gpu = jax.default_backend() == "gpu" and not masked
             implementation = "cudnn" if half and gpu else "xla"
         if implementation == "cudnn":  # q, k, v as three matmuls: cuDNN reads each in place
             q_BTD, k_BTD, v_BTD = self._dense(3 * D, normal_init(), "c_attn", splits=3)(x_BTD, deterministic)
@@ -86,6 +89,10 @@ class CausalSelfAttention(nn.Module):
         mask_BTS = (jnp.arange(S)[None, :] <= end + jnp.arange(T)[:, None])[None]
         if kv_mask_BS is not None:
             mask_BTS = mask_BTS & kv_mask_BS[:, None, :].astype(bool)
+        if segments_BT is not None:
+            if cache is not None:
+                raise ValueError("segments_BT (packed training rows) cannot be used with a KV cache")
+            mask_BTS = mask_BTS & (segments_BT[:, :, None] == segments_BT[:, None, :])
 
         if implementation != "einsum":
             if self.dropout and not deterministic:
@@ -95,7 +102,8 @@ class CausalSelfAttention(nn.Module):
                 )
             new_cache = None if cache is None else _write(cache, k_BNHT, v_BNTH, end)
             k_BNHS, v_BNSH = (k_BNHT, v_BNTH) if cache is None else (new_cache["k"], new_cache["v"])
-            plain_causal = cache is None and kv_mask_BS is None  # lets cuDNN use its causal kernel
+            # Only a plain causal mask lets cuDNN use its causal kernel; other masks are passed whole.
+            plain_causal = cache is None and kv_mask_BS is None and segments_BT is None
             out_BTNH = jax.nn.dot_product_attention(
                 q_BTNH,
                 k_BNHS.transpose(0, 3, 1, 2).astype(self.dtype),

@@ -31,8 +31,8 @@ from gptjax.model import GPT, GPTConfig
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _token_nats(params: Any, cfg: GPTConfig, x_BT: jax.Array, y_BT: jax.Array) -> jax.Array:
-    logits_BTV, _ = GPT(cfg).apply({"params": params}, x_BT)
+def _token_nats(params: Any, cfg: GPTConfig, x_BT: jax.Array, y_BT: jax.Array, segments_BT=None) -> jax.Array:
+    logits_BTV, _ = GPT(cfg).apply({"params": params}, x_BT, segments_BT=segments_BT)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), y_BT)
 
 
@@ -118,11 +118,11 @@ def random_batch_loss(
         raise ValueError(f"batches={batches} must be a positive multiple of group={group}")
     losses = []
     for step in range(batches):
-        x_BT, y_BT = get_batch(
+        x_BT, y_BT, *segments_BT = get_batch(
             tokens, batch_size=batch_size, block_size=cfg.block_size, seed=seed, step=step, split=split
         )
         trained_BT = y_BT >= 0  # a fine-tuning prompt's targets are IGNORE: the loss is training's
-        nats_BT = _token_nats(params, cfg, x_BT, np.maximum(y_BT, 0))
+        nats_BT = _token_nats(params, cfg, x_BT, np.maximum(y_BT, 0), *segments_BT)
         losses.append(float(jnp.sum(jnp.where(trained_BT, nats_BT, 0.0)) / max(trained_BT.sum(), 1)))
     means = np.asarray(losses).reshape(-1, group).mean(axis=1)
     return {

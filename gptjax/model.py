@@ -200,7 +200,7 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, cache=None, kv_mask_BS=None):
+    def __call__(self, x_BTD, cache=None, kv_mask_BS=None, segments_BT=None):
         c = self.config
         deterministic = self.deterministic
         ln = lambda name: norm(  # noqa: E731
@@ -218,7 +218,13 @@ class Block(nn.Module):
             param_dtype=c.param_dtype,
             lora=c.lora,
             name="attn",
-        )(ln("ln_1")(x_BTD), cache=cache, kv_mask_BS=kv_mask_BS, deterministic=deterministic)
+        )(
+            ln("ln_1")(x_BTD),
+            cache=cache,
+            kv_mask_BS=kv_mask_BS,
+            segments_BT=segments_BT,
+            deterministic=deterministic,
+        )
         x_BTD = x_BTD + h_BTD
         mlp = MLP(
             c.n_embd,
@@ -246,7 +252,7 @@ def stacked_layers(config: GPTConfig):
             layer,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=config.n_layer,
         )
     return layer
@@ -270,6 +276,14 @@ def stack_layers(params: Any, n_layer: int) -> Any:
     return params
 
 
+def segment_positions(segments_BT: jax.Array) -> jax.Array:
+    """Each token's position in its segment (a run of equal ids): 0 where the id changes, then 1, 2, ..."""
+    B, T = segments_BT.shape
+    t_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    starts_BT = jnp.concatenate([jnp.ones((B, 1), bool), segments_BT[:, 1:] != segments_BT[:, :-1]], axis=1)
+    return t_BT - jax.lax.cummax(jnp.where(starts_BT, t_BT, 0), axis=1)
+
+
 class GPT(nn.Module):
     config: GPTConfig
 
@@ -281,6 +295,7 @@ class GPT(nn.Module):
         positions_BT: jax.Array | None = None,
         cache: Sequence[attention.Cache] | None = None,
         kv_mask_BS: jax.Array | None = None,
+        segments_BT: jax.Array | None = None,
         deterministic: bool = True,
         targets_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, list[attention.Cache] | None]:
@@ -289,7 +304,9 @@ class GPT(nn.Module):
         the targets that are not lm_head.IGNORE).
 
         positions_BT defaults to 0..T-1 (offset by the cache's fill level when decoding); pass it
-        explicitly for left-padded batches.
+        explicitly for left-padded batches. `segments_BT` (int) packs several examples in a row: each
+        token attends only to earlier tokens of its own segment (equal ids, consecutive), and positions
+        restart at 0 where a segment starts, so each example is computed as if it were alone in its row.
         """
         c = self.config
         B, T = tokens_BT.shape
@@ -300,7 +317,9 @@ class GPT(nn.Module):
                 f"{what} exceed block_size={c.block_size} (the model has no positions beyond it); "
                 "crop the input to its last block_size tokens"
             )
-        if positions_BT is None:
+        if positions_BT is None and segments_BT is not None:
+            positions_BT = segment_positions(segments_BT)
+        elif positions_BT is None:
             offset = cache[0]["end"] if cache is not None else 0
             positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32) + offset, (B, T))
 
@@ -340,12 +359,14 @@ class GPT(nn.Module):
                     "KV-cache decoding needs per-layer params: use GPTConfig(scan_layers=False) "
                     "with gptjax.model.unstack_layers(params)"
                 )
-            x_BTD, _ = layer(c, deterministic, name="h")(x_BTD, None, kv_mask_BS)
+            x_BTD, _ = layer(c, deterministic, name="h")(x_BTD, None, kv_mask_BS, segments_BT)
         else:
             new_cache = [] if cache is not None else None
             for i in range(c.n_layer):
                 layer_cache = cache[i] if cache is not None else None
-                x_BTD, layer_cache = layer(c, deterministic, name=f"h_{i}")(x_BTD, layer_cache, kv_mask_BS)
+                x_BTD, layer_cache = layer(c, deterministic, name=f"h_{i}")(
+                    x_BTD, layer_cache, kv_mask_BS, segments_BT
+                )
                 if cache is not None:
                     new_cache.append(layer_cache)
         x_BTD = norm("ln_f", c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)(x_BTD)

@@ -81,22 +81,19 @@ def batches(
     tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: str = "train", rows=slice(None)
 ):
     """`rows` (this process's: Placement.process_rows) of the global batches of `steps`, stacked:
-    (x_KbT, y_KbT)."""
-    xs, ys = zip(
-        *(
-            data_lib.get_batch(
-                tokens,
-                batch_size=config.batch_size,
-                block_size=config.model.block_size,
-                seed=seed,
-                step=step,
-                split=split,
-            )
-            for step in steps
-        ),
-        strict=True,
-    )
-    return np.stack(xs)[:, rows], np.stack(ys)[:, rows]
+    (x_KbT, y_KbT), and segments_KbT for packed rows."""
+    per_step = [
+        data_lib.get_batch(
+            tokens,
+            batch_size=config.batch_size,
+            block_size=config.model.block_size,
+            seed=seed,
+            step=step,
+            split=split,
+        )
+        for step in steps
+    ]
+    return tuple(np.stack(arrays)[:, rows] for arrays in zip(*per_step, strict=True))
 
 
 def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.Placement) -> dict:

@@ -27,13 +27,16 @@ def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed
     return state.replace(step=jnp.asarray(0, jnp.int32))
 
 
-def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> jax.Array:
+def loss_fn(params, apply_fn, batch, dropout_rng, deterministic: bool) -> jax.Array:
     """Mean next-token cross entropy in float32 over the targets not IGNORE'd (the model computes it:
-    GPTConfig.loss_chunk). Parameters training does not update (a LoRA model's base) get no gradient
-    (optim.freeze)."""
+    GPTConfig.loss_chunk). `batch` is (x_BT, y_BT), or (x_BT, y_BT, segments_BT) for rows that pack
+    several examples (GPT's segments_BT). Parameters training does not update (a LoRA model's base) get
+    no gradient (optim.freeze)."""
+    x_BT, y_BT, *segments = batch
     loss, _ = apply_fn(
         {"params": freeze(params)},
         x_BT,
+        segments_BT=segments[0] if segments else None,
         deterministic=deterministic,
         rngs={"dropout": dropout_rng},
         targets_BT=y_BT,
@@ -41,13 +44,13 @@ def loss_fn(params, apply_fn, x_BT, y_BT, dropout_rng, deterministic: bool) -> j
     return loss
 
 
-def _micro_batches(batch: tuple[jax.Array, jax.Array], grad_accum: int) -> tuple[jax.Array, jax.Array]:
-    """(x_BT, y_BT) -> (x_KbT, y_KbT): grad_accum equal micro-batches of b = B / grad_accum rows."""
-    x_BT, y_BT = batch
-    B, T = x_BT.shape
+def _micro_batches(batch: tuple[jax.Array, ...], grad_accum: int) -> tuple[jax.Array, ...]:
+    """(x_BT, y_BT[, segments_BT]) -> (x_KbT, y_KbT, ...): grad_accum equal micro-batches of
+    b = B / grad_accum rows."""
+    B, T = batch[0].shape
     if B % grad_accum:
         raise ValueError(f"batch_size={B} is not divisible by grad_accum={grad_accum}")
-    return x_BT.reshape(grad_accum, B // grad_accum, T), y_BT.reshape(grad_accum, B // grad_accum, T)
+    return tuple(a.reshape(grad_accum, B // grad_accum, T) for a in batch)
 
 
 def _trained(y_BT: jax.Array) -> jax.Array:
@@ -57,11 +60,12 @@ def _trained(y_BT: jax.Array) -> jax.Array:
 
 def train_step(
     state: TrainState,
-    batch: tuple[jax.Array, jax.Array],
+    batch: tuple[jax.Array, ...],
     grad_accum: int = 1,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a global batch (x_BT, y_BT) split into `grad_accum` micro-batches.
+    """One optimizer update on a global batch (x_BT, y_BT[, segments_BT]: loss_fn) split into
+    `grad_accum` micro-batches.
 
     The loss is the mean over every target of the global batch that is trained on (y >= 0): each
     micro-batch's mean loss and gradient count by its share of those targets, which equals the gradient
@@ -70,8 +74,8 @@ def train_step(
     share of the batch, its shares are of the targets of all devices, and the weighted gradients and
     loss are summed over devices (`lax.psum`).
     """
-    x_KbT, y_KbT = _micro_batches(batch, grad_accum)
-    total = _trained(y_KbT)
+    micro_batches = _micro_batches(batch, grad_accum)
+    total = _trained(micro_batches[1])
     if axis_name is not None:
         total = jax.lax.psum(total, axis_name)
     total = jnp.maximum(total, 1.0)  # a batch with nothing to learn: loss and gradients 0
@@ -82,17 +86,17 @@ def train_step(
 
     def micro_step(carry, micro):
         loss_sum, grad_sum = carry
-        i, x_bT, y_bT = micro
+        i, micro_batch = micro
         loss, grads = grad_fn(
-            state.params, state.apply_fn, x_bT, y_bT, jax.random.fold_in(step_rng, i), False
+            state.params, state.apply_fn, micro_batch, jax.random.fold_in(step_rng, i), False
         )
-        share = _trained(y_bT) / total
+        share = _trained(micro_batch[1]) / total
         grad_sum = jax.tree_util.tree_map(lambda a, g: a + g * share.astype(g.dtype), grad_sum, grads)
         return (loss_sum + loss * share, grad_sum), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    micro_batches = (jnp.arange(grad_accum), x_KbT, y_KbT)
-    (loss, grads), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro_batches)
+    micro = (jnp.arange(grad_accum), micro_batches)
+    (loss, grads), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro)
     if axis_name is not None:
         loss, grads = jax.lax.psum((loss, grads), axis_name)
 
@@ -109,11 +113,12 @@ def train_step(
 
 def train_steps(
     state: TrainState,
-    batches: tuple[jax.Array, jax.Array],
+    batches: tuple[jax.Array, ...],
     grad_accum: int = 1,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """K consecutive train steps in one call (`lax.scan`) on batches (x_KBT, y_KBT); metrics are [K].
+    """K consecutive train steps in one call (`lax.scan`) on batches (x_KBT, y_KBT[, segments_KBT]);
+    metrics are [K].
 
     Several steps per dispatch hide the host overhead that dominates small models.
     """
@@ -121,19 +126,19 @@ def train_steps(
     return jax.lax.scan(step, state, batches)
 
 
-def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array], grad_accum: int = 1) -> jax.Array:
+def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
     """Mean loss on a batch over its targets trained on (as train_step), dropout off, over `grad_accum`
     equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
-    x_KbT, y_KbT = _micro_batches(batch, grad_accum)
+    micro_batches = _micro_batches(batch, grad_accum)
     losses_K = jax.lax.map(
-        lambda micro: loss_fn(state.params, state.apply_fn, *micro, state.rng, True), (x_KbT, y_KbT)
+        lambda micro: loss_fn(state.params, state.apply_fn, micro, state.rng, True), micro_batches
     )
-    trained_K = jnp.sum(y_KbT >= 0, axis=(1, 2)).astype(jnp.float32)
+    trained_K = jnp.sum(micro_batches[1] >= 0, axis=(1, 2)).astype(jnp.float32)
     return jnp.sum(losses_K * trained_K) / jnp.maximum(jnp.sum(trained_K), 1.0)
 
 
-def eval_steps(state: TrainState, batches: tuple[jax.Array, jax.Array], grad_accum: int = 1) -> jax.Array:
-    """Mean losses [K] of K batches (x_KBT, y_KBT), one at a time (`lax.map`)."""
+def eval_steps(state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
+    """Mean losses [K] of K batches (x_KBT, y_KBT[, segments_KBT]), one at a time (`lax.map`)."""
     return jax.lax.map(lambda batch: eval_step(state, batch, grad_accum), batches)
 
 

@@ -128,8 +128,9 @@ def test_bfloat16_attention_takes_logits_and_softmax_in_float32():
 # ----- Causality. -----
 
 
-def logits_with_embedding_delta(cfg, params, tokens_BT, delta_BTD):
-    """The logits with `delta_BTD` added to the token embeddings (a differentiable input)."""
+def logits_with_embedding_delta(cfg, params, tokens_BT, delta_BTD, **kwargs):
+    """The logits with `delta_BTD` added to the token embeddings (a differentiable input); `kwargs` go
+    to GPT.__call__."""
 
     def add_delta(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -138,7 +139,7 @@ def logits_with_embedding_delta(cfg, params, tokens_BT, delta_BTD):
         return out
 
     with nn.intercept_methods(add_delta):
-        logits_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT)
+        logits_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT, **kwargs)
     return logits_BTV
 
 
@@ -173,6 +174,63 @@ def test_future_tokens_do_not_change_past_logits(tiny_cfg):
     other_BTV, _ = apply({"params": params}, other_BT)
     np.testing.assert_allclose(logits_BTV[:, : t + 1], other_BTV[:, : t + 1], rtol=0, atol=1e-6)
     assert not np.allclose(logits_BTV[:, t + 1 :], other_BTV[:, t + 1 :])
+
+
+# ----- Packed rows (segments_BT). -----
+
+# Three examples of 3, 2 and 2 tokens, then one padding token (segment 0), in tiny_cfg's 8 positions.
+SEGMENTS_T = np.array([1, 1, 1, 2, 2, 3, 3, 0], np.int32)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"attention": "xla"}, {"position": "sinusoidal"}, {"scan_layers": True, "remat": "full"}],
+    ids=["einsum", "xla", "sinusoidal", "scan_remat"],
+)
+def test_packed_row_computes_each_example_as_if_alone(tiny_cfg, options):
+    """The logits of each segment of a packed row are those of its tokens alone at positions 0, 1, ..."""
+    cfg = dataclasses.replace(tiny_cfg, **options)
+    params = init_params(cfg)
+    tokens_1T = random_tokens(cfg, (1, cfg.block_size), seed=3)
+    packed_1TV, _ = GPT(cfg).apply({"params": params}, tokens_1T, segments_BT=jnp.asarray(SEGMENTS_T)[None])
+    for segment in (1, 2, 3, 0):
+        (at,) = np.nonzero(SEGMENTS_T == segment)
+        alone_1tV, _ = GPT(cfg).apply({"params": params}, tokens_1T[:, at])
+        np.testing.assert_allclose(packed_1TV[:, at], alone_1tV, rtol=1e-5, atol=1e-5)
+    # Not vacuous: without the segments, the later examples see the earlier ones and their positions.
+    plain_1TV, _ = GPT(cfg).apply({"params": params}, tokens_1T)
+    assert not np.allclose(plain_1TV[:, 3:], packed_1TV[:, 3:], atol=1e-3)
+
+
+def test_packed_segments_are_causal_by_gradient(tiny_cfg):
+    """d logits[t] / d embedding[s] is nonzero exactly for s <= t in t's segment."""
+    T, D = tiny_cfg.block_size, tiny_cfg.n_embd
+    params = init_params(tiny_cfg)
+    tokens_1T = random_tokens(tiny_cfg, (1, T))
+    r_V = jax.random.normal(jax.random.PRNGKey(2), (tiny_cfg.vocab_size,))
+    segments_1T = jnp.asarray(SEGMENTS_T)[None]
+
+    def projected_logits_T(delta_1TD):
+        logits_1TV = logits_with_embedding_delta(
+            tiny_cfg, params, tokens_1T, delta_1TD, segments_BT=segments_1T
+        )
+        return jnp.einsum("BTV,V->T", logits_1TV, r_V)
+
+    jac_TS = np.abs(np.asarray(jax.jit(jax.jacrev(projected_logits_T))(jnp.zeros((1, T, D)))[:, 0])).sum(-1)
+    seen_TS = (SEGMENTS_T[:, None] == SEGMENTS_T[None, :]) & np.tril(np.ones((T, T), bool))
+    assert np.all(jac_TS[~seen_TS] == 0.0), jac_TS
+    assert np.all(jac_TS[seen_TS] > 0.0), jac_TS
+
+
+def test_segments_with_a_kv_cache_are_refused(tiny_cfg):
+    params = init_params(tiny_cfg)
+    with pytest.raises(ValueError, match="segments_BT .* KV cache"):
+        GPT(tiny_cfg).apply(
+            {"params": params},
+            jnp.zeros((1, 2), jnp.int32),
+            cache=init_cache(tiny_cfg, 1),
+            segments_BT=jnp.ones((1, 2), jnp.int32),
+        )
 
 
 # ----- Position encodings. -----

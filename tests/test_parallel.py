@@ -104,16 +104,17 @@ def test_fused_loss_under_mesh_equals_single_device(setup):
 
 
 @pytest.mark.parametrize("mode", ["pmap", "mesh"])
-def test_ignored_targets_weigh_devices_as_one_device(setup, mode):
+def test_packed_fine_tuning_batches_weigh_devices_as_one_device(setup, mode):
     """Fine-tuning batches whose devices train on very different numbers of targets (the first device's
-    rows on none, the next on one, ...): pmap and mesh steps and evaluations still give the mean over the
-    global batch's targets, as one device does."""
+    rows on none, the next on one, ...), their rows packed with several examples (segment ids): pmap and
+    mesh steps and evaluations still give the mean over the global batch's targets, as one device does."""
     config, init, abstract, (x_KBT, y_KBT), _ = setup
     keep_KBT = (
         np.arange(16)[None, :, None] * 16 + np.arange(16)[None, None, :]
         < np.arange(3)[:, None, None] * 40 + 30
     )
-    batches = (x_KBT, np.where(keep_KBT, y_KBT, IGNORE).astype(np.int32))
+    segments_KBT = np.cumsum(np.random.default_rng(1).random(x_KBT.shape) < 0.3, axis=-1, dtype=np.int32)
+    batches = (x_KBT, np.where(keep_KBT, y_KBT, IGNORE).astype(np.int32), segments_KBT)
     single, single_metrics = jax.jit(train_steps)(jax.jit(init)(), batches)
     want_eval = jax.jit(eval_steps)(single, batches)
     config = ml_collections.ConfigDict(config.to_dict())

@@ -28,10 +28,14 @@ def first_letter_task(path, n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_fine_tuned_model_answers_val_prompts(tmp_path, tmp_cache):
+@pytest.mark.parametrize("packing", [False, True])
+def test_fine_tuned_model_answers_val_prompts(tmp_path, tmp_cache, packing):
+    """One example per row, or packed: 3 examples of 9 characters per row of 33 (so 3x the examples per
+    step, each still computed alone)."""
     pairs = first_letter_task(tmp_path / "task.jsonl", 1000)
     config = sft.get_config("tiny")
     config.data.source = str(tmp_path / "task.jsonl")
+    config.data.packing = packing
     train_and_evaluate(config, tmp_path / "w")
     records = read_metrics(tmp_path / "w")
     val = [r["val_loss"] for r in records if "val_loss" in r]
@@ -50,9 +54,12 @@ def test_fine_tuned_model_answers_val_prompts(tmp_path, tmp_cache):
     params, cfg, tokenizer, saved = load_params(tmp_path / "w")
     val_rows = load_data(config.data, tokenizer, block_size=cfg.block_size).val
     got = evaluate.random_batch_loss(params, cfg, val_rows, batch_size=16, batches=2, group=1)
+    assert val_rows.ndim == (3 if packing else 2)
     want = [
-        GPT(cfg).apply({"params": params}, x_BT, targets_BT=y_BT)[0]
-        for x_BT, y_BT in (
+        GPT(cfg).apply(
+            {"params": params}, x_BT, targets_BT=y_BT, segments_BT=segments[0] if segments else None
+        )[0]
+        for x_BT, y_BT, *segments in (
             get_batch(val_rows, batch_size=16, block_size=32, seed=0, step=i, split="val") for i in (0, 1)
         )
     ]

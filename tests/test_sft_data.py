@@ -2,13 +2,14 @@
 
 import importlib
 import json
+import math
 
 import numpy as np
 import pytest
 
 from gptjax.data import ByteTokenizer, CharTokenizer, DataError, GPT2Tokenizer, get_batch
 from gptjax.data.from_config import load_data, make_tokenizer
-from gptjax.data.sft import IGNORE, decode_rows, load_sft_dataset, masked, read_examples
+from gptjax.data.sft import IGNORE, decode_rows, load_sft_dataset, masked, pack, read_examples
 
 EXAMPLES = [
     ("Q: 2+2?\nA:", " 4"),
@@ -244,3 +245,96 @@ def test_load_data_refuses_an_unknown_format(tmp_path):
         ValueError, match=r"^data.format='chat' is unknown; use one of \['text', 'prompt_completion'\]$"
     ):
         load_data(config.data, None, block_size=32)
+
+
+# ----- Packing (data.packing: several examples per row). -----
+
+
+def test_pack_is_best_fit_decreasing():
+    """Lengths 2, 6, 4, 3, 5, 3 into rows of 8, longest first, each into the fullest row with room:
+    6 -> row 0 (2 left), 5 -> row 1 (3 left), 4 -> row 2 (4 left), 3 -> row 1 (full), 3 -> row 2 (1
+    left), 2 -> row 0 (full). Each row lists its examples in file order."""
+    lengths = [2, 6, 4, 3, 5, 3]
+    examples = [np.full(n, i + 1, np.int32) for i, n in enumerate(lengths)]  # example i's tokens: i + 1
+    rows = pack(examples, 8)
+    assert rows.shape == (3, 2, 8) and rows.dtype == np.int32
+    tokens = np.where(rows[:, 0] < 0, -rows[:, 0] - 1, rows[:, 0])
+    np.testing.assert_array_equal(
+        tokens, [[1, 1, 2, 2, 2, 2, 2, 2], [4, 4, 4, 5, 5, 5, 5, 5], [3, 3, 3, 3, 6, 6, 6, 0]]
+    )
+    np.testing.assert_array_equal(
+        rows[:, 1], [[1, 1, 2, 2, 2, 2, 2, 2], [1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 2, 2, 2, 0]]
+    )
+    # Each example's first value and the padding are masked (never targets); the rest are kept as given.
+    starts = np.diff(rows[:, 1], prepend=-1, axis=1) != 0
+    np.testing.assert_array_equal(rows[:, 0] < 0, starts | (rows[:, 1] == 0))
+
+
+def test_packed_rows_hold_every_example_once(tmp_path, tmp_cache):
+    """Random lengths (some cut to the row): decoding each segment gives back each example of its split,
+    masks and all except its first value, which is masked; in near the fewest rows possible."""
+    rng = np.random.default_rng(0)
+    examples = [
+        (
+            "".join(rng.choice(list("abc"), rng.integers(0, 9))),
+            "".join(rng.choice(list("xyz"), rng.integers(2, 14))),
+        )
+        for _ in range(60)
+    ]
+    source = write_jsonl(tmp_path / "s.jsonl", examples)
+    tok = ByteTokenizer()
+    with pytest.warns(UserWarning, match="were cut"):
+        padded = load_sft_dataset(source, block_size=15, val_fraction=0.2, tokenizer=tok)
+    with pytest.warns(UserWarning, match="were cut"):
+        packed = load_sft_dataset(source, block_size=15, val_fraction=0.2, tokenizer=tok, packing=True)
+    for split in ("train", "val"):
+        rows, padded_rows = getattr(packed, split), getattr(padded, split)
+        assert rows.ndim == 3 and rows.shape[1:] == (2, 16)
+        # Best-fit decreasing needs at most 11/9 of the fewest rows possible, plus 1 (Dosa 2007);
+        # the fewest possible is at least the examples' total length / 16.
+        total = int(np.sum(padded_rows != masked(0)))  # the examples' values (padding is masked 0)
+        assert len(rows) < len(padded_rows) and len(rows) <= 11 / 9 * math.ceil(total / 16) + 1
+        got = sorted(
+            tuple(row[0][row[1] == s])
+            for row in rows
+            for s in np.unique(row[1])
+            if s  # segment 0: padding
+        )
+        want = []
+        for r in padded_rows:
+            values = r[: np.flatnonzero(r != masked(0)).max() + 1].copy()  # drop the padding
+            values[0] = values[0] if values[0] < 0 else masked(values[0])
+            want.append(tuple(values))
+        assert got == sorted(want)
+    # The same file packs the same way (batches drawn from rows stay a function of (seed, step)).
+    with pytest.warns(UserWarning, match="were cut"):
+        again = load_sft_dataset(source, block_size=15, val_fraction=0.2, tokenizer=tok, packing=True)
+    np.testing.assert_array_equal(again.train, packed.train)
+
+
+def test_get_batch_of_packed_rows_adds_their_segments(tmp_path, tmp_cache):
+    examples = [(f"p{i}:", f"answer {i}") for i in range(30)]
+    ds = load_sft_dataset(
+        write_jsonl(tmp_path / "s.jsonl", examples), block_size=24, val_fraction=0.1, packing=True
+    )
+    x, y, segments = get_batch(ds.train, batch_size=5, block_size=24, seed=1, step=2)
+    assert x.shape == y.shape == segments.shape == (5, 24) and segments.dtype == np.int32
+    picked = ds.train[np.random.default_rng([1, 2, 0]).integers(0, len(ds.train), size=5)]
+    want_x, want_y = decode_rows(picked[:, 0])
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(segments, picked[:, 1, :-1])
+    # Where the next token starts another example (or the padding), it is not a target.
+    np.testing.assert_array_equal(y[segments != picked[:, 1, 1:]], IGNORE)
+    with pytest.raises(DataError, match=r"rows are 25 tokens, built for block_size=24, not 16"):
+        get_batch(ds.train, batch_size=2, block_size=16, seed=0, step=0)
+
+
+def test_packing_a_text_corpus_is_refused(tmp_path):
+    config = sft_config("tiny", str(tmp_path / "s.jsonl"))
+    config.data.format = "text"
+    config.data.packing = True
+    with pytest.raises(
+        ValueError, match=r"^data.packing packs prompt/completion examples, not data.format='text'"
+    ):
+        load_data(config.data, None)

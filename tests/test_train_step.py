@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from gptjax.data.sft import decode_rows, masked, pack, pad
 from gptjax.lm_head import IGNORE
 from gptjax.model import GPT, stack_layers, unstack_layers
 from gptjax.optim import decay_mask, lr_schedule, make_optimizer
@@ -148,6 +149,35 @@ def test_grad_accum_weighs_micro_batches_by_the_targets_they_train_on(tiny_cfg, 
     assert abs(np.mean(means) - float(want)) > 1e-3  # the weighting matters here (measured 6e-3)
     # Evaluation weighs its micro-batches the same way.
     assert float(jit_eval_step(state, batch, grad_accum=4)) == pytest.approx(float(want), rel=1e-6)
+
+
+# ----- Packed rows (several fine-tuning examples per row). -----
+
+
+def test_packed_rows_train_as_the_padded_examples(tiny_cfg):
+    """Six examples (a masked prompt, then completion tokens) packed into 3 rows (gptjax.data.sft.pack)
+    give the loss and the SGD update of the same examples one per padded row, with the 3 rows as 3
+    micro-batches: train_step carries the segment ids through to the model."""
+    rng = np.random.default_rng(3)
+    examples = []
+    for n in (5, 4, 3, 3, 2, 4):
+        ids = rng.integers(0, tiny_cfg.vocab_size, n).astype(np.int32)
+        n_prompt = int(rng.integers(0, n - 1))
+        examples.append(np.concatenate([masked(ids[:n_prompt]), ids[n_prompt:]]))
+    row = tiny_cfg.block_size + 1
+    packed, padded = decode_rows(pack(examples, row)), decode_rows(pad(examples, row))
+    assert len(packed) == 3 and len(padded) == 2  # (x, y, segments) and (x, y)
+    assert packed[0].shape == (3, 8) and padded[0].shape == (6, 8)
+    state = create_train_state(tiny_cfg, optax.sgd(1.0), seed=0)
+    step = jax.jit(train_step, static_argnames="grad_accum")
+    one, m_one = step(state, padded, grad_accum=1)
+    three, m_three = step(state, packed, grad_accum=3)
+    assert float(m_three["loss"]) == pytest.approx(float(m_one["loss"]), rel=1e-5)
+    assert_trees_close(three.params, one.params, atol=1e-5)
+    # Not vacuous: read as plain rows (no segment ids), the packed examples see each other.
+    _, m_plain = step(state, packed[:2], grad_accum=3)
+    assert abs(float(m_plain["loss"]) - float(m_one["loss"])) > 1e-3
+    assert float(jit_eval_step(state, packed, grad_accum=3)) == pytest.approx(float(m_one["loss"]), rel=1e-5)
 
 
 # ----- Metrics. -----

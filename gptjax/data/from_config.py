@@ -33,13 +33,15 @@ def check_format(data: Any) -> str:
         raise ValueError(f"data.format={kind!r} is unknown; use one of {list(FORMATS)}")
     if kind == "prompt_completion":
         source_path(data.get("source"))
+    elif data.get("packing"):
+        raise ValueError(f"data.packing packs prompt/completion examples, not data.format={kind!r}; drop it")
     return kind
 
 
 def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Dataset:
     """config.data's train/val tokens: a text stream, one row per image for data.tokenizer="palette"
-    (gptjax.data.images), or one row of block_size + 1 per example for data.format="prompt_completion"
-    (gptjax.data.sft). `tokenizer`: the checkpoint's, or make_tokenizer's."""
+    (gptjax.data.images), or rows of block_size + 1 for data.format="prompt_completion" (gptjax.data.sft:
+    one example each, or several with data.packing). `tokenizer`: the checkpoint's, or make_tokenizer's."""
     kind = check_format(data)
     images = data.get("tokenizer") == "palette"
     if tokenizer is not None and images != (tokenizer.kind == "palette"):
@@ -52,7 +54,11 @@ def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Da
         if block_size is None:
             raise ValueError("load_data needs block_size (the model's) for data.format='prompt_completion'")
         return load_sft_dataset(
-            data.source, block_size=block_size, val_fraction=data.val_fraction, tokenizer=tokenizer
+            data.source,
+            block_size=block_size,
+            val_fraction=data.val_fraction,
+            tokenizer=tokenizer,
+            packing=data.get("packing", False),
         )
     if images:
         return load_image_dataset(

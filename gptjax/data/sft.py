@@ -14,8 +14,17 @@ An example longer than the row loses the start of its prompt first (the completi
 end). If the completion and EOS alone are too long, the row keeps the prompt's last token (so the first
 completion token is still a target) and the completion loses its end, EOS included: a cut answer must not
 be taught to stop. One warning counts the examples cut.
+
+Packing (`packing=True`, TRL's SFTConfig(packing=True) with its default best-fit decreasing strategy)
+puts several examples in one row instead, so that short examples do not spend most of each row on
+padding. Rows are then [2, block_size + 1]: the values as above, and each value's segment id (1, 2, ...
+for the examples of the row, 0 for its padding). The model attends within a segment only and restarts
+positions at each one (gptjax.model.GPT's segments_BT), so each example's loss and gradients are those
+it has alone in a padded row: every example's first value is stored masked, as a padded row's first
+value is never a target.
 """
 
+import bisect
 import json
 import pathlib
 import warnings
@@ -36,13 +45,15 @@ def masked(ids) -> np.ndarray:
     return -np.asarray(ids, dtype=np.int32) - 1
 
 
-def decode_rows(rows_BR: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decode_rows(rows_BR: np.ndarray) -> tuple[np.ndarray, ...]:
     """Rows of block_size + 1 values -> int32 (x_BT, y_BT): x the tokens read (masked ones decoded),
     y the next token of each x, IGNORE where masked. Rows without negatives give x = rows[:, :-1],
-    y = rows[:, 1:], as text windows and images are batched."""
-    rows_BR = np.asarray(rows_BR, dtype=np.int32)
+    y = rows[:, 1:], as text windows and images are batched. Packed rows ([B, 2, block_size + 1]) give
+    (x_BT, y_BT, segments_BT), the segment ids of x."""
+    rows = np.asarray(rows_BR, dtype=np.int32)
+    rows_BR, segments = (rows[:, 0], (rows[:, 1, :-1],)) if rows.ndim == 3 else (rows, ())
     x_BT, y_BT = rows_BR[:, :-1], rows_BR[:, 1:]
-    return np.where(x_BT < 0, -x_BT - 1, x_BT), np.where(y_BT < 0, IGNORE, y_BT)
+    return np.where(x_BT < 0, -x_BT - 1, x_BT), np.where(y_BT < 0, IGNORE, y_BT), *segments
 
 
 def source_path(source: str | None) -> pathlib.Path:
@@ -96,16 +107,52 @@ def read_examples(path: str | pathlib.Path) -> list[tuple[str, str]]:
     return [(p, c) for _, p, c in _read(source_path(str(path)))]
 
 
-def _row(prompt: list[int], completion: list[int], length: int) -> np.ndarray:
-    """One row of `length` values: the prompt masked, then the completion, then masked padding; an
-    example too long for it cut as the module docstring says."""
+def _example(prompt: list[int], completion: list[int], length: int) -> np.ndarray:
+    """An example's values, at most `length`: the prompt masked, then the completion; an example too
+    long for a row cut as the module docstring says."""
     # Prompt tokens kept: all that fit beside the whole completion, and at least one if there is a prompt.
     n_prompt = min(len(prompt), max(length - len(completion), 1))
     completion = completion[: length - n_prompt]
-    row = np.full(length, masked(PAD_ID), dtype=np.int32)
-    row[:n_prompt] = masked(prompt[len(prompt) - n_prompt :])
-    row[n_prompt : n_prompt + len(completion)] = completion
-    return row
+    return np.concatenate([masked(prompt[len(prompt) - n_prompt :]), np.asarray(completion, np.int32)])
+
+
+def pad(examples: list[np.ndarray], length: int) -> np.ndarray:
+    """[len(examples), length] int32: one example per row, then masked padding."""
+    rows = np.full((len(examples), length), masked(PAD_ID), dtype=np.int32)
+    for row, values in zip(rows, examples, strict=True):
+        row[: len(values)] = values
+    return rows
+
+
+def pack(examples: list[np.ndarray], length: int) -> np.ndarray:
+    """[M, 2, length] int32: the examples packed into rows of `length` by best-fit decreasing (longest
+    first, each into the row it fills most); plane 0 the values, each example's first one masked, then
+    masked padding; plane 1 the segment ids: 1, 2, ... for a row's examples in file order, 0 for padding."""
+    members: list[list[int]] = []  # the examples of each row
+    free: list[tuple[int, int]] = []  # (space left, row) of the rows with space, sorted
+    for i in sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i)):
+        n = len(examples[i])
+        j = bisect.bisect_left(free, (n, -1))  # the fullest row with room for it
+        if j < len(free):
+            space, r = free.pop(j)
+            members[r].append(i)
+        else:
+            space, r = length, len(members)
+            members.append([i])
+        if space > n:
+            bisect.insort(free, (space - n, r))
+    rows = np.zeros((len(members), 2, length), dtype=np.int32)
+    rows[:, 0] = masked(PAD_ID)
+    for row, indices in zip(rows, members, strict=True):
+        at = 0
+        for segment, i in enumerate(sorted(indices), start=1):
+            values = examples[i]
+            row[0, at : at + len(values)] = values
+            if values[0] >= 0:  # a completion's first token (no prompt): read, never a target
+                row[0, at] = masked(values[0])
+            row[1, at : at + len(values)] = segment
+            at += len(values)
+    return rows
 
 
 def _encode(where: str, tokenizer, text: str) -> list[int]:
@@ -115,10 +162,10 @@ def _encode(where: str, tokenizer, text: str) -> list[int]:
         raise DataError(f"{where}: {e}") from None
 
 
-def _rows(path: pathlib.Path, examples, tokenizer, length: int) -> np.ndarray:
-    """[len(examples), length] int32 rows; warns once with how many examples were cut."""
+def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.ndarray]:
+    """Each example's values (_example); warns once with how many examples were cut."""
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-    rows, cut_prompt, cut_completion = [], 0, 0
+    values, cut_prompt, cut_completion = [], 0, 0
     for number, prompt, completion in examples:
         where = f"{path}:{number}"
         prompt_ids = _encode(where, tokenizer, prompt)
@@ -133,7 +180,7 @@ def _rows(path: pathlib.Path, examples, tokenizer, length: int) -> np.ndarray:
         if len(prompt_ids) + len(completion_ids) > length:
             cut_prompt += len(completion_ids) < length
             cut_completion += len(completion_ids) >= length
-        rows.append(_row(prompt_ids, completion_ids, length))
+        values.append(_example(prompt_ids, completion_ids, length))
     if cut_prompt or cut_completion:
         warnings.warn(
             f"{path}: {cut_prompt + cut_completion} of {len(examples)} examples are longer than "
@@ -141,7 +188,7 @@ def _rows(path: pathlib.Path, examples, tokenizer, length: int) -> np.ndarray:
             f"{cut_completion} the end of the completion; raise model.block_size to keep them whole",
             stacklevel=3,
         )
-    return np.stack(rows)
+    return values
 
 
 def load_sft_dataset(
@@ -150,12 +197,14 @@ def load_sft_dataset(
     block_size: int,
     val_fraction: float,
     tokenizer=None,
+    packing: bool = False,
 ) -> Dataset:
-    """The prompt/completion file `source` as train/val rows of block_size + 1 values (see module doc).
+    """The prompt/completion file `source` as train/val rows of block_size + 1 values, one example per
+    row, or several with `packing` (see module doc).
 
     The val split is the last `val_fraction` of the examples in file order (split as prepare_tokens
-    splits text: the first int(N * (1 - val_fraction)) train). `tokenizer` None: the characters of every
-    prompt and completion.
+    splits text: the first int(N * (1 - val_fraction)) train); each split is packed on its own.
+    `tokenizer` None: the characters of every prompt and completion.
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must be in (0, 1); e.g. 0.1")
@@ -173,5 +222,10 @@ def load_sft_dataset(
         if not text:
             raise DataError(f"{path}: every prompt and completion is empty; give them text")
         tokenizer = CharTokenizer.from_text(text)
-    rows = _rows(path, examples, tokenizer, block_size + 1)
-    return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)
+    values = _examples(path, examples, tokenizer, block_size + 1)
+    rows = pack if packing else pad
+    return Dataset(
+        train=rows(values[:n_train], block_size + 1),
+        val=rows(values[n_train:], block_size + 1),
+        tokenizer=tokenizer,
+    )

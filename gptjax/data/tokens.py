@@ -196,24 +196,26 @@ def get_batch(
     seed: int,
     step: int,
     split: str = "train",
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ...]:
     """Random windows of `tokens` as int32 (x_BT, y_BT), y the next token of each x. `tokens` is one
     stream (1-D: text) or one row per example (2-D, rows of block_size + 1: images, or prompt/completion
-    rows whose masked tokens become IGNORE targets: gptjax.data.sft.decode_rows), drawn whole.
+    rows whose masked tokens become IGNORE targets: gptjax.data.sft.decode_rows), drawn whole; packed
+    prompt/completion rows (3-D: values and segment ids) give (x_BT, y_BT, segments_BT).
 
     The offsets depend only on (seed, step, split), so a resumed run sees exactly the
     batches an uninterrupted run would.
     """
     if split not in _SPLIT_CODES:
         raise DataError(f"split={split!r} is not one of {list(_SPLIT_CODES)}")
-    if tokens.ndim == 2:
+    if tokens.ndim >= 2:
         from gptjax.data.sft import decode_rows  # sft imports this module
 
-        if tokens.shape[1] != block_size + 1:
+        length = tokens.shape[-1]
+        if length != block_size + 1:
             if np.issubdtype(tokens.dtype, np.signedinteger):  # prompt/completion rows; images are unsigned
                 raise DataError(
-                    f"{split} prompt/completion rows are {tokens.shape[1]} tokens, built for block_size="
-                    f"{tokens.shape[1] - 1}, not {block_size}; build them with the model's block_size"
+                    f"{split} prompt/completion rows are {length} tokens, built for block_size="
+                    f"{length - 1}, not {block_size}; build them with the model's block_size"
                 )
             raise DataError(
                 f"{split} examples are {tokens.shape[1]} tokens (a start token and {tokens.shape[1] - 1} "
