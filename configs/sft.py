@@ -1,8 +1,10 @@
 """Supervised fine-tuning of OpenAI's GPT-2 on prompt/completion pairs, the loss on the completions only.
 
 The data is a JSON-lines file, one {"prompt": "...", "completion": "..."} per line (TRL's
-prompt-completion format; OpenAI's legacy fine-tuning format); gptjax.data.sft says how an example
-becomes a row and how a long one is cut. The last 10% of the lines are the val split.
+prompt-completion format; OpenAI's legacy fine-tuning format), or {"messages": [...]} conversations (TRL's
+conversational format, written in ChatML and trained on the assistant's turns; serve the model's
+/v1/chat/completions); gptjax.data.sft says how an example becomes a row and how a long one is cut. The
+last 10% of the lines are the val split.
   python scripts/train.py --config=configs/sft.py --workdir=runs/sft --config.data.source=FILE.jsonl
   python scripts/sample.py --workdir=runs/sft --prompt="<a prompt as the file writes them>"
 Training starts from the HF model gpt2 (as configs/finetune_shakespeare.py: the HF hub cache, else

@@ -1,4 +1,5 @@
-"""A local server for a trained model: OpenAI's completions API and the studio, a page to write with it.
+"""A local server for a trained model: OpenAI's completions and chat APIs and the studio, a page to write
+with it.
 
   python scripts/serve.py --workdir=W            # then open http://127.0.0.1:8000
 
@@ -10,6 +11,10 @@
                         any gptjax.sample.GenerateOptions field by its own name (top_k, min_p,
                         repetition_penalty, num_beams ...). Fields left out take the workdir's
                         config.sample values, as scripts/sample.py does (gptjax.serve_completions).
+  POST /v1/chat/completions  OpenAI's chat API: messages (system, user, assistant) written in ChatML
+                        (gptjax.data.chat, as fine-tuning on {"messages"} lines writes them), completed
+                        as above, stopping at <|im_end|>; the same fields but prompt, echo and logprobs
+                        (max_completion_tokens is max_tokens); streamed as chat.completion.chunk deltas.
   POST /v1/images       an image model: a PNG grid of images drawn, or of completions of a given image
                         (gptjax.serve_images)
 
@@ -130,19 +135,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._json(200, {"object": "list", "data": [self.served.info()]})
         elif self.path == f"/v1/models/{self.served.name}":  # OpenAI's models.retrieve
             self._json(200, self.served.info())
-        elif self.path in ("/v1/completions", "/v1/images"):
+        elif self.path in ("/v1/completions", "/v1/chat/completions", "/v1/images"):
             self._error(405, f"{self.path} takes POST with a JSON body", "method_not_allowed")
         else:
             self._error(404, f"no page {self.path}; try / or /v1/models", "not_found")
 
     def do_POST(self):  # noqa: N802
-        from gptjax.serve_completions import completions  # here: they import this module
+        from gptjax.serve_completions import chat_completions, completions  # here: they import this module
         from gptjax.serve_images import images
 
-        routes = {"/v1/completions": completions, "/v1/images": images}
+        routes = {
+            "/v1/completions": completions,
+            "/v1/chat/completions": chat_completions,
+            "/v1/images": images,
+        }
         if self.path not in routes:
             return self._error(
-                404, f"no endpoint {self.path}; POST /v1/completions or /v1/images", "not_found"
+                404,
+                f"no endpoint {self.path}; POST /v1/completions, /v1/chat/completions or /v1/images",
+                "not_found",
             )
         try:
             raw = self._read_body()
@@ -152,8 +163,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise BadRequest(f"the body is not valid JSON ({e})") from None
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
-            if self.path == "/v1/completions" and body.get("stream"):
-                return self._stream(body)
+            if self.path != "/v1/images" and body.get("stream"):
+                return self._stream(routes[self.path], body)
             self._json(200, routes[self.path](self.served, body))
         except TooLarge as e:
             self._error(413, str(e))
@@ -232,7 +243,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except OSError:  # the pause (a timeout) or the client going away
             pass
 
-    def _stream(self, body: dict) -> None:
+    def _stream(self, respond, body: dict) -> None:
         """Server-sent events: `data: {chunk}` per piece of text, then `data: [DONE]`."""
         started = False
 
@@ -247,10 +258,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"data: " + json.dumps(obj).encode("utf-8") + b"\n\n")
             self.wfile.flush()
 
-        from gptjax.serve_completions import completions  # here: it imports this module
-
         try:
-            completions(self.served, body, write_event)
+            respond(self.served, body, write_event)
         except (BrokenPipeError, ConnectionResetError):  # the client went away (the studio's Stop)
             return
         except Exception as e:

@@ -1,5 +1,6 @@
-"""POST /v1/completions of gptjax.serve: OpenAI's (legacy) completions API on a gptjax text model, its
-options checked and mapped onto gptjax.sample's, logprobs, and streaming as server-sent events."""
+"""POST /v1/completions and /v1/chat/completions of gptjax.serve: OpenAI's (legacy) completions API on a
+gptjax text model, its options checked and mapped onto gptjax.sample's, logprobs, and streaming as
+server-sent events; the chat API on top of it, conversations written in ChatML (gptjax.data.chat)."""
 
 import dataclasses
 import functools
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import sample
+from gptjax.data import DataError, chat
 from gptjax.model import GPT
 from gptjax.serve import BadRequest, Served, request_seed
 
@@ -253,3 +255,64 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
     completion_tokens = sum(len(c.token_ids) for c in done)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     return {**head, "choices": choices, "usage": {**usage, "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def chat_completions(served: Served, body: dict, write_event=None) -> dict | None:
+    """The response to a chat completions request: its messages in ChatML, completed as /v1/completions
+    completes chat.generation_prompt(messages) with <|im_end|> added to the stop strings (the model
+    learns to write it after each answer when fine-tuned on conversations: gptjax.data.sft), each choice
+    the assistant's message. Streamed, OpenAI's chat chunks: a choice's first delta carries its role."""
+    body = dict(body)
+    try:
+        messages = chat.check_messages(body.pop("messages", None))
+    except DataError as e:
+        raise BadRequest(str(e)) from None
+    for name in ("prompt", "echo", "suffix"):
+        if name in body:
+            raise BadRequest(f"{name} is a /v1/completions field, not a chat one; drop it")
+    if body.pop("logprobs", None) or body.pop("top_logprobs", None) is not None:
+        raise BadRequest(
+            "chat completions give no logprobs here; POST /v1/completions with logprobs and the prompt "
+            "gptjax.data.chat.generation_prompt(messages) gives"
+        )
+    if body.get("max_completion_tokens") is not None:  # OpenAI's newer name for max_tokens
+        if body.get("max_tokens") is not None:
+            raise BadRequest("max_completion_tokens and max_tokens are the same option; give one")
+        body["max_tokens"] = body.pop("max_completion_tokens")
+    body.pop("max_completion_tokens", None)
+    stop = body.get("stop")
+    if stop is None or isinstance(stop, str | list):  # anything else is refused with completions' line
+        body["stop"] = [*([stop] if isinstance(stop, str) else stop or []), chat.STOP]
+    body["prompt"] = chat.generation_prompt(messages)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}"}
+    if write_event is not None:
+        started = set()
+
+        def chunk(event: dict) -> None:
+            (choice,) = event["choices"]
+            delta = {"content": choice["text"]} if choice["text"] else {}
+            if choice["index"] not in started:
+                delta, _ = {"role": "assistant", **delta}, started.add(choice["index"])
+            out = {"index": choice["index"], "delta": delta, "logprobs": None}
+            write_event(
+                {
+                    **event,
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [{**out, "finish_reason": choice["finish_reason"]}],
+                }
+            )
+
+        completions(served, body, chunk)
+        return None
+    out = completions(served, body)
+    choices = [
+        {
+            "index": c["index"],
+            "message": {"role": "assistant", "content": c["text"]},
+            "logprobs": None,
+            "finish_reason": c["finish_reason"],
+        }
+        for c in out["choices"]
+    ]
+    return {**out, **head, "object": "chat.completion", "choices": choices}

@@ -3,6 +3,7 @@
   python scripts/sample.py --workdir=W --prompt="ROMEO:" --num_samples=3 --top_p=0.9 --seed=1
   python scripts/sample.py --workdir=W --prompt=FILE:prompt.txt --num_beams=4 --out=samples.jsonl
   python scripts/sample.py --workdir=W --assistant=DRAFT_WORKDIR --num_assistant_tokens=5 --temperature=1
+  python scripts/sample.py --workdir=W --chat --prompt="What is 2+2?"   # a model fine-tuned on conversations
 
 Options left unset take the values saved with the model's config (config.sample), then the defaults of
 gptjax.sample.GenerateOptions (HF generate() names and meanings). One sample streams to the terminal as
@@ -17,10 +18,17 @@ import sys
 from absl import flags
 
 from gptjax import cli, sample
+from gptjax.data import chat
 
 flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
 flags.DEFINE_multi_string(
     "prompt", None, "Text to continue (\\n etc. understood); FILE:path reads a file as it is. Repeatable."
+)
+flags.DEFINE_boolean(
+    "chat",
+    False,
+    'Each --prompt is a user message, which the model (fine-tuned on {"messages"} conversations) answers:'
+    " ChatML as training writes it (gptjax.data.chat), stopped at <|im_end|>; only the answer is printed.",
 )
 flags.DEFINE_integer("num_samples", 1, "Sequences per prompt (samples, or the best beams).")
 flags.DEFINE_string(
@@ -89,6 +97,10 @@ def main(argv):
         ]
     if "stop" in options:
         options["stop"] = [cli.unescape(s) for s in options["stop"]]
+    shown_prompt = "" if FLAGS.chat else prompts[0]  # printed before a single sample's text
+    if FLAGS.chat:
+        prompts = [chat.generation_prompt([{"role": "user", "content": p}]) for p in prompts]
+        options["stop"] = [*options.get("stop", []), chat.STOP]
     if FLAGS.bad_words:
         words = [model[2].encode(cli.unescape(w)) for w in FLAGS.bad_words]
         if not all(words):
@@ -106,7 +118,7 @@ def main(argv):
     def stream(text: str) -> None:  # the prompt first, once it has been encoded and checked
         nonlocal shown
         if not shown:
-            print(prompts[0], end="")
+            print(shown_prompt, end="")
             shown = True
         print(text, end="", flush=True)
 
@@ -123,12 +135,12 @@ def main(argv):
             **options,
         )
         if single and not shown:  # nothing new (e.g. a stop string at once): the prompt alone
-            print(prompts[0], end="", flush=True)
+            print(shown_prompt, end="", flush=True)
         if single:
             print(flush=True)  # the streamed text ends its line
         if not single:
             for i, c in enumerate(completions):
-                print(f"----- sample {i} -----\n{c.prompt}{c.text}", flush=True)
+                print(f"----- sample {i} -----\n{'' if FLAGS.chat else c.prompt}{c.text}", flush=True)
         if FLAGS.assistant:  # on stderr: stdout stays the text
             rates = [c.acceptance_rate for c in completions]
             print(

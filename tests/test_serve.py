@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from gptjax import image, sample, serve
-from gptjax.data import CharTokenizer
+from gptjax.data import ByteTokenizer, CharTokenizer, chat
 from gptjax.data.images import PaletteTokenizer, load_images
 from gptjax.model import GPT, GPTConfig
 
@@ -91,9 +91,9 @@ def test_streamed_pieces_join_to_the_whole_text_and_end_with_the_reason(url):
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
 
 
-def streamed(url: str, body: dict) -> list[dict]:
+def streamed(url: str, body: dict, path: str = "/v1/completions") -> list[dict]:
     """The chunks of a streamed request, in order (each names one choice)."""
-    status, headers, raw = post(url, "/v1/completions", {**body, "stream": True}, raw=True)
+    status, headers, raw = post(url, path, {**body, "stream": True}, raw=True)
     assert status == 200 and headers["Content-Type"] == "text/event-stream", raw
     events = raw.decode().split("\n\n")
     assert events[-2:] == ["data: [DONE]", ""]
@@ -186,6 +186,77 @@ def test_bad_requests_get_one_line_400s_and_the_server_goes_on(url, body, messag
     assert status == 400 and out["error"]["type"] == "invalid_request_error"
     assert re.search(message, out["error"]["message"]) and "\n" not in out["error"]["message"]
     assert post(url, "/v1/completions", {"prompt": "a", "max_tokens": 1})[0] == 200
+
+
+# ----- /v1/chat/completions. -----
+
+
+@pytest.fixture(scope="module")
+def byte_url():
+    """A served tiny model over bytes, so that it reads ChatML's markers."""
+    cfg = GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)
+    params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    server, url = start((params, cfg, ByteTokenizer(), {}))
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+
+
+def test_chat_is_the_completion_of_the_chatml_prompt(byte_url):
+    """A chat request is the completions request of chat.generation_prompt(messages) with <|im_end|> among
+    the stop strings, the choices as assistant messages; streamed, its deltas join to the same messages."""
+    body = {
+        "messages": MESSAGES,
+        "max_completion_tokens": 6,
+        "n": 2,
+        "seed": 3,
+        "temperature": 1.0,
+        "stop": "q",
+    }
+    status, _, out = post(byte_url, "/v1/chat/completions", body)
+    prompt = chat.generation_prompt(MESSAGES)
+    plain = {
+        "prompt": prompt,
+        "max_tokens": 6,
+        "n": 2,
+        "seed": 3,
+        "temperature": 1.0,
+        "stop": ["q", "<|im_end|>"],
+    }
+    want = post(byte_url, "/v1/completions", plain)[2]
+    assert status == 200 and out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
+    messages = [{"role": "assistant", "content": c["text"]} for c in want["choices"]]
+    assert [c["message"] for c in out["choices"]] == messages
+    assert [c["finish_reason"] for c in out["choices"]] == [c["finish_reason"] for c in want["choices"]]
+    assert out["usage"] == want["usage"] and out["usage"]["prompt_tokens"] == len(prompt)
+    chunks = streamed(byte_url, body, "/v1/chat/completions")
+    for i, choice in enumerate(out["choices"]):
+        mine = [c for c in chunks if c["index"] == i]
+        assert mine[0]["delta"]["role"] == "assistant" and all("role" not in c["delta"] for c in mine[1:])
+        assert "".join(c["delta"].get("content", "") for c in mine) == choice["message"]["content"]
+        assert [c["finish_reason"] for c in mine] == [None] * (len(mine) - 1) + [choice["finish_reason"]]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"max_tokens": 3}, r"messages: messages must be a non-empty list of \{role, content\}"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "message 0 is .* not"),
+        ({"messages": MESSAGES, "prompt": "abc"}, "prompt is a /v1/completions field, not a chat one"),
+        ({"messages": MESSAGES, "logprobs": True}, "chat completions give no logprobs here"),
+        (
+            {"messages": MESSAGES, "max_tokens": 2, "max_completion_tokens": 3},
+            "are the same option; give one",
+        ),
+        ({"messages": MESSAGES, "stop": 5}, "stop=.* must be a string or a list of non-empty strings"),
+    ],
+)
+def test_bad_chat_requests_get_one_line_400s(byte_url, body, message):
+    status, _, out = post(byte_url, "/v1/chat/completions", body)
+    assert status == 400 and re.search(message, out["error"]["message"]), out
 
 
 def test_models_other_paths_and_the_studio_page(url):

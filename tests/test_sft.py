@@ -1,6 +1,10 @@
 """Supervised fine-tuning end to end: configs/sft.py:tiny on prompt/completion pairs, then sampling."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +15,9 @@ from gptjax.data import get_batch
 from gptjax.data.from_config import load_data
 from gptjax.metric_writer import read_metrics
 from gptjax.model import GPT
-from gptjax.sample import complete
+from gptjax.sample import complete, load
+from gptjax.serve import Served
+from gptjax.serve_completions import chat_completions
 from gptjax.train import load_params, train_and_evaluate
 
 
@@ -64,3 +70,46 @@ def test_fine_tuned_model_answers_val_prompts(tmp_path, tmp_cache, packing):
         )
     ]
     assert got["loss"] == pytest.approx(float(np.mean(want)), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_model_fine_tuned_on_conversations_answers_chat_requests(tmp_path, tmp_cache):
+    """The same task as conversations ({"messages"} lines, ChatML): the model learns the answer and the
+    <|im_end|> after it, so /v1/chat/completions returns just the answer, finish_reason "stop"."""
+    rng = np.random.default_rng(1)
+    words = ["".join(rng.choice(list("abcdefgh"), size=4)) for _ in range(1000)]
+    lines = [
+        {"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": w[0] * 3}]}
+        for w in words
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    config = sft.get_config("tiny")
+    config.data.source = str(tmp_path / "chat.jsonl")
+    config.model.block_size = 72  # a conversation is 68 characters of ChatML
+    train_and_evaluate(config, tmp_path / "w")
+    val = [r["val_loss"] for r in read_metrics(tmp_path / "w") if "val_loss" in r]
+    assert val[-1] < 0.1, val  # over "ddd<|im_end|>" only
+    served = Served(model=load(str(tmp_path / "w")), name="tiny")
+    right = 0
+    for w in words[900:920]:  # val conversations
+        body = {"messages": [{"role": "user", "content": w}], "max_tokens": 16, "temperature": 0}
+        (choice,) = chat_completions(served, body)["choices"]
+        right += choice == {
+            "index": 0,
+            "message": {"role": "assistant", "content": w[0] * 3},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    assert right >= 18, right  # measured: 20 of 20
+    # scripts/sample.py --chat: the prompt as a user message, only the answer printed.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    args = [f"--workdir={tmp_path / 'w'}", f"--prompt={words[950]}", "--chat", "--temperature=0"]
+    done = subprocess.run(
+        [sys.executable, "scripts/sample.py", *args, "--max_new_tokens=16"],
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == words[950][0] * 3 + "\n"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gptjax.data import ByteTokenizer, CharTokenizer, DataError, GPT2Tokenizer, get_batch
+from gptjax.data import ByteTokenizer, CharTokenizer, DataError, GPT2Tokenizer, chat, get_batch
 from gptjax.data.from_config import load_data, make_tokenizer
 from gptjax.data.sft import IGNORE, decode_rows, load_sft_dataset, masked, pack, read_examples
 
@@ -118,7 +118,9 @@ def test_text_lines_are_trained_on_whole(tmp_path, tmp_cache):
     np.testing.assert_array_equal(y[0], [*b"ello", IGNORE, IGNORE, IGNORE])  # no EOS: bytes have none
     assert bytes(decode_rows(ds.val[-1:])[0][0, :3].tolist()) == b"bye"
     path.write_text('{"prompt": "q", "text": "a"}\n')
-    with pytest.raises(DataError, match=r's\.jsonl:1: "completion" is missing; .* \(or \{"text": "..."\}\)'):
+    with pytest.raises(
+        DataError, match=r's\.jsonl:1: "completion" is missing; .* \(or \{"text": "..."\}, or \{"messages"'
+    ):
         load_sft_dataset(path, block_size=7, val_fraction=0.5, tokenizer=ByteTokenizer())
 
 
@@ -168,7 +170,7 @@ def test_read_examples_skips_blank_lines_and_expands_home(tmp_path, monkeypatch)
         '{"prompt": "", "completion": "\u2028"}',
     ]
     (tmp_path / "s.jsonl").write_text("\n".join(lines))  # a raw U+2028 in a JSON string: not a line break
-    assert read_examples("~/s.jsonl") == [("a", "b"), ("", "\u2028")]
+    assert read_examples("~/s.jsonl") == [[("a", False), ("b", True)], [("", False), ("\u2028", True)]]
 
 
 OK = '{"prompt": "a", "completion": "b"}'
@@ -338,3 +340,89 @@ def test_packing_a_text_corpus_is_refused(tmp_path):
         ValueError, match=r"^data.packing packs prompt/completion examples, not data.format='text'"
     ):
         load_data(config.data, None)
+
+
+# ----- Conversations ({"messages": [...]}, ChatML). -----
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6, surely."},
+]
+
+
+def write_conversations(path, conversations) -> str:
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations), encoding="utf-8")
+    return str(path)
+
+
+def test_conversations_are_chatml_trained_on_the_assistant_turns(tmp_path, tmp_cache):
+    source = write_conversations(tmp_path / "c.jsonl", [CONVERSATION, CONVERSATION[1:3]])
+    ds = load_sft_dataset(source, block_size=200, val_fraction=0.5, tokenizer=ByteTokenizer())
+    (row,) = ds.train
+    text = bytes(np.where(row < 0, -row - 1, row).tolist()).rstrip(b"\0").decode()
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n"
+        "<|im_start|>assistant\n6, surely.<|im_end|>\n"
+    )
+    trained = bytes(np.where(row >= 0, row, ord("_")).tolist()).decode().strip("_")
+    # Only each answer and the <|im_end|> after it are targets (_: read only).
+    assert (
+        trained
+        == "4<|im_end|>"
+        + "_" * len("\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n")
+        + "6, surely.<|im_end|>"
+    )
+
+
+def test_generation_prompt_is_what_training_reads_before_an_answer(tmp_path, tmp_cache, data_dir):
+    """The prompt a served model gets (chat.generation_prompt) tokenizes to the read-only tokens a
+    trained row has before its first answer, with GPT-2's BPE."""
+    tok = GPT2Tokenizer(str(data_dir / "gpt2" / "gpt2.tiktoken"))
+    source = write_conversations(tmp_path / "c.jsonl", [CONVERSATION, CONVERSATION])
+    (row,) = load_sft_dataset(source, block_size=256, val_fraction=0.5, tokenizer=tok).train
+    first_answer = int(np.argmax(row >= 0))
+    assert tok.encode(chat.generation_prompt(CONVERSATION[:2])) == list(-row[:first_answer] - 1)
+    assert tok.decode(row[first_answer : first_answer + 1].tolist()) == "4"
+
+
+def test_long_conversations_lose_their_opening_then_their_end(tmp_path, tmp_cache):
+    long_system = [{"role": "system", "content": "x" * 200}, *CONVERSATION[1:3]]
+    long_answer = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "y" * 150}]
+    conversations = [long_system, long_answer, CONVERSATION[1:3]]
+    source = write_conversations(tmp_path / "c.jsonl", conversations)
+    with pytest.warns(
+        UserWarning, match=r"2 of 3 examples .* 1 lost the start of the prompt only, 1 the end"
+    ):
+        ds = load_sft_dataset(source, block_size=127, val_fraction=0.3, tokenizer=ByteTokenizer())
+    text = lambda row: bytes(np.where(row < 0, -row - 1, row).tolist()).decode()  # noqa: E731
+    end = "x<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+    assert text(ds.train[0]).endswith(end) and text(ds.train[0]).startswith("xxx")
+    # The opening's last token stays (the first answer token is a target), then the answer loses its end.
+    assert text(ds.train[1]) == "\n" + "y" * 127
+    np.testing.assert_array_equal(ds.train[1] < 0, [True] + [False] * 127)
+
+
+BAD_CONVERSATIONS = [
+    ('{"messages": []}', r"c\.jsonl:1: messages must be a non-empty list of \{role, content\}"),
+    (
+        '{"messages": [{"role": "bot", "content": "hi"}]}',
+        r"c\.jsonl:1: message 0 is .*'bot'.* not \{\"role\": one of",
+    ),
+    ('{"messages": [{"role": "user", "content": 3}]}', r"c\.jsonl:1: message 0 is"),
+    (
+        '{"messages": [{"role": "user", "content": "hi"}]}',
+        r"c\.jsonl:1: nothing to train on: no assistant message",
+    ),
+]
+
+
+@pytest.mark.parametrize("line, pattern", BAD_CONVERSATIONS)
+def test_bad_conversations_give_one_line_naming_the_line(tmp_path, tmp_cache, line, pattern):
+    (tmp_path / "c.jsonl").write_text(line + "\n" + json.dumps({"messages": CONVERSATION}) + "\n")
+    with pytest.raises(DataError, match=pattern) as e:
+        load_sft_dataset(str(tmp_path / "c.jsonl"), block_size=64, val_fraction=0.5)
+    assert "\n" not in str(e.value)

@@ -1,19 +1,21 @@
-"""Supervised fine-tuning data: prompt/completion pairs, trained on the completion only.
+"""Supervised fine-tuning data: prompt/completion pairs and conversations, trained on the answers only.
 
 The file is JSON lines, one example per non-empty line: {"prompt": "...", "completion": "..."} (TRL's
-"prompt-completion" format with completion-only loss; OpenAI's legacy fine-tuning format), or {"text":
-"..."} (TRL's "language modeling" format: an empty prompt, the whole text trained on); other fields are
-ignored. Each example becomes one int32 row of block_size + 1 values: the prompt's ids, the
-completion's ids, the tokenizer's EOS (when it has one), then padding. A value v >= 0 is token v, which
-the model learns to predict where it is a target; v < 0 stands for token -v - 1 (`masked`), which the
-model reads but is never trained to predict: the prompt and the padding (token 0, after the real tokens,
-so causal attention never lets them see it). `decode_rows` turns rows into (x_BT, y_BT) with y IGNORE
-where masked; gptjax.data.get_batch draws rows through it.
+"prompt-completion" format with completion-only loss; OpenAI's legacy fine-tuning format), {"text":
+"..."} (TRL's "language modeling" format: an empty prompt, the whole text trained on), or {"messages":
+[{"role": ..., "content": ...}, ...]} (TRL's conversational format, written in ChatML and trained on the
+assistant's turns: gptjax.data.chat); other fields are ignored. Each example becomes one int32 row of
+block_size + 1 values: the prompt's ids, the completion's ids, the tokenizer's EOS (when it has one; a
+conversation ends with <|im_end|> instead), then padding. A value v >= 0 is token v, which the model
+learns to predict where it is a target; v < 0 stands for token -v - 1 (`masked`), which the model reads
+but is never trained to predict: the prompt (a conversation: all but the assistant's turns) and the
+padding (token 0, after the real tokens, so causal attention never lets them see it). `decode_rows` turns
+rows into (x_BT, y_BT) with y IGNORE where masked; gptjax.data.get_batch draws rows through it.
 
 An example longer than the row loses the start of its prompt first (the completion follows the prompt's
-end). If the completion and EOS alone are too long, the row keeps the prompt's last token (so the first
-completion token is still a target) and the completion loses its end, EOS included: a cut answer must not
-be taught to stop. One warning counts the examples cut.
+end; a conversation: the start of what comes before the first assistant turn). If the rest is still too
+long, the row keeps the prompt's last token (so the first completion token is still a target) and loses
+its end, EOS included: a cut answer must not be taught to stop. One warning counts the examples cut.
 
 Packing (`packing=True`, TRL's SFTConfig(packing=True) with its default best-fit decreasing strategy)
 puts several examples in one row instead, so that short examples do not spend most of each row on
@@ -31,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from gptjax.data import chat
 from gptjax.data.sources import DataError, not_utf8
 from gptjax.data.tokenizers import CharTokenizer
 from gptjax.data.tokens import Dataset
@@ -67,8 +70,10 @@ def source_path(source: str | None) -> pathlib.Path:
     return path
 
 
-def _read(path: pathlib.Path) -> list[tuple[int, str, str]]:
-    """(line number, prompt, completion) of every example in `path`."""
+def _read(path: pathlib.Path) -> list[tuple[int, list[tuple[str, bool]], bool]]:
+    """(line number, (text, trained) pieces, whether EOS ends it) of every example in `path`: a pair is
+    [(prompt, False), (completion, True)], a text [("", False), (text, True)], a conversation its ChatML
+    pieces (gptjax.data.chat.render, which end with <|im_end|>, not EOS)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -78,42 +83,58 @@ def _read(path: pathlib.Path) -> list[tuple[int, str, str]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
-                f"{path}:{number}: not JSON ({e.msg} at column {e.colno}); write one object per line, "
-                f"{_EXAMPLE}"
+                f"{where}: not JSON ({e.msg} at column {e.colno}); write one object per line, {_EXAMPLE}"
             ) from None
         if not isinstance(obj, dict):
-            raise DataError(f"{path}:{number}: a JSON {type(obj).__name__}, not an object; write {_EXAMPLE}")
+            raise DataError(f"{where}: a JSON {type(obj).__name__}, not an object; write {_EXAMPLE}")
+        if "prompt" not in obj and "completion" not in obj and "messages" in obj:
+            messages = chat.check_messages(obj["messages"], where)
+            if not any(m["role"] == "assistant" for m in messages):
+                raise DataError(
+                    f"{where}: nothing to train on: no assistant message; add one or drop the line"
+                )
+            examples.append((number, chat.render(messages), False))
+            continue
         if "prompt" not in obj and "completion" not in obj and isinstance(obj.get("text"), str):
-            examples.append((number, "", obj["text"]))
+            examples.append((number, [("", False), (obj["text"], True)], True))
             continue
         for field in ("prompt", "completion"):
             if not isinstance(obj.get(field), str):
                 got = "missing" if field not in obj else f"{type(obj[field]).__name__}, not a string"
                 raise DataError(
-                    f'{path}:{number}: "{field}" is {got}; every line needs {_EXAMPLE} (or {{"text": "..."}})'
+                    f'{where}: "{field}" is {got}; every line needs {_EXAMPLE} (or {{"text": "..."}}, '
+                    f'or {{"messages": [...]}})'
                 )
-        examples.append((number, obj["prompt"], obj["completion"]))
+        examples.append((number, [(obj["prompt"], False), (obj["completion"], True)], True))
     if not examples:
         raise DataError(f"{path} holds no examples; give it one JSON object per line, {_EXAMPLE}")
     return examples
 
 
-def read_examples(path: str | pathlib.Path) -> list[tuple[str, str]]:
-    """The (prompt, completion) pairs of a JSON-lines file, in file order."""
-    return [(p, c) for _, p, c in _read(source_path(str(path)))]
+def read_examples(path: str | pathlib.Path) -> list[list[tuple[str, bool]]]:
+    """Each example of a JSON-lines file as (text, trained) pieces, in file order (see _read)."""
+    return [pieces for _, pieces, _ in _read(source_path(str(path)))]
 
 
-def _example(prompt: list[int], completion: list[int], length: int) -> np.ndarray:
-    """An example's values, at most `length`: the prompt masked, then the completion; an example too
-    long for a row cut as the module docstring says."""
-    # Prompt tokens kept: all that fit beside the whole completion, and at least one if there is a prompt.
-    n_prompt = min(len(prompt), max(length - len(completion), 1))
-    completion = completion[: length - n_prompt]
-    return np.concatenate([masked(prompt[len(prompt) - n_prompt :]), np.asarray(completion, np.int32)])
+def _example(pieces: list[tuple[list[int], bool]], length: int) -> tuple[np.ndarray, int]:
+    """An example's values, at most `length`: its pieces' ids, masked where not trained; and how it was
+    cut (the module docstring says how): 0 not, 1 the start of its first piece only, 2 its end."""
+    values = [np.asarray(ids, np.int32) if trained else masked(ids) for ids, trained in pieces]
+    over, cut = sum(map(len, values)) - length, 0
+    if over > 0 and not pieces[0][1]:
+        # First-piece tokens kept: all that fit beside the rest, and at least one if there are any.
+        keep = min(len(values[0]), max(len(values[0]) - over, 1))
+        cut = int(keep < len(values[0]))
+        values[0] = values[0][len(values[0]) - keep :]
+    values = np.concatenate(values)
+    if len(values) > length:
+        values, cut = values[:length], 2
+    return values, cut
 
 
 def pad(examples: list[np.ndarray], length: int) -> np.ndarray:
@@ -165,27 +186,29 @@ def _encode(where: str, tokenizer, text: str) -> list[int]:
 def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.ndarray]:
     """Each example's values (_example); warns once with how many examples were cut."""
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-    values, cut_prompt, cut_completion = [], 0, 0
-    for number, prompt, completion in examples:
+    values, cuts = [], [0, 0, 0]
+    for number, pieces, ends_with_eos in examples:
         where = f"{path}:{number}"
-        prompt_ids = _encode(where, tokenizer, prompt)
-        completion_ids = _encode(where, tokenizer, completion) + eos
-        # Row position 0 is never a target: with no prompt, the first completion token is only read.
-        if len(completion_ids) < (1 if prompt_ids else 2):
-            raise DataError(
-                f"{where}: nothing to train on: the completion gives {len(completion_ids)} token(s)"
-                f"{' (the tokenizer has no EOS)' if not eos else ''} after a prompt of {len(prompt_ids)}; "
-                "give it a longer completion or drop the line"
-            )
-        if len(prompt_ids) + len(completion_ids) > length:
-            cut_prompt += len(completion_ids) < length
-            cut_completion += len(completion_ids) >= length
-        values.append(_example(prompt_ids, completion_ids, length))
-    if cut_prompt or cut_completion:
+        ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
+        if ends_with_eos:  # a pair or a text: the completion ends with EOS, so the model learns to stop
+            (prompt_ids, _), (completion_ids, _) = ids
+            ids[-1] = (completion_ids + eos, True)
+            # Row position 0 is never a target: with no prompt, the first completion token is only read.
+            if len(ids[-1][0]) < (1 if prompt_ids else 2):
+                raise DataError(
+                    f"{where}: nothing to train on: the completion gives {len(ids[-1][0])} token(s)"
+                    f"{' (the tokenizer has no EOS)' if not eos else ''} after a prompt of "
+                    f"{len(prompt_ids)}; give it a longer completion or drop the line"
+                )
+        example, cut = _example(ids, length)
+        values.append(example)
+        cuts[cut] += 1
+    if cuts[1] or cuts[2]:
         warnings.warn(
-            f"{path}: {cut_prompt + cut_completion} of {len(examples)} examples are longer than "
-            f"block_size + 1 = {length} tokens and were cut: {cut_prompt} lost the start of the prompt only, "
-            f"{cut_completion} the end of the completion; raise model.block_size to keep them whole",
+            f"{path}: {cuts[1] + cuts[2]} of {len(examples)} examples are longer than "
+            f"block_size + 1 = {length} tokens and were cut: {cuts[1]} lost the start of the prompt only, "
+            f"{cuts[2]} the end of the completion (or conversation); raise model.block_size to keep them "
+            "whole",
             stacklevel=3,
         )
     return values
@@ -218,7 +241,7 @@ def load_sft_dataset(
             "add examples or change --config.data.val_fraction"
         )
     if tokenizer is None:
-        text = "".join(p + c for _, p, c in examples)
+        text = "".join(text for _, pieces, _ in examples for text, _ in pieces)
         if not text:
             raise DataError(f"{path}: every prompt and completion is empty; give them text")
         tokenizer = CharTokenizer.from_text(text)
