@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.n_embd = 384
     c.model.dropout = 0.2  # the model is small and the data is 1 MB: it overfits without dropout
     c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
-    c.model.position = "learned"  # "learned" (GPT-2) or "sinusoidal"
+    c.model.position = "learned"  # "learned" (GPT-2), "sinusoidal" or "rope" (rotary, in every layer)
+    c.model.rope_theta = 10000.0  # position="rope": the base of its angles (RoFormer's, Llama 2's)
     c.model.tie_embeddings = True
     c.model.vocab_multiple = 1  # pad the embedding rows to a multiple of this (64 for GPT-2's vocab)
     c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.layers import Dense, Dtype, LoRA, normal_init, residual_init
+from gptjax.layers import Dense, Dtype, LoRA, normal_init, residual_init, rope
 
 # Added to the logits of masked (future or padded) keys. The float32 minimum makes their softmax weight
 # exactly 0 while keeping a fully masked row finite (uniform) instead of NaN.
@@ -50,6 +50,7 @@ class CausalSelfAttention(nn.Module):
     implementation: str = "einsum"
     out_in: bool = False  # Dense kernels stored [out, in] (see gptjax.layers.Dense)
     lora: LoRA | None = None  # low-rank adapters on c_attn / c_proj (gptjax.layers.LoRA)
+    rope_theta: float | None = None  # rotary positions (gptjax.layers.rope) on q and k; None: none
 
     @nn.compact
     def __call__(
@@ -59,10 +60,12 @@ class CausalSelfAttention(nn.Module):
         cache: Cache | None = None,
         kv_mask_BS: jax.Array | None = None,
         segments_BT: jax.Array | None = None,
+        positions_BT: jax.Array | None = None,
         deterministic: bool,
     ) -> tuple[jax.Array, Cache | None]:
         """Attends each query to itself and earlier keys; `kv_mask_BS` (bool) also hides padded keys, and
-        `segments_BT` (int, packed examples) the keys of other segments than the query's."""
+        `segments_BT` (int, packed examples) the keys of other segments than the query's. With rope_theta,
+        q and k are rotated by `positions_BT` (the cache keeps keys rotated)."""
         B, T, D = x_BTD.shape
         N = self.n_head
         H = D // N
@@ -80,6 +83,9 @@ class CausalSelfAttention(nn.Module):
         q_BTNH = q_BTD.reshape(B, T, N, H)
         k_BTNH = k_BTD.reshape(B, T, N, H)
         v_BTNH = v_BTD.reshape(B, T, N, H)
+        if self.rope_theta is not None:
+            q_BTNH = rope(q_BTNH, positions_BT, self.rope_theta)
+            k_BTNH = rope(k_BTNH, positions_BT, self.rope_theta)
 
         # Keys are kept as BNHS and values as BNSH: both matmuls then read them in place (other layouts
         # make XLA transpose, i.e. copy, the whole cache at every decoding step).

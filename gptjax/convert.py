@@ -53,7 +53,8 @@ _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # GPTConfig fields a model imported into a given config must share with the HF model: they fix the
 # function it computes (vocab_size is checked with the weights' shapes). Padding, dropout, dtypes, the
-# attention kernel, remat and scan_layers are free.
+# attention kernel, remat and scan_layers are free, and so is rope_theta: fine-tuning with a larger one is
+# how a rope model's context is extended.
 SAME_MODEL_FIELDS = (
     "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "tie_embeddings", "gelu", "norm",
     "output_vocab", "kernel_layout",

@@ -1,5 +1,5 @@
-"""Building blocks shared by the attention and the model: Dense, norms, GELU, MLP, position encodings, and
-the activation sharding constraint used under a mesh.
+"""Building blocks shared by the attention and the model: Dense, norms, GELU, MLP, position encodings
+(sinusoidal, rotary), and the activation sharding constraint used under a mesh.
 
 Axis legend, used in every tensor suffix and einsum in gptjax:
   B batch, T query length, S key/value length, D model width (n_embd), N heads, H head dim,
@@ -99,6 +99,21 @@ def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
     table[:, 0::2] = np.sin(angle)
     table[:, 1::2] = np.cos(angle[:, : d // 2])  # odd d: one fewer cosine column
     return table.astype(np.float32)
+
+
+def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021, RoFormer) as GPT-NeoX and Llama apply it (HF's
+    rotate_half): each head's channel pairs (i, i + H/2) turned by the angle position * theta^(-2i/H),
+    in float32. Rotating queries and keys makes their dot products depend on relative positions only."""
+    H = x_BTNH.shape[-1]
+    inv_freq_h = theta ** (-np.arange(0, H, 2, dtype=np.float32) / H)
+    angles_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq_h[None, None, :]
+    cos_BT1h, sin_BT1h = jnp.cos(angles_BTh)[:, :, None], jnp.sin(angles_BTh)[:, :, None]
+    x1_BTNh, x2_BTNh = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+    turned_BTNH = jnp.concatenate(
+        [x1_BTNh * cos_BT1h - x2_BTNh * sin_BT1h, x2_BTNh * cos_BT1h + x1_BTNh * sin_BT1h], axis=-1
+    )
+    return turned_BTNH.astype(x_BTNH.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,7 @@ VARIANTS: dict[str, dict[str, int]] = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
-POSITIONS = ("learned", "sinusoidal")
+POSITIONS = ("learned", "sinusoidal", "rope")
 # What a rematerialised block keeps from the forward pass; the rest is recomputed in the backward.
 REMAT_POLICIES = {
     "none": None,  # no remat: keep everything
@@ -65,7 +65,10 @@ class GPTConfig:
     n_embd: int = 768  # D; head dim H = D / N
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     bias: bool = True  # biases in Dense layers and LayerNorms (GPT-2: True)
-    position: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (fixed table)
+    # "learned" (GPT-2) or "sinusoidal" (a fixed table) added to the embeddings, or "rope": q and k rotated
+    # in every attention layer (GPT-NeoX, Llama; gptjax.layers.rope), by angles position * rope_theta^(-2i/H)
+    position: str = "learned"
+    rope_theta: float = 10000.0  # RoPE's base (HF's rope_theta; Llama 3 uses 500000)
     tie_embeddings: bool = True  # LM head = token embedding transposed (GPT-2)
     vocab_multiple: int = (
         1  # embedding rows padded to a multiple (64: faster matmuls); pads get no probability
@@ -132,6 +135,11 @@ class GPTConfig:
             raise ValueError(f"kernel_layout={self.kernel_layout!r} is unknown; use one of {KERNEL_LAYOUTS}")
         if self.position not in POSITIONS:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"position='rope' turns channel pairs, and the head dim n_embd / n_head = "
+                f"{self.n_embd // self.n_head} is odd; pick n_head so that it is even"
+            )
         if self.logits_dtype not in ("float32", self.dtype):
             raise ValueError(
                 f"logits_dtype={self.logits_dtype!r} must be 'float32' or the compute dtype {self.dtype!r}"
@@ -200,7 +208,7 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, cache=None, kv_mask_BS=None, segments_BT=None):
+    def __call__(self, x_BTD, cache=None, kv_mask_BS=None, segments_BT=None, positions_BT=None):
         c = self.config
         deterministic = self.deterministic
         ln = lambda name: norm(  # noqa: E731
@@ -217,12 +225,14 @@ class Block(nn.Module):
             dtype=c.dtype,
             param_dtype=c.param_dtype,
             lora=c.lora,
+            rope_theta=c.rope_theta if c.position == "rope" else None,
             name="attn",
         )(
             ln("ln_1")(x_BTD),
             cache=cache,
             kv_mask_BS=kv_mask_BS,
             segments_BT=segments_BT,
+            positions_BT=positions_BT,
             deterministic=deterministic,
         )
         x_BTD = x_BTD + h_BTD
@@ -252,7 +262,7 @@ def stacked_layers(config: GPTConfig):
             layer,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast,) * 4,  # cache, kv_mask_BS, segments_BT, positions_BT
             length=config.n_layer,
         )
     return layer
@@ -332,6 +342,7 @@ class GPT(nn.Module):
             name="wte",
         )
         x_BTD = wte(tokens_BT)
+        # Added to the embeddings here; rope's enter every attention layer instead (Block).
         if c.position == "learned":
             wpe = nn.Embed(
                 c.block_size,
@@ -345,7 +356,7 @@ class GPT(nn.Module):
             # sharded over fsdp either (see gather_table).
             table_TD = constrain(wpe.embedding, None, None)
             x_BTD = x_BTD + jnp.take(table_TD, positions_BT, axis=0).astype(c.dtype)
-        else:
+        elif c.position == "sinusoidal":
             table = jnp.asarray(sinusoidal_table(c.block_size, c.n_embd), c.dtype)
             x_BTD = x_BTD + table[positions_BT]
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=deterministic)
@@ -359,13 +370,13 @@ class GPT(nn.Module):
                     "KV-cache decoding needs per-layer params: use GPTConfig(scan_layers=False) "
                     "with gptjax.model.unstack_layers(params)"
                 )
-            x_BTD, _ = layer(c, deterministic, name="h")(x_BTD, None, kv_mask_BS, segments_BT)
+            x_BTD, _ = layer(c, deterministic, name="h")(x_BTD, None, kv_mask_BS, segments_BT, positions_BT)
         else:
             new_cache = [] if cache is not None else None
             for i in range(c.n_layer):
                 layer_cache = cache[i] if cache is not None else None
                 x_BTD, layer_cache = layer(c, deterministic, name=f"h_{i}")(
-                    x_BTD, layer_cache, kv_mask_BS, segments_BT
+                    x_BTD, layer_cache, kv_mask_BS, segments_BT, positions_BT
                 )
                 if cache is not None:
                     new_cache.append(layer_cache)

@@ -1,13 +1,13 @@
 """nanoGPT's CPU Shakespeare recipe re-stated in plain PyTorch, to check gptjax's result against.
 
-  python scripts/torch_reference.py [--seed=1337] [--steps=2000]
+  python scripts/torch_reference.py [--seed=1337] [--steps=2000] [--precise_batches=300]
 
 nanoGPT's model (gptjax.torch_gpt: 4 layers, 4 heads, 128 wide, context 64, no biases, exact GELU, tied
 head, GPT-2 init with scaled residual projections) and training loop: the same corpus split and character
 vocabulary, AdamW groups (decay on matrices), warmup + cosine schedule, clipping and evaluation (20 random
 batches per split every 250 steps), with torch's global generator drawn in nanoGPT's order (model init,
 the first batch, then each evaluation before the step that uses the prefetched batch). Prints one JSON
-line per evaluation, plus a 300-batch val estimate drawn from a separate generator. Needs
+line per evaluation, plus a 300-batch (--precise_batches) val estimate drawn from a separate generator. Needs
 `pip install -e .[torch]`.
 """
 
@@ -39,6 +39,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument(
+        "--precise_batches", type=int, default=300, help="batches of the precise val estimate"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     root = pathlib.Path(os.environ.get("GPTJAX_DATA_DIR", "../shared/data"))
@@ -82,7 +85,8 @@ def main():
             model.eval()
             with torch.no_grad():
                 losses = {s: float(np.mean([model(*batch(s)).item() for _ in range(20)])) for s in data}
-                precise = float(np.mean([model(*batch("val", precise_gen)).item() for _ in range(300)]))
+                val = [model(*batch("val", precise_gen)).item() for _ in range(args.precise_batches)]
+                precise = float(np.mean(val))
             model.train()
             best = min(best, losses["val"])
             print(json.dumps({"step": step, **losses, "val_300_batches": precise}), flush=True)

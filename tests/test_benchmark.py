@@ -168,8 +168,8 @@ def test_bench_script_times_generation_beside_hf_and_records_the_load():
 
 @pytest.mark.slow
 def test_bench_script_times_assisted_generation_beside_the_model_alone(tmp_path):
-    """--mode=assisted: for greedy and sampling and each K, the model alone and with the draft measured in
-    one run, the acceptance rate, and (greedy) the model's own text."""
+    """--mode=assisted: for greedy and sampling (and each K: one here, to keep the test short), the model
+    alone and with the draft measured in one run, the acceptance rate, and (greedy) the model's own text."""
     from gptjax.convert import save_checkpoint
     from gptjax.data import CharTokenizer
 
@@ -182,7 +182,7 @@ def test_bench_script_times_assisted_generation_beside_the_model_alone(tmp_path)
         save_checkpoint(tmp_path / name, params, cfg, tokenizer)
     repo = pathlib.Path(__file__).resolve().parents[1]
     args = ["scripts/bench.py", "--mode=assisted", f"--model={tmp_path / 'model'}", "--repeats=1"]
-    args += [f"--assistant={tmp_path / 'draft'}", "--num_assistant_tokens=2,3", "--prompt=ab", "--prompt=c"]
+    args += [f"--assistant={tmp_path / 'draft'}", "--num_assistant_tokens=3", "--prompt=ab", "--prompt=c"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     out = subprocess.run(
         [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
@@ -191,12 +191,7 @@ def test_bench_script_times_assisted_generation_beside_the_model_alone(tmp_path)
     report = json.loads(out.stdout[out.stdout.index("{\n") :])  # the rows stream first, one line each
     assert (report["new_tokens"], report["prompts"]) == (24 - 2, 2)
     rows = report["results"]
-    assert [(r["decoding"], r["num_assistant_tokens"]) for r in rows] == [
-        ("greedy", 2),
-        ("greedy", 3),
-        ("sample", 2),
-        ("sample", 3),
-    ]
+    assert [(r["decoding"], r["num_assistant_tokens"]) for r in rows] == [("greedy", 3), ("sample", 3)]
     for r in rows:
         assert r["model_tok_s"] > 0 and r["assisted_tok_s"] > 0 and 0 <= r["acceptance_rate"] <= 1
         assert r["speedup"] == pytest.approx(r["assisted_tok_s"] / r["model_tok_s"], abs=0.01)

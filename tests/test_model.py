@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.layers import sinusoidal_table
+from gptjax.layers import rope, sinusoidal_table
 from gptjax.model import GPT, GPTConfig, count_params, drop_lora, init_cache
 from gptjax.train import abstract_state, model_config
 
@@ -87,7 +87,7 @@ def test_bfloat16_compute_is_close_to_float32(tiny_cfg):
     np.testing.assert_allclose(bf16_BTV, f32_BTV, rtol=0, atol=0.05 * scale)
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
 def test_bfloat16_compute_keeps_the_residual_stream_in_bfloat16(tiny_cfg, position):
     """dtype is the activations' dtype: float32 parameters (wte, wpe) must not promote the stream."""
     cfg = dataclasses.replace(tiny_cfg, dtype="bfloat16", position=position)
@@ -184,8 +184,14 @@ SEGMENTS_T = np.array([1, 1, 1, 2, 2, 3, 3, 0], np.int32)
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"attention": "xla"}, {"position": "sinusoidal"}, {"scan_layers": True, "remat": "full"}],
-    ids=["einsum", "xla", "sinusoidal", "scan_remat"],
+    [
+        {},
+        {"attention": "xla"},
+        {"position": "sinusoidal"},
+        {"position": "rope"},
+        {"scan_layers": True, "remat": "full"},
+    ],
+    ids=["einsum", "xla", "sinusoidal", "rope", "scan_remat"],
 )
 def test_packed_row_computes_each_example_as_if_alone(tiny_cfg, options):
     """The logits of each segment of a packed row are those of its tokens alone at positions 0, 1, ..."""
@@ -279,6 +285,39 @@ def test_sinusoidal_model_adds_the_table_and_has_no_wpe(tiny_cfg):
     expected_TD = np.array([[closed_form_pe(p, c, D) for c in range(D)] for p in range(T)])
     for b in range(2):
         np.testing.assert_allclose(pe_BTD[b], expected_TD, atol=1e-6)
+
+
+def test_rope_turns_channel_pairs_by_position_times_frequency():
+    """layers.rope against the rotation written with complex numbers: channels (i, i + H/2) of a head are
+    z = x_i + j x_{i+H/2}, multiplied by exp(j * position * theta^(-2i/H))."""
+    B, T, N, H, theta = 2, 5, 3, 8, 10000.0
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, T, N, H)).astype(np.float32)
+    positions = rng.integers(0, 100, size=(B, T))
+    z = x[..., : H // 2] + 1j * x[..., H // 2 :]
+    angles = positions[:, :, None, None] * theta ** (-np.arange(0, H, 2) / H)
+    turned = z * np.exp(1j * angles)
+    want = np.concatenate([turned.real, turned.imag], axis=-1)
+    got = rope(jnp.asarray(x), jnp.asarray(positions), theta)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_rope_model_sees_relative_positions_only(tiny_cfg):
+    """Shifting every position by 3 leaves a rope model's logits as they are (only the differences of
+    positions enter the attention logits), and changes a learned-position model's."""
+    tokens_BT = random_tokens(tiny_cfg, (2, 4))
+    for position, same in (("rope", True), ("learned", False)):
+        cfg = dataclasses.replace(tiny_cfg, position=position)
+        apply = functools.partial(GPT(cfg).apply, {"params": init_params(cfg)}, tokens_BT)
+        at_0, _ = apply(positions_BT=jnp.broadcast_to(jnp.arange(4), (2, 4)))
+        at_3, _ = apply(positions_BT=jnp.broadcast_to(jnp.arange(4) + 3, (2, 4)))
+        assert np.allclose(at_0, at_3, rtol=0, atol=1e-5) == same, position
+    assert "wpe" not in init_params(dataclasses.replace(tiny_cfg, position="rope"))
+
+
+def test_rope_needs_an_even_head_dim():
+    with pytest.raises(ValueError, match="head dim n_embd / n_head = 5 is odd"):
+        GPTConfig(vocab_size=10, n_embd=10, n_head=2, position="rope")
 
 
 # ----- The LM head. -----
@@ -400,7 +439,9 @@ def test_every_dropout_site_is_active_in_training_only(tiny_cfg, scan_layers):
 IMAGEGPT = dict(norm="rms", gelu="quick", tie_embeddings=False, output_vocab=-1)
 
 
-@pytest.mark.parametrize("options", [dict(position="learned"), dict(position="sinusoidal"), IMAGEGPT])
+@pytest.mark.parametrize(
+    "options", [dict(position="learned"), dict(position="sinusoidal"), dict(position="rope"), IMAGEGPT]
+)
 def test_prefill_then_decode_equals_full_forward(tiny_cfg, options):
     if options.get("output_vocab") == -1:
         options = {**options, "output_vocab": tiny_cfg.vocab_size - 1}
@@ -467,7 +508,7 @@ def test_dense_equals_flax_dense_in_value_and_gradient(bias):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
 def test_inputs_longer_than_the_block_are_refused(tiny_cfg, position):
     # Positions past the table would be NaN (learned: jnp.take fills) or silently clamped (sinusoidal).
     cfg = dataclasses.replace(tiny_cfg, position=position)
@@ -525,7 +566,7 @@ def expected_param_count(cfg: GPTConfig) -> int:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_param_count_formula(tiny_cfg, bias, position, tie):
     cfg = dataclasses.replace(tiny_cfg, bias=bias, position=position, tie_embeddings=tie)

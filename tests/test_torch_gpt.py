@@ -73,7 +73,11 @@ def test_torch_reference_script_trains(torch, data_dir):
     script = pathlib.Path(__file__).parents[1] / "scripts" / "torch_reference.py"
     env = {**os.environ, "GPTJAX_DATA_DIR": str(data_dir)}
     out = subprocess.run(
-        [sys.executable, str(script), "--steps=30"], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, str(script), "--steps=30", "--precise_batches=10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [json.loads(line) for line in out.stdout.splitlines()]

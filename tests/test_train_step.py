@@ -45,7 +45,7 @@ def assert_trees_close(a, b, atol):
 # ----- Learning. -----
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
 def test_loss_falls_on_a_repeated_batch(tiny_state, tiny_cfg, tiny_opt, tiny_batch, position):
     if position == "learned":
         state = tiny_state()  # shares its compiled step with the other tests
