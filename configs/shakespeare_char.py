@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.block_size = 256  # context length in characters
     c.model.n_layer = 6
     c.model.n_head = 6
+    c.model.n_kv_head = 0  # key/value heads, dividing n_head (grouped-query attention); 0: n_head (GPT-2)
     c.model.n_embd = 384
     c.model.dropout = 0.2  # the model is small and the data is 1 MB: it overfits without dropout
     c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
@@ -37,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.tie_embeddings = True
     c.model.vocab_multiple = 1  # pad the embedding rows to a multiple of this (64 for GPT-2's vocab)
     c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")
+    c.model.mlp = "gelu"  # "gelu" (GPT-2's MLP) or "swiglu" (Llama's gated MLP)
+    c.model.n_inner = 0  # MLP width; 0: 4 * n_embd (gelu), 8/3 * n_embd rounded up to 64s (swiglu)
     c.model.norm = "layer"  # "layer" (LayerNorm) or "rms" (ImageGPT's: no mean, no bias)
     c.model.output_vocab = 0  # ids the head predicts (0: all; ImageGPT's head skips its start token)
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
@@ -49,7 +52,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.lora_rank = 0  # r > 0: fine-tune low-rank adapters only (needs init_from), scaled alpha / r
     c.model.lora_alpha = 16.0
     c.model.lora_dropout = 0.0  # on the adapters' input in training (PEFT's lora_dropout)
-    c.model.lora_targets = ("c_attn", "c_proj", "fc", "proj")  # attention's qkv, its output, the MLP
+    c.model.lora_targets = (
+        "c_attn",
+        "c_proj",
+        "fc",
+        "proj",
+    )  # attention's qkv, its output, the MLP ("gate": swiglu's)
 
     c.opt = ml_collections.ConfigDict()
     c.opt.lr = 1e-3  # high for a tiny model (nanoGPT)

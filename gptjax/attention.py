@@ -1,9 +1,11 @@
 """Causal multi-head self-attention with an explicit KV cache passed in and returned.
 
 softmax(Q K^T / sqrt(H)) V over N heads, with GPT-2's fused QKV projection (`c_attn` is one D x 3D
-matrix, columns ordered q | k | v). Logits and softmax are computed in float32 whatever the compute
-dtype. Decoding passes a cache `{"k": BxNxHxS, "v": BxNxSxH, "end": int32}`; the new keys and values
-are written at `end` and the updated cache is returned (no mutable Flax collections).
+matrix, columns ordered q | k | v). With K < N key/value heads (grouped-query attention, Ainslie et al.
+2023; K = 1 is multi-query) `c_attn` is D x (N + 2K)H, and query head n reads key/value head n // (N/K),
+as HF's repeat_kv. Logits and softmax are computed in float32 whatever the compute dtype. Decoding passes
+a cache `{"k": BxKxHxS, "v": BxKxSxH, "end": int32}`; the new keys and values are written at `end` and
+the updated cache is returned (no mutable Flax collections).
 """
 
 from typing import Any
@@ -26,17 +28,17 @@ Cache = dict[str, Any]
 IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "auto")
 
 
-def init_cache(batch: int, max_len: int, n_head: int, head_dim: int, dtype: Dtype) -> Cache:
+def init_cache(batch: int, max_len: int, n_kv_head: int, head_dim: int, dtype: Dtype) -> Cache:
     """An empty cache for one layer, room for `max_len` positions."""
-    k_shape, v_shape = (batch, n_head, head_dim, max_len), (batch, n_head, max_len, head_dim)
+    k_shape, v_shape = (batch, n_kv_head, head_dim, max_len), (batch, n_kv_head, max_len, head_dim)
     return {"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype), "end": jnp.int32(0)}
 
 
-def _write(cache: Cache, k_BNHT: jax.Array, v_BNTH: jax.Array, at: jax.Array) -> Cache:
+def _write(cache: Cache, k_BKHT: jax.Array, v_BKTH: jax.Array, at: jax.Array) -> Cache:
     """The cache with T new keys and values written from slot `at` on."""
-    k = jax.lax.dynamic_update_slice(cache["k"], k_BNHT.astype(cache["k"].dtype), (0, 0, 0, at))
-    v = jax.lax.dynamic_update_slice(cache["v"], v_BNTH.astype(cache["v"].dtype), (0, 0, at, 0))
-    return {"k": k, "v": v, "end": cache["end"] + v_BNTH.shape[2]}
+    k = jax.lax.dynamic_update_slice(cache["k"], k_BKHT.astype(cache["k"].dtype), (0, 0, 0, at))
+    v = jax.lax.dynamic_update_slice(cache["v"], v_BKTH.astype(cache["v"].dtype), (0, 0, at, 0))
+    return {"k": k, "v": v, "end": cache["end"] + v_BKTH.shape[2]}
 
 
 class CausalSelfAttention(nn.Module):
@@ -51,6 +53,7 @@ class CausalSelfAttention(nn.Module):
     out_in: bool = False  # Dense kernels stored [out, in] (see gptjax.layers.Dense)
     lora: LoRA | None = None  # low-rank adapters on c_attn / c_proj (gptjax.layers.LoRA)
     rope_theta: float | None = None  # rotary positions (gptjax.layers.rope) on q and k; None: none
+    n_kv_head: int = 0  # K key/value heads, dividing n_head (grouped-query attention); 0: n_head
 
     @nn.compact
     def __call__(
@@ -67,29 +70,30 @@ class CausalSelfAttention(nn.Module):
         `segments_BT` (int, packed examples) the keys of other segments than the query's. With rope_theta,
         q and k are rotated by `positions_BT` (the cache keeps keys rotated)."""
         B, T, D = x_BTD.shape
-        N = self.n_head
-        H = D // N
+        N, K = self.n_head, self.n_kv_head or self.n_head
+        H, G = D // N, N // K  # head dim, query heads per key/value head
         implementation = self.implementation
         if implementation == "auto":
             half = jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)
             masked = cache is not None or kv_mask_BS is not None or segments_BT is not None
             gpu = jax.default_backend() == "gpu" and not masked
             implementation = "cudnn" if half and gpu else "xla"
+        sizes = (N * H, K * H, K * H)  # q | k | v
         if implementation == "cudnn":  # q, k, v as three matmuls: cuDNN reads each in place
-            q_BTD, k_BTD, v_BTD = self._dense(3 * D, normal_init(), "c_attn", splits=3)(x_BTD, deterministic)
+            q, k, v = self._dense(sum(sizes), normal_init(), "c_attn", splits=sizes)(x_BTD, deterministic)
         else:
-            qkv_BT3D = self._dense(3 * D, normal_init(), "c_attn")(x_BTD, deterministic)
-            q_BTD, k_BTD, v_BTD = jnp.split(qkv_BT3D, 3, axis=-1)
-        q_BTNH = q_BTD.reshape(B, T, N, H)
-        k_BTNH = k_BTD.reshape(B, T, N, H)
-        v_BTNH = v_BTD.reshape(B, T, N, H)
+            qkv = self._dense(sum(sizes), normal_init(), "c_attn")(x_BTD, deterministic)
+            q, k, v = jnp.split(qkv, np.cumsum(sizes)[:-1], axis=-1)
+        q_BTNH = q.reshape(B, T, N, H)
+        k_BTKH = k.reshape(B, T, K, H)
+        v_BTKH = v.reshape(B, T, K, H)
         if self.rope_theta is not None:
             q_BTNH = rope(q_BTNH, positions_BT, self.rope_theta)
-            k_BTNH = rope(k_BTNH, positions_BT, self.rope_theta)
+            k_BTKH = rope(k_BTKH, positions_BT, self.rope_theta)
 
-        # Keys are kept as BNHS and values as BNSH: both matmuls then read them in place (other layouts
+        # Keys are kept as BKHS and values as BKSH: both matmuls then read them in place (other layouts
         # make XLA transpose, i.e. copy, the whole cache at every decoding step).
-        k_BNHT, v_BNTH = k_BTNH.transpose(0, 2, 3, 1), v_BTNH.transpose(0, 2, 1, 3)
+        k_BKHT, v_BKTH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
         end = 0 if cache is None else cache["end"]
         S = T if cache is None else cache["v"].shape[2]
         mask_BTS = (jnp.arange(S)[None, :] <= end + jnp.arange(T)[:, None])[None]
@@ -106,14 +110,14 @@ class CausalSelfAttention(nn.Module):
                     f"attention={self.implementation!r} has no attention dropout; "
                     "set model.dropout=0 or model.attention='einsum'"
                 )
-            new_cache = None if cache is None else _write(cache, k_BNHT, v_BNTH, end)
-            k_BNHS, v_BNSH = (k_BNHT, v_BNTH) if cache is None else (new_cache["k"], new_cache["v"])
+            new_cache = None if cache is None else _write(cache, k_BKHT, v_BKTH, end)
+            k_BKHS, v_BKSH = (k_BKHT, v_BKTH) if cache is None else (new_cache["k"], new_cache["v"])
             # Only a plain causal mask lets cuDNN use its causal kernel; other masks are passed whole.
             plain_causal = cache is None and kv_mask_BS is None and segments_BT is None
-            out_BTNH = jax.nn.dot_product_attention(
+            out_BTNH = jax.nn.dot_product_attention(  # K < N key/value heads: grouped as above
                 q_BTNH,
-                k_BNHS.transpose(0, 3, 1, 2).astype(self.dtype),
-                v_BNSH.transpose(0, 2, 1, 3).astype(self.dtype),
+                k_BKHS.transpose(0, 3, 1, 2).astype(self.dtype),
+                v_BKSH.transpose(0, 2, 1, 3).astype(self.dtype),
                 mask=None if plain_causal else jnp.broadcast_to(mask_BTS[:, None], (B, 1, T, S)),
                 is_causal=plain_causal,
                 implementation=None if implementation == "xla" else "cudnn",
@@ -122,18 +126,20 @@ class CausalSelfAttention(nn.Module):
 
         # With a cache, its keys (slots < end) and the T new keys are two blocks of one softmax, so that
         # the matmuls read the cache as it was passed in and the new keys are written afterwards.
-        blocks = [(k_BNHT, v_BNTH, mask_BTS)]
+        # Query heads as K groups of G (n = k * G + g), each group reading its one key/value head.
+        blocks = [(k_BKHT, v_BKTH, mask_BTS)]
         if cache is not None:
             old_mask_BTS = mask_BTS & (jnp.arange(S) < end)[None, None, :]
             new_mask_BTT = jax.lax.dynamic_slice_in_dim(mask_BTS, end, T, axis=2)
-            blocks = [(cache["k"], cache["v"], old_mask_BTS), (k_BNHT, v_BNTH, new_mask_BTT)]
+            blocks = [(cache["k"], cache["v"], old_mask_BTS), (k_BKHT, v_BKTH, new_mask_BTT)]
         scale = np.sqrt(H).astype(np.float32)
+        q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
         logits = [
             jnp.where(
                 m_BTS[:, None],
                 jnp.einsum(
-                    "BTNH,BNHS->BNTS", q_BTNH, k.astype(self.dtype), preferred_element_type=jnp.float32
-                )
+                    "BTKGH,BKHS->BKGTS", q_BTKGH, k.astype(self.dtype), preferred_element_type=jnp.float32
+                ).reshape(B, N, T, k.shape[3])
                 / scale,
                 MASK_VALUE,
             )
@@ -143,7 +149,9 @@ class CausalSelfAttention(nn.Module):
         probs_BNTS = nn.Dropout(self.dropout)(probs_BNTS, deterministic=deterministic)
         block_probs = jnp.split(probs_BNTS, np.cumsum([v.shape[2] for _, v, _ in blocks])[:-1], axis=-1)
         out_BTNH = sum(
-            jnp.einsum("BNTS,BNSH->BTNH", p_BNTS, v.astype(self.dtype))
+            jnp.einsum(
+                "BKGTS,BKSH->BTKGH", p_BNTS.reshape(B, K, G, T, v.shape[2]), v.astype(self.dtype)
+            ).reshape(B, T, N, H)
             for p_BNTS, (_, v, _) in zip(block_probs, blocks, strict=True)
         )
         new_cache = None
@@ -151,10 +159,10 @@ class CausalSelfAttention(nn.Module):
             # XLA would copy the cache to keep it for the matmuls unless the write comes after them: a zero
             # computed from their output (XLA cannot prove it is 0) delays it.
             after = jnp.minimum(jnp.argmax(out_BTNH[0, 0, 0]), 0).astype(jnp.int32)
-            new_cache = _write(cache, k_BNHT, v_BNTH, end + after)
+            new_cache = _write(cache, k_BKHT, v_BKTH, end + after)
         return self._project(out_BTNH, deterministic), new_cache
 
-    def _dense(self, features: int, init, name: str, splits: int = 1) -> Dense:
+    def _dense(self, features: int, init, name: str, splits: int | tuple[int, ...] = 1) -> Dense:
         return Dense(
             features,
             self.use_bias,

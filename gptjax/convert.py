@@ -36,7 +36,7 @@ from configs import shakespeare_char
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokens import write_atomically
 from gptjax.hf_tokenizer import pick_tokenizer, save_hf_tokenizer
-from gptjax.model import GPTConfig, stack_layers, unstack_layers
+from gptjax.model import GPTConfig, default_mlp_width, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
 # HF activation_function -> GPTConfig.gelu (transformers/activations.py: gelu_new and gelu_pytorch_tanh are
@@ -56,8 +56,8 @@ VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # attention kernel, remat and scan_layers are free, and so is rope_theta: fine-tuning with a larger one is
 # how a rope model's context is extended.
 SAME_MODEL_FIELDS = (
-    "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "tie_embeddings", "gelu", "norm",
-    "output_vocab", "kernel_layout",
+    "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "position", "tie_embeddings", "gelu",
+    "mlp", "n_inner", "norm", "output_vocab", "kernel_layout",
 )  # fmt: skip
 # What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
 HUB_FILES = [
@@ -91,8 +91,8 @@ def weight_map(cfg: GPTConfig) -> WeightMap:
         rows += dense(f"{hf}.attn.c_attn", (ours, "attn", "c_attn"), D, 3 * D)
         rows += dense(f"{hf}.attn.c_proj", (ours, "attn", "c_proj"), D, D)
         rows += norm(f"{hf}.ln_2", (ours, "ln_2"))
-        rows += dense(f"{hf}.mlp.c_fc", (ours, "mlp", "fc"), D, 4 * D)
-        rows += dense(f"{hf}.mlp.c_proj", (ours, "mlp", "proj"), 4 * D, D)
+        rows += dense(f"{hf}.mlp.c_fc", (ours, "mlp", "fc"), D, cfg.mlp_width)
+        rows += dense(f"{hf}.mlp.c_proj", (ours, "mlp", "proj"), cfg.mlp_width, D)
     rows += norm("transformer.ln_f", ("ln_f",))
     if not cfg.tie_embeddings:
         rows.append(("lm_head.weight", ("lm_head",), (cfg.predicted_vocab, D)))
@@ -119,10 +119,6 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
             f"layer_norm_epsilon={eps} is not supported; gptjax's LayerNorm uses {LAYER_NORM_EPS}"
         )
     n_embd = hf["n_embd"]
-    if hf.get("n_inner") not in (None, 4 * n_embd):
-        raise ValueError(
-            f"n_inner={hf['n_inner']} is not supported; gptjax's MLP width is 4*n_embd={4 * n_embd}"
-        )
     tie = hf.get("tie_word_embeddings", not image)
     unsupported = {
         "scale_attn_weights": (True, hf.get("scale_attn_weights", True)),
@@ -140,6 +136,7 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         n_layer=hf["n_layer"],
         n_head=hf["n_head"],
         n_embd=n_embd,
+        n_inner=0 if hf.get("n_inner") in (None, 4 * n_embd) else hf["n_inner"],  # 0: 4 * n_embd, GPT-2's
         dropout=0.0,  # fine-tuning sets its own; nanoGPT's from_pretrained also defaults to 0
         bias=True,
         position="learned",
@@ -155,6 +152,12 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
     ImageGPTForCausalImageModeling (bias=False exports as zero biases)."""
     if cfg.position != "learned":
         raise ValueError(f"position={cfg.position!r} cannot be exported: HF GPT-2 has learned positions only")
+    if cfg.kv_heads != cfg.n_head:
+        raise ValueError(
+            f"n_kv_head={cfg.n_kv_head} cannot be exported: HF GPT-2 has a key/value head per query head"
+        )
+    if cfg.mlp != "gelu":
+        raise ValueError(f"mlp={cfg.mlp!r} cannot be exported: HF GPT-2's MLP is a GELU MLP")
     image = cfg.norm == "rms"
     if image and (cfg.tie_embeddings or cfg.predicted_vocab != cfg.vocab_size - 1):
         raise ValueError(
@@ -176,7 +179,7 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "n_embd": cfg.n_embd,
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
-        "n_inner": None,
+        "n_inner": cfg.n_inner or None,
         "activation_function": gelu,
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
@@ -195,7 +198,13 @@ def check_same_model(
 ) -> None:
     """One-line ValueError naming every SAME_MODEL_FIELDS value of `cfg` that differs from `hf_cfg`'s
     (or a saved gptjax model's: `label` names it in the message)."""
-    diffs = {f: (getattr(cfg, f), getattr(hf_cfg, f)) for f in SAME_MODEL_FIELDS}
+    # n_kv_head = n_head and n_inner = the MLP's default width are their 0s (a difference of n_head or
+    # n_embd alone is then one difference, not two).
+    value = lambda c, f: {  # noqa: E731
+        "n_kv_head": 0 if c.kv_heads == c.n_head else c.n_kv_head,
+        "n_inner": 0 if c.mlp_width == default_mlp_width(c.n_embd, c.mlp) else c.n_inner,
+    }.get(f, getattr(c, f))
+    diffs = {f: (value(cfg, f), value(hf_cfg, f)) for f in SAME_MODEL_FIELDS}
     diffs = {f: (ours, theirs) for f, (ours, theirs) in diffs.items() if ours != theirs}
     if diffs:
         got = ", ".join(f"{f}={ours} ({label}: {theirs})" for f, (ours, theirs) in diffs.items())

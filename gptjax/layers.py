@@ -151,8 +151,9 @@ class Dense(nn.Module):
     param_dtype: Dtype
     out_in: bool = False
     lora: LoRA | None = None  # adapters, when lora.targets names this layer
-    # > 1: the output's column blocks as that many matmuls, returned as a list (no copy slicing them out)
-    splits: int = 1
+    # > 1 (equal blocks) or the blocks' sizes: the output's column blocks as that many matmuls, returned as a
+    # list (no copy slicing them out)
+    splits: int | tuple[int, ...] = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array | list[jax.Array]:
@@ -177,18 +178,19 @@ class Dense(nn.Module):
             b = self.param("lora_b", nn.initializers.zeros_init(), (rank, self.features), self.param_dtype)
             a, b = jnp.asarray(a, self.dtype), jnp.asarray(b, self.dtype)
             xa_NR = nn.Dropout(self.lora.dropout)(x_ND, deterministic=deterministic) @ a
-        n = self.splits
-        kernels = jnp.split(kernel, n, axis=0 if self.out_in else 1)
-        biases = jnp.split(bias, n) if bias is not None else [None] * n
-        lora_bs = jnp.split(b, n, axis=1) if rank else [None] * n
+        sizes = (self.features // self.splits,) * self.splits if isinstance(self.splits, int) else self.splits
+        n, at = len(sizes), np.cumsum(sizes)[:-1]
+        kernels = jnp.split(kernel, at, axis=0 if self.out_in else 1)
+        biases = jnp.split(bias, at) if bias is not None else [None] * n
+        lora_bs = jnp.split(b, at, axis=1) if rank else [None] * n
         outs = []
-        for kernel_i, bias_i, b_i in zip(kernels, biases, lora_bs, strict=True):
+        for size, kernel_i, bias_i, b_i in zip(sizes, kernels, biases, lora_bs, strict=True):
             y_NF = jax.lax.dot_general(x_ND, kernel_i, (((1,), (1 if self.out_in else 0,)), ((), ())))
             if bias_i is not None:
                 y_NF = y_NF + bias_i.reshape(1, -1)
             if rank:
                 y_NF = y_NF + xa_NR @ b_i * (self.lora.alpha / rank)
-            outs.append(y_NF.reshape(*x.shape[:-1], self.features // n))
+            outs.append(y_NF.reshape(*x.shape[:-1], size))
         return outs if n > 1 else outs[0]
 
 
@@ -221,7 +223,9 @@ def gelu(x: jax.Array, kind: str) -> jax.Array:
 
 
 class MLP(nn.Module):
-    """GELU MLP, D -> F -> D; `gelu` names the form (see gelu)."""
+    """D -> F -> D. `kind` "gelu": GPT-2's, GELU(x W_fc) W_proj, `gelu` naming the form (see gelu);
+    "swiglu": Llama's (Shazeer 2020), (SiLU(x W_gate) * x W_fc) W_proj, its gate a Dense of its own (so
+    tensor parallelism splits gate and fc alike along F)."""
 
     n_embd: int
     n_layer: int
@@ -232,13 +236,19 @@ class MLP(nn.Module):
     param_dtype: Dtype
     out_in: bool = False  # Dense kernels stored [out, in] (see Dense)
     lora: LoRA | None = None
+    kind: str = "gelu"
+    width: int = 0  # F; 0: 4 * n_embd
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, *, deterministic: bool) -> jax.Array:
         dense = lambda features, init, name: Dense(  # noqa: E731
             features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, self.lora, name=name
         )
-        h_BTF = dense(4 * self.n_embd, normal_init(), "fc")(x_BTD, deterministic)
-        h_BTF = gelu(h_BTF, self.gelu)
+        F = self.width or 4 * self.n_embd
+        h_BTF = dense(F, normal_init(), "fc")(x_BTD, deterministic)
+        if self.kind == "swiglu":
+            h_BTF = nn.silu(dense(F, normal_init(), "gate")(x_BTD, deterministic)) * h_BTF
+        else:
+            h_BTF = gelu(h_BTF, self.gelu)
         out_BTD = dense(self.n_embd, residual_init(self.n_layer), "proj")(h_BTF, deterministic)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

@@ -49,9 +49,16 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weights' matmuls only
 }
 GELUS = ("tanh", "exact", "quick")
-LORA_TARGETS = ("c_attn", "c_proj", "fc", "proj")  # attention's qkv and output, the MLP's two layers
+MLPS = ("gelu", "swiglu")
+LORA_TARGETS = ("c_attn", "c_proj", "fc", "gate", "proj")  # attention's qkv and output, the MLP's layers
 NORMS = ("layer", "rms")
 KERNEL_LAYOUTS = ("in_out", "out_in")
+
+
+def default_mlp_width(n_embd: int, mlp: str) -> int:
+    """GPT-2's 4 * n_embd; for "swiglu" 2/3 of it rounded up to a multiple of 64 (Llama's rule): its three
+    matrices then hold about as many parameters as the GELU MLP's two."""
+    return 4 * n_embd if mlp == "gelu" else -(-8 * n_embd // 3 // 64) * 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +69,9 @@ class GPTConfig:
     block_size: int = 1024  # context length: the most positions the model attends over
     n_layer: int = 12
     n_head: int = 12
+    # Key/value heads (grouped-query attention; 1: multi-query): fewer make the KV cache n_head / n_kv_head
+    # times smaller. 0: n_head, GPT-2's multi-head attention.
+    n_kv_head: int = 0
     n_embd: int = 768  # D; head dim H = D / N
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     bias: bool = True  # biases in Dense layers and LayerNorms (GPT-2: True)
@@ -74,6 +84,10 @@ class GPTConfig:
         1  # embedding rows padded to a multiple (64: faster matmuls); pads get no probability
     )
     gelu: str = "tanh"  # GELU form: "tanh" approximation (GPT-2's gelu_new), "exact" (nanoGPT), "quick"
+    mlp: str = "gelu"  # "gelu" (GPT-2's MLP) or "swiglu" (Llama's gated MLP: a third matrix, the gate)
+    # MLP width F (HF GPT-2's n_inner); 0: 4 * n_embd for "gelu", and for "swiglu" 2/3 of that rounded up
+    # to a multiple of 64, which keeps its parameter count near the GELU MLP's (as Llama's).
+    n_inner: int = 0
     norm: str = "layer"  # "layer": LayerNorm (GPT-2); "rms": no mean subtracted, no bias (ImageGPT)
     # Ids the LM head predicts: the first output_vocab (0: all vocab_size); the rest only ever start a
     # sequence and get probability 0 (ImageGPT's head has no row for its start token).
@@ -117,6 +131,15 @@ class GPTConfig:
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 "pick n_head that divides n_embd (head dim = n_embd / n_head)"
             )
+        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+            raise ValueError(
+                f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0: n_head); each key/value "
+                "head serves n_head / n_kv_head query heads"
+            )
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp={self.mlp!r} is unknown; use one of {MLPS}")
+        if self.n_inner < 0:
+            raise ValueError(f"n_inner={self.n_inner} must be >= 0 (0: the MLP kind's default width)")
         if self.gelu not in GELUS:
             raise ValueError(f"gelu={self.gelu!r} is unknown; use one of {GELUS}")
         if self.norm not in NORMS:
@@ -159,6 +182,16 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @property
+    def mlp_width(self) -> int:
+        """F: n_inner, or the MLP kind's default (see n_inner)."""
+        return self.n_inner or default_mlp_width(self.n_embd, self.mlp)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when it is 0."""
+        return self.n_kv_head or self.n_head
+
+    @property
     def lora(self) -> LoRA | None:
         if not self.lora_rank:
             return None
@@ -195,7 +228,7 @@ def init_cache(config: GPTConfig, batch: int, max_len: int | None = None) -> lis
     """An empty KV cache for every layer, for up to `max_len` (default block_size) positions."""
     max_len = max_len or config.block_size
     return [
-        attention.init_cache(batch, max_len, config.n_head, config.head_dim, config.dtype)
+        attention.init_cache(batch, max_len, config.kv_heads, config.head_dim, config.dtype)
         for _ in range(config.n_layer)
     ]
 
@@ -216,6 +249,7 @@ class Block(nn.Module):
         )
         h_BTD, cache = attention.CausalSelfAttention(
             n_head=c.n_head,
+            n_kv_head=c.kv_heads,
             n_embd=c.n_embd,
             n_layer=c.n_layer,
             use_bias=c.bias,
@@ -246,6 +280,8 @@ class Block(nn.Module):
             c.param_dtype,
             c.kernel_layout == "out_in",
             c.lora,
+            kind=c.mlp,
+            width=c.mlp_width,
             name="mlp",
         )
         x_BTD = x_BTD + mlp(ln("ln_2")(x_BTD), deterministic=deterministic)

@@ -37,6 +37,8 @@ LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
     ("c_proj", "bias"): ("embed",),
     ("fc", "kernel"): ("embed", "mlp"),
     ("fc", "bias"): ("mlp",),
+    ("gate", "kernel"): ("embed", "mlp"),
+    ("gate", "bias"): ("mlp",),
     ("proj", "kernel"): ("mlp", "embed"),
     ("proj", "bias"): ("embed",),
     ("ln_1", "scale"): ("embed",),

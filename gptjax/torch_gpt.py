@@ -45,9 +45,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         D = cfg.n_embd
-        self.c_fc = nn.Linear(D, 4 * D, bias=cfg.bias)
+        self.c_fc = nn.Linear(D, cfg.mlp_width, bias=cfg.bias)
         self.gelu = nn.GELU(approximate="tanh" if cfg.gelu == "tanh" else "none")
-        self.c_proj = nn.Linear(4 * D, D, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_width, D, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
@@ -72,6 +72,12 @@ class GPT(nn.Module):
         super().__init__()
         if cfg.position != "learned":
             raise ValueError(f"position={cfg.position!r}: the PyTorch GPT has learned positions only")
+        if cfg.mlp != "gelu":
+            raise ValueError(f"mlp={cfg.mlp!r}: the PyTorch GPT has GPT-2's GELU MLP only")
+        if cfg.kv_heads != cfg.n_head:
+            raise ValueError(
+                f"n_kv_head={cfg.n_kv_head}: the PyTorch GPT has a key/value head per query head"
+            )
         if (cfg.norm, cfg.output_vocab, cfg.lora_rank) != ("layer", 0, 0) or cfg.gelu == "quick":
             raise ValueError(
                 f"norm={cfg.norm!r}, gelu={cfg.gelu!r}, output_vocab={cfg.output_vocab}, lora_rank="

@@ -15,9 +15,11 @@ from gptjax.data import ByteTokenizer, CharTokenizer, GPT2Tokenizer
 from gptjax.model import GPT, GPTConfig
 from gptjax.train import load_params, train_and_evaluate
 
-# Several small GPT-2s: odd widths, head counts and vocab sizes, each GELU form, tied and untied heads.
+# Several small GPT-2s: odd widths, head counts and vocab sizes, each GELU form, tied and untied heads, an
+# MLP narrower than 4 * n_embd (n_inner).
 SHAPES = {
     "odd": dict(n_layer=2, n_head=3, n_embd=36, vocab_size=97, n_positions=16),
+    "n_inner": dict(n_layer=1, n_head=2, n_embd=16, vocab_size=40, n_positions=8, n_inner=24),
     "untied-exact": dict(
         n_layer=1,
         n_head=2,
@@ -86,7 +88,7 @@ def test_logits_match_pytorch(torch, tmp_path, name):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["odd", "untied-exact"])
+@pytest.mark.parametrize("name", ["odd", "untied-exact", "n_inner"])
 def test_export_import_is_exact_and_transformers_loads_it(torch, tmp_path, name):
     import transformers
 
@@ -221,7 +223,6 @@ def test_config_errors_are_one_line():
     cases = [
         (dict(activation_function="relu"), "activation_function='relu'"),
         (dict(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
-        (dict(n_inner=7), "n_inner=7"),
         (dict(model_type="llama"), "model_type"),
         (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
     ]

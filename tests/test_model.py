@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.layers import rope, sinusoidal_table
+from gptjax.layers import MLP, rope, sinusoidal_table
 from gptjax.model import GPT, GPTConfig, count_params, drop_lora, init_cache
 from gptjax.train import abstract_state, model_config
 
@@ -237,6 +237,58 @@ def test_segments_with_a_kv_cache_are_refused(tiny_cfg):
             cache=init_cache(tiny_cfg, 1),
             segments_BT=jnp.ones((1, 2), jnp.int32),
         )
+
+
+# ----- Grouped-query attention (n_kv_head). -----
+
+
+def with_repeated_kv_heads(params, cfg: GPTConfig):
+    """The multi-head params computing what `cfg`'s grouped-query model computes: each key/value head's
+    columns of c_attn repeated for its n_head / n_kv_head query heads (HF's repeat_kv)."""
+    N, K, H = cfg.n_head, cfg.kv_heads, cfg.head_dim
+
+    def widen(a):  # [..., (N + 2K) H] -> [..., 3 N H]
+        q, k, v = np.split(np.asarray(a), [N * H, (N + K) * H], axis=-1)
+        repeat = lambda x: np.repeat(x.reshape(*x.shape[:-1], K, H), N // K, axis=-2).reshape(
+            x.shape[:-1] + (N * H,)
+        )  # noqa: E731
+        return np.concatenate([q, repeat(k), repeat(v)], axis=-1)
+
+    return {
+        name: {
+            **layer,
+            "attn": {**layer["attn"], "c_attn": {k: widen(a) for k, a in layer["attn"]["c_attn"].items()}},
+        }
+        if name.startswith("h_")
+        else layer
+        for name, layer in params.items()
+    }
+
+
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_grouped_query_attention_is_multi_head_with_shared_kv_heads(tiny_cfg, attention, n_kv_head):
+    """n_kv_head K < n_head N: c_attn has (N + 2K) H columns, and the model computes what the multi-head
+    model with each key/value head repeated for its N / K query heads computes, with a cache too."""
+    cfg = dataclasses.replace(tiny_cfg, n_head=4, n_kv_head=n_kv_head, attention=attention, bias=True)
+    params = init_params(cfg)
+    assert params["h_0"]["attn"]["c_attn"]["kernel"].shape == (16, (4 + 2 * n_kv_head) * 4)
+    mha = dataclasses.replace(cfg, n_kv_head=0)
+    tokens_BT = random_tokens(cfg, (2, cfg.block_size))
+    got_BTV, _ = GPT(cfg).apply({"params": params}, tokens_BT)
+    want_BTV, _ = GPT(mha).apply({"params": with_repeated_kv_heads(params, cfg)}, tokens_BT)
+    np.testing.assert_allclose(got_BTV, want_BTV, rtol=1e-5, atol=1e-5)
+    cache = init_cache(cfg, 2)
+    assert cache[0]["k"].shape == (2, n_kv_head, 4, cfg.block_size)  # N / K times smaller than MHA's
+    prefill_BTV, cache = GPT(cfg).apply({"params": params}, tokens_BT[:, :5], cache=cache)
+    step_B1V, _ = GPT(cfg).apply({"params": params}, tokens_BT[:, 5:6], cache=cache)
+    np.testing.assert_allclose(prefill_BTV, want_BTV[:, :5], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(step_B1V[:, 0], want_BTV[:, 5], rtol=1e-5, atol=1e-5)
+
+
+def test_key_value_heads_must_divide_the_heads():
+    with pytest.raises(ValueError, match="n_kv_head=3 must divide n_head=4"):
+        GPTConfig(vocab_size=10, n_embd=16, n_head=4, n_kv_head=3)
 
 
 # ----- Position encodings. -----
@@ -551,8 +603,12 @@ def expected_param_count(cfg: GPTConfig) -> int:
     V, C, L, D = cfg.padded_vocab, cfg.block_size, cfg.n_layer, cfg.n_embd
     dense = lambda d_in, d_out: d_in * d_out + (d_out if cfg.bias else 0)
     layer_norm = D * (2 if cfg.bias and cfg.norm == "layer" else 1)  # scale (+ bias; RMS norms have none)
-    block = 2 * layer_norm + dense(D, 3 * D) + dense(D, D) + dense(D, 4 * D) + dense(4 * D, D)
-    shapes = {"c_attn": (D, 3 * D), "c_proj": (D, D), "fc": (D, 4 * D), "proj": (4 * D, D)}
+    QKV = D + 2 * cfg.kv_heads * cfg.head_dim  # q, then k and v for each key/value head
+    F = cfg.mlp_width
+    shapes = {"c_attn": (D, QKV), "c_proj": (D, D), "fc": (D, F), "proj": (F, D)}
+    if cfg.mlp == "swiglu":
+        shapes["gate"] = (D, F)
+    block = 2 * layer_norm + sum(dense(*shape) for shape in shapes.values())
     block += sum(
         cfg.lora_rank * (d_in + d_out) for name, (d_in, d_out) in shapes.items() if name in cfg.lora_targets
     )
@@ -571,6 +627,39 @@ def expected_param_count(cfg: GPTConfig) -> int:
 def test_param_count_formula(tiny_cfg, bias, position, tie):
     cfg = dataclasses.replace(tiny_cfg, bias=bias, position=position, tie_embeddings=tie)
     assert count_params(abstract_params(cfg)) == expected_param_count(cfg)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(n_head=4, n_kv_head=1),
+        dict(n_head=4, n_kv_head=2, lora_rank=2),
+        dict(mlp="swiglu", lora_rank=2),
+        dict(mlp="swiglu", n_inner=24),
+        dict(n_inner=24, bias=True),
+    ],
+)
+def test_param_count_formula_with_kv_heads_and_mlps(tiny_cfg, options):
+    cfg = dataclasses.replace(tiny_cfg, **options)
+    assert count_params(abstract_params(cfg)) == expected_param_count(cfg)
+    assert GPTConfig(vocab_size=8, n_embd=96, n_head=4, mlp="swiglu").mlp_width == 256  # 8/3 * 96
+
+
+def test_swiglu_mlp_is_llamas_gated_mlp_written_out(tiny_cfg):
+    """mlp="swiglu": (SiLU(x W_gate + b_gate) * (x W_fc + b_fc)) W_proj + b_proj, F = n_inner wide."""
+    cfg = dataclasses.replace(tiny_cfg, mlp="swiglu", n_inner=24, bias=True)
+    params = init_params(cfg)
+    mlp = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in params["h_0"]["mlp"].items()}
+    assert mlp["gate"]["kernel"].shape == mlp["fc"]["kernel"].shape == (16, 24)
+    x = np.random.default_rng(0).normal(size=(2, 3, 16))
+    gate, up = (x @ mlp[n]["kernel"] + mlp[n]["bias"] for n in ("gate", "fc"))
+    want = (gate / (1 + np.exp(-gate)) * up) @ mlp["proj"]["kernel"] + mlp["proj"]["bias"]
+    got = MLP(16, cfg.n_layer, True, 0.0, cfg.gelu, "float32", "float32", kind="swiglu", width=24).apply(
+        {"params": params["h_0"]["mlp"]}, jnp.asarray(x, jnp.float32), deterministic=True
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mlp='geglu' is unknown"):
+        GPTConfig(vocab_size=8, mlp="geglu")
 
 
 # Every file in configs/ (found, not listed), with the variants a file needs or has.

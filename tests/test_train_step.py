@@ -45,12 +45,17 @@ def assert_trees_close(a, b, atol):
 # ----- Learning. -----
 
 
-@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
+# Llama's choices: rotary positions, one key/value head for two query heads, a SwiGLU MLP, RMS norms.
+LLAMA = dict(position="rope", n_kv_head=1, mlp="swiglu", norm="rms")
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "llama"])
 def test_loss_falls_on_a_repeated_batch(tiny_state, tiny_cfg, tiny_opt, tiny_batch, position):
     if position == "learned":
         state = tiny_state()  # shares its compiled step with the other tests
     else:
-        cfg = dataclasses.replace(tiny_cfg, position=position)
+        options = LLAMA if position == "llama" else dict(position=position)
+        cfg = dataclasses.replace(tiny_cfg, **options)
         state = create_train_state(cfg, make_optimizer(tiny_opt), seed=0)
     losses = []
     for _ in range(30):
