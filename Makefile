@@ -35,7 +35,7 @@ train: $(BIN)/.installed-train
 	$(BIN)/python scripts/sample.py --workdir=$(WORKDIR) --num_samples=2 --max_new_tokens=400
 
 test: $(BIN)/.installed-test lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(BIN)/.installed-test
 	$(BIN)/ruff check .

@@ -27,6 +27,7 @@ setup(
         "test": [
             "pytest>=9.0",
             "pytest-timeout>=2.4.0",  # the per-test timeout (pyproject.toml): a hung test fails the run
+            "pytest-xdist>=3.8",  # make test runs the tests in two processes (-n 2)
             "hypothesis>=6.150",
             "ruff>=0.17",
         ],

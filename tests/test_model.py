@@ -735,7 +735,8 @@ def test_gelu_exact_value_and_gradient():
 @pytest.mark.parametrize("lora", [False, True])
 def test_dense_splits_are_the_column_blocks(out_in, lora):
     """Dense(splits=3) (q, k, v for cuDNN attention) returns the three column blocks of the one product,
-    bias and LoRA adapters included, in either kernel layout, from the same params."""
+    bias and LoRA adapters included, in either kernel layout, from the same params; splits=(16, 4, 4)
+    blocks of those widths (q, k, v with fewer key/value heads)."""
     from gptjax.layers import Dense, LoRA, normal_init
 
     adapters = LoRA(2, 16.0, ("c_attn",)) if lora else None
@@ -745,11 +746,11 @@ def test_dense_splits_are_the_column_blocks(out_in, lora):
     x = jax.random.normal(jax.random.key(1), (2, 5, 8))
     params = dense(1).init(jax.random.key(0), x)
     params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(3), a.shape), params)
-    blocks = dense(3).apply(params, x)
-    assert [b.shape for b in blocks] == [(2, 5, 8)] * 3
-    np.testing.assert_allclose(
-        jnp.concatenate(blocks, axis=-1), dense(1).apply(params, x), rtol=1e-6, atol=1e-6
-    )
+    whole = dense(1).apply(params, x)
+    for splits, widths in ((3, [8, 8, 8]), ((16, 4, 4), [16, 4, 4])):  # equal, or as n_kv_head makes them
+        blocks = dense(splits).apply(params, x)
+        assert [b.shape for b in blocks] == [(2, 5, w) for w in widths]
+        np.testing.assert_allclose(jnp.concatenate(blocks, axis=-1), whole, rtol=1e-6, atol=1e-6)
 
 
 def test_imagegpt_norm_gelu_and_head():
