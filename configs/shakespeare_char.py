@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.mlp = "gelu"  # "gelu" (GPT-2's MLP) or "swiglu" (Llama's gated MLP)
     c.model.n_inner = 0  # MLP width; 0: 4 * n_embd (gelu), 8/3 * n_embd rounded up to 64s (swiglu)
     c.model.norm = "layer"  # "layer" (LayerNorm) or "rms" (ImageGPT's: no mean, no bias)
+    c.model.norm_eps = 1e-5  # added to the variance in every norm (GPT-2's, torch.nn.LayerNorm's)
     c.model.output_vocab = 0  # ids the head predicts (0: all; ImageGPT's head skips its start token)
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
     c.model.param_dtype = "float32"

@@ -1,4 +1,5 @@
-"""GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax.
+"""GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
+Llama-family directories import through gptjax.llama.
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -36,6 +37,7 @@ from configs import shakespeare_char
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokens import write_atomically
 from gptjax.hf_tokenizer import pick_tokenizer, save_hf_tokenizer
+from gptjax.llama import config_from_llama, params_from_llama
 from gptjax.model import GPTConfig, default_mlp_width, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
@@ -44,7 +46,7 @@ from gptjax.train import abstract_state, load_params
 HF_GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact", "quick_gelu": "quick"}
 # The architectures gptjax reads and writes: model_type -> HF class.
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "imagegpt": "ImageGPTForCausalImageModeling"}
-LAYER_NORM_EPS = 1e-5  # gptjax.layers.norm's; GPT-2's layer_norm_epsilon
+LAYER_NORM_EPS = 1e-5  # GPT-2's layer_norm_epsilon when a config.json leaves it out
 # Non-persistent attention-mask buffers that old checkpoints saved; they hold no weights.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 # Params with one row per token: HF has vocab_size rows (ImageGPT's head one fewer), gptjax padded_vocab
@@ -57,7 +59,7 @@ VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # how a rope model's context is extended.
 SAME_MODEL_FIELDS = (
     "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "position", "tie_embeddings", "gelu",
-    "mlp", "n_inner", "norm", "output_vocab", "kernel_layout",
+    "mlp", "n_inner", "norm", "norm_eps", "output_vocab", "kernel_layout",
 )  # fmt: skip
 # What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
 HUB_FILES = [
@@ -106,18 +108,17 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
     """The GPTConfig of an HF GPT-2 or ImageGPT config.json; one-line ValueError for what gptjax cannot
     represent."""
     model_type = hf.get("model_type", "gpt2")
+    if model_type == "llama":  # import only (gptjax.llama)
+        return config_from_llama(hf)
     if model_type not in HF_CLASSES:
-        known = " and ".join(HF_CLASSES)
-        raise ValueError(f"model_type={model_type!r} is not supported; gptjax converts {known} checkpoints")
+        known = ", ".join(HF_CLASSES)
+        raise ValueError(
+            f"model_type={model_type!r} is not supported; gptjax converts {known} and llama checkpoints"
+        )
     image = model_type == "imagegpt"
     act = hf.get("activation_function", "quick_gelu" if image else "gelu_new")
     if act not in HF_GELUS:
         raise ValueError(f"activation_function={act!r} is not supported; gptjax has {sorted(HF_GELUS)}")
-    eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
-    if not np.isclose(eps, LAYER_NORM_EPS, rtol=1e-6, atol=0):
-        raise ValueError(
-            f"layer_norm_epsilon={eps} is not supported; gptjax's LayerNorm uses {LAYER_NORM_EPS}"
-        )
     n_embd = hf["n_embd"]
     tie = hf.get("tie_word_embeddings", not image)
     unsupported = {
@@ -143,6 +144,7 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         tie_embeddings=tie,
         gelu=HF_GELUS[act],
         norm="rms" if image else "layer",
+        norm_eps=float(hf.get("layer_norm_epsilon", LAYER_NORM_EPS)),
         output_vocab=hf["vocab_size"] - 1 if image else 0,  # ImageGPT never predicts its start token
     )
 
@@ -184,7 +186,7 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": cfg.norm_eps,
         "initializer_range": 0.02,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": getattr(tokenizer, "bos_id", None),
@@ -300,22 +302,29 @@ def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def read_hf_config(directory: str | pathlib.Path) -> GPTConfig:
-    """The GPTConfig of an HF GPT-2 directory's config.json."""
+def _config_json(directory: str | pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no config.json; pass an HF GPT-2 model directory")
-    return config_from_hf(json.loads(path.read_text()))
+    return json.loads(path.read_text())
+
+
+def read_hf_config(directory: str | pathlib.Path) -> GPTConfig:
+    """The GPTConfig of an HF GPT-2 (ImageGPT, Llama) directory's config.json."""
+    return config_from_hf(_config_json(directory))
 
 
 def load_hf(directory: str | pathlib.Path, into: GPTConfig | None = None) -> tuple[dict[str, Any], GPTConfig]:
-    """(params, GPTConfig) of an HF GPT-2 directory, in `into` when given (e.g. with a padded vocabulary,
-    scanned layers or another dtype), which must describe the same model (`check_same_model`)."""
-    cfg = read_hf_config(directory)
+    """(params, GPTConfig) of an HF GPT-2 (ImageGPT, Llama) directory, in `into` when given (e.g. with a
+    padded vocabulary, scanned layers or another dtype), which must describe the same model
+    (`check_same_model`)."""
+    hf = _config_json(directory)
+    cfg = config_from_hf(hf)
     if into is not None:
         check_same_model(cfg, into, source=f"the HF model in {directory}")
         cfg = into
-    return params_from_hf(read_hf_weights(directory), cfg), cfg
+    from_hf = params_from_llama if hf.get("model_type") == "llama" else params_from_hf
+    return from_hf(read_hf_weights(directory), cfg), cfg
 
 
 # Every file save_hf may write: a directory holding only these is an earlier export it may replace.

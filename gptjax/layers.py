@@ -81,13 +81,15 @@ def residual_init(n_layer: int) -> Callable:
     return normal_init(INIT_STD / np.sqrt(2 * n_layer))
 
 
-def norm(name: str, kind: str, *, use_bias: bool, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
+def norm(
+    name: str, kind: str, *, use_bias: bool, dtype: Dtype, param_dtype: Dtype, eps: float = 1e-5
+) -> nn.Module:
     """kind "layer": LayerNorm (GPT-2), with a bias when use_bias. "rms": x / sqrt(mean(x^2) + eps) * scale,
-    no mean subtracted and no bias (ImageGPT's layer norm; also LLaMA's RMSNorm). eps 1e-5 as GPT-2's
-    layer_norm_epsilon and torch.nn.LayerNorm."""
+    no mean subtracted and no bias (ImageGPT's layer norm; also Llama's RMSNorm). eps 1e-5 by default, as
+    GPT-2's layer_norm_epsilon and torch.nn.LayerNorm."""
     if kind == "rms":
-        return nn.RMSNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
-    return nn.LayerNorm(epsilon=1e-5, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+        return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+    return nn.LayerNorm(epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def sinusoidal_table(max_len: int, d: int) -> np.ndarray:

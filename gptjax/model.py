@@ -88,7 +88,8 @@ class GPTConfig:
     # MLP width F (HF GPT-2's n_inner); 0: 4 * n_embd for "gelu", and for "swiglu" 2/3 of that rounded up
     # to a multiple of 64, which keeps its parameter count near the GELU MLP's (as Llama's).
     n_inner: int = 0
-    norm: str = "layer"  # "layer": LayerNorm (GPT-2); "rms": no mean subtracted, no bias (ImageGPT)
+    norm: str = "layer"  # "layer": LayerNorm (GPT-2); "rms": no mean subtracted, no bias (ImageGPT, Llama)
+    norm_eps: float = 1e-5  # added to the variance (GPT-2's layer_norm_epsilon, Llama's rms_norm_eps)
     # Ids the LM head predicts: the first output_vocab (0: all vocab_size); the rest only ever start a
     # sequence and get probability 0 (ImageGPT's head has no row for its start token).
     output_vocab: int = 0
@@ -245,7 +246,7 @@ class Block(nn.Module):
         c = self.config
         deterministic = self.deterministic
         ln = lambda name: norm(  # noqa: E731
-            name, c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype
+            name, c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype, eps=c.norm_eps
         )
         h_BTD, cache = attention.CausalSelfAttention(
             n_head=c.n_head,
@@ -416,7 +417,8 @@ class GPT(nn.Module):
                 )
                 if cache is not None:
                     new_cache.append(layer_cache)
-        x_BTD = norm("ln_f", c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)(x_BTD)
+        ln_f = norm("ln_f", c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype, eps=c.norm_eps)
+        x_BTD = ln_f(x_BTD)
 
         if c.tie_embeddings:
             head_VD = wte.embedding

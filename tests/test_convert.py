@@ -222,8 +222,7 @@ def tiny_hf_config(**overrides):
 def test_config_errors_are_one_line():
     cases = [
         (dict(activation_function="relu"), "activation_function='relu'"),
-        (dict(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
-        (dict(model_type="llama"), "model_type"),
+        (dict(model_type="mistral"), "model_type"),
         (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
     ]
     for overrides, match in cases:
@@ -244,9 +243,10 @@ def test_config_fields_both_ways_and_zero_pad_rows():
     padded vocabulary's extra rows import as zeros."""
     cfg = convert.config_from_hf(tiny_hf_config(n_inner=32, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
     assert (cfg.tie_embeddings, cfg.gelu, cfg.dropout) == (True, "tanh", 0.0)
-    untied = dataclasses.replace(cfg, tie_embeddings=False, gelu="exact")
+    untied = dataclasses.replace(cfg, tie_embeddings=False, gelu="exact", norm_eps=1e-6)
     hf = convert.hf_config(untied, type("Tok", (), {"bos_id": 3, "eos_id": 5})())
     assert (hf["bos_token_id"], hf["eos_token_id"], hf["activation_function"]) == (3, 5, "gelu")
+    assert hf["layer_norm_epsilon"] == 1e-6
     assert convert.config_from_hf(hf) == untied
     ones = {hf: np.ones(shape, np.float32) for hf, _, shape in convert.weight_map(untied)}
     params = convert.params_from_hf(ones, dataclasses.replace(untied, vocab_multiple=8))

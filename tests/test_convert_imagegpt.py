@@ -156,8 +156,10 @@ def test_errors_are_one_line():
     base = dict(model_type="imagegpt", vocab_size=9, n_positions=16, n_embd=16, n_layer=1, n_head=2)
     with pytest.raises(ValueError, match="tie_word_embeddings=True is not supported; gptjax needs False"):
         convert.config_from_hf({**base, "tie_word_embeddings": True})
-    with pytest.raises(ValueError, match="model_type='llama' is not supported; gptjax converts gpt2 and"):
-        convert.config_from_hf({**base, "model_type": "llama"})
+    with pytest.raises(
+        ValueError, match="model_type='mistral' is not supported; gptjax converts gpt2, imagegpt and"
+    ):
+        convert.config_from_hf({**base, "model_type": "mistral"})
     cfg = GPTConfig(vocab_size=9, block_size=16, n_layer=1, n_head=2, n_embd=16, norm="rms")
     with pytest.raises(ValueError, match="exports as HF ImageGPT, whose head is untied"):
         convert.hf_config(cfg)
