@@ -1,5 +1,5 @@
 """GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
-Llama-family directories import through gptjax.llama.
+Llama-family models go both ways through gptjax.llama.
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -37,7 +37,7 @@ from configs import shakespeare_char
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokens import write_atomically
 from gptjax.hf_tokenizer import pick_tokenizer, save_hf_tokenizer
-from gptjax.llama import config_from_llama, params_from_llama
+from gptjax.llama import config_from_llama, is_llama, llama_config, params_from_llama, params_to_llama
 from gptjax.model import GPTConfig, default_mlp_width, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
@@ -150,10 +150,16 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
 
 
 def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """config.json of an HF model equal to `cfg`: a GPT2LMHeadModel, or for norm="rms" an
-    ImageGPTForCausalImageModeling (bias=False exports as zero biases)."""
+    """config.json of an HF model equal to `cfg`: a GPT2LMHeadModel, for norm="rms" an
+    ImageGPTForCausalImageModeling (bias=False exports as zero biases), or a LlamaForCausalLM for a
+    Llama's shape (gptjax.llama.is_llama)."""
+    if is_llama(cfg):
+        return llama_config(cfg, tokenizer)
     if cfg.position != "learned":
-        raise ValueError(f"position={cfg.position!r} cannot be exported: HF GPT-2 has learned positions only")
+        raise ValueError(
+            f"position={cfg.position!r} cannot be exported: HF GPT-2 has learned positions only, and a "
+            "Llama needs position='rope', mlp='swiglu', norm='rms' and bias=False together"
+        )
     if cfg.kv_heads != cfg.n_head:
         raise ValueError(
             f"n_kv_head={cfg.n_kv_head} cannot be exported: HF GPT-2 has a key/value head per query head"
@@ -287,6 +293,8 @@ def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
         raise ValueError(f"kernel_layout={cfg.kernel_layout!r}: export the [in, out] params (in_out)")
     if cfg.scan_layers:
         params = unstack_layers(params)
+    if is_llama(cfg):
+        return params_to_llama(params, cfg)
     out = {}
     for hf, path, shape in weight_map(cfg):
         ours = (cfg.padded_vocab, *shape[1:]) if path in VOCAB_ROWS else shape

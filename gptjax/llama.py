@@ -3,8 +3,8 @@
 A Llama is a gptjax GPT with position="rope" (rope_theta), n_kv_head (num_key_value_heads), mlp="swiglu"
 (intermediate_size), norm="rms" (rms_norm_eps) and no biases. HF's nn.Linear weights are [out, in]: they
 are transposed into Dense kernels, and q_proj | k_proj | v_proj become c_attn's columns (rotary
-embeddings in HF's rotate_half layout, as gptjax.layers.rope's). Import only: gptjax exports GPT-2s.
-gptjax.convert.load_hf reads a Llama directory through here.
+embeddings in HF's rotate_half layout, as gptjax.layers.rope's). gptjax.convert reads a Llama directory
+through here, and exports a model of that shape (`is_llama`) as one.
 """
 
 from typing import Any
@@ -106,3 +106,61 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
             f"HF weights {sorted(weights)[:5]} ({len(weights)} in all) have no gptjax counterpart"
         )
     return stack_layers(params, cfg.n_layer) if cfg.scan_layers else params
+
+
+def is_llama(cfg: GPTConfig) -> bool:
+    """Whether `cfg` is a Llama's shape (and so exports as LlamaForCausalLM)."""
+    return (cfg.position, cfg.mlp, cfg.norm, cfg.bias) == ("rope", "swiglu", "rms", False)
+
+
+def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
+    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.block_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_width,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": getattr(tokenizer, "bos_id", None),
+        "eos_token_id": getattr(tokenizer, "eos_id", None),
+        "torch_dtype": "float32",
+    }
+
+
+def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
+    """HF Llama weights (name -> float32 array) of per-layer gptjax params; params_from_llama's inverse."""
+    N, K, H, V = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.vocab_size
+    f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))  # noqa: E731
+    out = {"model.embed_tokens.weight": f32(params["wte"]["embedding"][:V])}
+    for i in range(cfg.n_layer):
+        hf, layer = f"model.layers.{i}", params[f"h_{i}"]
+        q, k, v = np.split(np.asarray(layer["attn"]["c_attn"]["kernel"]), [N * H, (N + K) * H], axis=1)
+        out.update(
+            {
+                f"{hf}.input_layernorm.weight": f32(layer["ln_1"]["scale"]),
+                f"{hf}.self_attn.q_proj.weight": f32(q.T),
+                f"{hf}.self_attn.k_proj.weight": f32(k.T),
+                f"{hf}.self_attn.v_proj.weight": f32(v.T),
+                f"{hf}.self_attn.o_proj.weight": f32(layer["attn"]["c_proj"]["kernel"].T),
+                f"{hf}.post_attention_layernorm.weight": f32(layer["ln_2"]["scale"]),
+                f"{hf}.mlp.up_proj.weight": f32(layer["mlp"]["fc"]["kernel"].T),
+                f"{hf}.mlp.gate_proj.weight": f32(layer["mlp"]["gate"]["kernel"].T),
+                f"{hf}.mlp.down_proj.weight": f32(layer["mlp"]["proj"]["kernel"].T),
+            }
+        )
+    out["model.norm.weight"] = f32(params["ln_f"]["scale"])
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = f32(params["lm_head"][:V])
+    return out

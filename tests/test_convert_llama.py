@@ -100,3 +100,30 @@ def test_a_llama_directory_becomes_a_workdir_that_samples(tmp_path):
     with torch.no_grad():
         want = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0, len(ids) :]
     assert list(got.token_ids) == want.tolist()
+
+
+def test_a_llama_exports_exactly_and_transformers_loads_it(tmp_path):
+    """load_hf -> save_hf of a Llama writes the same weights LlamaForCausalLM loads, and the same config
+    back; a Llama-shaped gptjax model trained here (scanned layers) exports with its own logits."""
+    import dataclasses
+
+    import torch
+    import transformers
+
+    model = make_llama(tmp_path / "hf", num_key_value_heads=2)
+    params, cfg = convert.load_hf(tmp_path / "hf")
+    convert.save_hf(tmp_path / "out", params, cfg)
+    assert convert.read_hf_config(tmp_path / "out") == cfg
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+    # From gptjax's side: scanned layers and a padded vocabulary export too.
+    ours = dataclasses.replace(cfg, scan_layers=True, vocab_multiple=64)
+    params, _ = convert.load_hf(tmp_path / "hf", into=ours)
+    convert.save_hf(tmp_path / "ours", params, ours)
+    x_BT = np.random.default_rng(1).integers(0, 50, size=(1, 16), dtype=np.int32)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        want = again(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+    got, _ = GPT(ours).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got[..., :50], want, atol=1e-4, rtol=0)
