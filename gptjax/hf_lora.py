@@ -19,8 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from gptjax.convert import hf_to_workdir, refuse_other_files, weight_map
+from gptjax.convert import hf_config, hf_to_workdir, refuse_other_files, weight_map
 from gptjax.data.tokens import write_atomically
+from gptjax.llama import is_llama
 from gptjax.model import GPTConfig, stack_layers, unstack_layers
 from gptjax.train import load_params
 
@@ -50,6 +51,11 @@ def adapters_to_peft(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
         raise ValueError("the model has no LoRA adapters (model.lora_rank=0); export it whole with --to_hf")
     if cfg.kernel_layout != "in_out":
         raise ValueError(f"kernel_layout={cfg.kernel_layout!r}: export the [in, out] params (in_out)")
+    if is_llama(cfg):
+        raise ValueError(
+            "PEFT export names GPT-2's layers, not a Llama's; export the merged model with --to_hf instead"
+        )
+    hf_config(cfg)  # a one-line error for a shape HF GPT-2 cannot hold
     params = unstack_layers(params) if cfg.scan_layers else params
     out = {}
     for module, path in _adapted(cfg):

@@ -127,3 +127,16 @@ def test_a_llama_exports_exactly_and_transformers_loads_it(tmp_path):
         want = again(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
     got, _ = GPT(ours).apply({"params": params}, x_BT)
     np.testing.assert_allclose(got[..., :50], want, atol=1e-4, rtol=0)
+
+
+def test_a_llama_lora_run_is_not_exported_as_gpt2_adapters():
+    from gptjax.hf_lora import adapters_to_peft
+    from gptjax.model import GPTConfig
+
+    cfg = GPTConfig(
+        vocab_size=8, n_embd=16, n_head=2, position="rope", mlp="swiglu", norm="rms", bias=False, lora_rank=2
+    )
+    with pytest.raises(
+        ValueError, match="PEFT export names GPT-2's layers, not a Llama's; export the merged"
+    ):
+        adapters_to_peft({}, cfg)
