@@ -143,9 +143,14 @@ def logits_with_embedding_delta(cfg, params, tokens_BT, delta_BTD, **kwargs):
     return logits_BTV
 
 
-def test_causal_by_gradient(tiny_cfg):
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(position="rope", n_head=4, n_kv_head=2, mlp="swiglu", norm="rms")],
+    ids=["gpt2", "llama"],
+)
+def test_causal_by_gradient(tiny_cfg, options):
     """d logits[t] / d embedding[s] is exactly 0 for s > t and nonzero for every s <= t."""
-    cfg = tiny_cfg  # 2 layers: a leak through the second layer's keys would show too
+    cfg = dataclasses.replace(tiny_cfg, **options)  # 2 layers: a leak through the second layer would show
     T, D = cfg.block_size, cfg.n_embd
     params = init_params(cfg)
     tokens_1T = random_tokens(cfg, (1, T))
@@ -665,6 +670,7 @@ def test_swiglu_mlp_is_llamas_gated_mlp_written_out(tiny_cfg):
 # Every file in configs/ (found, not listed), with the variants a file needs or has.
 CONFIG_VARIANTS = {
     "shakespeare_char": ["", "cpu"],
+    "llama_char": ["", "cpu"],
     "finetune_shakespeare": ["gpt2", "gpt2-medium", "gpt2-xl-lora"],
     "digits": [None, "uncond"],
     "cifar10": [None, "cond", "imagegpt"],
