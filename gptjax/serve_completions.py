@@ -291,17 +291,12 @@ def chat_completions(served: Served, body: dict, write_event=None) -> dict | Non
         def chunk(event: dict) -> None:
             (choice,) = event["choices"]
             delta = {"content": choice["text"]} if choice["text"] else {}
-            if choice["index"] not in started:
-                delta, _ = {"role": "assistant", **delta}, started.add(choice["index"])
-            out = {"index": choice["index"], "delta": delta, "logprobs": None}
-            write_event(
-                {
-                    **event,
-                    **head,
-                    "object": "chat.completion.chunk",
-                    "choices": [{**out, "finish_reason": choice["finish_reason"]}],
-                }
-            )
+            if choice["index"] not in started:  # a choice's first chunk says whose message it is
+                started.add(choice["index"])
+                delta = {"role": "assistant", **delta}
+            reason = choice["finish_reason"]
+            out = {"index": choice["index"], "delta": delta, "logprobs": None, "finish_reason": reason}
+            write_event({**event, **head, "object": "chat.completion.chunk", "choices": [out]})
 
         completions(served, body, chunk)
         return None
