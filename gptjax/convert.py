@@ -37,8 +37,9 @@ from configs import shakespeare_char
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokens import write_atomically
 from gptjax.hf_tokenizer import pick_tokenizer, save_hf_tokenizer
+from gptjax.layers import default_mlp_width
 from gptjax.llama import config_from_llama, is_llama, llama_config, params_from_llama, params_to_llama
-from gptjax.model import GPTConfig, default_mlp_width, stack_layers, unstack_layers
+from gptjax.model import GPTConfig, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
 # HF activation_function -> GPTConfig.gelu (transformers/activations.py: gelu_new and gelu_pytorch_tanh are

@@ -224,6 +224,12 @@ def gelu(x: jax.Array, kind: str) -> jax.Array:
     return gelu_exact(x)
 
 
+def default_mlp_width(n_embd: int, kind: str) -> int:
+    """GPT-2's 4 * n_embd; for "swiglu" 2/3 of it rounded up to a multiple of 64 (Llama's rule): its three
+    matrices then hold about as many parameters as the GELU MLP's two."""
+    return 4 * n_embd if kind == "gelu" else -(-8 * n_embd // 3 // 64) * 64
+
+
 class MLP(nn.Module):
     """D -> F -> D. `kind` "gelu": GPT-2's, GELU(x W_fc) W_proj, `gelu` naming the form (see gelu);
     "swiglu": Llama's (Shazeer 2020), (SiLU(x W_gate) * x W_fc) W_proj, its gate a Dense of its own (so
@@ -239,14 +245,14 @@ class MLP(nn.Module):
     out_in: bool = False  # Dense kernels stored [out, in] (see Dense)
     lora: LoRA | None = None
     kind: str = "gelu"
-    width: int = 0  # F; 0: 4 * n_embd
+    width: int = 0  # F; 0: default_mlp_width
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, *, deterministic: bool) -> jax.Array:
         dense = lambda features, init, name: Dense(  # noqa: E731
             features, self.use_bias, init, self.dtype, self.param_dtype, self.out_in, self.lora, name=name
         )
-        F = self.width or 4 * self.n_embd
+        F = self.width or default_mlp_width(self.n_embd, self.kind)
         h_BTF = dense(F, normal_init(), "fc")(x_BTD, deterministic)
         if self.kind == "swiglu":
             h_BTF = nn.silu(dense(F, normal_init(), "gate")(x_BTD, deterministic)) * h_BTF

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from gptjax.model import GPTConfig, default_mlp_width, stack_layers
+from gptjax.layers import default_mlp_width
+from gptjax.model import GPTConfig, stack_layers
 
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"rope_scaling": None, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}

@@ -21,6 +21,7 @@ from gptjax.layers import (
     Embed,
     LoRA,
     constrain,
+    default_mlp_width,
     gather_table,
     norm,
     normal_init,
@@ -53,12 +54,6 @@ MLPS = ("gelu", "swiglu")
 LORA_TARGETS = ("c_attn", "c_proj", "fc", "gate", "proj")  # attention's qkv and output, the MLP's layers
 NORMS = ("layer", "rms")
 KERNEL_LAYOUTS = ("in_out", "out_in")
-
-
-def default_mlp_width(n_embd: int, mlp: str) -> int:
-    """GPT-2's 4 * n_embd; for "swiglu" 2/3 of it rounded up to a multiple of 64 (Llama's rule): its three
-    matrices then hold about as many parameters as the GELU MLP's two."""
-    return 4 * n_embd if mlp == "gelu" else -(-8 * n_embd // 3 // 64) * 64
 
 
 @dataclasses.dataclass(frozen=True)
