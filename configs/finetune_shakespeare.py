@@ -6,10 +6,15 @@ $HF_HUB_CACHE or $HF_HOME/hub, else downloaded there once) with GPT-2's BPE toke
   python scripts/sample.py --workdir=runs/finetune_gpt2 --prompt="ROMEO:"
 Offline, point init_from at a local HF directory (config.json + model.safetensors) or at a workdir that
 scripts/convert.py --from_hf wrote; both still work: --config.init_from=path/to/gpt2.
-The variant names the source model (gpt2, gpt2-medium, gpt2-large, gpt2-xl; nanoGPT uses gpt2-xl) and
-sets the model's shape to it. 20 iterations of 32 x 1024 tokens, ~2 epochs of the 301,966 training
-tokens (the count nanoGPT's shakespeare/prepare.py reports), at a small constant lr: the val loss falls
-within the first iterations, then the model starts to overfit (nanoGPT keeps the best checkpoint).
+The variant names the source model (gpt2, gpt2-medium, gpt2-large, gpt2-xl; nanoGPT uses gpt2-xl). The
+model's shape is not written here: the fields that fix its function are left unset and the run takes them
+from the source (gptjax.init_from.fill_model, as HF's from_pretrained), so any GPT-2 or Llama-family model
+fine-tunes with this config, e.g. --config.init_from=HuggingFaceTB/SmolLM2-135M, with its own tokenizer
+(data.tokenizer="auto"). Only the context is set: rows of 1024 tokens, GPT-2's whole context (a model
+with a longer one is cropped to it, nanoGPT's crop_block_size). 20 iterations of 32 x 1024 tokens, ~2
+epochs of the 301,966 training tokens (the count nanoGPT's shakespeare/prepare.py reports), at a small
+constant lr: the val loss falls within the first iterations, then the model starts to overfit (nanoGPT
+keeps the best checkpoint).
 Expected numbers are not measured here: this machine cannot download GPT-2. On an accelerator add
 --config.model.dtype=bfloat16; the 124M gpt2 on 2 CPU cores takes minutes per iteration.
 A `-lora` suffix (gpt2-lora, gpt2-xl-lora, ...) trains LoRA adapters of rank 8 on every attention and MLP
@@ -17,17 +22,18 @@ layer instead (0.6% of gpt2-xl's weights, and Adam state for those only), at PEF
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import shakespeare_char
 
-# The GPT-2 family's shapes (HF config.json of each; the same as gptjax.model.VARIANTS, which configs
-# do not import).
-SOURCES = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-}
+# The GPT-2 family on the Hub; any other HF id or directory works through --config.init_from.
+SOURCES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# The config.model fields that fix the function a pretrained model computes: left unset (None), a run takes
+# them from its init_from model; one set on the command line must match it (or the run refuses to start).
+FROM_SOURCE = (
+    "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "position", "rope_theta", "tie_embeddings", "gelu",
+    "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
+)  # fmt: skip
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,14 +41,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     lora = source.endswith("-lora")
     source = source.removesuffix("-lora")
     if source not in SOURCES:
-        raise ValueError(f"unknown source model {source!r}; use one of {list(SOURCES)}")
+        raise ValueError(
+            f"unknown source model {source!r}; use one of {list(SOURCES)}, or another with --config.init_from"
+        )
     c = shakespeare_char.get_config()
     c.init_from = source  # an HF Hub id (or local HF directory, or a gptjax workdir) to start from
-    c.data.tokenizer = "gpt2"  # GPT-2's BPE, the model's vocabulary (a workdir's own tokenizer wins)
+    c.data.tokenizer = "auto"  # the source model's own: GPT-2's BPE for GPT-2 (a workdir's tokenizer)
 
-    # GPT-2 exactly: the shapes must match the source model's, or training refuses to start.
-    c.model.update(block_size=1024, bias=True, gelu="tanh", position="learned", tie_embeddings=True)
-    c.model.update(SOURCES[source])
+    for field in FROM_SOURCE:
+        c.model[field] = config_dict.placeholder(type(c.model[field]))
+    c.model.block_size = 1024  # rows of GPT-2's whole context; a longer-context source is cropped to it
     c.model.dropout = 0.0  # nanoGPT's default; few steps on a small corpus
     c.model.attention = "auto"  # cuDNN flash attention on NVIDIA GPUs in bf16, XLA's elsewhere
 

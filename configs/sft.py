@@ -8,7 +8,8 @@ last 10% of the lines are the val split.
   python scripts/train.py --config=configs/sft.py --workdir=runs/sft --config.data.source=FILE.jsonl
   python scripts/sample.py --workdir=runs/sft --prompt="<a prompt as the file writes them>"
 Training starts from the HF model gpt2 (as configs/finetune_shakespeare.py: the HF hub cache, else
-downloaded once; offline, --config.init_from=path/to/gpt2). Each example is a row padded to GPT-2's whole
+downloaded once; offline, --config.init_from=path/to/gpt2), taking its shape and tokenizer from it, so
+another --config.init_from (a Llama-family model, a gptjax workdir) needs no other flag. Each example is a row padded to GPT-2's whole
 context of 1024 tokens (--config.model.block_size=256 crops it, nanoGPT's crop_block_size), the completion
 followed by <|endoftext|>, so the model learns where to stop; --config.data.packing=True packs several
 short examples into each row instead (each still attends only to itself).
@@ -33,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "tiny":
         c = shakespeare_char.get_config()
     elif not arg:
-        c = finetune_shakespeare.get_config("gpt2")  # GPT-2's shape, BPE tokenizer and init_from="gpt2"
+        c = finetune_shakespeare.get_config("gpt2")  # init_from="gpt2", its shape and tokenizer (unset here)
     else:
         raise ValueError(f"unknown variant {arg!r} of configs/sft.py; use '' or 'tiny'")
     c.data.source = config_dict.placeholder(str)  # required: a JSON-lines file of prompt/completion pairs

@@ -1,5 +1,6 @@
-"""Where a fine-tuning run (config.init_from) starts: a gptjax workdir or a Hugging Face GPT-2 or ImageGPT
-(a directory or a Hub id), its tokenizer, and its params checked against config.model."""
+"""Where a fine-tuning run (config.init_from) starts: a gptjax workdir or a Hugging Face GPT-2, ImageGPT or
+Llama (a directory or a Hub id), its tokenizer, the config.model fields it fills, and its params checked
+against config.model."""
 
 import dataclasses
 import pathlib
@@ -33,6 +34,30 @@ def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path
     hf_dir = convert.resolve_hf_dir(init_from)
     vocab_size = convert.read_hf_config(hf_dir).vocab_size
     return ("hf", hf_dir), pick_tokenizer(tokenizer or "auto", vocab_size, hf_dir)
+
+
+def source_model(kind: str, path: pathlib.Path) -> dict[str, Any]:
+    """The model fields (GPTConfig's, as a dict) of `init_source`'s source, read from its config alone."""
+    if kind == "hf":
+        from gptjax import convert  # here: gptjax.convert imports this module
+
+        return dataclasses.asdict(convert.read_hf_config(path))
+    return Checkpointer(path, read_only=True).restore_json()["config"]["model"]
+
+
+def fill_model(config: Any, model: dict[str, Any], origin: str) -> Any:
+    """`config` with each config.model field left None (configs/finetune_shakespeare.py's) set to `model`'s
+    value: a fine-tuning run takes the shape of the model it starts from (HF's from_pretrained, nanoGPT's
+    init_from), and a resumed run the values its checkpoint was trained with. A field set in config.model
+    stays, and must still match the source (init_params checks)."""
+    unset = [k for k, v in config.model.items() if v is None and model.get(k) is not None]
+    if not unset:
+        return config
+    config = config.copy_and_resolve_references()  # the caller's config stays as it was
+    for k in unset:
+        config.model[k] = model[k]
+    print(f"config.model from {origin}: " + ", ".join(f"{k}={model[k]}" for k in unset), flush=True)
+    return config
 
 
 def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:

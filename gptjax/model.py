@@ -214,6 +214,12 @@ class GPTConfig:
                 raise ValueError(f"model variant {variant!r} is unknown; use one of {list(VARIANTS)}")
             kwargs = {**VARIANTS[variant], **{k: v for k, v in kwargs.items() if v is not None}}
         kwargs.update(overrides)
+        unset = sorted(k for k, v in kwargs.items() if v is None)
+        if unset:  # fields a fine-tuning config leaves to its init_from model (gptjax.init_from.fill_model)
+            raise ValueError(
+                f"config.model.{', '.join(unset)} unset (None): fine-tuning takes them from "
+                f"config.init_from's model; otherwise set them, e.g. --config.model.{unset[0]}=..."
+            )
         unknown = set(kwargs) - fields
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(fields)}")

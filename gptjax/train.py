@@ -26,7 +26,7 @@ from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_format, check_same_images, load_data, make_tokenizer
-from gptjax.init_from import check_same_architecture, init_params, init_source
+from gptjax.init_from import check_same_architecture, fill_model, init_params, init_source, source_model
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import (
     GPTConfig,
@@ -233,6 +233,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         )
     elif config.init_from != "scratch":
         source, tokenizer = init_source(config.init_from, tokenizer)
+    elif config.data.get("tokenizer") == "auto":
+        raise ValueError(
+            "data.tokenizer='auto' takes the tokenizer of config.init_from's model, but init_from='scratch'; "
+            "set data.tokenizer to char, byte or gpt2, or init_from to a model"
+        )
+    # config.model fields left None: the checkpoint's values on resume, the source model's on fine-tuning.
+    if latest is not None:
+        config = fill_model(config, saved["config"]["model"], f"the checkpoint in {workdir}")
+    elif source is not None:
+        config = fill_model(config, source_model(*source), f"init_from={config.init_from}")
 
     # ----- Data. -----
     dataset = load_data(config.data, tokenizer, block_size=config.model.block_size)

@@ -307,15 +307,22 @@ HF_GPT2_SHAPES = {
 
 
 @pytest.mark.parametrize("source", list(HF_GPT2_SHAPES))
-def test_finetune_config_starts_from_the_hub_model_it_fits(source):
+def test_finetune_config_takes_the_hub_models_shape(source):
+    """The config names the Hub model and leaves its shape unset: filled from that model (as a run does,
+    tests/test_finetune_source.py), it describes the model exactly, with 1024-token rows."""
     from configs import finetune_shakespeare
+    from gptjax.init_from import fill_model
     from gptjax.train import model_config
 
     n_layer, n_head, n_embd = HF_GPT2_SHAPES[source]
-    hf = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=50257, n_positions=1024)
+    hf = convert.config_from_hf(
+        dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=50257, n_positions=1024)
+    )
     config = finetune_shakespeare.get_config(source)
-    assert config.init_from == source
-    convert.check_same_model(convert.config_from_hf(hf), model_config(config, vocab_size=50257))
+    assert config.init_from == source and config.model.n_layer is None
+    cfg = model_config(fill_model(config, dataclasses.asdict(hf), source), vocab_size=50257)
+    convert.check_same_model(hf, cfg)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (n_layer, n_head, n_embd, 1024)
 
 
 def test_padded_and_scanned_params_round_trip_as_numpy():

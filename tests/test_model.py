@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gptjax.init_from import fill_model
 from gptjax.layers import MLP, rope, sinusoidal_table
-from gptjax.model import GPT, GPTConfig, count_params, drop_lora, init_cache
+from gptjax.model import GPT, VARIANTS, GPTConfig, count_params, drop_lora, init_cache
 from gptjax.train import abstract_state, model_config
 
 # Implicit rank promotion hides shape bugs; the model must not rely on it (as nanodo's tests).
@@ -698,6 +699,8 @@ def test_every_config_file_is_built():
 @pytest.mark.parametrize("module, arg", CONFIGS)
 def test_configs_build(module, arg):
     config = importlib.import_module(f"configs.{module}").get_config(arg)
+    if config.init_from in VARIANTS:  # fine-tuning configs leave the shape to the source: the Hub GPT-2's
+        config = fill_model(config, dataclasses.asdict(GPTConfig(50257, **VARIANTS[config.init_from])), "")
     cfg = model_config(config, vocab_size=513 if module == "cifar10" else 65)  # 512 colours + SOS
     _, abstract = abstract_state(cfg, config.opt, config.seed)
     n = count_params(abstract.params)

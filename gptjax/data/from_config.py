@@ -14,16 +14,16 @@ FORMATS = ("text", "prompt_completion")  # config.data.format: a corpus, or a JS
 
 
 def make_tokenizer(data: Any):
-    """config.data.tokenizer: "char" or "palette" (None here: built from the corpus or the images), "byte"
-    or "gpt2" (BPE)."""
+    """config.data.tokenizer: "char" or "palette" (None here: built from the corpus or the images), "auto"
+    (None here: the init_from model's own, gptjax.init_from.init_source), "byte" or "gpt2" (BPE)."""
     kind = data.get("tokenizer", "char")
-    if kind in ("char", "palette"):
+    if kind in ("char", "palette", "auto"):
         return None
     if kind == "byte":
         return ByteTokenizer()
     if kind == "gpt2":
         return GPT2Tokenizer(data.get("tokenizer_path"))
-    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte, gpt2 or palette")
+    raise ValueError(f"data.tokenizer={kind!r} is unknown; use char, byte, gpt2, palette or auto")
 
 
 def check_format(data: Any) -> str:
