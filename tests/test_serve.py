@@ -193,8 +193,8 @@ def test_bad_requests_get_one_line_400s_and_the_server_goes_on(url, body, messag
 
 @pytest.fixture(scope="module")
 def byte_url():
-    """A served tiny model over bytes, so that it reads ChatML's markers."""
-    cfg = GPTConfig(vocab_size=256, block_size=96, n_layer=1, n_head=2, n_embd=16)
+    """A served tiny model over bytes, so that it reads ChatML's markers, with room for a few turns."""
+    cfg = GPTConfig(vocab_size=256, block_size=256, n_layer=1, n_head=2, n_embd=16)
     params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     server, url = start((params, cfg, ByteTokenizer(), {}))
     yield url
@@ -276,7 +276,7 @@ def test_models_other_paths_and_the_studio_page(url):
     with urllib.request.urlopen(url + "/", timeout=30) as r:
         page = r.read().decode()
         assert r.headers["Content-Type"].startswith("text/html")
-    for element in ('id="prompt"', 'id="generate"', 'id="output"', 'id="draw"', "/v1/completions"):
+    for element in ('id="prompt"', 'id="generate"', 'id="send"', 'id="draw"', "/v1/chat/completions"):
         assert element in page
     if shutil.which("node"):  # the page's script at least parses (no browser here to run it)
         script = page.split("<script>")[1].split("</script>")[0]
@@ -707,25 +707,28 @@ STUDIO_SESSION = """
   $("new_seed").checked = false;
   for (const [id, v] of Object.entries(SETTINGS)) $(id).value = v;
   $("image_file").files = FILES;
-  if (MODE === "complete") await complete();
+  if (MODE === "chat") for (const message of CHAT) { $("message").value = message; await send(); }
+  else if (MODE === "complete") await complete();
   else if ($("draw").onclick && MODE === "image") await draw(); else await generate();
   const out = $("output").children[1];
   console.log(JSON.stringify({
     loaded, status: $("status").textContent, text: out ? out.textContent : null,
     images: $("drawing").children.map((img) => img.src.slice(0, 22)),
     newest: $("drawing").children.length ? $("drawing").children[0].src : null,
+    turns: $("conversation").children.map((el) => [el.className, el.textContent]),
   }));
 })().catch((e) => { console.error(e); process.exit(1); });
 """
 
 
-def run_studio(url: str, mode: str, settings: dict, tmp_path, files: list = ()) -> dict:
+def run_studio(url: str, mode: str, settings: dict, tmp_path, files: list = (), chat: list = ()) -> dict:
     """What the studio shows after a session: mode "text" generates, "image" draws, "complete" completes
-    the first of `files` ({"name", "dataURL"}: what the file input holds)."""
+    the first of `files` ({"name", "dataURL"}: what the file input holds), "chat" sends each message of
+    `chat` in turn."""
     with urllib.request.urlopen(url + "/", timeout=30) as r:
         script = r.read().decode().split("<script>")[1].split("</script>")[0]
     session = STUDIO_SESSION.replace("SETTINGS", json.dumps(settings)).replace("MODE", json.dumps(mode))
-    session = session.replace("FILES", json.dumps(list(files)))
+    session = session.replace("FILES", json.dumps(list(files))).replace("CHAT", json.dumps(list(chat)))
     (tmp_path / "studio.js").write_text(FAKE_BROWSER + script + session)
     node = shutil.which("node")
     if node is None:
@@ -741,4 +744,20 @@ def test_the_studio_streams_what_the_api_gives(url, tmp_path):
     assert result["loaded"] == {"temperature": "0.9", "prompt": ""}  # the model's saved defaults
     _, _, api = post(url, "/v1/completions", {"prompt": "abc", "max_tokens": 6, "temperature": 0, "seed": 3})
     assert result["text"] == api["choices"][0]["text"] and len(result["text"]) == 6
+    assert result["status"].startswith("reached max new tokens")
+
+
+def test_the_studio_chats_as_the_chat_api_answers_and_keeps_the_conversation(byte_url, tmp_path):
+    """Chat mode: each message goes to /v1/chat/completions with the system message and every turn so far,
+    and the conversation shows what the API answers to that same request."""
+    settings = {"mode": "chat", "system": "Be brief.", "max_tokens": "5", "temperature": "0", "stop": ""}
+    result = run_studio(byte_url, "chat", settings, tmp_path, chat=["hi", "and then?"])
+    roles = [role for role, _ in result["turns"]]
+    assert roles == ["turn user", "turn assistant"] * 2 and result["turns"][2][1] == "and then?"
+    messages, options = [{"role": "system", "content": "Be brief."}], {"max_tokens": 5, "temperature": 0}
+    for (_, asked), (_, answered) in zip(result["turns"][::2], result["turns"][1::2], strict=True):
+        messages.append({"role": "user", "content": asked})
+        _, _, api = post(byte_url, "/v1/chat/completions", {"messages": messages, **options})
+        assert answered == api["choices"][0]["message"]["content"] != ""
+        messages.append({"role": "assistant", "content": answered})
     assert result["status"].startswith("reached max new tokens")
