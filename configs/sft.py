@@ -9,10 +9,11 @@ last 10% of the lines are the val split.
   python scripts/sample.py --workdir=runs/sft --prompt="<a prompt as the file writes them>"
 Training starts from the HF model gpt2 (as configs/finetune_shakespeare.py: the HF hub cache, else
 downloaded once; offline, --config.init_from=path/to/gpt2), taking its shape and tokenizer from it, so
-another --config.init_from (a Llama-family model, a gptjax workdir) needs no other flag. Each example is a row padded to GPT-2's whole
-context of 1024 tokens (--config.model.block_size=256 crops it, nanoGPT's crop_block_size), the completion
-followed by <|endoftext|>, so the model learns where to stop; --config.data.packing=True packs several
-short examples into each row instead (each still attends only to itself).
+another --config.init_from (a Llama-family model, a gptjax workdir) needs no other flag. Each example is
+a row padded to GPT-2's whole context of 1024 tokens (--config.model.block_size=256 crops it, nanoGPT's
+crop_block_size), the completion followed by <|endoftext|>, so the model learns where to stop;
+--config.data.packing=True packs several short examples into each row instead (each still attends only
+to itself).
 300 steps of 8 examples at a small constant lr; no expected numbers: they depend on the data, and this
 machine cannot download GPT-2. On an accelerator add --config.model.dtype=bfloat16.
 
