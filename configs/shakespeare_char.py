@@ -35,6 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
     c.model.position = "learned"  # "learned" (GPT-2), "sinusoidal" or "rope" (rotary, in every layer)
     c.model.rope_theta = 10000.0  # position="rope": the base of its angles (RoFormer's, Llama 2's)
+    c.model.rope_scaling = "none"  # or "linear", "llama3" (Llama 3.1/3.2): slower angles, longer context
+    c.model.rope_factor = 1.0  # the scaling's context growth (HF's factor)
+    c.model.rope_low_freq_factor = 1.0  # llama3: HF's low_freq_factor, high_freq_factor and
+    c.model.rope_high_freq_factor = 4.0  # original_max_position_embeddings
+    c.model.rope_original_context = 8192
     c.model.tie_embeddings = True
     c.model.vocab_multiple = 1  # pad the embedding rows to a multiple of this (64 for GPT-2's vocab)
     c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.layers import Dense, Dtype, LoRA, normal_init, residual_init, rope
+from gptjax.layers import Dense, Dtype, LoRA, RopeScaling, normal_init, residual_init, rope
 
 # Added to the logits of masked (future or padded) keys. The float32 minimum makes their softmax weight
 # exactly 0 while keeping a fully masked row finite (uniform) instead of NaN.
@@ -53,6 +53,7 @@ class CausalSelfAttention(nn.Module):
     out_in: bool = False  # Dense kernels stored [out, in] (see gptjax.layers.Dense)
     lora: LoRA | None = None  # low-rank adapters on c_attn / c_proj (gptjax.layers.LoRA)
     rope_theta: float | None = None  # rotary positions (gptjax.layers.rope) on q and k; None: none
+    rope_scaling: RopeScaling | None = None  # their frequencies slowed for a longer context; None: as is
     n_kv_head: int = 0  # K key/value heads, dividing n_head (grouped-query attention); 0: n_head
 
     @nn.compact
@@ -88,8 +89,8 @@ class CausalSelfAttention(nn.Module):
         k_BTKH = k.reshape(B, T, K, H)
         v_BTKH = v.reshape(B, T, K, H)
         if self.rope_theta is not None:
-            q_BTNH = rope(q_BTNH, positions_BT, self.rope_theta)
-            k_BTKH = rope(k_BTKH, positions_BT, self.rope_theta)
+            q_BTNH = rope(q_BTNH, positions_BT, self.rope_theta, self.rope_scaling)
+            k_BTKH = rope(k_BTKH, positions_BT, self.rope_theta, self.rope_scaling)
 
         # Keys are kept as BKHS and values as BKSH: both matmuls then read them in place (other layouts
         # make XLA transpose, i.e. copy, the whole cache at every decoding step).

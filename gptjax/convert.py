@@ -1,5 +1,5 @@
 """GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
-Llama-family models go both ways through gptjax.llama.
+Llama-family models go both ways through gptjax.llama (Mistral in only: it exports as the Llama it is).
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -22,6 +22,7 @@ Only numpy is needed to read and write safetensors; torch is imported only to re
 pytorch_model.bin (`torch.load(weights_only=True)`), and huggingface_hub only to find a model by name.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -38,7 +39,14 @@ from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokens import write_atomically
 from gptjax.hf_tokenizer import pick_tokenizer, save_hf_tokenizer
 from gptjax.layers import default_mlp_width
-from gptjax.llama import config_from_llama, is_llama, llama_config, params_from_llama, params_to_llama
+from gptjax.llama import (
+    LLAMA_TYPES,
+    config_from_llama,
+    is_llama,
+    llama_config,
+    params_from_llama,
+    params_to_llama,
+)
 from gptjax.model import GPTConfig, stack_layers, unstack_layers
 from gptjax.train import abstract_state, load_params
 
@@ -56,8 +64,8 @@ _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # GPTConfig fields a model imported into a given config must share with the HF model: they fix the
 # function it computes (vocab_size is checked with the weights' shapes). Padding, dropout, dtypes, the
-# attention kernel, remat and scan_layers are free, and so is rope_theta: fine-tuning with a larger one is
-# how a rope model's context is extended.
+# attention kernel, remat and scan_layers are free, and so are rope_theta and the rope_scaling fields:
+# fine-tuning with a larger base or a scaling is how a rope model's context is extended.
 SAME_MODEL_FIELDS = (
     "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "position", "tie_embeddings", "gelu",
     "mlp", "n_inner", "norm", "norm_eps", "output_vocab", "kernel_layout",
@@ -109,13 +117,11 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
     """The GPTConfig of an HF GPT-2 or ImageGPT config.json; one-line ValueError for what gptjax cannot
     represent."""
     model_type = hf.get("model_type", "gpt2")
-    if model_type == "llama":  # import only (gptjax.llama)
+    if model_type in LLAMA_TYPES:  # gptjax.llama
         return config_from_llama(hf)
     if model_type not in HF_CLASSES:
-        known = ", ".join(HF_CLASSES)
-        raise ValueError(
-            f"model_type={model_type!r} is not supported; gptjax converts {known} and llama checkpoints"
-        )
+        known = ", ".join([*HF_CLASSES, *LLAMA_TYPES])
+        raise ValueError(f"model_type={model_type!r} is not supported; gptjax converts {known} checkpoints")
     image = model_type == "imagegpt"
     act = hf.get("activation_function", "quick_gelu" if image else "gelu_new")
     if act not in HF_GELUS:
@@ -222,10 +228,11 @@ def check_same_model(
 
 
 def base_config(cfg: GPTConfig) -> ml_collections.ConfigDict:
-    """A full experiment config (configs/shakespeare_char.py's) whose model is `cfg`, for a checkpoint."""
+    """A full experiment config (configs/shakespeare_char.py's) whose model is `cfg`, for a checkpoint: every
+    GPTConfig field but vocab_size (the tokenizer's), those that config lacks too (rope_scaling ...)."""
     config = shakespeare_char.get_config()
-    model = {k: getattr(cfg, k) for k in config.model.keys()}
-    config.model.update(model)
+    fields = [f.name for f in dataclasses.fields(cfg) if f.name != "vocab_size"]
+    config.model.update({k: getattr(cfg, k) for k in fields})
     return config
 
 
@@ -329,10 +336,17 @@ def load_hf(directory: str | pathlib.Path, into: GPTConfig | None = None) -> tup
     (`check_same_model`)."""
     hf = _config_json(directory)
     cfg = config_from_hf(hf)
+    if hf.get("sliding_window") and cfg.block_size < hf["max_position_embeddings"]:  # a Mistral's window
+        print(
+            f"{directory}: context limited to sliding_window={cfg.block_size} positions (of "
+            f"max_position_embeddings={hf['max_position_embeddings']}), where the model's attention is "
+            "plain causal attention",
+            flush=True,
+        )
     if into is not None:
         check_same_model(cfg, into, source=f"the HF model in {directory}")
         cfg = into
-    from_hf = params_from_llama if hf.get("model_type") == "llama" else params_from_hf
+    from_hf = params_from_llama if hf.get("model_type") in LLAMA_TYPES else params_from_hf
     return from_hf(read_hf_weights(directory), cfg), cfg
 
 

@@ -42,7 +42,14 @@ def source_model(kind: str, path: pathlib.Path) -> dict[str, Any]:
         from gptjax import convert  # here: gptjax.convert imports this module
 
         return dataclasses.asdict(convert.read_hf_config(path))
-    return Checkpointer(path, read_only=True).restore_json()["config"]["model"]
+    return saved_model(Checkpointer(path, read_only=True).restore_json())
+
+
+def saved_model(saved: dict[str, Any]) -> dict[str, Any]:
+    """Every GPTConfig field of a checkpoint's saved JSON (Checkpointer.restore_json), as a dict: a field
+    added after the checkpoint was written takes its default."""
+    vocab_size = data_lib.tokenizer_from_json(saved["tokenizer"]).vocab_size
+    return dataclasses.asdict(GPTConfig.from_mapping(saved["config"]["model"], vocab_size=vocab_size))
 
 
 def fill_model(config: Any, model: dict[str, Any], origin: str) -> Any:

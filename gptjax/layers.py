@@ -103,12 +103,52 @@ def sinusoidal_table(max_len: int, d: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021, RoFormer) as GPT-NeoX and Llama apply it (HF's
-    rotate_half): each head's channel pairs (i, i + H/2) turned by the angle position * theta^(-2i/H),
-    in float32. Rotating queries and keys makes their dot products depend on relative positions only."""
-    H = x_BTNH.shape[-1]
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary frequencies slowed down for a longer context than the one a model was pretrained with, as
+    HF's rope_parameters (transformers/modeling_rope_utils.py). "linear" (Chen et al. 2023, position
+    interpolation) divides every frequency by `factor`; "llama3" (Llama 3.1 and 3.2) divides only the
+    frequencies whose wavelength exceeds original_context / low_freq_factor, keeps those shorter than
+    original_context / high_freq_factor, and blends the two in between."""
+
+    kind: str  # "linear" or "llama3"
+    factor: float
+    low_freq_factor: float = 1.0  # llama3 only, as the three below
+    high_freq_factor: float = 4.0
+    original_context: int = 8192  # the pretraining context (HF's original_max_position_embeddings)
+
+
+def rope_inv_freq(H: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """The H/2 frequencies theta^(-2i/H) (radians per position) of rope's channel pairs, float32; with
+    `scaling`, slowed down as HF computes them in float32, so imported models give HF's logits."""
     inv_freq_h = theta ** (-np.arange(0, H, 2, dtype=np.float32) / H)
+    if scaling is None:
+        return inv_freq_h
+    if scaling.kind == "linear":
+        return inv_freq_h / np.float32(scaling.factor)
+    if scaling.kind != "llama3":
+        raise ValueError(f"rope scaling {scaling.kind!r} is unknown; use 'linear' or 'llama3'")
+    s = scaling
+    wavelen_h = 2 * np.pi / inv_freq_h  # positions per turn
+    # 0 at wavelength original_context / low_freq_factor (and longer: divided), 1 at original_context /
+    # high_freq_factor (and shorter: kept).
+    smooth_h = (s.original_context / wavelen_h - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended_h = (1 - smooth_h) * inv_freq_h / s.factor + smooth_h * inv_freq_h
+    long_h = wavelen_h > s.original_context / s.low_freq_factor
+    short_h = wavelen_h < s.original_context / s.high_freq_factor
+    scaled_h = np.where(long_h, inv_freq_h / np.float32(s.factor), np.where(short_h, inv_freq_h, blended_h))
+    return scaled_h.astype(np.float32)
+
+
+def rope(
+    x_BTNH: jax.Array, positions_BT: jax.Array, theta: float, scaling: RopeScaling | None = None
+) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021, RoFormer) as GPT-NeoX and Llama apply it (HF's
+    rotate_half): each head's channel pairs (i, i + H/2) turned by the angle position * theta^(-2i/H)
+    (`rope_inv_freq`, maybe scaled), in float32. Rotating queries and keys makes their dot products depend
+    on relative positions only."""
+    H = x_BTNH.shape[-1]
+    inv_freq_h = rope_inv_freq(H, theta, scaling)
     angles_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq_h[None, None, :]
     cos_BT1h, sin_BT1h = jnp.cos(angles_BTh)[:, :, None], jnp.sin(angles_BTh)[:, :, None]
     x1_BTNh, x2_BTNh = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)

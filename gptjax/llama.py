@@ -1,10 +1,13 @@
-"""Llama-family weights from Hugging Face (LlamaForCausalLM: Llama 2 and 3, TinyLlama, SmolLM) into gptjax.
+"""Llama-family weights from Hugging Face (LlamaForCausalLM: Llama 2 and 3.x, TinyLlama, SmolLM; and
+MistralForCausalLM) into gptjax.
 
-A Llama is a gptjax GPT with position="rope" (rope_theta), n_kv_head (num_key_value_heads), mlp="swiglu"
-(intermediate_size), norm="rms" (rms_norm_eps) and no biases. HF's nn.Linear weights are [out, in]: they
-are transposed into Dense kernels, and q_proj | k_proj | v_proj become c_attn's columns (rotary
-embeddings in HF's rotate_half layout, as gptjax.layers.rope's). gptjax.convert reads a Llama directory
-through here, and exports a model of that shape (`is_llama`) as one.
+A Llama is a gptjax GPT with position="rope" (rope_theta, and Llama 3.1/3.2's "llama3" or the "linear"
+rope scaling), n_kv_head (num_key_value_heads), mlp="swiglu" (intermediate_size), norm="rms"
+(rms_norm_eps) and no biases. HF's nn.Linear weights are [out, in]: they are transposed into Dense
+kernels, and q_proj | k_proj | v_proj become c_attn's columns (rotary embeddings in HF's rotate_half
+layout, as gptjax.layers.rope's). A Mistral has the same weights; its sliding-window attention is plain
+causal attention over up to sliding_window tokens, so it imports with that context. gptjax.convert reads
+these directories through here, and exports a model of that shape (`is_llama`) as a Llama.
 """
 
 from typing import Any
@@ -14,8 +17,12 @@ import numpy as np
 from gptjax.layers import default_mlp_width
 from gptjax.model import GPTConfig, stack_layers
 
+# HF model_types read here: Mistral has Llama's weight names and shapes.
+LLAMA_TYPES = ("llama", "mistral")
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
-UNSUPPORTED = {"rope_scaling": None, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}
+UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "partial_rotary_factor": 1.0}
+# HF rope_type -> GPTConfig.rope_scaling (gptjax.layers.RopeScaling computes them as HF does).
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
 
 
 def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
@@ -25,14 +32,6 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
     for name, nothing in UNSUPPORTED.items():
         if hf.get(name) not in (None, nothing):
             raise ValueError(f"{name}={hf[name]!r} is not supported; gptjax needs {nothing!r}")
-    # transformers 5 writes rope_parameters {"rope_theta", "rope_type"}; older configs rope_theta and
-    # rope_scaling.
-    rope = hf.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(
-            f"rope_parameters={rope} is not supported; gptjax's rotary embedding is the default type"
-        )
-    theta = rope.get("rope_theta") or hf.get("rope_theta") or 10000.0
     D, N = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, D // N):
         raise ValueError(
@@ -40,9 +39,11 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         )
     K = hf.get("num_key_value_heads") or N
     F = hf["intermediate_size"]
+    # A Mistral's queries see the last sliding_window keys: all of them while there are no more.
+    context = min(hf["max_position_embeddings"], hf.get("sliding_window") or hf["max_position_embeddings"])
     return GPTConfig(
         vocab_size=hf["vocab_size"],
-        block_size=hf["max_position_embeddings"],
+        block_size=context,
         n_layer=hf["num_hidden_layers"],
         n_head=N,
         n_kv_head=0 if K == N else K,
@@ -50,13 +51,47 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         dropout=0.0,
         bias=False,
         position="rope",
-        rope_theta=float(theta),
+        **rope_from_llama(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         mlp="swiglu",
         n_inner=0 if F == default_mlp_width(D, "swiglu") else F,
         norm="rms",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
     )
+
+
+def rope_from_llama(hf: dict[str, Any]) -> dict[str, Any]:
+    """GPTConfig's rope_* fields of an HF Llama config: transformers 5 writes rope_parameters {"rope_type",
+    "rope_theta", ...}; older configs rope_theta and rope_scaling {"rope_type" or "type", ...}."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in ROPE_TYPES:
+        raise ValueError(
+            f"rope_type={kind!r} is not supported; gptjax computes the rope types {list(ROPE_TYPES)}"
+        )
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(
+            f"partial_rotary_factor={rope['partial_rotary_factor']} is not supported; gptjax needs 1.0"
+        )
+    fields = {"rope_theta": float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)}
+    if kind == "default":
+        return fields
+    fields.update(rope_scaling=ROPE_TYPES[kind], rope_factor=float(_rope_value(rope, kind, "factor")))
+    if kind == "llama3":
+        # As transformers: a top-level original_max_position_embeddings first, max_position_embeddings last.
+        original = hf.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        fields.update(
+            rope_low_freq_factor=float(_rope_value(rope, kind, "low_freq_factor")),
+            rope_high_freq_factor=float(_rope_value(rope, kind, "high_freq_factor")),
+            rope_original_context=int(original or hf["max_position_embeddings"]),
+        )
+    return fields
+
+
+def _rope_value(rope: dict[str, Any], kind: str, key: str) -> Any:
+    if rope.get(key) is None:
+        raise ValueError(f"rope_type={kind!r} needs {key!r} in the config's rope parameters {rope}")
+    return rope[key]
 
 
 def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, Any]:
@@ -115,7 +150,18 @@ def is_llama(cfg: GPTConfig) -> bool:
 
 
 def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama)."""
+    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama); the rope parameters both as
+    transformers 5 reads them (rope_parameters) and as older versions do (rope_theta, rope_scaling)."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling != "none":
+        rope.update(rope_type=cfg.rope_scaling, factor=cfg.rope_factor)
+    if cfg.rope_scaling == "llama3":
+        rope.update(
+            low_freq_factor=cfg.rope_low_freq_factor,
+            high_freq_factor=cfg.rope_high_freq_factor,
+            original_max_position_embeddings=cfg.rope_original_context,
+        )
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling != "none" else None
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -130,7 +176,8 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "hidden_act": "silu",
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": scaling,
+        "rope_parameters": rope,
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": cfg.tie_embeddings,

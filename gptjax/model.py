@@ -20,6 +20,7 @@ from gptjax.layers import (
     VOCAB_AXIS,
     Embed,
     LoRA,
+    RopeScaling,
     constrain,
     default_mlp_width,
     gather_table,
@@ -42,6 +43,7 @@ VARIANTS: dict[str, dict[str, int]] = {
 }
 
 POSITIONS = ("learned", "sinusoidal", "rope")
+ROPE_SCALINGS = ("none", "linear", "llama3")  # gptjax.layers.RopeScaling's kinds
 # What a rematerialised block keeps from the forward pass; the rest is recomputed in the backward.
 REMAT_POLICIES = {
     "none": None,  # no remat: keep everything
@@ -74,6 +76,14 @@ class GPTConfig:
     # in every attention layer (GPT-NeoX, Llama; gptjax.layers.rope), by angles position * rope_theta^(-2i/H)
     position: str = "learned"
     rope_theta: float = 10000.0  # RoPE's base (HF's rope_theta; Llama 3 uses 500000)
+    # RoPE's frequencies slowed for a longer context than pretraining's (HF's rope_parameters.rope_type;
+    # gptjax.layers.RopeScaling): "none", "linear" (all divided by rope_factor) or "llama3" (Llama 3.1/3.2:
+    # the low ones divided by rope_factor, the high ones kept, a blend between; the three fields below).
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0  # context growth the scaling is for (HF's factor; Llama 3.1: 8, 3.2: 32)
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths over rope_original_context / this are divided
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths under rope_original_context / this are kept
+    rope_original_context: int = 8192  # llama3: the pretraining context (original_max_position_embeddings)
     tie_embeddings: bool = True  # LM head = token embedding transposed (GPT-2)
     vocab_multiple: int = (
         1  # embedding rows padded to a multiple (64: faster matmuls); pads get no probability
@@ -159,6 +169,25 @@ class GPTConfig:
                 f"position='rope' turns channel pairs, and the head dim n_embd / n_head = "
                 f"{self.n_embd // self.n_head} is odd; pick n_head so that it is even"
             )
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"rope_scaling={self.rope_scaling!r} is unknown; use one of {ROPE_SCALINGS}")
+        if self.rope_scaling != "none" and self.position != "rope":
+            raise ValueError(
+                f"rope_scaling={self.rope_scaling!r} scales rotary positions; set model.position='rope' too"
+            )
+        if self.rope_factor < 1 or (self.rope_scaling == "none" and self.rope_factor != 1):
+            raise ValueError(
+                f"rope_factor={self.rope_factor} with rope_scaling={self.rope_scaling!r}: the factor must be "
+                ">= 1, and 1 without scaling; set model.rope_scaling to 'linear' or 'llama3'"
+            )
+        if self.rope_scaling == "llama3" and not (
+            0 < self.rope_low_freq_factor < self.rope_high_freq_factor and self.rope_original_context >= 1
+        ):
+            raise ValueError(
+                f"rope_scaling='llama3' needs 0 < rope_low_freq_factor < rope_high_freq_factor and "
+                f"rope_original_context >= 1; got {self.rope_low_freq_factor}, {self.rope_high_freq_factor}, "
+                f"{self.rope_original_context} (Llama 3.1's: 1, 4, 8192)"
+            )
         if self.logits_dtype not in ("float32", self.dtype):
             raise ValueError(
                 f"logits_dtype={self.logits_dtype!r} must be 'float32' or the compute dtype {self.dtype!r}"
@@ -192,6 +221,19 @@ class GPTConfig:
         if not self.lora_rank:
             return None
         return LoRA(self.lora_rank, self.lora_alpha, self.lora_targets, self.lora_dropout)
+
+    @property
+    def scaled_rope(self) -> RopeScaling | None:
+        """rope_scaling and its fields as gptjax.layers.RopeScaling; None when unscaled."""
+        if self.rope_scaling == "none":
+            return None
+        return RopeScaling(
+            self.rope_scaling,
+            self.rope_factor,
+            self.rope_low_freq_factor,
+            self.rope_high_freq_factor,
+            self.rope_original_context,
+        )
 
     @property
     def predicted_vocab(self) -> int:
@@ -262,6 +304,7 @@ class Block(nn.Module):
             param_dtype=c.param_dtype,
             lora=c.lora,
             rope_theta=c.rope_theta if c.position == "rope" else None,
+            rope_scaling=c.scaled_rope,
             name="attn",
         )(
             ln("ln_1")(x_BTD),

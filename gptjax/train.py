@@ -26,7 +26,14 @@ from gptjax import benchmark, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_format, check_same_images, load_data, make_tokenizer
-from gptjax.init_from import check_same_architecture, fill_model, init_params, init_source, source_model
+from gptjax.init_from import (
+    check_same_architecture,
+    fill_model,
+    init_params,
+    init_source,
+    saved_model,
+    source_model,
+)
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import (
     GPTConfig,
@@ -240,7 +247,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         )
     # config.model fields left None: the checkpoint's values on resume, the source model's on fine-tuning.
     if latest is not None:
-        config = fill_model(config, saved["config"]["model"], f"the checkpoint in {workdir}")
+        config = fill_model(config, saved_model(saved), f"the checkpoint in {workdir}")
     elif source is not None:
         config = fill_model(config, source_model(*source), f"init_from={config.init_from}")
 

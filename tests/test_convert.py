@@ -222,7 +222,7 @@ def tiny_hf_config(**overrides):
 def test_config_errors_are_one_line():
     cases = [
         (dict(activation_function="relu"), "activation_function='relu'"),
-        (dict(model_type="mistral"), "model_type"),
+        (dict(model_type="falcon"), "model_type"),
         (dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
     ]
     for overrides, match in cases:

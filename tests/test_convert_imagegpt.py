@@ -157,9 +157,10 @@ def test_errors_are_one_line():
     with pytest.raises(ValueError, match="tie_word_embeddings=True is not supported; gptjax needs False"):
         convert.config_from_hf({**base, "tie_word_embeddings": True})
     with pytest.raises(
-        ValueError, match="model_type='mistral' is not supported; gptjax converts gpt2, imagegpt and"
+        ValueError,
+        match="model_type='falcon' is not supported; gptjax converts gpt2, imagegpt, llama, mistral",
     ):
-        convert.config_from_hf({**base, "model_type": "mistral"})
+        convert.config_from_hf({**base, "model_type": "falcon"})
     cfg = GPTConfig(vocab_size=9, block_size=16, n_layer=1, n_head=2, n_embd=16, norm="rms")
     with pytest.raises(ValueError, match="exports as HF ImageGPT, whose head is untied"):
         convert.hf_config(cfg)

@@ -1,11 +1,14 @@
 """gptjax.llama: HF Llama checkpoints (rope, grouped-query attention, SwiGLU, RMS norms) import with the
-logits PyTorch gives."""
+logits PyTorch gives; so do Llama 3.1's scaled rope ("llama3", and "linear") and Mistral's."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 from gptjax import convert
-from gptjax.model import GPT, init_cache
+from gptjax.layers import rope_inv_freq
+from gptjax.model import GPT, GPTConfig, init_cache
 
 TINY = dict(
     vocab_size=50,
@@ -19,14 +22,15 @@ TINY = dict(
 )
 
 
-def make_llama(directory, **overrides):
-    """A random tiny HF LlamaForCausalLM saved in `directory`, norm weights random too."""
+def make_llama(directory, family="Llama", **overrides):
+    """A random tiny HF LlamaForCausalLM (`family`="Mistral": MistralForCausalLM) saved in `directory`,
+    norm weights random too."""
     import torch
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(**{**TINY, **overrides})
-    model = transformers.LlamaForCausalLM(config)
+    config = getattr(transformers, f"{family}Config")(**{**TINY, **overrides})
+    model = getattr(transformers, f"{family}ForCausalLM")(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_((1.0 if "norm" in name else 0.0) + 0.1 * torch.randn_like(p))
@@ -65,10 +69,22 @@ def test_llama_logits_match_pytorch(tmp_path, overrides):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling=.* is not supported"),
         (
-            dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5}),
-            "rope_parameters=.* not supported",
+            dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}),
+            r"rope_type='yarn' is not supported; gptjax computes the rope types \['default', 'linear'",
+        ),
+        (
+            dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0}),
+            "rope_type='dynamic' is not supported",
+        ),
+        (dict(rope_scaling={"type": "longrope"}), "rope_type='longrope' is not supported"),
+        (
+            dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+            "rope_type='llama3' needs 'low_freq_factor' in the config's rope parameters",
+        ),
+        (
+            dict(rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5}),
+            "partial_rotary_factor=0.5 is not supported",
         ),
         (dict(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
         (dict(attention_bias=True), "attention_bias=True is not supported"),
@@ -140,3 +156,173 @@ def test_a_llama_lora_run_is_not_exported_as_gpt2_adapters():
         ValueError, match="PEFT export names GPT-2's layers, not a Llama's; export the merged"
     ):
         adapters_to_peft({}, cfg)
+
+
+# ----- Scaled rope (Llama 3.1/3.2's "llama3", "linear") and Mistral. -----
+
+# Head dim 16: 8 rope frequencies 500^(-i/8), wavelengths 6.3 ... 1436 positions. With a pretraining
+# context of 32, llama3's bands (wavelength < 32/4 kept, > 32/1 divided, blended between) all hold some.
+LLAMA3 = {
+    "rope_type": "llama3",
+    "rope_theta": 500.0,
+    "factor": 4.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+SCALED = dict(hidden_size=64, num_key_value_heads=2, max_position_embeddings=128)
+
+
+@pytest.mark.parametrize(
+    "rope", [LLAMA3, {"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0}], ids=["llama3", "linear"]
+)
+def test_scaled_rope_llama_logits_match_pytorch(tmp_path, rope):
+    """Over 128 positions, 4x the 32 a llama3 model was 'pretrained' with: HF's frequencies, HF's logits,
+    and decoding with the KV cache continues them. Without the scaling the logits are far off."""
+    import torch
+
+    model = make_llama(tmp_path, **SCALED, rope_parameters=rope)
+    params, cfg = convert.load_hf(tmp_path)
+    assert (cfg.rope_scaling, cfg.rope_factor, cfg.block_size) == (rope["rope_type"], 4.0, 128)
+    if rope["rope_type"] == "llama3":
+        assert (cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_context) == (1, 4, 32)
+
+    inv_freq_h = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.scaled_rope)
+    np.testing.assert_allclose(inv_freq_h, model.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
+    slowdown_h = rope_inv_freq(cfg.head_dim, cfg.rope_theta) / inv_freq_h
+    kept, divided = np.isclose(slowdown_h, 1), np.isclose(slowdown_h, 4)
+    if rope["rope_type"] == "llama3":  # every band of the formula is exercised
+        assert kept.sum() == 1 and divided.sum() == 5 and (~kept & ~divided).sum() == 2, slowdown_h
+    else:
+        assert divided.all(), slowdown_h
+
+    x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 128), dtype=np.int32)
+    with torch.no_grad():
+        want = model(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+    got, _ = GPT(cfg).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    unscaled = dataclasses.replace(cfg, rope_scaling="none", rope_factor=1.0)
+    assert np.abs(GPT(unscaled).apply({"params": params}, x_BT)[0] - want).max() > 0.1
+    # Decoding past the pretraining context with the KV cache continues the same logits.
+    prefill, cache = GPT(cfg).apply({"params": params}, x_BT[:, :100], cache=init_cache(cfg, 2))
+    step, _ = GPT(cfg).apply({"params": params}, x_BT[:, 100:101], cache=cache)
+    np.testing.assert_allclose(prefill, want[:, :100], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(step[:, 0], want[:, 100], atol=1e-4, rtol=0)
+
+
+def test_llama31_style_config_json_reads_its_rope_scaling():
+    """Configs written before transformers 5 (Llama 3.1's config.json) keep the scaling in rope_scaling
+    beside a top-level rope_theta; "type" is the oldest spelling of rope_type."""
+    llama31 = {
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+    }
+    cfg = convert.config_from_hf({"model_type": "llama", **TINY, **llama31})
+    rope = (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor, cfg.rope_low_freq_factor)
+    assert rope + (cfg.rope_high_freq_factor, cfg.rope_original_context) == (5e5, "llama3", 8, 1, 4, 8192)
+    linear = {"rope_theta": 100.0, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    cfg = convert.config_from_hf({"model_type": "llama", **TINY, **linear})
+    assert (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor) == (100.0, "linear", 2.0)
+
+
+@pytest.mark.parametrize("scaling", ["llama3", "linear"])
+def test_a_scaled_llama_exports_and_transformers_loads_it(tmp_path, scaling):
+    """A gptjax model given a rope scaling (a free field, as when fine-tuning for a longer context) exports
+    as a LlamaForCausalLM with that scaling: the same logits, and the same config read back."""
+    import json
+
+    import torch
+    import transformers
+
+    make_llama(tmp_path / "hf", **SCALED)
+    params, cfg = convert.load_hf(tmp_path / "hf")
+    original = dict(rope_original_context=32) if scaling == "llama3" else {}  # llama3's field only
+    ours = dataclasses.replace(cfg, rope_scaling=scaling, rope_factor=4.0, **original)
+    convert.save_hf(tmp_path / "out", params, ours)
+    assert convert.read_hf_config(tmp_path / "out") == ours
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["rope_scaling"]["rope_type"] == written["rope_parameters"]["rope_type"] == scaling
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    x_BT = np.random.default_rng(1).integers(0, 50, size=(1, 128), dtype=np.int32)
+    with torch.no_grad():
+        want = loaded(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+    got, _ = GPT(ours).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert np.abs(GPT(cfg).apply({"params": params}, x_BT)[0] - want).max() > 0.1  # the scaling counts
+
+
+def test_a_scaled_llama_workdir_keeps_its_rope_scaling(tmp_path):
+    """hf_to_workdir saves every rope field in the checkpoint's config: sampling rebuilds the same model."""
+    from gptjax.train import load_params
+
+    make_llama(tmp_path / "hf", **SCALED, vocab_size=256, rope_parameters=LLAMA3)
+    cfg = convert.hf_to_workdir(str(tmp_path / "hf"), tmp_path / "w")
+    assert cfg.rope_scaling == "llama3"
+    _, saved, _, _ = load_params(tmp_path / "w")
+    assert saved == cfg
+
+
+def test_mistral_logits_match_pytorch(tmp_path, capsys):
+    """A MistralForCausalLM without a sliding window is a Llama: the same logits."""
+    import torch
+
+    model = make_llama(tmp_path, "Mistral", num_key_value_heads=2, sliding_window=None)
+    params, cfg = convert.load_hf(tmp_path)
+    assert (cfg.block_size, cfg.kv_heads, cfg.rope_theta) == (16, 2, 500.0)
+    assert "context limited" not in capsys.readouterr().out
+    x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 16), dtype=np.int32)
+    with torch.no_grad():
+        want = model(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+    got, _ = GPT(cfg).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_a_mistral_sliding_window_becomes_the_context(tmp_path, capsys):
+    """sliding_window=8 < max_position_embeddings=16: up to 8 tokens every query sees every earlier key, so
+    the import keeps 8 positions (saying so) and gives PyTorch's logits there. Past the window HF's
+    attention forgets early keys, which causal attention over 16 positions would not."""
+    import torch
+
+    model = make_llama(tmp_path, "Mistral", num_key_value_heads=2, sliding_window=8)
+    params, cfg = convert.load_hf(tmp_path)
+    assert cfg.block_size == 8
+    out = capsys.readouterr().out
+    assert "context limited to sliding_window=8 positions (of max_position_embeddings=16)" in out
+    x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 16), dtype=np.int32)
+    with torch.no_grad():
+        want = model(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+    got, _ = GPT(cfg).apply({"params": params}, x_BT[:, :8])
+    np.testing.assert_allclose(got, want[:, :8], atol=1e-4, rtol=0)
+    full, _ = GPT(dataclasses.replace(cfg, block_size=16)).apply({"params": params}, x_BT)
+    assert np.abs(full[:, 8:] - want[:, 8:]).max() > 0.1
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            dict(rope_scaling="yarn"),
+            r"rope_scaling='yarn' is unknown; use one of \('none', 'linear', 'llama3'\)",
+        ),
+        (
+            dict(position="learned", rope_scaling="linear"),
+            "scales rotary positions; set model.position='rope'",
+        ),
+        (dict(rope_factor=4.0), "rope_factor=4.0 with rope_scaling='none': the factor must be >= 1, and 1"),
+        (dict(rope_scaling="linear", rope_factor=0.5), "rope_factor=0.5 with rope_scaling='linear'"),
+        (
+            dict(rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=4.0),
+            "rope_scaling='llama3' needs 0 < rope_low_freq_factor < rope_high_freq_factor",
+        ),
+    ],
+)
+def test_rope_scaling_fields_are_checked_in_one_line(fields, message):
+    with pytest.raises(ValueError, match=message) as e:
+        GPTConfig(**{**dict(vocab_size=8, n_embd=16, n_head=2, position="rope"), **fields})
+    assert "\n" not in str(e.value)

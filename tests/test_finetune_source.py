@@ -61,9 +61,9 @@ def test_the_finetune_config_takes_a_gpt2_sources_shape_and_resumes_with_it(
 
 
 def test_the_same_config_fine_tunes_a_llama(torch, tmp_path, data_dir, tmp_cache):
-    """The GPT-2 fine-tuning config, pointed at an HF Llama directory: the run becomes a Llama (rope,
-    grouped-query attention, SwiGLU, RMS norms, untied head) with the directory's own tokenizer, and step 0
-    holds exactly the HF weights."""
+    """The GPT-2 fine-tuning config, pointed at an HF Llama directory: the run becomes a Llama (rope with
+    Llama 3's scaling, grouped-query attention, SwiGLU, RMS norms, untied head) with the directory's own
+    tokenizer, and step 0 holds exactly the HF weights and computes PyTorch's logits."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -71,14 +71,23 @@ def test_the_same_config_fine_tunes_a_llama(torch, tmp_path, data_dir, tmp_cache
     every_byte = pre_tokenizers.ByteLevel.alphabet()  # so any text encodes
     text = (data_dir / "tinyshakespeare" / "input.txt").read_text()[:20_000]
     tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, initial_alphabet=every_byte))
+    llama3 = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 4.0, "low_freq_factor": 1.0}
+    llama3.update(high_freq_factor=4.0, original_max_position_embeddings=8)  # Llama 3.2's kind of rope
     hf = make_llama(
-        tmp_path / "hf", num_key_value_heads=2, vocab_size=tok.get_vocab_size(), max_position_embeddings=32
+        tmp_path / "hf",
+        num_key_value_heads=2,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=32,
+        rope_parameters=llama3,
     )
     tok.save(str(tmp_path / "hf" / "tokenizer.json"))
 
     train_and_evaluate(finetune_config(tmp_path, data_dir, tmp_path / "hf"), tmp_path / "ft")
     params, cfg, got_tok, _ = load_params(tmp_path / "ft")
     assert llama.is_llama(cfg) and cfg.kv_heads == 2 and not cfg.tie_embeddings
+    assert (cfg.rope_scaling, cfg.rope_factor, cfg.rope_original_context) == ("llama3", 4.0, 8)
+    x_BT = tokens(cfg, 16)  # the scaled rope carried over: PyTorch's logits
+    np.testing.assert_allclose(jax_logits(params, cfg, x_BT), torch_logits(torch, hf, x_BT), atol=1e-4)
     assert isinstance(got_tok, HFTokenizer) and got_tok.encode("ROMEO:") == tok.encode("ROMEO:").ids
     state = hf.state_dict()
     weights = llama.params_to_llama(params, cfg)
@@ -127,3 +136,16 @@ def test_fill_model_leaves_set_fields_and_the_callers_config():
     assert filled.model.n_layer == 3 and filled.model.n_embd == 16 and filled.model.gelu == "tanh"
     assert config.model.n_embd is None  # the caller's config is unchanged
     assert model_config(filled, vocab_size=50257).n_head == 2
+
+
+def test_a_checkpoint_from_before_a_model_field_existed_fills_it_with_the_default():
+    """A workdir saved before the rope_scaling fields were added has none of them: saved_model gives
+    their defaults, so fine-tuning or resuming from it fills them instead of refusing."""
+    from gptjax.data import CharTokenizer
+    from gptjax.init_from import fill_model, saved_model
+
+    old = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8, "lora_targets": ["c_attn"]}
+    model = saved_model({"config": {"model": old}, "tokenizer": CharTokenizer("abc").to_json()})
+    assert model["rope_scaling"] == "none" and model["rope_factor"] == 1.0 and model["n_layer"] == 2
+    filled = fill_model(finetune_shakespeare.get_config("gpt2"), model, "an old workdir")
+    assert model_config(filled, vocab_size=3).rope_original_context == 8192
