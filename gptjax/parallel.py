@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gptjax.layers import BATCH_AXES  # the batch dimension is split over every data-parallel axis
-from gptjax.train_step import eval_steps, train_steps
+from gptjax.train_step import eval_steps, train_steps, weights
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -245,10 +245,10 @@ def in_mesh(fn, mesh: Mesh):
 
 @functools.cache
 def _pmap_eval(grad_accum: int):
-    def fn(state, batches):  # each device's mean counts by its share of the targets trained on
-        trained_K = jnp.sum(batches[1] >= 0, axis=(1, 2)).astype(jnp.float32)
-        weighted_K = jax.lax.psum(eval_steps(state, batches, grad_accum) * trained_K, "devices")
-        return weighted_K / jnp.maximum(jax.lax.psum(trained_K, "devices"), 1.0)
+    def fn(state, batches):  # each device's mean counts by its share of the targets trained on (pairs)
+        weights_K = weights(batches[1], state.objective)
+        weighted_K = jax.lax.psum(eval_steps(state, batches, grad_accum) * weights_K, "devices")
+        return weighted_K / jnp.maximum(jax.lax.psum(weights_K, "devices"), 1.0)
 
     pmapped = jax.pmap(fn, axis_name="devices")
     return lambda state, batches: _local_copy(pmapped(state, batches))

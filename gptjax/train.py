@@ -7,6 +7,7 @@ model, a grid of samples).
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import math
@@ -22,10 +23,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from gptjax import benchmark, image, parallel, profiling
+from gptjax import benchmark, dpo, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_format, check_same_images, load_data, make_tokenizer
+from gptjax.data.preference import get_pairs
 from gptjax.init_from import (
     check_same_architecture,
     fill_model,
@@ -43,10 +45,11 @@ from gptjax.model import (
     with_lora,
 )
 from gptjax.optim import lr_schedule, make_optimizer
-from gptjax.train_step import create_train_state
+from gptjax.train_step import LM, Objective, create_train_state
 
 # Evaluation batches come from their own seed, so they never coincide with the training batches.
 EVAL_SEED_OFFSET = 1_000_003
+REFERENCE_FILE = "reference_logps.npz"  # DPO: the starting model's log-probabilities of the answers
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides) -> GPTConfig:
@@ -54,10 +57,24 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
     return GPTConfig.from_mapping(config.model.to_dict(), vocab_size=vocab_size, **overrides)
 
 
-def abstract_state(cfg: GPTConfig, opt: Any, seed: int):
-    """(init function, its output's shapes) for a TrainState of this model and optimizer."""
-    init = functools.partial(create_train_state, cfg, make_optimizer(opt, lora=cfg.lora_rank > 0), seed)
+def abstract_state(cfg: GPTConfig, opt: Any, seed: int, objective: Objective = LM):
+    """(init function, its output's shapes) for a TrainState of this model, optimizer and objective."""
+    tx = make_optimizer(opt, lora=cfg.lora_rank > 0)
+    init = functools.partial(create_train_state, cfg, tx, seed, objective)
     return init, jax.eval_shape(init)
+
+
+def objective_of(config: Any) -> Objective:
+    """DPO for preference pairs (config.data.format="preference", config.dpo), else the LM loss."""
+    if config.data.get("format") != "preference":
+        return LM
+    dpo_config = config.get("dpo") or {}
+    return Objective("dpo", dpo_config.get("beta", 0.1), dpo_config.get("label_smoothing", 0.0))
+
+
+def batch_rows(config: Any) -> int:
+    """Rows of a global batch: batch_size, or two per pair (chosen, rejected) for DPO."""
+    return config.batch_size * (2 if config.data.get("format") == "preference" else 1)
 
 
 def load_params(workdir: str | pathlib.Path, step: int | None = None, merge: bool = True):
@@ -85,12 +102,21 @@ def load_params(workdir: str | pathlib.Path, step: int | None = None, merge: boo
 
 
 def batches(
-    tokens: np.ndarray, config: Any, *, seed: int, steps: range, split: str = "train", rows=slice(None)
+    tokens: np.ndarray,
+    config: Any,
+    *,
+    seed: int,
+    steps: range,
+    split: str = "train",
+    rows=slice(None),
+    reference: np.ndarray | None = None,
 ):
     """`rows` (this process's: Placement.process_rows) of the global batches of `steps`, stacked:
-    (x_KbT, y_KbT), and segments_KbT for packed rows."""
+    (x_KbT, y_KbT), and segments_KbT for packed rows; preference pairs with their `reference`
+    log-probabilities give (x_KbT, y_KbT, ref_KbT) (gptjax.data.preference.get_pairs)."""
+    draw = data_lib.get_batch if reference is None else functools.partial(get_pairs, ref_N2=reference)
     per_step = [
-        data_lib.get_batch(
+        draw(
             tokens,
             batch_size=config.batch_size,
             block_size=config.model.block_size,
@@ -108,15 +134,49 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
     each split over the devices and in grad_accum micro-batches like a train step (so evaluation fits
     wherever training does), the same on every process. `state` as placed (pmap: a copy per device)."""
     step = int(placement.get_state(state).step)
-    rows = placement.process_rows(config.batch_size)
+    rows = placement.process_rows(batch_rows(config))
     out = {}
     for split in ("train", "val"):
         steps = range(step * config.eval_iters, (step + 1) * config.eval_iters)
-        tokens = getattr(dataset, split)
-        xy = batches(tokens, config, seed=config.seed + EVAL_SEED_OFFSET, steps=steps, split=split, rows=rows)
-        xy = placement.put_batch(xy, config.batch_size)
+        tokens, reference = getattr(dataset, split), getattr(dataset, f"{split}_reference")
+        seed = config.seed + EVAL_SEED_OFFSET
+        xy = batches(tokens, config, seed=seed, steps=steps, split=split, rows=rows, reference=reference)
+        xy = placement.put_batch(xy, batch_rows(config))
         out[split] = float(jnp.mean(placement.eval_fn(config.grad_accum)(state, xy)))
     return out
+
+
+def _dpo_reference(
+    dataset: data_lib.Dataset, workdir: pathlib.Path, cfg: GPTConfig, params: Any, batch_pairs: int
+) -> data_lib.Dataset:
+    """`dataset` with each split's reference log-probabilities for DPO (gptjax.dpo.reference_logps):
+    computed by `params` (the starting model) and saved in the workdir (by process 0, atomically), or
+    read back from there when `params` is None (a resumed run: its starting model is no longer at hand)."""
+    path = workdir / REFERENCE_FILE
+    splits = ("train", "val")
+    if params is not None:
+        print(f"DPO: the starting model's log-probabilities of every answer -> {path}", flush=True)
+        reference = {s: dpo.reference_logps(cfg, params, getattr(dataset, s), batch_pairs) for s in splits}
+        if jax.process_index() == 0:
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, **reference)
+            os.replace(tmp, path)
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{workdir} holds a DPO run's checkpoint but not its reference log-probabilities "
+                f"{REFERENCE_FILE}; start the run again in a fresh --workdir"
+            )
+        with np.load(path) as saved:
+            reference = {s: saved[s] for s in splits}
+        for s in splits:
+            if len(reference[s]) != len(getattr(dataset, s)):
+                raise ValueError(
+                    f"{path} holds the reference of {len(reference[s])} {s} pairs, the data has "
+                    f"{len(getattr(dataset, s))}: resume with the data the run started with"
+                )
+    return dataclasses.replace(dataset, train_reference=reference["train"], val_reference=reference["val"])
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -255,7 +315,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     dataset = load_data(config.data, tokenizer, block_size=config.model.block_size)
     tokenizer = dataset.tokenizer
     for split in ("train", "val"):  # fail now, with one clear line, rather than in the loop
-        batches(getattr(dataset, split), config, seed=0, steps=range(1), split=split)
+        pairs = getattr(dataset, split) if config.data.get("format") == "preference" else None
+        reference = None if pairs is None else np.zeros((len(pairs), 2), np.float32)  # not computed yet
+        batches(getattr(dataset, split), config, seed=0, steps=range(1), split=split, reference=reference)
 
     # ----- Model, optimizer, initial state on the devices. -----
     cfg = model_config(config, tokenizer.vocab_size)
@@ -276,16 +338,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             f"model.lora_rank={cfg.lora_rank} adapts a trained model: set --config.init_from=<workdir, HF "
             "directory or Hub id> (or lora_rank=0 to train from scratch)"
         )
-    init, abstract = abstract_state(cfg, config.opt, config.seed)
-    placement = parallel.make_placement(config.parallel, abstract, config.batch_size)
+    objective = objective_of(config)
+    init, abstract = abstract_state(cfg, config.opt, config.seed, objective)
+    placement = parallel.make_placement(config.parallel, abstract, batch_rows(config))
     per_device = config.batch_size // jax.device_count()
+    if objective.kind == "dpo" and placement.mode == "pmap" and config.batch_size % jax.device_count():
+        raise ValueError(
+            f"pmap mode splits batch_size={config.batch_size} preference pairs over {jax.device_count()} "
+            "devices, each pair on one: use a batch_size divisible by the device count"
+        )
     if placement.mode == "pmap" and per_device % config.grad_accum:
         raise ValueError(
             f"pmap mode gives each of the {jax.device_count()} devices {per_device} rows of batch_size="
             f"{config.batch_size}, not divisible by grad_accum={config.grad_accum}; use a grad_accum that "
             "divides it"
         )
-    rows = placement.process_rows(config.batch_size)
+    if objective.kind == "dpo" and latest is None and source is None:
+        raise ValueError(
+            "DPO (data.format='preference') fine-tunes a trained model, its own reference: set "
+            "--config.init_from=<workdir, HF directory or Hub id>"
+        )
+    rows = placement.process_rows(batch_rows(config))
     n_params = count_params(abstract.params)
     lora = ""
     if cfg.lora_rank:
@@ -306,8 +379,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             state = placement.put_state(jax.jit(init)())
         if source is not None:
             params, initial = init_params(*source, cfg, abstract.params), placement.get_state(state)
-            state = placement.put_state(initial.replace(params=with_lora(params, initial.params)))
+            start_params = with_lora(params, initial.params)
+            state = placement.put_state(initial.replace(params=start_params))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
+    if objective.kind == "dpo":  # the reference: the starting model's log-probability of every answer
+        pairs = max(1, config.batch_size // (config.grad_accum * jax.local_device_count()))
+        start_params = start_params if latest is None else None  # resumed: read back
+        dataset = _dpo_reference(dataset, workdir, cfg, start_params, pairs)
     if resumed is not None:
         resumed.close()
     ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -319,7 +397,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     # step dispatched a dozen tiny device ops (compiled on first use, inside a profile's window).
     lr_by_step = np.asarray(jax.jit(jax.vmap(lr_schedule(config.opt)))(jnp.arange(config.max_iters + 1)))
     writer = MetricWriter(workdir, resume_step=start)
-    tokens_per_step = config.batch_size * config.model.block_size
+    tokens_per_step = batch_rows(config) * config.model.block_size
     best_val = meta.get("best_val_loss", float("inf"))
     saved_config = config.to_dict()
     eval_records: dict[int, dict] = {}
@@ -414,12 +492,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                 t_log, tokens_since_log = time.time(), 0  # evaluation time is not training time
             if due_save:
                 save(step)
-            xy = batches(dataset.train, config, seed=config.seed, steps=range(step, step + K), rows=rows)
+            xy = batches(
+                dataset.train,
+                config,
+                seed=config.seed,
+                steps=range(step, step + K),
+                rows=rows,
+                reference=dataset.train_reference,
+            )
             if step == profile_from:
                 profiling.start_trace(workdir / "profile")
                 tracing = True
             with profiling.step_annotation(step):
-                state, metrics = step_fn(state, placement.put_batch(xy, config.batch_size))
+                state, metrics = step_fn(state, placement.put_batch(xy, batch_rows(config)))
             if pending is not None:
                 report(*pending)
             pending = (step, metrics)

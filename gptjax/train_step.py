@@ -1,47 +1,94 @@
 """Pure training and evaluation steps: TrainState, the loss, train_step, eval_step. No I/O here."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
+from gptjax import dpo
 from gptjax.model import GPT, GPTConfig
 from gptjax.optim import freeze
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What training minimises: "lm", the next-token cross entropy (pretraining, supervised fine-tuning),
+    or "dpo", the DPO loss of preference pairs (gptjax.dpo) with its beta and label smoothing."""
+
+    kind: str = "lm"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("lm", "dpo"):
+            raise ValueError(f"objective {self.kind!r} is unknown; use 'lm' or 'dpo'")
+        if self.kind == "dpo" and not (self.beta > 0 and 0 <= self.label_smoothing < 0.5):
+            raise ValueError(
+                f"dpo.beta={self.beta} must be > 0 and dpo.label_smoothing={self.label_smoothing} in "
+                "[0, 0.5); TRL's defaults are 0.1 and 0"
+            )
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Step metrics beside the loss."""
+        return dpo.METRICS if self.kind == "dpo" else ()
+
+
+LM = Objective()  # the default: next-token cross entropy
+
+
 class TrainState(train_state.TrainState):
-    """step, params, opt_state, plus the base dropout key (each step folds its step number in)."""
+    """step, params, opt_state, plus the base dropout key (each step folds its step number in) and the
+    objective (static: each one compiles its own step)."""
 
     rng: jax.Array
+    objective: Objective = struct.field(pytree_node=False, default=LM)
 
 
-def create_train_state(config: GPTConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def create_train_state(
+    config: GPTConfig, tx: optax.GradientTransformation, seed: int, objective: Objective = LM
+) -> TrainState:
     """Initialises parameters and optimizer state (jit this, or `jax.eval_shape` it for the shapes)."""
     model = GPT(config)
     # A raw uint32 key (not a typed key array) so orbax can store it like any other array.
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
     dummy_BT = jnp.zeros((1, min(8, config.block_size)), jnp.int32)
     params = model.init(init_rng, dummy_BT)["params"]
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng)
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, rng=dropout_rng, objective=objective
+    )
     # A strongly typed step, like a restored one, so resuming does not recompile the train step.
     return state.replace(step=jnp.asarray(0, jnp.int32))
 
 
-def loss_fn(params, apply_fn, batch, dropout_rng, deterministic: bool) -> jax.Array:
-    """Mean next-token cross entropy in float32 over the targets not IGNORE'd (the model computes it:
-    GPTConfig.loss_chunk). `batch` is (x_BT, y_BT), or (x_BT, y_BT, segments_BT) for rows that pack
-    several examples (GPT's segments_BT). Parameters training does not update (a LoRA model's base) get
-    no gradient (optim.freeze)."""
+def loss_fn(
+    params, apply_fn, batch, dropout_rng, deterministic: bool, objective: Objective = LM
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, the objective's metrics). "lm": the mean next-token cross entropy in float32 over the
+    targets not IGNORE'd (the model computes it: GPTConfig.loss_chunk); `batch` is (x_BT, y_BT), or
+    (x_BT, y_BT, segments_BT) for rows that pack several examples (GPT's segments_BT). "dpo": the mean
+    DPO loss of the pairs of rows of (x_BT, y_BT, ref_BT) (gptjax.data.preference.get_pairs), from the
+    float32 logits. Parameters training does not update (a LoRA model's base) get no gradient
+    (optim.freeze)."""
+    rngs = {"dropout": dropout_rng}
+    if objective.kind == "dpo":
+        x_BT, y_BT, ref_BT = batch
+        logits_BTV, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
+        policy_B = dpo.answer_logps(logits_BTV, y_BT)
+        return dpo.dpo_loss(policy_B, jnp.sum(ref_BT, axis=-1), objective.beta, objective.label_smoothing)
     x_BT, y_BT, *segments = batch
     loss, _ = apply_fn(
         {"params": freeze(params)},
         x_BT,
         segments_BT=segments[0] if segments else None,
         deterministic=deterministic,
-        rngs={"dropout": dropout_rng},
+        rngs=rngs,
         targets_BT=y_BT,
     )
-    return loss
+    return loss, {}
 
 
 def _micro_batches(batch: tuple[jax.Array, ...], grad_accum: int) -> tuple[jax.Array, ...]:
@@ -53,9 +100,12 @@ def _micro_batches(batch: tuple[jax.Array, ...], grad_accum: int) -> tuple[jax.A
     return tuple(a.reshape(grad_accum, B // grad_accum, T) for a in batch)
 
 
-def _trained(y_BT: jax.Array) -> jax.Array:
-    """How many targets are trained on (not IGNORE), as float32."""
-    return jnp.sum(y_BT >= 0).astype(jnp.float32)
+def weights(y_KBT: jax.Array, objective: Objective) -> jax.Array:
+    """What each batch of y_KBT ([..., B, T]) counts for in a mean over several, as float32: "lm" the
+    targets trained on (not IGNORE), "dpo" its pairs (each one loss)."""
+    if objective.kind == "dpo":
+        return jnp.full(y_KBT.shape[:-2], y_KBT.shape[-2] / 2, jnp.float32)
+    return jnp.sum(y_KBT >= 0, axis=(-2, -1)).astype(jnp.float32)
 
 
 def train_step(
@@ -64,41 +114,45 @@ def train_step(
     grad_accum: int = 1,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a global batch (x_BT, y_BT[, segments_BT]: loss_fn) split into
+    """One optimizer update on a global batch (x_BT, y_BT[, segments_BT or ref_BT]: loss_fn) split into
     `grad_accum` micro-batches.
 
     The loss is the mean over every target of the global batch that is trained on (y >= 0): each
     micro-batch's mean loss and gradient count by its share of those targets, which equals the gradient
     of the whole batch however the ignored targets (fine-tuning prompts, padding) fall; without them the
-    shares are equal. Under `jax.pmap`, `axis_name` names the device axis: each device holds an equal
-    share of the batch, its shares are of the targets of all devices, and the weighted gradients and
-    loss are summed over devices (`lax.psum`).
+    shares are equal. DPO's loss is the mean over pairs: equal shares (each micro-batch holds whole
+    pairs). Under `jax.pmap`, `axis_name` names the device axis: each device holds an equal share of the
+    batch, its shares are of the targets of all devices, and the weighted gradients and loss are summed
+    over devices (`lax.psum`).
     """
     micro_batches = _micro_batches(batch, grad_accum)
-    total = _trained(micro_batches[1])
+    objective = state.objective
+    total = jnp.sum(weights(micro_batches[1], objective))
     if axis_name is not None:
         total = jax.lax.psum(total, axis_name)
     total = jnp.maximum(total, 1.0)  # a batch with nothing to learn: loss and gradients 0
     step_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:  # independent dropout masks on each device
         step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def micro_step(carry, micro):
-        loss_sum, grad_sum = carry
+        loss_sum, aux_sum, grad_sum = carry
         i, micro_batch = micro
-        loss, grads = grad_fn(
-            state.params, state.apply_fn, micro_batch, jax.random.fold_in(step_rng, i), False
+        (loss, aux), grads = grad_fn(
+            state.params, state.apply_fn, micro_batch, jax.random.fold_in(step_rng, i), False, objective
         )
-        share = _trained(micro_batch[1]) / total
+        share = weights(micro_batch[1], objective) / total
         grad_sum = jax.tree_util.tree_map(lambda a, g: a + g * share.astype(g.dtype), grad_sum, grads)
-        return (loss_sum + loss * share, grad_sum), None
+        aux_sum = {k: aux_sum[k] + aux[k] * share for k in aux_sum}
+        return (loss_sum + loss * share, aux_sum, grad_sum), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    no_aux = {k: jnp.float32(0) for k in objective.metrics}
     micro = (jnp.arange(grad_accum), micro_batches)
-    (loss, grads), _ = jax.lax.scan(micro_step, (jnp.float32(0), zeros), micro)
+    (loss, aux, grads), _ = jax.lax.scan(micro_step, (jnp.float32(0), no_aux, zeros), micro)
     if axis_name is not None:
-        loss, grads = jax.lax.psum((loss, grads), axis_name)
+        loss, aux, grads = jax.lax.psum((loss, aux, grads), axis_name)
 
     new_state = state.apply_gradients(grads=grads)
     updates = jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
@@ -107,6 +161,7 @@ def train_step(
         "grad_norm": optax.global_norm(grads),
         "param_norm": optax.global_norm(new_state.params),
         "update_norm": optax.global_norm(updates),
+        **aux,
     }
     return new_state, metrics
 
@@ -127,14 +182,15 @@ def train_steps(
 
 
 def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
-    """Mean loss on a batch over its targets trained on (as train_step), dropout off, over `grad_accum`
-    equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
+    """Mean loss on a batch over its targets trained on (DPO: its pairs; as train_step), dropout off, over
+    `grad_accum` equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
     micro_batches = _micro_batches(batch, grad_accum)
     losses_K = jax.lax.map(
-        lambda micro: loss_fn(state.params, state.apply_fn, micro, state.rng, True), micro_batches
+        lambda micro: loss_fn(state.params, state.apply_fn, micro, state.rng, True, state.objective)[0],
+        micro_batches,
     )
-    trained_K = jnp.sum(micro_batches[1] >= 0, axis=(1, 2)).astype(jnp.float32)
-    return jnp.sum(losses_K * trained_K) / jnp.maximum(jnp.sum(trained_K), 1.0)
+    weights_K = weights(micro_batches[1], state.objective)
+    return jnp.sum(losses_K * weights_K) / jnp.maximum(jnp.sum(weights_K), 1.0)
 
 
 def eval_steps(state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:

@@ -222,7 +222,12 @@ def sft_config(variant, source):
 def test_load_data_with_the_sft_config(tmp_path, tmp_cache, data_dir, variant, kind, block_size):
     examples = [(f"Q{i}: how many?", f" {i} of them") for i in range(30)]
     config = sft_config(variant, write_jsonl(tmp_path / "s.jsonl", examples))
-    ds = load_data(config.data, make_tokenizer(config.data), block_size=config.model.block_size)
+    # The default variant's "auto" tokenizer is its init_from model's: GPT-2's BPE for gpt2.
+    assert config.data.tokenizer == ("char" if variant else "auto")
+    tokenizer = (
+        make_tokenizer(config.data) if variant else GPT2Tokenizer(str(data_dir / "gpt2" / "gpt2.tiktoken"))
+    )
+    ds = load_data(config.data, tokenizer, block_size=config.model.block_size)
     assert config.model.block_size == block_size and ds.tokenizer.kind == kind
     assert ds.train.shape == (27, block_size + 1) and ds.val.shape == (3, block_size + 1)
     assert ds.train.dtype == ds.val.dtype == np.int32
@@ -244,7 +249,8 @@ def test_load_data_refuses_an_unknown_format(tmp_path):
     config = sft_config("tiny", str(tmp_path / "s.jsonl"))
     config.data.format = "chat"
     with pytest.raises(
-        ValueError, match=r"^data.format='chat' is unknown; use one of \['text', 'prompt_completion'\]$"
+        ValueError,
+        match=r"^data.format='chat' is unknown; use one of \['text', 'prompt_completion', 'preference'\]$",
     ):
         load_data(config.data, None, block_size=32)
 

@@ -7,10 +7,12 @@ import ml_collections
 
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
 from gptjax.data.images import load_image_dataset
+from gptjax.data.preference import load_preference_dataset
 from gptjax.data.sft import load_sft_dataset, source_path
 from gptjax.data.tokens import Dataset, load_dataset
 
-FORMATS = ("text", "prompt_completion")  # config.data.format: a corpus, or a JSON-lines SFT file
+# config.data.format: a corpus, a JSON-lines SFT file, or JSON-lines preference pairs (DPO)
+FORMATS = ("text", "prompt_completion", "preference")
 
 
 def make_tokenizer(data: Any):
@@ -27,13 +29,14 @@ def make_tokenizer(data: Any):
 
 
 def check_format(data: Any) -> str:
-    """config.data.format, checked (a prompt/completion file must exist) before a run loads anything."""
+    """config.data.format, checked (a prompt/completion or preference file must exist) before a run loads
+    anything."""
     kind = data.get("format", "text")
     if kind not in FORMATS:
         raise ValueError(f"data.format={kind!r} is unknown; use one of {list(FORMATS)}")
-    if kind == "prompt_completion":
+    if kind in ("prompt_completion", "preference"):
         source_path(data.get("source"))
-    elif data.get("packing"):
+    if data.get("packing") and kind != "prompt_completion":
         raise ValueError(f"data.packing packs prompt/completion examples, not data.format={kind!r}; drop it")
     return kind
 
@@ -50,9 +53,13 @@ def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Da
             f"{data.get('tokenizer', 'char')!r}: one is an image model, the other a text model; use the "
             "config the model was trained with, or a fresh --workdir"
         )
+    if kind in ("prompt_completion", "preference") and block_size is None:
+        raise ValueError(f"load_data needs block_size (the model's) for data.format={kind!r}")
+    if kind == "preference":
+        return load_preference_dataset(
+            data.source, block_size=block_size, val_fraction=data.val_fraction, tokenizer=tokenizer
+        )
     if kind == "prompt_completion":
-        if block_size is None:
-            raise ValueError("load_data needs block_size (the model's) for data.format='prompt_completion'")
         return load_sft_dataset(
             data.source,
             block_size=block_size,

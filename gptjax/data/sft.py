@@ -30,6 +30,8 @@ import bisect
 import json
 import pathlib
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,15 +72,13 @@ def source_path(source: str | None) -> pathlib.Path:
     return path
 
 
-def _read(path: pathlib.Path) -> list[tuple[int, list[tuple[str, bool]], bool]]:
-    """(line number, (text, trained) pieces, whether EOS ends it) of every example in `path`: a pair is
-    [(prompt, False), (completion, True)], a text [("", False), (text, True)], a conversation its ChatML
-    pieces (gptjax.data.chat.render, which end with <|im_end|>, not EOS)."""
+def json_lines(path: pathlib.Path, example: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, "path:line", parsed JSON) of each non-empty line of a UTF-8 file; a line that is not
+    JSON is a one-line DataError that shows `example`."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from e
-    examples = []
     # split("\n"), not splitlines(): JSON strings may hold a raw U+2028, which splitlines breaks at.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -88,8 +88,17 @@ def _read(path: pathlib.Path) -> list[tuple[int, list[tuple[str, bool]], bool]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
-                f"{where}: not JSON ({e.msg} at column {e.colno}); write one object per line, {_EXAMPLE}"
+                f"{where}: not JSON ({e.msg} at column {e.colno}); write one object per line, {example}"
             ) from None
+        yield number, where, obj
+
+
+def _read(path: pathlib.Path) -> list[tuple[int, list[tuple[str, bool]], bool]]:
+    """(line number, (text, trained) pieces, whether EOS ends it) of every example in `path`: a pair is
+    [(prompt, False), (completion, True)], a text [("", False), (text, True)], a conversation its ChatML
+    pieces (gptjax.data.chat.render, which end with <|im_end|>, not EOS)."""
+    examples = []
+    for number, where, obj in json_lines(path, _EXAMPLE):
         if not isinstance(obj, dict):
             raise DataError(f"{where}: a JSON {type(obj).__name__}, not an object; write {_EXAMPLE}")
         if "prompt" not in obj and "completion" not in obj and "messages" in obj:
@@ -214,6 +223,21 @@ def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.n
     return values
 
 
+def train_count(path: pathlib.Path, n: int, val_fraction: float, what: str) -> int:
+    """How many of a file's `n` examples (pairs, ...: `what`) are the train split, the first ones; the
+    rest are val. A one-line error when either split would be empty."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must be in (0, 1); e.g. 0.1")
+    n_train = int(n * (1 - val_fraction))
+    if not 0 < n_train < n:
+        raise DataError(
+            f"{path} has {n} {what}(s), which leaves {n_train} for train and {n - n_train} for val at "
+            f"val_fraction={val_fraction}; each split needs one: add {what}s or change "
+            "--config.data.val_fraction"
+        )
+    return n_train
+
+
 def load_sft_dataset(
     source: str | None,
     *,
@@ -229,17 +253,9 @@ def load_sft_dataset(
     splits text: the first int(N * (1 - val_fraction)) train); each split is packed on its own.
     `tokenizer` None: the characters of every prompt and completion.
     """
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction={val_fraction} must be in (0, 1); e.g. 0.1")
     path = source_path(source)
     examples = _read(path)
-    n_train = int(len(examples) * (1 - val_fraction))
-    if not 0 < n_train < len(examples):
-        raise DataError(
-            f"{path} has {len(examples)} example(s), which leaves {n_train} for train and "
-            f"{len(examples) - n_train} for val at val_fraction={val_fraction}; each split needs one: "
-            "add examples or change --config.data.val_fraction"
-        )
+    n_train = train_count(path, len(examples), val_fraction, "example")
     if tokenizer is None:
         text = "".join(text for _, pieces, _ in examples for text, _ in pieces)
         if not text:

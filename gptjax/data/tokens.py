@@ -30,6 +30,9 @@ class Dataset:
     tokenizer: CharTokenizer
     train_labels: np.ndarray | None = None  # images with classes: each row's class index
     val_labels: np.ndarray | None = None
+    # Preference pairs (DPO): each pair's reference log-probabilities [N, 2] (gptjax.dpo.reference_logps)
+    train_reference: np.ndarray | None = None
+    val_reference: np.ndarray | None = None
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:

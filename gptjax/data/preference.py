@@ -1,0 +1,138 @@
+"""Preference pairs for DPO (gptjax.dpo): a prompt, the answer preferred and the answer rejected.
+
+The file is JSON lines, one pair per non-empty line: {"prompt": "...", "chosen": "...", "rejected":
+"..."} (TRL's preference format with an explicit prompt), or the conversational form: "prompt" a list of
+messages and "chosen" and "rejected" each a list of assistant messages, written in ChatML
+(gptjax.data.chat; the prompt's own assistant turns are read, not trained). Each answer becomes one row as
+a prompt/completion example does (gptjax.data.sft: the prompt masked, the answer and its EOS, or
+<|im_end|>, trained, an example too long cut the same way), so a pair is two rows: the split is
+[N, 2, block_size + 1] int32, chosen then rejected. The val split is the last val_fraction of the pairs.
+
+`get_pairs` draws pairs as get_batch draws rows, from (seed, step, split) only: (x_BT, y_BT, ref_BT) with
+B = 2 x pairs, each pair's two rows adjacent (chosen first), and ref_BT the reference model's
+log-probability of each row's answer at its position 0, zeros elsewhere: every array is [B, T], so a pair
+batch splits over devices and micro-batches as a token batch does (pairs stay whole when each part has
+an even number of rows: gptjax.train checks it).
+"""
+
+import pathlib
+import warnings
+
+import numpy as np
+
+from gptjax.data import chat
+from gptjax.data.sft import _encode, _example, decode_rows, json_lines, pad, source_path, train_count
+from gptjax.data.sources import DataError
+from gptjax.data.tokenizers import CharTokenizer
+from gptjax.data.tokens import _SPLIT_CODES, Dataset
+
+ANSWERS = ("chosen", "rejected")
+_EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
+
+
+def _conversation(obj: dict, where: str) -> list[list[tuple[str, bool]]]:
+    """The chosen and rejected (text, trained) pieces of a conversational pair: the prompt's ChatML read
+    only, then the answer's assistant turns trained (chat.render)."""
+    prompt = [
+        (text, False) for text, _ in chat.render(chat.check_messages(obj["prompt"], f"{where}: prompt"))
+    ]
+    out = []
+    for name in ANSWERS:
+        answer = chat.check_messages(obj[name], f"{where}: {name}")
+        if any(m["role"] != "assistant" for m in answer):
+            raise DataError(f"{where}: {name} must hold assistant messages only (the reply to the prompt)")
+        out.append(prompt + chat.render(answer))
+    return out
+
+
+def read_pairs(path: pathlib.Path) -> list[tuple[int, list[list[tuple[str, bool]]], bool]]:
+    """(line number, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair."""
+    pairs = []
+    for number, where, obj in json_lines(path, _EXAMPLE):
+        if not isinstance(obj, dict) or any(k not in obj for k in ("prompt", *ANSWERS)):
+            missing = [k for k in ("prompt", *ANSWERS) if k not in obj] if isinstance(obj, dict) else []
+            raise DataError(
+                f"{where}: {'no ' + ', '.join(missing) if missing else 'not an object'}; every line needs "
+                f'{_EXAMPLE} (or lists of messages: "prompt" the conversation, "chosen" and "rejected" '
+                "assistant replies)"
+            )
+        if all(isinstance(obj[k], list) for k in ("prompt", *ANSWERS)):
+            pairs.append((number, _conversation(obj, where), False))
+        elif all(isinstance(obj[k], str) for k in ("prompt", *ANSWERS)):
+            pairs.append((number, [[(obj["prompt"], False), (obj[k], True)] for k in ANSWERS], True))
+        else:
+            kinds = ", ".join(f"{k}: {type(obj[k]).__name__}" for k in ("prompt", *ANSWERS))
+            raise DataError(
+                f"{where}: prompt, chosen and rejected must be all strings or all lists ({kinds})"
+            )
+    if not pairs:
+        raise DataError(f"{path} holds no pairs; give it one JSON object per line, {_EXAMPLE}")
+    return pairs
+
+
+def _rows(path: pathlib.Path, pairs, tokenizer, length: int) -> np.ndarray:
+    """[N, 2, length] rows of the pairs; warns once with how many answers' rows were cut."""
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    values, cut = [], 0
+    for number, answers, ends_with_eos in pairs:
+        where = f"{path}:{number}"
+        for pieces in answers:
+            ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
+            if ends_with_eos:
+                ids[-1] = (ids[-1][0] + eos, True)
+            row, how = _example(ids, length)
+            if not (row[1:] >= 0).any():  # a row's first value is only read, never a target
+                raise DataError(
+                    f"{where}: an answer gives no token to train on after its prompt; give every answer "
+                    "text (and a prompt, or a tokenizer with an EOS) or drop the line"
+                )
+            values.append(row)
+            cut += how > 0
+    if cut:
+        warnings.warn(
+            f"{path}: {cut} of {len(values)} answers (with their prompts) are longer than block_size + 1 = "
+            f"{length} tokens and were cut as prompt/completion examples are; raise model.block_size to keep "
+            "them whole",
+            stacklevel=3,
+        )
+    return pad(values, length).reshape(len(pairs), 2, length)
+
+
+def load_preference_dataset(
+    source: str | None, *, block_size: int, val_fraction: float, tokenizer=None
+) -> Dataset:
+    """The preference file `source` as train/val pairs of rows [N, 2, block_size + 1] (see module doc).
+    `tokenizer` None: the characters of every prompt and answer."""
+    path = source_path(source)
+    pairs = read_pairs(path)
+    n_train = train_count(path, len(pairs), val_fraction, "pair")
+    if tokenizer is None:
+        text = "".join(t for _, answers, _ in pairs for pieces in answers for t, _ in pieces)
+        tokenizer = CharTokenizer.from_text(text)
+    rows = _rows(path, pairs, tokenizer, block_size + 1)
+    return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)
+
+
+def get_pairs(
+    rows_N2R: np.ndarray,
+    ref_N2: np.ndarray,
+    *,
+    batch_size: int,
+    block_size: int,
+    seed: int,
+    step: int,
+    split: str = "train",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`batch_size` random pairs as (x_BT, y_BT, ref_BT), B = 2 * batch_size (see module doc); `ref_N2`
+    the reference log-probabilities of the rows' answers (gptjax.dpo.reference_logps)."""
+    if rows_N2R.shape[-1] != block_size + 1:
+        raise DataError(
+            f"{split} preference rows are {rows_N2R.shape[-1]} tokens, built for block_size="
+            f"{rows_N2R.shape[-1] - 1}, not {block_size}; build them with the model's block_size"
+        )
+    rng = np.random.default_rng([seed, step, _SPLIT_CODES[split]])
+    pick_B = rng.integers(0, len(rows_N2R), size=batch_size)
+    x_BT, y_BT = decode_rows(rows_N2R[pick_B].reshape(2 * batch_size, block_size + 1))
+    ref_BT = np.zeros(x_BT.shape, np.float32)
+    ref_BT[:, 0] = np.asarray(ref_N2, np.float32)[pick_B].reshape(-1)
+    return x_BT, y_BT, ref_BT

@@ -1,0 +1,230 @@
+"""DPO (gptjax.dpo, gptjax.data.preference, configs/dpo.py): the loss as written in the paper, pairs as
+rows, the step's invariants (grad accumulation, pmap), and end to end: a model fine-tuned on two answer
+styles learns to prefer the chosen one."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dpo as dpo_config
+from configs import sft
+from gptjax import dpo, parallel
+from gptjax.data import CharTokenizer, DataError
+from gptjax.data.preference import get_pairs, load_preference_dataset
+from gptjax.metric_writer import read_metrics
+from gptjax.model import GPT, GPTConfig
+from gptjax.optim import make_optimizer
+from gptjax.sample import complete
+from gptjax.train import REFERENCE_FILE, abstract_state, load_params, train_and_evaluate
+from gptjax.train_step import Objective, create_train_state, eval_steps, train_step, train_steps
+from tests.test_parallel import close
+
+LN2 = float(np.log(2))
+
+
+def write_lines(path, lines):
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_the_loss_is_the_papers_and_log_2_at_the_reference():
+    rng = np.random.default_rng(0)
+    policy, ref = rng.normal(size=8) * 3, rng.normal(size=8) * 3
+    for beta, eps in ((0.1, 0.0), (0.5, 0.2)):
+        loss, metrics = dpo.dpo_loss(jnp.asarray(policy), jnp.asarray(ref), beta, eps)
+        margin = beta * ((policy[0::2] - ref[0::2]) - (policy[1::2] - ref[1::2]))
+        log_sigmoid = lambda z: -np.log1p(np.exp(-z))  # noqa: E731
+        want = np.mean(-(1 - eps) * log_sigmoid(margin) - eps * log_sigmoid(-margin))
+        np.testing.assert_allclose(loss, want, rtol=1e-5)
+        assert metrics["reward_accuracy"] == np.mean(margin > 0)
+        np.testing.assert_allclose(metrics["reward_margin"], margin.mean(), rtol=1e-5)
+    loss, metrics = dpo.dpo_loss(jnp.asarray(policy), jnp.asarray(policy), 0.1)
+    np.testing.assert_allclose(loss, LN2, rtol=1e-6)
+    assert metrics["reward_margin"] == 0
+
+
+def test_answer_logps_sum_the_answers_tokens_only():
+    logits = jax.random.normal(jax.random.key(0), (2, 5, 7))
+    y = np.array([[-1, -1, 3, 4, -1], [-1, 0, 6, -1, -1]])
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    want = [logp[0, 2, 3] + logp[0, 3, 4], logp[1, 1, 0] + logp[1, 2, 6]]
+    np.testing.assert_allclose(dpo.answer_logps(logits, jnp.asarray(y)), want, rtol=1e-5)
+
+
+def test_pairs_become_adjacent_rows_with_the_same_prompt(tmp_path):
+    source = write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "ab>", "chosen": "aa", "rejected": "bbb"},
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "yo"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            },  # fmt: skip
+            {"prompt": "ba>", "chosen": "bb", "rejected": "a"},
+        ],
+    )
+    data = load_preference_dataset(source, block_size=95, val_fraction=0.3)
+    assert data.train.shape == (2, 2, 96) and data.val.shape == (1, 2, 96)
+    tok = data.tokenizer
+
+    def prompt_and_answer(row):  # the values read before the first trained one, and the trained ones
+        first = int(np.argmax(row >= 0))
+        return tok.decode(-row[:first] - 1), tok.decode(row[row >= 0])
+
+    chosen, rejected = data.train[0]
+    assert (prompt_and_answer(chosen), prompt_and_answer(rejected)) == (("ab>", "aa"), ("ab>", "bbb"))
+    assert (chosen[:3] == rejected[:3]).all() and (chosen[:3] < 0).all()  # the prompt: read only
+    chatml = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert [prompt_and_answer(row) for row in data.train[1]] == [
+        (chatml, "yo<|im_end|>"),
+        (chatml, "no<|im_end|>"),
+    ]
+
+    ref = np.arange(6, dtype=np.float32).reshape(3, 2)
+    x, y, ref_BT = get_pairs(data.val, ref[2:], batch_size=2, block_size=95, seed=0, step=0, split="val")
+    assert x.shape == (4, 95) and (ref_BT[:, 0] == [4, 5, 4, 5]).all() and not ref_BT[:, 1:].any()
+    again = get_pairs(data.val, ref[2:], batch_size=2, block_size=95, seed=0, step=0, split="val")
+    assert all((a == b).all() for a, b in zip((x, y, ref_BT), again, strict=True))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"prompt": "a", "chosen": "b"}, r":1: no rejected; every line needs \{\"prompt\""),
+        ({"prompt": "a", "chosen": "b", "rejected": ["c"]}, "must be all strings or all lists"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "a"}],
+                "chosen": [{"role": "user", "content": "b"}],
+                "rejected": [{"role": "assistant", "content": "c"}],
+            },  # fmt: skip
+            "chosen must hold assistant messages only",
+        ),
+        ({"prompt": "", "chosen": "b", "rejected": ""}, "an answer gives no token to train on"),
+    ],
+)
+def test_bad_pairs_are_one_line(tmp_path, line, message):
+    source = write_lines(tmp_path / "bad.jsonl", [line, {"prompt": "a", "chosen": "b", "rejected": "c"}])
+    with pytest.raises(DataError, match=message) as info:
+        load_preference_dataset(source, block_size=8, val_fraction=0.5, tokenizer=CharTokenizer("abc"))
+    assert "\n" not in str(info.value)
+
+
+def dpo_batches(K=2, pairs=8, T=8, V=64, seed=0):
+    """K steps of `pairs` random pairs of rows (x_KBT, y_KBT, ref_KBT), answers from position 3 on."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, V, size=(K, 2 * pairs, T)).astype(np.int32)
+    y = np.where(np.arange(T) >= 3, rng.integers(0, V, size=(K, 2 * pairs, T)), -1).astype(np.int32)
+    ref = np.zeros((K, 2 * pairs, T), np.float32)
+    ref[..., 0] = rng.normal(size=(K, 2 * pairs)) * 2 - 15
+    return x, y, ref
+
+
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_dpo_steps_on_every_placement_equal_one_device(mode):
+    """The DPO step over 8 devices (pmap: a pair per device; mesh: data=2, fsdp=2, tensor=2), its
+    evaluation too, and in 2 micro-batches, all give what one device gives on the same pairs."""
+    config = dpo_config.get_config("tiny")
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=8, n_embd=64)
+    init, abstract = abstract_state(cfg, config.opt, 0, Objective("dpo", beta=0.5))
+    batches = dpo_batches()
+    single, single_metrics = jax.jit(train_steps)(jax.jit(init)(), batches)
+    accumulated, _ = jax.jit(functools.partial(train_steps, grad_accum=2))(jax.jit(init)(), batches)
+    want_eval = jax.jit(eval_steps)(single, batches)
+    assert set(single_metrics) >= {"loss", "reward_accuracy", "reward_margin"}
+    close(accumulated.params, single.params, atol=1e-6)
+
+    config.parallel.update(mode=mode, mesh=dict(data=2, fsdp=2, tensor=2))
+    placement = parallel.make_placement(config.parallel, abstract, 16)
+    state = placement.put_state(jax.jit(init)())
+    state, metrics = placement.step_fn(grad_accum=1)(state, placement.put_batch(batches))
+    close(placement.get_state(state).params, single.params)
+    for k in ("loss", "reward_accuracy", "reward_margin"):
+        close(placement.metrics(metrics)[k], single_metrics[k])
+    close(placement.eval_fn(1)(placement.put_state(single), placement.put_batch(batches)), want_eval)
+
+
+def test_against_itself_the_loss_is_ln2_and_a_step_prefers_the_chosen_rows():
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    state = create_train_state(cfg, make_optimizer(dpo_config.get_config("tiny").opt), 0, Objective("dpo"))
+    x, y, _ = (jnp.asarray(a[0]) for a in dpo_batches())
+    logits, _ = GPT(cfg).apply({"params": state.params}, x)
+    ref = jnp.zeros(x.shape).at[:, 0].set(dpo.answer_logps(logits, y))
+    moved, metrics = jax.jit(train_step)(state, (x, y, ref))
+    np.testing.assert_allclose(metrics["loss"], LN2, rtol=1e-6)
+    after, _ = GPT(cfg).apply({"params": moved.params}, x)
+    delta = np.asarray(dpo.answer_logps(after, y) - ref[:, 0]).reshape(-1, 2)
+    assert (delta[:, 0] > delta[:, 1]).all(), delta  # chosen up relative to rejected, every pair
+
+
+def style_pairs(n: int, seed: int = 0):
+    """Prompts of 4 letters a-h and ">"; two answer styles: the first letter three times (chosen) or the
+    last one (rejected)."""
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list("abcdefgh"), size=4)) for _ in range(n)]
+    return [(w + ">", w[0] * 3 + ".", w[-1] * 3 + ".") for w in words]
+
+
+@pytest.mark.slow
+def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp_path, tmp_cache):
+    """configs/sft.py:tiny learns both styles (each prompt answered one way or the other at random), so
+    greedy decoding answers about half the prompts in each; DPO from it on pairs (first-letter answer
+    chosen) makes the chosen style the answer. The run starts at ln 2, logs reward accuracy, saves the
+    reference, and a resumed run ends with the uninterrupted run's parameters."""
+    pairs = style_pairs(1000)
+    rng = np.random.default_rng(1)
+    mixed = [{"prompt": p, "completion": [c, r][rng.integers(2)]} for p, c, r in pairs]
+    config = sft.get_config("tiny")
+    config.data.source = write_lines(tmp_path / "sft.jsonl", mixed)
+    train_and_evaluate(config, tmp_path / "sft")
+
+    val = pairs[900:]
+    prompts = [p for p, _, _ in val[:50]]
+
+    def chosen_share(workdir):
+        got = complete(workdir, prompts, max_new_tokens=4, do_sample=False)
+        return np.mean([g.text == c for g, (_, c, _) in zip(got, val, strict=False)])
+
+    before = chosen_share(tmp_path / "sft")
+    assert 0.2 < before < 0.8, before  # both styles learned
+
+    lines = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs]
+    config = dpo_config.get_config("tiny")
+    config.update(init_from=str(tmp_path / "sft"))
+    config.data.source = write_lines(tmp_path / "pairs.jsonl", lines)
+    summary = train_and_evaluate(config, tmp_path / "dpo")
+    records = read_metrics(tmp_path / "dpo")
+    first_val = next(r["val_loss"] for r in records if "val_loss" in r)
+    assert first_val == pytest.approx(LN2, abs=1e-5)  # the policy is the reference
+    accuracy = [r["reward_accuracy"] for r in records if "reward_accuracy" in r]
+    assert summary["val_loss"] < 0.3 and accuracy[-1] > 0.9, (summary, accuracy)
+    after = chosen_share(tmp_path / "dpo")
+    assert after > 0.9, (before, after)
+    assert (tmp_path / "dpo" / REFERENCE_FILE).is_file()
+
+    # Interrupted at step 50, resumed (the reference read back): the same parameters.
+    config.max_iters = 50
+    train_and_evaluate(config, tmp_path / "resumed")
+    config.max_iters = 100
+    train_and_evaluate(config, tmp_path / "resumed")
+    whole, _, _, _ = load_params(tmp_path / "dpo")
+    resumed, _, _, _ = load_params(tmp_path / "resumed")
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dpo_needs_a_starting_model(tmp_path):
+    source = write_lines(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 4)
+    config = dpo_config.get_config("tiny")
+    config.data.source = source
+    config.data.tokenizer = "char"
+    for field, value in config.model.items():  # the fields init_from would fill: GPTConfig's defaults
+        if value is None:
+            config.model[field] = GPTConfig.__dataclass_fields__[field].default
+    with pytest.raises(ValueError, match="DPO .* fine-tunes a trained model, its own reference: set"):
+        train_and_evaluate(config, tmp_path / "w")
