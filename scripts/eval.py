@@ -63,6 +63,11 @@ def main(argv):
     if FLAGS.random_batches:
         if FLAGS.split == "all":
             raise ValueError("--random_batches needs --split=train or --split=val")
+        if config.data.get("format") == "preference":
+            raise ValueError(
+                f"{FLAGS.workdir} was trained with DPO on preference pairs, which --random_batches does not "
+                "score; its DPO loss and reward accuracy are in metrics.jsonl (or score --text or --choices)"
+            )
         dataset = load_data(config.data, tokenizer, block_size=cfg.block_size)
         result = evaluate.random_batch_loss(
             params,

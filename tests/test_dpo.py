@@ -4,6 +4,10 @@ styles learns to prefer the chosen one."""
 
 import functools
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +210,16 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
     after = chosen_share(tmp_path / "dpo")
     assert after > 0.9, (before, after)
     assert (tmp_path / "dpo" / REFERENCE_FILE).is_file()
+    args = [f"--workdir={tmp_path / 'dpo'}", "--random_batches=2", "--split=val"]
+    done = subprocess.run(
+        [sys.executable, "scripts/eval.py", *args],
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "--random_batches does not score" in done.stderr, done.stderr[-2000:]
 
     # Interrupted at step 50, resumed (the reference read back): the same parameters.
     config.max_iters = 50
