@@ -35,7 +35,8 @@ setup(
         # Hugging Face GPT-2 import/export (gptjax.convert), LoRA adapters as PEFT files (gptjax.hf_lora),
         # the PyTorch comparison (compare_torch).
         "torch": ["torch==2.13.0", "transformers>=5.23", "safetensors>=0.8", "peft>=0.21.2"],
-        "tokenizers": ["tokenizers>=0.23"],  # scripts/train_tokenizer.py, gptjax.data.HFTokenizer
+        # scripts/train_tokenizer.py, gptjax.data.HFTokenizer; jinja2 renders an HF model's chat template
+        "tokenizers": ["tokenizers>=0.23", "jinja2>=3.1.6"],
         # Images (gptjax.data.images): the built-in 8x8 digits ship inside scikit-learn; Pillow reads files.
         "art": ["scikit-learn>=1.9.1", "pillow>=12"],
         # tfds:NAME image sources, read without TensorFlow (gptjax.data.tfds_images). importlib_resources:

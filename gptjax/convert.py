@@ -73,7 +73,8 @@ SAME_MODEL_FIELDS = (
 # What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
 HUB_FILES = [
     "config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-    "tokenizer.json", "preprocessor_config.json",
+    "tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
+    "preprocessor_config.json",
 ]  # fmt: skip
 LEGACY_HUB_FILES = [*HUB_FILES, "pytorch_model.bin"]  # fetched only where no safetensors are
 

@@ -31,8 +31,10 @@ def save_hf_tokenizer(directory: str | pathlib.Path, tokenizer: Any, model_max_l
         hf_class = "GPT2Tokenizer"
     elif tokenizer.kind == "hf":
         files = {"tokenizer.json": tokenizer.to_json()["tokenizer"]}
-        eos = tokenizer.eos_token
-        special = {"bos_token": eos, "eos_token": eos} if eos is not None else {}
+        eos, bos = tokenizer.eos_token, tokenizer.bos_token
+        special = {"bos_token": bos, "eos_token": eos} if eos is not None else {}
+        if tokenizer.chat_template is not None:  # AutoTokenizer's apply_chat_template reads it there
+            special["chat_template"] = tokenizer.chat_template
         hf_class = "PreTrainedTokenizerFast"
     else:
         what = "class-conditional palette" if tokenizer.kind == "palette" else tokenizer.kind
@@ -75,6 +77,43 @@ def save_image_processor(directory: str | pathlib.Path, tokenizer: Any) -> list[
     return ["preprocessor_config.json"]
 
 
+def read_hf_specials(directory: str | pathlib.Path) -> dict[str, Any]:
+    """HFTokenizer's eos, bos, end_tokens and chat_template for an HF model directory: the tokens its
+    tokenizer_config.json names (else the ids config.json gives, as token texts), every id of
+    generation_config.json's and config.json's eos_token_id (Llama 3 Instruct ends a turn with one of
+    several), and its chat template (tokenizer_config.json's, or chat_template.jinja); GPT-2's
+    <|endoftext|> for a directory that names none (a BPE trained and exported here)."""
+    directory = pathlib.Path(directory)
+
+    def read(name: str) -> dict:
+        path = directory / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    from tokenizers import Tokenizer  # here: the tokenizers extra, as HFTokenizer's
+
+    config, tok_config = read("config.json"), read("tokenizer_config.json")
+    generation = read("generation_config.json")
+    token = Tokenizer.from_file(str(directory / "tokenizer.json")).id_to_token  # None for an unknown id
+
+    def text(value: Any) -> str | None:  # a token as tokenizer_config.json writes it: str or {"content"}
+        return value.get("content") if isinstance(value, dict) else value
+
+    def ids(value: Any) -> list[int]:
+        return [value] if isinstance(value, int) else list(value or [])
+
+    eos_ids = [*ids(config.get("eos_token_id")), *ids(generation.get("eos_token_id"))]
+    eos = text(tok_config.get("eos_token")) or (token(eos_ids[0]) if eos_ids else None) or bpe.GPT2_EOT
+    bos_ids = ids(config.get("bos_token_id"))
+    bos = text(tok_config.get("bos_token")) or (token(bos_ids[0]) if bos_ids else None)
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template is None and (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    end_tokens = tuple(dict.fromkeys(t for t in map(token, eos_ids) if t is not None))
+    return {"eos": eos, "bos": bos, "chat_template": template, "end_tokens": end_tokens}
+
+
 def read_image_processor(directory: str | pathlib.Path, vocab_size: int) -> Any:
     """The PaletteTokenizer of an HF ImageGPT directory's preprocessor_config.json, or None when it has
     none or its clusters do not fit `vocab_size` (colours + a start token)."""
@@ -99,7 +138,7 @@ def pick_tokenizer(tokenizer: Any, vocab_size: int, hf_dir: str | pathlib.Path |
         tokenizer = {data_lib.GPT2Tokenizer.vocab_size: "gpt2", 256: "byte"}.get(vocab_size)
         hf_json = pathlib.Path(hf_dir) / "tokenizer.json" if hf_dir is not None else None
         if tokenizer is None and hf_json is not None and hf_json.is_file():
-            tokenizer = data_lib.HFTokenizer(hf_json.read_text())
+            tokenizer = data_lib.HFTokenizer(hf_json.read_text(), **read_hf_specials(hf_dir))
         if tokenizer is None and hf_dir is not None:
             tokenizer = read_image_processor(hf_dir, vocab_size)
         if tokenizer is None:

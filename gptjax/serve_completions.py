@@ -258,10 +258,11 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
 
 
 def chat_completions(served: Served, body: dict, write_event=None) -> dict | None:
-    """The response to a chat completions request: its messages in ChatML, completed as /v1/completions
-    completes chat.generation_prompt(messages) with <|im_end|> added to the stop strings (the model
-    learns to write it after each answer when fine-tuned on conversations: gptjax.data.sft), each choice
-    the assistant's message. Streamed, OpenAI's chat chunks: a choice's first delta carries its role."""
+    """The response to a chat completions request: its messages in ChatML (or the model's own chat
+    template), completed as /v1/completions completes chat.generation_prompt(messages) with <|im_end|>
+    (the model's end tokens) added to the stop strings (the model learns to write it after each answer
+    when fine-tuned on conversations: gptjax.data.sft), each choice the assistant's message. Streamed,
+    OpenAI's chat chunks: a choice's first delta carries its role."""
     body = dict(body)
     try:
         messages = chat.check_messages(body.pop("messages", None))
@@ -280,10 +281,13 @@ def chat_completions(served: Served, body: dict, write_event=None) -> dict | Non
             raise BadRequest("max_completion_tokens and max_tokens are the same option; give one")
         body["max_tokens"] = body.pop("max_completion_tokens")
     body.pop("max_completion_tokens", None)
-    stop = body.get("stop")
+    stop, tokenizer = body.get("stop"), served.tokenizer
     if stop is None or isinstance(stop, str | list):  # anything else is refused with completions' line
-        body["stop"] = [*([stop] if isinstance(stop, str) else stop or []), chat.STOP]
-    body["prompt"] = chat.generation_prompt(messages)
+        body["stop"] = [*([stop] if isinstance(stop, str) else stop or []), *chat.stops(tokenizer)]
+    try:
+        body["prompt"] = chat.generation_prompt(messages, tokenizer)
+    except DataError as e:  # the model's own template refused them
+        raise BadRequest(str(e)) from None
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}"}
     if write_event is not None:
         started = set()

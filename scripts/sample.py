@@ -28,7 +28,8 @@ flags.DEFINE_boolean(
     "chat",
     False,
     'Each --prompt is a user message, which the model (fine-tuned on {"messages"} conversations) answers:'
-    " ChatML as training writes it (gptjax.data.chat), stopped at <|im_end|>; only the answer is printed.",
+    " ChatML as training writes it (gptjax.data.chat), stopped at <|im_end|>, or the model's own chat"
+    " template and end tokens; only the answer is printed.",
 )
 flags.DEFINE_integer("num_samples", 1, "Sequences per prompt (samples, or the best beams).")
 flags.DEFINE_string(
@@ -99,8 +100,8 @@ def main(argv):
         options["stop"] = [cli.unescape(s) for s in options["stop"]]
     shown_prompt = "" if FLAGS.chat else prompts[0]  # printed before a single sample's text
     if FLAGS.chat:
-        prompts = [chat.generation_prompt([{"role": "user", "content": p}]) for p in prompts]
-        options["stop"] = [*options.get("stop", []), chat.STOP]
+        prompts = [chat.generation_prompt([{"role": "user", "content": p}], model[2]) for p in prompts]
+        options["stop"] = [*options.get("stop", []), *chat.stops(model[2])]
     if FLAGS.bad_words:
         words = [model[2].encode(cli.unescape(w)) for w in FLAGS.bad_words]
         if not all(words):

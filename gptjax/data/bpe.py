@@ -175,21 +175,39 @@ def hf_vocab_and_merges(tokens: list[bytes]) -> tuple[dict[str, int], list[str]]
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizers` tokenizer (e.g. a byte-level BPE from scripts/train_tokenizer.py),
-    stored whole in its JSON so a checkpoint needs no other file. Special tokens written in the text
-    (e.g. "<|endoftext|>") become their ids, and decode to their text."""
+    """A Hugging Face `tokenizers` tokenizer (e.g. a byte-level BPE from scripts/train_tokenizer.py, or a
+    Llama's tokenizer.json), stored whole in its JSON so a checkpoint needs no other file. Special tokens
+    written in the text (e.g. "<|endoftext|>") become their ids, and decode to their text.
+
+    `eos` and `bos` name the model's end and start tokens (GPT-2's <|endoftext|> for both unless told;
+    gptjax.hf_tokenizer reads a model directory's), `end_tokens` every token that ends a reply (HF's
+    eos_token_id list, e.g. Llama 3 Instruct's <|eot_id|> beside <|end_of_text|>), and `chat_template`
+    the model's Jinja chat template (HF's tokenizer_config.json), which gptjax.data.chat then writes
+    conversations with instead of ChatML."""
 
     kind = "hf"
 
-    def __init__(self, tokenizer_json: str, eos: str | None = GPT2_EOT):
+    def __init__(
+        self,
+        tokenizer_json: str,
+        eos: str | None = GPT2_EOT,
+        bos: str | None = None,
+        chat_template: str | None = None,
+        end_tokens: tuple[str, ...] = (),
+    ):
         from tokenizers import Tokenizer  # here: only users of trained tokenizers need the package
 
         self._json = tokenizer_json
         self._tok = Tokenizer.from_str(tokenizer_json)
         self.vocab_size = self._tok.get_vocab_size()
         self.eos_id = self._tok.token_to_id(eos) if eos else None
-        self.bos_id = self.eos_id
         self.eos_token = eos if self.eos_id is not None else None  # its text, for HF's special tokens
+        bos_id = self._tok.token_to_id(bos) if bos else None
+        self.bos_id = bos_id if bos_id is not None else self.eos_id
+        self.bos_token = bos if bos_id is not None else self.eos_token
+        known = [t for t in end_tokens if self._tok.token_to_id(t) is not None]
+        self.end_tokens = tuple(dict.fromkeys([*([self.eos_token] if self.eos_token else []), *known]))
+        self.chat_template = chat_template
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -198,7 +216,14 @@ class HFTokenizer:
         return self._tok.decode(_check_ids(ids, self.vocab_size), skip_special_tokens=False)
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "tokenizer": self._json}
+        out = {"kind": self.kind, "tokenizer": self._json, "eos": self.eos_token, "bos": self.bos_token}
+        return {**out, "end_tokens": list(self.end_tokens), "chat_template": self.chat_template}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "HFTokenizer":
+        if "eos" not in d:  # saved before the special tokens were: GPT-2's end token, as then
+            return cls(d["tokenizer"])
+        return cls(d["tokenizer"], d["eos"], d["bos"], d.get("chat_template"), tuple(d.get("end_tokens", ())))
 
 
 def train_bpe(files: list[str], vocab_size: int, min_frequency: int = 2) -> HFTokenizer:

@@ -30,22 +30,20 @@ ANSWERS = ("chosen", "rejected")
 _EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
 
 
-def _conversation(obj: dict, where: str) -> list[list[tuple[str, bool]]]:
-    """The chosen and rejected (text, trained) pieces of a conversational pair: the prompt's ChatML read
-    only, then the answer's assistant turns trained (chat.render)."""
-    prompt = [
-        (text, False) for text, _ in chat.render(chat.check_messages(obj["prompt"], f"{where}: prompt"))
-    ]
+def _conversation(obj: dict, where: str, tokenizer) -> list[list[tuple[str, bool]]]:
+    """The chosen and rejected (text, trained) pieces of a conversational pair: the prompt read only,
+    then the answer's assistant turns trained (chat.render: ChatML, or the tokenizer's chat template)."""
+    prompt = chat.check_messages(obj["prompt"], f"{where}: prompt")
     out = []
     for name in ANSWERS:
         answer = chat.check_messages(obj[name], f"{where}: {name}")
         if any(m["role"] != "assistant" for m in answer):
             raise DataError(f"{where}: {name} must hold assistant messages only (the reply to the prompt)")
-        out.append(prompt + chat.render(answer))
+        out.append(chat.render(prompt + answer, tokenizer, trained_from=len(prompt)))
     return out
 
 
-def read_pairs(path: pathlib.Path) -> list[tuple[int, list[list[tuple[str, bool]]], bool]]:
+def read_pairs(path: pathlib.Path, tokenizer=None) -> list[tuple[int, list[list[tuple[str, bool]]], bool]]:
     """(line number, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair."""
     pairs = []
     for number, where, obj in json_lines(path, _EXAMPLE):
@@ -57,7 +55,7 @@ def read_pairs(path: pathlib.Path) -> list[tuple[int, list[list[tuple[str, bool]
                 "assistant replies)"
             )
         if all(isinstance(obj[k], list) for k in ("prompt", *ANSWERS)):
-            pairs.append((number, _conversation(obj, where), False))
+            pairs.append((number, _conversation(obj, where, tokenizer), False))
         elif all(isinstance(obj[k], str) for k in ("prompt", *ANSWERS)):
             pairs.append((number, [[(obj["prompt"], False), (obj[k], True)] for k in ANSWERS], True))
         else:
@@ -104,7 +102,7 @@ def load_preference_dataset(
     """The preference file `source` as train/val pairs of rows [N, 2, block_size + 1] (see module doc).
     `tokenizer` None: the characters of every prompt and answer."""
     path = source_path(source)
-    pairs = read_pairs(path)
+    pairs = read_pairs(path, tokenizer)
     n_train = train_count(path, len(pairs), val_fraction, "pair")
     if tokenizer is None:
         text = "".join(t for _, answers, _ in pairs for pieces in answers for t, _ in pieces)

@@ -93,10 +93,11 @@ def json_lines(path: pathlib.Path, example: str) -> Iterator[tuple[int, str, Any
         yield number, where, obj
 
 
-def _read(path: pathlib.Path) -> list[tuple[int, list[tuple[str, bool]], bool]]:
+def _read(path: pathlib.Path, tokenizer=None) -> list[tuple[int, list[tuple[str, bool]], bool]]:
     """(line number, (text, trained) pieces, whether EOS ends it) of every example in `path`: a pair is
     [(prompt, False), (completion, True)], a text [("", False), (text, True)], a conversation its ChatML
-    pieces (gptjax.data.chat.render, which end with <|im_end|>, not EOS)."""
+    pieces, or the tokenizer's chat template's (gptjax.data.chat.render: they end with the turn's end
+    marker, not EOS)."""
     examples = []
     for number, where, obj in json_lines(path, _EXAMPLE):
         if not isinstance(obj, dict):
@@ -107,7 +108,7 @@ def _read(path: pathlib.Path) -> list[tuple[int, list[tuple[str, bool]], bool]]:
                 raise DataError(
                     f"{where}: nothing to train on: no assistant message; add one or drop the line"
                 )
-            examples.append((number, chat.render(messages), False))
+            examples.append((number, chat.render(messages, tokenizer), False))
             continue
         if "prompt" not in obj and "completion" not in obj and isinstance(obj.get("text"), str):
             examples.append((number, [("", False), (obj["text"], True)], True))
@@ -254,7 +255,7 @@ def load_sft_dataset(
     `tokenizer` None: the characters of every prompt and completion.
     """
     path = source_path(source)
-    examples = _read(path)
+    examples = _read(path, tokenizer)
     n_train = train_count(path, len(examples), val_fraction, "example")
     if tokenizer is None:
         text = "".join(text for _, pieces, _ in examples for text, _ in pieces)

@@ -77,7 +77,7 @@ def tokenizer_from_json(d: dict) -> CharTokenizer | ByteTokenizer | GPT2Tokenize
     if kind == "gpt2":
         return GPT2Tokenizer.from_json(d)
     if kind == "hf":
-        return HFTokenizer(d["tokenizer"])
+        return HFTokenizer.from_json(d)
     if kind == "palette":
         return PaletteTokenizer.from_json(d)
     raise DataError(

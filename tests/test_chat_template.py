@@ -1,0 +1,170 @@
+"""A Hugging Face model's own chat template and special tokens (gptjax.hf_tokenizer.read_hf_specials,
+gptjax.data.chat with a template): conversations are written, tokenized and trained as transformers'
+apply_chat_template writes them, served chats use the template and stop at the model's end tokens, and
+export keeps the template."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gptjax.data import DataError, HFTokenizer, chat, tokenizer_from_json
+from gptjax.data.sft import load_sft_dataset
+from gptjax.hf_tokenizer import pick_tokenizer, read_hf_specials, save_hf_tokenizer
+from gptjax.model import GPT, GPTConfig
+
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+# Llama 3 Instruct's layout, written here: a header per message, <|eot_id|> after each.
+TEMPLATE = (
+    "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('a conversation starts with a user or"
+    " system message') }}{% endif %}"
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>"
+    "\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "hello there"},
+    {"role": "assistant", "content": "hi"},
+    {"role": "user", "content": "the weather?"},
+    {"role": "assistant", "content": "sunny, warm"},
+]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """An HF model directory as a Llama 3 Instruct's lays its tokenizer out: tokenizer.json with the
+    special tokens, tokenizer_config.json with the template and <|eot_id|> as eos, config.json and
+    generation_config.json naming both end tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    directory = tmp_path_factory.mktemp("hf")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["hello there, the weather is sunny and warm; be brief"] * 20, trainer)
+    tok.save(str(directory / "tokenizer.json"))
+    ids = {t: tok.token_to_id(t) for t in SPECIALS}
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "chat_template": TEMPLATE,
+            }
+        )
+    )
+    ends = [ids["<|end_of_text|>"], ids["<|eot_id|>"]]
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": ids["<|begin_of_text|>"],
+                "eos_token_id": ends[0],
+                "vocab_size": tok.get_vocab_size(),
+            }
+        )
+    )
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": ends}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tok(hf_dir):
+    vocab_size = json.loads((hf_dir / "config.json").read_text())["vocab_size"]
+    return pick_tokenizer("auto", vocab_size, hf_dir)
+
+
+def hf_tokenizer(directory):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
+def test_the_directorys_special_tokens_and_template_are_read(hf_dir, tok):
+    specials = read_hf_specials(hf_dir)
+    assert specials == {
+        "eos": "<|eot_id|>",
+        "bos": "<|begin_of_text|>",
+        "chat_template": TEMPLATE,
+        "end_tokens": ("<|end_of_text|>", "<|eot_id|>"),
+    }
+    assert isinstance(tok, HFTokenizer) and tok.decode([tok.eos_id]) == "<|eot_id|>"
+    assert tok.decode([tok.bos_id]) == "<|begin_of_text|>"
+    assert tok.end_tokens == ("<|eot_id|>", "<|end_of_text|>")
+    again = tokenizer_from_json(json.loads(json.dumps(tok.to_json())))  # as a checkpoint stores it
+    assert again.to_json() == tok.to_json() and again.chat_template == TEMPLATE
+    old = tokenizer_from_json({"kind": "hf", "tokenizer": tok.to_json()["tokenizer"]})  # saved before
+    assert old.chat_template is None and old.eos_token is None  # this BPE has no <|endoftext|>
+
+
+def test_conversations_are_written_and_tokenized_as_transformers_does(hf_dir, tok):
+    hf = hf_tokenizer(hf_dir)
+    for messages in (CONVERSATION[:2], CONVERSATION[:4]):
+        want = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert chat.generation_prompt(messages, tok) == want
+        want_ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        want_ids = want_ids["input_ids"] if hasattr(want_ids, "keys") else want_ids  # transformers 5
+        assert tok.encode(chat.generation_prompt(messages, tok)) == list(want_ids)
+    assert chat.stops(tok) == ["<|eot_id|>", "<|end_of_text|>"]
+
+    pieces = chat.render(CONVERSATION, tok)
+    assert "".join(t for t, _ in pieces) == hf.apply_chat_template(CONVERSATION, tokenize=False)
+    assert [t for t, trained in pieces if trained] == ["hi<|eot_id|>", "sunny, warm<|eot_id|>"]
+    later = chat.render(CONVERSATION, tok, trained_from=3)  # a preference pair's prompt: read only
+    assert [t for t, trained in later if trained] == ["sunny, warm<|eot_id|>"]
+
+
+def test_fine_tuning_rows_train_on_the_answers_of_the_template(tmp_path, tok):
+    source = tmp_path / "chat.jsonl"
+    source.write_text(
+        json.dumps({"messages": CONVERSATION}) + "\n" + json.dumps({"messages": CONVERSATION[:3]})
+    )
+    rows = load_sft_dataset(str(source), block_size=127, val_fraction=0.5, tokenizer=tok).train
+    (row,) = rows
+    trained = row[row >= 0]
+    assert tok.decode(trained) == "hi<|eot_id|>sunny, warm<|eot_id|>"
+    assert row[0] == -tok.bos_id - 1  # the row starts with the template's BOS, read only
+
+
+def test_template_errors_are_one_line(tok):
+    with pytest.raises(DataError, match="refused the conversation: a conversation starts with a user") as e:
+        chat.generation_prompt([{"role": "assistant", "content": "hi"}], tok)
+    assert "\n" not in str(e.value)
+    counting = "{{ messages | length }}:{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    shifty = HFTokenizer(tok.to_json()["tokenizer"], "<|eot_id|>", None, counting)
+    with pytest.raises(DataError, match="writes the conversation up to message 2 differently once more"):
+        chat.render(CONVERSATION, shifty)
+
+
+def test_a_served_chat_uses_the_template_and_stops_at_the_end_tokens(tok):
+    from gptjax.serve import Served
+    from gptjax.serve_completions import chat_completions
+
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=16)
+    params = GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    served = Served(model=(params, cfg, tok, {}), name="tiny")
+    out = chat_completions(served, {"messages": CONVERSATION[:2], "max_tokens": 4, "temperature": 0})
+    prompt = chat.generation_prompt(CONVERSATION[:2], tok)
+    assert out["usage"]["prompt_tokens"] == len(tok.encode(prompt))
+    # Greedy decoding of the same prompt, cut at the first end token: what the chat returns.
+    from gptjax.sample import complete
+
+    (got,) = complete((params, cfg, tok, {}), [prompt], max_new_tokens=4, do_sample=False)
+    text = got.text
+    for end in ("<|eot_id|>", "<|end_of_text|>"):
+        text = text.split(end)[0]
+    assert out["choices"][0]["message"]["content"] == text
+
+
+def test_export_keeps_the_template_for_apply_chat_template(tmp_path, tok):
+    save_hf_tokenizer(tmp_path, tok, model_max_length=96)
+    hf = hf_tokenizer(tmp_path)
+    want = hf.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
+    assert chat.generation_prompt(CONVERSATION[:2], tok) == want
+    assert hf.eos_token == "<|eot_id|>" and hf.bos_token == "<|begin_of_text|>"
+    assert np.array_equal(hf.encode("hello there", add_special_tokens=False), tok.encode("hello there"))
