@@ -346,6 +346,20 @@ def merged_options(saved: dict, tokenizer: Any, **options: Any) -> GenerateOptio
     return GenerateOptions(**options)
 
 
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """A prompt's token ids as HF's tokenizer(prompt) gives them: BOS first for a tokenizer that adds it
+    (a Llama's: HFTokenizer.with_bos); an empty prompt starts from the BOS (else EOS) token."""
+    ids = tokenizer.encode(prompt)
+    if hasattr(tokenizer, "with_bos"):
+        ids = tokenizer.with_bos(ids)
+    if not ids:
+        start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if start is None:
+            raise ValueError("the prompt is empty and the tokenizer has no BOS/EOS token to start from")
+        ids = [start]
+    return ids
+
+
 def complete(
     model: Any,
     prompts: str | Sequence[str],
@@ -365,14 +379,7 @@ def complete(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     opts = merged_options(saved, tokenizer, **options)
 
-    ids = []
-    for p in prompts:
-        ids.append(tokenizer.encode(p))
-        if not ids[-1]:
-            start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-            if start is None:
-                raise ValueError("the prompt is empty and the tokenizer has no BOS/EOS token to start from")
-            ids[-1] = [start]
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
     eos = set(opts.eos_token_id or ())
 
     def until_eos(new: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -102,7 +102,8 @@ def _logprobs(served: Served, prompt_ids: list[int], c: sample.Completion, k: in
     otherwise (no echo, k = 0) the log-probabilities decoding kept are used."""
     params, cfg, tok = served.model[:3]
     ids = [*prompt_ids, *map(int, c.token_ids)]
-    first = (0 if c.prompt else 1) if echo else len(prompt_ids)  # an empty prompt starts from a BOS token
+    # Echoed, the prompt's own tokens: after a BOS that the tokenizer adds or an empty prompt starts with.
+    first = len(prompt_ids) - len(tok.encode(c.prompt)) if echo else len(prompt_ids)
     tokens = [tok.decode([t]) for t in ids[first:]]
     offsets = list(np.cumsum([0, *map(len, tokens[:-1])]) + (0 if echo else len(c.prompt))) if tokens else []
     out = {
@@ -151,11 +152,6 @@ def _assisted(served: Served, ids: list[list[int]], opts: sample.GenerateOptions
     return {"assistant": served.assistant, "num_assistant_tokens": served.num_assistant_tokens}
 
 
-def _prompt_ids(tok: Any, prompt: str) -> list[int]:
-    """The prompt's token ids; an empty prompt starts from the tokenizer's BOS (else EOS) token."""
-    return tok.encode(prompt) or [tok.bos_id if tok.bos_id is not None else tok.eos_id]
-
-
 def _stream_choices(served: Served, prompts: list[str], options: dict, echo: bool, piece) -> None:
     """Streams every choice a token at a time: `piece(index, text)` for each new piece of its text, then
     `piece(index, "", finish_reason)`. Prompt p's j-th sample is choice p * n + j, as unstreamed.
@@ -201,7 +197,7 @@ def _stream_choices(served: Served, prompts: list[str], options: dict, echo: boo
                     finish(i, text, "stop")
         return all(finished)
 
-    ids = [_prompt_ids(tok, p) for p in prompts]
+    ids = [sample.prompt_ids(tok, p) for p in prompts]
     with served.lock:
         assisted = _assisted(served, ids, opts, stream=True)
         generated = sample.generate_ids(params, cfg, ids, opts, on_chunk=on_chunk, chunk=1, **assisted)
@@ -242,16 +238,16 @@ def completions(served: Served, body: dict, write_event=None) -> dict | None:
             assisted = {}
             if served.assistant is not None:
                 opts = sample.merged_options(served.model[3], tok, **options)
-                assisted = _assisted(served, [_prompt_ids(tok, p) for p in prompts], opts, stream=False)
+                assisted = _assisted(served, [sample.prompt_ids(tok, p) for p in prompts], opts, stream=False)
             done = sample.complete(served.model, prompts, **options, **assisted)
         choices = []
         for i, c in enumerate(done):
             choice = {"text": (c.prompt if echo else "") + c.text, "index": i, "logprobs": None}
             if logprobs is not None:
-                choice["logprobs"] = _logprobs(served, _prompt_ids(tok, c.prompt), c, logprobs, echo)
+                choice["logprobs"] = _logprobs(served, sample.prompt_ids(tok, c.prompt), c, logprobs, echo)
             reason = "length" if c.options is None else _finish_reason(c, tok)
             choices.append({**choice, "finish_reason": reason})
-    prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
+    prompt_tokens = sum(len(sample.prompt_ids(tok, p)) for p in prompts)
     completion_tokens = sum(len(c.token_ids) for c in done)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     return {**head, "choices": choices, "usage": {**usage, "total_tokens": prompt_tokens + completion_tokens}}

@@ -118,6 +118,54 @@ def test_a_llama_directory_becomes_a_workdir_that_samples(tmp_path):
     assert list(got.token_ids) == want.tolist()
 
 
+def test_a_tokenizer_that_starts_texts_with_bos_prompts_and_trains_as_hf_does(tmp_path):
+    """A Llama 2-style tokenizer.json whose post-processor puts <s> before every text: the workdir's
+    prompts get it as HF's tokenizer(prompt) does (greedy text as HF generate() gives from those ids), an
+    empty prompt is <s> alone, and a fine-tuning example starts with it, read only."""
+    import json
+
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from gptjax import sample
+    from gptjax.data.sft import load_sft_dataset
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=60, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["hello world, the quick brown fox"] * 10, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    model = make_llama(
+        tmp_path / "hf",
+        vocab_size=tok.get_vocab_size(),
+        bos_token_id=0,
+        eos_token_id=1,
+        max_position_embeddings=32,
+    )
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    convert.hf_to_workdir(str(tmp_path / "hf"), tmp_path / "w")
+    mine = sample.load(str(tmp_path / "w"))[2]
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    assert mine.adds_bos and mine.decode([mine.bos_id]) == "<s>" and mine.decode([mine.eos_id]) == "</s>"
+    ids = hf_tok("hello world").input_ids
+    assert sample.prompt_ids(mine, "hello world") == ids and ids[0] == 0
+    assert sample.prompt_ids(mine, "") == [0]
+    (got,) = sample.complete(str(tmp_path / "w"), "hello world", max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        want = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[0, len(ids) :]
+    want = want.tolist()[: want.tolist().index(1)] if 1 in want.tolist() else want.tolist()  # up to </s>
+    assert list(got.token_ids) == want
+
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("\n".join(json.dumps({"prompt": "hello", "completion": " world"}) for _ in range(2)))
+    row = load_sft_dataset(str(source), block_size=15, val_fraction=0.5, tokenizer=mine).train[0]
+    first_trained = int((row >= 0).argmax())
+    assert row[0] == -1 and mine.decode(-row[1:first_trained] - 1) == "hello"  # <s> (id 0) read, masked
+
+
 def test_a_llama_exports_exactly_and_transformers_loads_it(tmp_path):
     """load_hf -> save_hf of a Llama writes the same weights LlamaForCausalLM loads, and the same config
     back; a Llama-shaped gptjax model trained here (scanned layers) exports with its own logits."""

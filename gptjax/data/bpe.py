@@ -183,7 +183,9 @@ class HFTokenizer:
     gptjax.hf_tokenizer reads a model directory's), `end_tokens` every token that ends a reply (HF's
     eos_token_id list, e.g. Llama 3 Instruct's <|eot_id|> beside <|end_of_text|>), and `chat_template`
     the model's Jinja chat template (HF's tokenizer_config.json), which gptjax.data.chat then writes
-    conversations with instead of ChatML."""
+    conversations with instead of ChatML. `adds_bos`: the tokenizer's own post-processor starts a text
+    with BOS (a Llama's), as HF's tokenizer(text) does: `with_bos` does the same for prompts and
+    fine-tuning examples, while `encode` gives the text's tokens alone."""
 
     kind = "hf"
 
@@ -205,6 +207,7 @@ class HFTokenizer:
         bos_id = self._tok.token_to_id(bos) if bos else None
         self.bos_id = bos_id if bos_id is not None else self.eos_id
         self.bos_token = bos if bos_id is not None else self.eos_token
+        self.adds_bos = bos_id is not None and self._tok.encode("a").ids[:1] == [bos_id]
         known = [t for t in end_tokens if self._tok.token_to_id(t) is not None]
         self.end_tokens = tuple(dict.fromkeys([*([self.eos_token] if self.eos_token else []), *known]))
         self.chat_template = chat_template
@@ -214,6 +217,11 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode(_check_ids(ids, self.vocab_size), skip_special_tokens=False)
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """`ids` of a text's start, with BOS before them when the tokenizer adds one (`adds_bos`) and they
+        do not start with it already (a chat template writes its own)."""
+        return [self.bos_id, *ids] if self.adds_bos and ids[:1] != [self.bos_id] else list(ids)
 
     def to_json(self) -> dict:
         out = {"kind": self.kind, "tokenizer": self._json, "eos": self.eos_token, "bos": self.bos_token}

@@ -21,7 +21,16 @@ import warnings
 import numpy as np
 
 from gptjax.data import chat
-from gptjax.data.sft import _encode, _example, decode_rows, json_lines, pad, source_path, train_count
+from gptjax.data.sft import (
+    _encode,
+    _example,
+    decode_rows,
+    json_lines,
+    pad,
+    source_path,
+    train_count,
+    with_bos,
+)
 from gptjax.data.sources import DataError
 from gptjax.data.tokenizers import CharTokenizer
 from gptjax.data.tokens import _SPLIT_CODES, Dataset
@@ -76,6 +85,7 @@ def _rows(path: pathlib.Path, pairs, tokenizer, length: int) -> np.ndarray:
         where = f"{path}:{number}"
         for pieces in answers:
             ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
+            ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
             if ends_with_eos:
                 ids[-1] = (ids[-1][0] + eos, True)
             row, how = _example(ids, length)

@@ -186,6 +186,12 @@ def pack(examples: list[np.ndarray], length: int) -> np.ndarray:
     return rows
 
 
+def with_bos(tokenizer, ids: list[int]) -> list[int]:
+    """An example's first ids with BOS before them where the tokenizer adds one (a Llama's:
+    HFTokenizer.with_bos), as generation's prompts have it."""
+    return tokenizer.with_bos(ids) if hasattr(tokenizer, "with_bos") else ids
+
+
 def _encode(where: str, tokenizer, text: str) -> list[int]:
     try:
         return tokenizer.encode(text)
@@ -200,6 +206,7 @@ def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.n
     for number, pieces, ends_with_eos in examples:
         where = f"{path}:{number}"
         ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
+        ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
         if ends_with_eos:  # a pair or a text: the completion ends with EOS, so the model learns to stop
             (prompt_ids, _), (completion_ids, _) = ids
             ids[-1] = (completion_ids + eos, True)
