@@ -1,14 +1,21 @@
 """gptjax and PyTorch (nanoGPT's model) trained from the same weights on the same batches: the same losses."""
 
+import pytest
+
 from configs import tiny
 from gptjax import compare_torch
 
 
-def test_losses_agree_with_pytorch(tmp_path, data_dir, tmp_cache):
+@pytest.mark.parametrize("block", ["gpt2", "llama"])
+def test_losses_agree_with_pytorch(tmp_path, data_dir, tmp_cache, block):
+    """GPT-2's block (as shakespeare_char), and Llama's (as llama_char: rope, grouped-query attention,
+    SwiGLU, RMS norms)."""
     import torch  # noqa: F401  (the torch extra, which make test installs: missing fails, never skips)
 
     config = tiny.get_config()
-    config.model.update(block_size=16, n_layer=2, n_head=2, n_embd=32, bias=False)  # as shakespeare_char
+    config.model.update(block_size=16, n_layer=2, n_head=2, n_embd=32, bias=False)
+    if block == "llama":
+        config.model.update(position="rope", n_kv_head=1, mlp="swiglu", norm="rms", norm_eps=1e-6)
     config.opt.update(warmup_iters=3, lr_decay_iters=10)  # the schedule's warmup and cosine both matter
     config.batch_size = 4
     config.steps_per_call = 5

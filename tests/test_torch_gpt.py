@@ -23,10 +23,36 @@ def torch():
     return torch
 
 
+LLAMA = dict(position="rope", n_kv_head=1, mlp="swiglu", norm="rms", bias=False, norm_eps=1e-6)
+LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  # some frequencies scaled
+
+
 @pytest.mark.parametrize(
     "change",
-    [{}, {"bias": False}, {"gelu": "exact"}, {"tie_embeddings": False}, {"vocab_multiple": 8, "bias": False}],
-    ids=["gpt2", "no_bias", "exact_gelu", "untied", "padded_vocab"],
+    [
+        {},
+        {"bias": False},
+        {"gelu": "exact"},
+        {"tie_embeddings": False},
+        {"vocab_multiple": 8, "bias": False},
+        {"position": "sinusoidal"},
+        {"norm": "rms", "norm_eps": 1e-6},
+        LLAMA,
+        {**LLAMA, **LLAMA3, "tie_embeddings": False, "rope_theta": 500.0},
+        {**LLAMA, "scan_layers": True, "n_inner": 40},
+    ],
+    ids=[
+        "gpt2",
+        "no_bias",
+        "exact_gelu",
+        "untied",
+        "padded_vocab",
+        "sinusoidal",
+        "rms",
+        "llama",
+        "llama3",
+        "scan",
+    ],
 )
 def test_logits_and_loss_equal_gptjax(torch, tiny_cfg, change):
     from gptjax import torch_gpt
@@ -61,9 +87,7 @@ def test_nanogpt_initialisation(torch):
     for name in ("transformer.h.3.attn.c_proj.weight", "transformer.h.1.mlp.c_proj.weight"):
         assert float(params[name].std()) == pytest.approx(residual, rel=0.05), name
     assert float(params["transformer.h.2.attn.c_attn.bias"].abs().max()) == 0.0
-    with pytest.raises(ValueError, match="learned positions only"):
-        torch_gpt.GPT(dataclasses.replace(cfg, position="sinusoidal"))
-    for change in (dict(norm="rms"), dict(gelu="quick"), dict(output_vocab=cfg.vocab_size - 1)):
+    for change in (dict(gelu="quick"), dict(output_vocab=cfg.vocab_size - 1), dict(lora_rank=2)):
         with pytest.raises(ValueError, match="the PyTorch GPT is nanoGPT's"):
             torch_gpt.GPT(dataclasses.replace(cfg, **change))
 
