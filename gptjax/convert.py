@@ -490,16 +490,22 @@ def save_checkpoint(
         ckpt.close()
 
 
+def load_hf_model(name: str | pathlib.Path, tokenizer: Any = "auto") -> tuple[Any, GPTConfig, Any]:
+    """(params, GPTConfig, tokenizer) of an HF directory or Hub id (resolve_hf_dir), as a workdir's
+    checkpoint gives them: gptjax.sample.load reads an HF directory so, without converting it."""
+    hf_dir = resolve_hf_dir(str(name))
+    params, cfg = load_hf(hf_dir)
+    return params, cfg, pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir)
+
+
 def hf_to_workdir(
     hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto", adapt=None
 ) -> GPTConfig:
     """Converts an HF GPT-2 or ImageGPT directory (or Hub id) into a gptjax checkpoint in `workdir`;
     `adapt(params, cfg)` changes the params first (gptjax.hf_lora merges a PEFT adapter so)."""
-    hf_dir = resolve_hf_dir(str(hf_dir))
-    params, cfg = load_hf(hf_dir)
+    params, cfg, tokenizer = load_hf_model(hf_dir, tokenizer)
     if adapt is not None:
         params = adapt(params, cfg)
-    tokenizer = pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir)
     config = image_config(cfg, tokenizer) if tokenizer.kind == "palette" else None
     save_checkpoint(workdir, params, cfg, tokenizer, config)
     return cfg

@@ -20,7 +20,9 @@ from absl import flags
 from gptjax import cli, sample
 from gptjax.data import chat
 
-flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is used).")
+flags.DEFINE_string(
+    "workdir", None, "A training workdir (its latest checkpoint is used), or an HF model directory as it is."
+)
 flags.DEFINE_multi_string(
     "prompt", None, "Text to continue (\\n etc. understood); FILE:path reads a file as it is. Repeatable."
 )

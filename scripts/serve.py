@@ -14,7 +14,9 @@ from absl import flags
 
 from gptjax import cli, serve
 
-flags.DEFINE_string("workdir", None, "A training or converted workdir (its latest checkpoint).")
+flags.DEFINE_string(
+    "workdir", None, "A training or converted workdir (its latest checkpoint), or an HF model directory."
+)
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (127.0.0.1: this machine only).")
 flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free one).", lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("assistant", None, "A draft model's workdir for assisted generation (same tokenizer).")

@@ -541,3 +541,18 @@ def test_a_peft_lora_adapter_merges_into_its_base(torch, tmp_path, rslora):
         (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(ValueError, match=message):
             hf_lora.peft_to_workdir(tmp_path / "adapter", tmp_path / "w2", tokenizer="byte")
+
+
+def test_sampling_reads_an_hf_directory_as_it_is(torch, tmp_path, data_dir):
+    """sample.load takes an HF model directory without converting it (so do scripts/sample.py and
+    scripts/serve.py): GPT-2's BPE for its 50257 ids, and greedy text as HF generate() gives."""
+    from gptjax import sample
+
+    hf = make_hf(torch, tmp_path / "hf", n_layer=1, n_head=2, n_embd=16, vocab_size=50257, n_positions=32)
+    params, cfg, tok, saved = sample.load(str(tmp_path / "hf"))
+    assert isinstance(tok, GPT2Tokenizer) and cfg.block_size == 32 and saved == {}
+    (got,) = sample.complete(str(tmp_path / "hf"), "Hello, I am", max_new_tokens=5, do_sample=False)
+    ids = tok.encode("Hello, I am")
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0, len(ids) :]
+    assert list(got.token_ids) == want.tolist()
