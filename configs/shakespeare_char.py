@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.n_embd = 384
     c.model.dropout = 0.2  # the model is small and the data is 1 MB: it overfits without dropout
     c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
+    c.model.qkv_bias = False  # biases on the attention's q, k and v even with bias=False (Qwen2's)
     c.model.position = "learned"  # "learned" (GPT-2), "sinusoidal" or "rope" (rotary, in every layer)
     c.model.rope_theta = 10000.0  # position="rope": the base of its angles (RoFormer's, Llama 2's)
     c.model.rope_scaling = "none"  # or "linear", "llama3" (Llama 3.1/3.2): slower angles, longer context

@@ -55,6 +55,7 @@ class CausalSelfAttention(nn.Module):
     rope_theta: float | None = None  # rotary positions (gptjax.layers.rope) on q and k; None: none
     rope_scaling: RopeScaling | None = None  # their frequencies slowed for a longer context; None: as is
     n_kv_head: int = 0  # K key/value heads, dividing n_head (grouped-query attention); 0: n_head
+    qkv_bias: bool = False  # c_attn (q, k and v) has a bias even without use_bias (Qwen2)
 
     @nn.compact
     def __call__(
@@ -80,10 +81,12 @@ class CausalSelfAttention(nn.Module):
             gpu = jax.default_backend() == "gpu" and not masked
             implementation = "cudnn" if half and gpu else "xla"
         sizes = (N * H, K * H, K * H)  # q | k | v
+        qkv_bias = self.use_bias or self.qkv_bias
         if implementation == "cudnn":  # q, k, v as three matmuls: cuDNN reads each in place
-            q, k, v = self._dense(sum(sizes), normal_init(), "c_attn", splits=sizes)(x_BTD, deterministic)
+            c_attn = self._dense(sum(sizes), qkv_bias, normal_init(), "c_attn", splits=sizes)
+            q, k, v = c_attn(x_BTD, deterministic)
         else:
-            qkv = self._dense(sum(sizes), normal_init(), "c_attn")(x_BTD, deterministic)
+            qkv = self._dense(sum(sizes), qkv_bias, normal_init(), "c_attn")(x_BTD, deterministic)
             q, k, v = jnp.split(qkv, np.cumsum(sizes)[:-1], axis=-1)
         q_BTNH = q.reshape(B, T, N, H)
         k_BTKH = k.reshape(B, T, K, H)
@@ -163,10 +166,12 @@ class CausalSelfAttention(nn.Module):
             new_cache = _write(cache, k_BKHT, v_BKTH, end + after)
         return self._project(out_BTNH, deterministic), new_cache
 
-    def _dense(self, features: int, init, name: str, splits: int | tuple[int, ...] = 1) -> Dense:
+    def _dense(
+        self, features: int, use_bias: bool, init, name: str, splits: int | tuple[int, ...] = 1
+    ) -> Dense:
         return Dense(
             features,
-            self.use_bias,
+            use_bias,
             init,
             self.dtype,
             self.param_dtype,
@@ -178,6 +183,6 @@ class CausalSelfAttention(nn.Module):
 
     def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:
         B, T, N, H = out_BTNH.shape
-        c_proj = self._dense(N * H, residual_init(self.n_layer), "c_proj")
+        c_proj = self._dense(N * H, self.use_bias, residual_init(self.n_layer), "c_proj")
         out_BTD = c_proj(out_BTNH.reshape(B, T, N * H), deterministic)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

@@ -1,5 +1,6 @@
 """GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
-Llama-family models go both ways through gptjax.llama (Mistral in only: it exports as the Llama it is).
+Llama-family models (Llama, Qwen2) go both ways through gptjax.llama (Mistral in only: it exports as the
+Llama it is).
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -67,8 +68,8 @@ VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # attention kernel, remat and scan_layers are free, and so are rope_theta and the rope_scaling fields:
 # fine-tuning with a larger base or a scaling is how a rope model's context is extended.
 SAME_MODEL_FIELDS = (
-    "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "position", "tie_embeddings", "gelu",
-    "mlp", "n_inner", "norm", "norm_eps", "output_vocab", "kernel_layout",
+    "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "qkv_bias", "position",
+    "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab", "kernel_layout",
 )  # fmt: skip
 # What a Hub download fetches: the config and the weights (safetensors, maybe sharded).
 HUB_FILES = [
@@ -160,7 +161,7 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
 def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
     """config.json of an HF model equal to `cfg`: a GPT2LMHeadModel, for norm="rms" an
     ImageGPTForCausalImageModeling (bias=False exports as zero biases), or a LlamaForCausalLM for a
-    Llama's shape (gptjax.llama.is_llama)."""
+    Llama's shape (gptjax.llama.is_llama; with qkv_bias a Qwen2ForCausalLM)."""
     if is_llama(cfg):
         return llama_config(cfg, tokenizer)
     if cfg.position != "learned":

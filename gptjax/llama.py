@@ -1,13 +1,16 @@
-"""Llama-family weights from Hugging Face (LlamaForCausalLM: Llama 2 and 3.x, TinyLlama, SmolLM; and
-MistralForCausalLM) into gptjax.
+"""Llama-family weights from Hugging Face (LlamaForCausalLM: Llama 2 and 3.x, TinyLlama, SmolLM;
+MistralForCausalLM; Qwen2ForCausalLM: Qwen2, Qwen2.5) into gptjax.
 
 A Llama is a gptjax GPT with position="rope" (rope_theta, and Llama 3.1/3.2's "llama3" or the "linear"
 rope scaling), n_kv_head (num_key_value_heads), mlp="swiglu" (intermediate_size), norm="rms"
 (rms_norm_eps) and no biases. HF's nn.Linear weights are [out, in]: they are transposed into Dense
 kernels, and q_proj | k_proj | v_proj become c_attn's columns (rotary embeddings in HF's rotate_half
 layout, as gptjax.layers.rope's). A Mistral has the same weights; its sliding-window attention is plain
-causal attention over up to sliding_window tokens, so it imports with that context. gptjax.convert reads
-these directories through here, and exports a model of that shape (`is_llama`) as a Llama.
+causal attention over up to sliding_window tokens, so it imports with that context. A Qwen2 is a Llama
+with biases on q_proj, k_proj and v_proj (GPTConfig.qkv_bias: c_attn's bias, columns q | k | v as its
+kernel's); its sliding window is off unless use_sliding_window, which gptjax refuses (the window covers
+some layers only). gptjax.convert reads these directories through here, and exports a model of that shape
+(`is_llama`) as a Llama, or with qkv_bias as a Qwen2.
 """
 
 from typing import Any
@@ -17,8 +20,9 @@ import numpy as np
 from gptjax.layers import default_mlp_width
 from gptjax.model import GPTConfig, stack_layers
 
-# HF model_types read here: Mistral has Llama's weight names and shapes.
-LLAMA_TYPES = ("llama", "mistral")
+# HF model_types read here: Mistral has Llama's weight names and shapes, Qwen2 (Qwen2, Qwen2.5) those plus
+# q, k and v biases.
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "partial_rotary_factor": 1.0}
 # HF rope_type -> GPTConfig.rope_scaling (gptjax.layers.RopeScaling computes them as HF does).
@@ -26,7 +30,14 @@ ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
 
 
 def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
-    """The GPTConfig of an HF Llama config.json; a one-line error for what gptjax cannot compute."""
+    """The GPTConfig of an HF Llama (Mistral, Qwen2) config.json; a one-line error for what gptjax cannot
+    compute."""
+    qwen2 = hf.get("model_type") == "qwen2"
+    if qwen2 and hf.get("use_sliding_window"):
+        raise ValueError(
+            "use_sliding_window=True is not supported: Qwen2's window covers only the layers from "
+            "max_window_layers on, and gptjax attends alike in every layer; gptjax needs False"
+        )
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported; gptjax's SwiGLU uses silu")
     for name, nothing in UNSUPPORTED.items():
@@ -39,8 +50,10 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         )
     K = hf.get("num_key_value_heads") or N
     F = hf["intermediate_size"]
-    # A Mistral's queries see the last sliding_window keys: all of them while there are no more.
-    context = min(hf["max_position_embeddings"], hf.get("sliding_window") or hf["max_position_embeddings"])
+    # A Mistral's queries see the last sliding_window keys: all of them while there are no more. A Qwen2's
+    # sliding_window is ignored (by HF too) without use_sliding_window.
+    window = None if qwen2 else hf.get("sliding_window")
+    context = min(hf["max_position_embeddings"], window or hf["max_position_embeddings"])
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=context,
@@ -50,6 +63,7 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         n_embd=D,
         dropout=0.0,
         bias=False,
+        qkv_bias=qwen2,
         position="rope",
         **rope_from_llama(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -95,8 +109,9 @@ def _rope_value(rope: dict[str, Any], kind: str, key: str) -> Any:
 
 
 def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, Any]:
-    """gptjax params of `cfg` from an HF Llama's weights; checks every name and shape, and that none is
-    left over. Token rows are padded with zeros to cfg.padded_vocab; layers stacked for scan_layers."""
+    """gptjax params of `cfg` from an HF Llama's (Qwen2's: with qkv_bias) weights; checks every name and
+    shape, and that none is left over. Token rows are padded with zeros to cfg.padded_vocab; layers stacked
+    for scan_layers."""
     weights = {k: v for k, v in weights.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer
     D, N, K, H, F = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.mlp_width
 
@@ -114,13 +129,17 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
     }
     for i in range(cfg.n_layer):
         hf = f"model.layers.{i}"
-        q, k, v = (
-            take(f"{hf}.self_attn.{n}_proj.weight", (m * H, D)) for n, m in (("q", N), ("k", K), ("v", K))
-        )
+        heads = (("q", N), ("k", K), ("v", K))
+        q, k, v = (take(f"{hf}.self_attn.{n}_proj.weight", (m * H, D)) for n, m in heads)
+        c_attn = {"kernel": np.concatenate([q.T, k.T, v.T], axis=1)}
+        if cfg.qkv_bias:  # a Qwen2's
+            c_attn["bias"] = np.concatenate(
+                [take(f"{hf}.self_attn.{n}_proj.bias", (m * H,)) for n, m in heads]
+            )
         params[f"h_{i}"] = {
             "ln_1": {"scale": take(f"{hf}.input_layernorm.weight", (D,))},
             "attn": {
-                "c_attn": {"kernel": np.concatenate([q.T, k.T, v.T], axis=1)},
+                "c_attn": c_attn,
                 "c_proj": {"kernel": take(f"{hf}.self_attn.o_proj.weight", (D, N * H)).T},
             },
             "ln_2": {"scale": take(f"{hf}.post_attention_layernorm.weight", (D,))},
@@ -145,13 +164,15 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
 
 
 def is_llama(cfg: GPTConfig) -> bool:
-    """Whether `cfg` is a Llama's shape (and so exports as LlamaForCausalLM)."""
+    """Whether `cfg` is a Llama's shape (and so exports as LlamaForCausalLM; with qkv_bias as
+    Qwen2ForCausalLM)."""
     return (cfg.position, cfg.mlp, cfg.norm, cfg.bias) == ("rope", "swiglu", "rms", False)
 
 
 def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama); the rope parameters both as
-    transformers 5 reads them (rope_parameters) and as older versions do (rope_theta, rope_scaling)."""
+    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama), with qkv_bias a Qwen2ForCausalLM's;
+    the rope parameters both as transformers 5 reads them (rope_parameters) and as older versions do
+    (rope_theta, rope_scaling)."""
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling != "none":
         rope.update(rope_type=cfg.rope_scaling, factor=cfg.rope_factor)
@@ -162,7 +183,7 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
             original_max_position_embeddings=cfg.rope_original_context,
         )
     scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling != "none" else None
-    return {
+    config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
@@ -185,10 +206,20 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "eos_token_id": getattr(tokenizer, "eos_id", None),
         "torch_dtype": "float32",
     }
+    if cfg.qkv_bias:  # Qwen2's biases are on q, k and v only, where a Llama's attention_bias adds o_proj's
+        del config["attention_bias"], config["mlp_bias"]
+        config.update(
+            architectures=["Qwen2ForCausalLM"],
+            model_type="qwen2",
+            use_sliding_window=False,
+            sliding_window=None,
+        )
+    return config
 
 
 def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
-    """HF Llama weights (name -> float32 array) of per-layer gptjax params; params_from_llama's inverse."""
+    """HF Llama (Qwen2) weights (name -> float32 array) of per-layer gptjax params; params_from_llama's
+    inverse."""
     N, K, H, V = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.vocab_size
     f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))  # noqa: E731
     out = {"model.embed_tokens.weight": f32(params["wte"]["embedding"][:V])}
@@ -208,6 +239,9 @@ def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
                 f"{hf}.mlp.down_proj.weight": f32(layer["mlp"]["proj"]["kernel"].T),
             }
         )
+        if cfg.qkv_bias:
+            q, k, v = np.split(np.asarray(layer["attn"]["c_attn"]["bias"]), [N * H, (N + K) * H])
+            out.update({f"{hf}.self_attn.{n}_proj.bias": f32(b) for n, b in (("q", q), ("k", k), ("v", v))})
     out["model.norm.weight"] = f32(params["ln_f"]["scale"])
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = f32(params["lm_head"][:V])

@@ -72,6 +72,9 @@ class GPTConfig:
     n_embd: int = 768  # D; head dim H = D / N
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     bias: bool = True  # biases in Dense layers and LayerNorms (GPT-2: True)
+    # Biases on the attention's query/key/value projection (c_attn) even when bias=False (Qwen2); with
+    # bias=True c_attn has one anyway.
+    qkv_bias: bool = False
     # "learned" (GPT-2) or "sinusoidal" (a fixed table) added to the embeddings, or "rope": q and k rotated
     # in every attention layer (GPT-NeoX, Llama; gptjax.layers.rope), by angles position * rope_theta^(-2i/H)
     position: str = "learned"
@@ -297,6 +300,7 @@ class Block(nn.Module):
             n_embd=c.n_embd,
             n_layer=c.n_layer,
             use_bias=c.bias,
+            qkv_bias=c.qkv_bias,
             dropout=c.dropout,
             implementation=c.attention,
             out_in=c.kernel_layout == "out_in",

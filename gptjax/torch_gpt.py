@@ -2,13 +2,14 @@
 the model of scripts/torch_reference.py.
 
 The same function as gptjax.model.GPT: pre-norm blocks (LayerNorm with or without biases, or RMSNorm;
-norm_eps), a fused QKV projection into torch's scaled_dot_product_attention (causal, flash kernels where
-torch has them; fewer key/value heads for n_kv_head), a GELU MLP (exact or tanh) or SwiGLU, final norm,
-tied or separate LM head; positions learned, sinusoidal, or rotary on queries and keys (rope_theta and
-its scaling, gptjax.layers.rope_inv_freq's frequencies). Modules are built in nanoGPT's order, so a seed
-draws nanoGPT's initial weights for its model, and `init_weights` is nanoGPT's (normal 0.02, residual
-projections 0.02 / sqrt(2 n_layer)). Parameter names are HF GPT-2's with nn.Linear's [out, in] weights,
-as nanoGPT's (SwiGLU's third matrix is mlp.gate). Needs the `torch` extra.
+norm_eps), a fused QKV projection (Qwen2's qkv_bias too) into torch's scaled_dot_product_attention
+(causal, flash kernels where torch has them; fewer key/value heads for n_kv_head), a GELU MLP (exact or
+tanh) or SwiGLU, final norm, tied or separate LM head; positions learned, sinusoidal, or rotary on
+queries and keys (rope_theta and its scaling, gptjax.layers.rope_inv_freq's frequencies). Modules are
+built in nanoGPT's order, so a seed draws nanoGPT's initial weights for its model, and `init_weights` is
+nanoGPT's (normal 0.02, residual projections 0.02 / sqrt(2 n_layer)). Parameter names are HF GPT-2's
+with nn.Linear's [out, in] weights, as nanoGPT's (SwiGLU's third matrix is mlp.gate). Needs the `torch`
+extra.
 """
 
 import math
@@ -44,7 +45,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         D, N, K, H = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.heads, self.dropout = (N, K, H), cfg.dropout
-        self.c_attn = nn.Linear(D, (N + 2 * K) * H, bias=cfg.bias)
+        self.c_attn = nn.Linear(D, (N + 2 * K) * H, bias=cfg.bias or cfg.qkv_bias)
         self.c_proj = nn.Linear(N * H, D, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         inv_freq = rope_inv_freq(H, cfg.rope_theta, cfg.scaled_rope) if cfg.position == "rope" else None

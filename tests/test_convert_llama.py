@@ -1,7 +1,9 @@
 """gptjax.llama: HF Llama checkpoints (rope, grouped-query attention, SwiGLU, RMS norms) import with the
-logits PyTorch gives; so do Llama 3.1's scaled rope ("llama3", and "linear") and Mistral's."""
+logits PyTorch gives; so do Llama 3.1's scaled rope ("llama3", and "linear"), Mistral's, and Qwen2's (a
+Llama with q, k and v biases), which also exports as itself."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -23,8 +25,8 @@ TINY = dict(
 
 
 def make_llama(directory, family="Llama", **overrides):
-    """A random tiny HF LlamaForCausalLM (`family`="Mistral": MistralForCausalLM) saved in `directory`,
-    norm weights random too."""
+    """A random tiny HF LlamaForCausalLM (`family`="Mistral": MistralForCausalLM, "Qwen2":
+    Qwen2ForCausalLM) saved in `directory`, norm weights and biases random too."""
     import torch
     import transformers
 
@@ -374,3 +376,123 @@ def test_rope_scaling_fields_are_checked_in_one_line(fields, message):
     with pytest.raises(ValueError, match=message) as e:
         GPTConfig(**{**dict(vocab_size=8, n_embd=16, n_head=2, position="rope"), **fields})
     assert "\n" not in str(e.value)
+
+
+# ----- Qwen2 (Qwen2, Qwen2.5): a Llama with biases on q, k and v. -----
+
+
+def make_qwen2(directory, **overrides):
+    """A random tiny HF Qwen2ForCausalLM (2 key/value heads; biases random) saved in `directory`."""
+    return make_llama(directory, "Qwen2", **{"num_key_value_heads": 2, **overrides})
+
+
+def hf_logits(model, x_BT):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_qwen2_logits_match_pytorch(tmp_path, capsys, tie):
+    """A Qwen2ForCausalLM imports with qkv_bias (its q, k and v biases in c_attn's bias) and PyTorch's
+    logits, and decoding with the KV cache continues them. Older config.json files keep a sliding_window
+    beside use_sliding_window=false: it limits nothing, in HF (reloaded, the same logits) or here."""
+    import jax
+    import transformers
+
+    model = make_qwen2(tmp_path, tie_word_embeddings=tie)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("layer_types")  # transformers 4's files have none: HF derives them from the fields below
+    config.update(sliding_window=8, max_window_layers=0)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    params, cfg = convert.load_hf(tmp_path)
+    assert cfg.qkv_bias and not cfg.bias and cfg.tie_embeddings == tie
+    assert (cfg.block_size, cfg.kv_heads) == (16, 2)  # the whole context
+    assert "context limited" not in capsys.readouterr().out
+    x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 16), dtype=np.int32)
+    want = hf_logits(model, x_BT)
+    reloaded = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path).eval()
+    np.testing.assert_array_equal(hf_logits(reloaded, x_BT), want)
+    got, _ = GPT(cfg).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    no_qkv_bias = jax.tree_util.tree_map_with_path(
+        lambda path, p: 0 * p if jax.tree_util.keystr(path).endswith("['c_attn']['bias']") else p, params
+    )
+    unbiased, _ = GPT(cfg).apply({"params": no_qkv_bias}, x_BT)
+    assert np.abs(unbiased - want).max() > 0.1  # the biases count
+    prefill, cache = GPT(cfg).apply({"params": params}, x_BT[:, :10], cache=init_cache(cfg, 2))
+    step, _ = GPT(cfg).apply({"params": params}, x_BT[:, 10:11], cache=cache)
+    np.testing.assert_allclose(prefill, want[:, :10], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(step[:, 0], want[:, 10], atol=1e-4, rtol=0)
+
+
+def test_a_qwen2_window_is_ignored_when_off_and_refused_when_on():
+    """A Qwen2.5 config.json as transformers 4 wrote it (rope_theta 1e6 at the top, a sliding_window that
+    use_sliding_window=false switches off) reads with the whole context; Mistral's window still limits
+    it; use_sliding_window=true (a window in the layers from max_window_layers on) is a one-line error."""
+    qwen25 = dict(model_type="qwen2", rope_theta=1e6, rope_scaling=None, tie_word_embeddings=True)
+    qwen25.update(use_sliding_window=False, sliding_window=8, max_window_layers=1)
+    cfg = convert.config_from_hf({**TINY, **qwen25})
+    assert (cfg.qkv_bias, cfg.rope_theta, cfg.block_size, cfg.tie_embeddings) == (True, 1e6, 16, True)
+    mistral = convert.config_from_hf({**TINY, "model_type": "mistral", "sliding_window": 8})
+    assert (mistral.qkv_bias, mistral.block_size) == (False, 8)
+    with pytest.raises(ValueError, match="use_sliding_window=True is not supported: Qwen2's window") as e:
+        convert.config_from_hf({**TINY, **qwen25, "use_sliding_window": True})
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_a_qwen2_exports_exactly_and_transformers_loads_it(tmp_path, tie):
+    """load_hf -> save_hf of a Qwen2 writes a Qwen2ForCausalLM (a Llama's config would drop the q, k and
+    v biases) with the same weights, all of them, and the same config back."""
+    import transformers
+
+    model = make_qwen2(tmp_path / "hf", tie_word_embeddings=tie, rope_theta=1e6)
+    params, cfg = convert.load_hf(tmp_path / "hf")
+    convert.save_hf(tmp_path / "out", params, cfg)
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (written["architectures"], written["model_type"]) == (["Qwen2ForCausalLM"], "qwen2")
+    assert written["use_sliding_window"] is False and "attention_bias" not in written
+    assert written["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e6}
+    assert convert.read_hf_config(tmp_path / "out") == cfg
+    loaded = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+    x_BT = np.random.default_rng(1).integers(0, 50, size=(1, 16), dtype=np.int32)
+    got, _ = GPT(cfg).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got, hf_logits(loaded, x_BT), atol=1e-4, rtol=0)
+
+
+def test_a_gptjax_model_with_qkv_bias_trains_and_exports_as_qwen2(tmp_path, tiny_opt):
+    """A Llama-shaped gptjax model with qkv_bias (scanned layers, a padded vocabulary) trained here, its
+    biases moved off their zero init, exports as a Qwen2ForCausalLM with its logits and imports back with
+    the same weights; without qkv_bias the same shape exports as a Llama."""
+    import jax
+    import transformers
+
+    from gptjax.optim import make_optimizer
+    from gptjax.train_step import create_train_state, jit_train_step
+
+    cfg = GPTConfig(
+        vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, bias=False, qkv_bias=True,
+        position="rope", mlp="swiglu", norm="rms", scan_layers=True, vocab_multiple=64,
+    )  # fmt: skip
+    state = create_train_state(cfg, make_optimizer(tiny_opt), seed=0)
+    tokens = np.random.default_rng(0).integers(0, 50, size=(4, 17), dtype=np.int32)
+    for _ in range(3):
+        state, _ = jit_train_step(state, (tokens[:, :-1], tokens[:, 1:]))
+    params = jax.device_get(state.params)
+    assert np.abs(params["h"]["attn"]["c_attn"]["bias"]).min() > 0  # every one trained (from zeros)
+    convert.save_hf(tmp_path / "out", params, cfg)
+    loaded = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    got, _ = GPT(cfg).apply({"params": params}, tokens[:, :16])
+    np.testing.assert_allclose(got[..., :50], hf_logits(loaded, tokens[:, :16]), atol=1e-4, rtol=0)
+    again, again_cfg = convert.load_hf(tmp_path / "out", into=cfg)
+    assert again_cfg == cfg
+    want = convert.params_to_hf(params, cfg)  # pad rows aside, which the import fills with zeros
+    assert sum(name.endswith("_proj.bias") for name in want) == 3 * cfg.n_layer
+    for name, value in convert.params_to_hf(again, cfg).items():
+        np.testing.assert_array_equal(value, want[name], err_msg=name)
+    assert convert.hf_config(dataclasses.replace(cfg, qkv_bias=False))["model_type"] == "llama"

@@ -607,7 +607,7 @@ def test_from_mapping_variant_and_overrides():
 def expected_param_count(cfg: GPTConfig) -> int:
     """A pre-LN GPT's parameter count, from its shapes (nanoGPT model.py)."""
     V, C, L, D = cfg.padded_vocab, cfg.block_size, cfg.n_layer, cfg.n_embd
-    dense = lambda d_in, d_out: d_in * d_out + (d_out if cfg.bias else 0)
+    dense = lambda d_in, d_out, bias=cfg.bias: d_in * d_out + (d_out if bias else 0)  # noqa: E731
     layer_norm = D * (2 if cfg.bias and cfg.norm == "layer" else 1)  # scale (+ bias; RMS norms have none)
     QKV = D + 2 * cfg.kv_heads * cfg.head_dim  # q, then k and v for each key/value head
     F = cfg.mlp_width
@@ -615,6 +615,7 @@ def expected_param_count(cfg: GPTConfig) -> int:
     if cfg.mlp == "swiglu":
         shapes["gate"] = (D, F)
     block = 2 * layer_norm + sum(dense(*shape) for shape in shapes.values())
+    block += QKV if cfg.qkv_bias and not cfg.bias else 0  # c_attn's bias alone (Qwen2)
     block += sum(
         cfg.lora_rank * (d_in + d_out) for name, (d_in, d_out) in shapes.items() if name in cfg.lora_targets
     )
@@ -643,12 +644,64 @@ def test_param_count_formula(tiny_cfg, bias, position, tie):
         dict(mlp="swiglu", lora_rank=2),
         dict(mlp="swiglu", n_inner=24),
         dict(n_inner=24, bias=True),
+        dict(n_head=4, n_kv_head=2, mlp="swiglu", norm="rms", bias=False, qkv_bias=True, lora_rank=2),
+        dict(qkv_bias=True, bias=True),
     ],
 )
 def test_param_count_formula_with_kv_heads_and_mlps(tiny_cfg, options):
     cfg = dataclasses.replace(tiny_cfg, **options)
     assert count_params(abstract_params(cfg)) == expected_param_count(cfg)
     assert GPTConfig(vocab_size=8, n_embd=96, n_head=4, mlp="swiglu").mlp_width == 256  # 8/3 * 96
+
+
+@pytest.mark.parametrize("layout", [dict(), dict(scan_layers=True), dict(kernel_layout="out_in")])
+def test_qkv_bias_adds_c_attns_bias_alone(tiny_cfg, layout):
+    """qkv_bias=True with bias=False (Qwen2): c_attn gets a bias of its width (q | k | v) and no other
+    layer one; it adds to q, k and v as the kernel's columns do; bias=True has that bias anyway."""
+    cfg = dataclasses.replace(tiny_cfg, n_head=4, n_kv_head=2, bias=False, **layout)
+    QKV = cfg.n_embd + 2 * cfg.kv_heads * cfg.head_dim
+    without = param_paths(abstract_params(cfg))
+    with_bias = param_paths(abstract_params(dataclasses.replace(cfg, qkv_bias=True)))
+    added = {name: leaf.shape for name, leaf in with_bias.items() if name not in without}
+    assert set(without) <= set(with_bias)
+    L = (cfg.n_layer,) if cfg.scan_layers else ()
+    layers = ["h"] if cfg.scan_layers else [f"h_{i}" for i in range(cfg.n_layer)]
+    assert added == {f"{h}/attn/c_attn/bias": (*L, QKV) for h in layers}
+    assert count_params(with_bias) - count_params(without) == cfg.n_layer * QKV
+    biased = dataclasses.replace(cfg, bias=True)
+    assert count_params(abstract_params(dataclasses.replace(biased, qkv_bias=True))) == count_params(
+        abstract_params(biased)
+    )
+
+
+def test_a_qkv_bias_in_the_v_columns_shifts_every_value(tiny_cfg):
+    """qkv_bias without bias: a c_attn bias in the v columns alone adds its value to every attention output
+    (softmax weights sum to 1) whatever the keys, then c_proj (bias-free) maps it."""
+    from gptjax.attention import CausalSelfAttention
+
+    cfg = dataclasses.replace(tiny_cfg, n_head=4, n_kv_head=2, bias=False, qkv_bias=True)
+    D, KH = cfg.n_embd, cfg.kv_heads * cfg.head_dim
+    attn = CausalSelfAttention(
+        n_head=cfg.n_head,
+        n_kv_head=cfg.kv_heads,
+        n_embd=D,
+        n_layer=cfg.n_layer,
+        use_bias=cfg.bias,
+        qkv_bias=cfg.qkv_bias,
+        dropout=0.0,
+        dtype="float32",
+        param_dtype="float32",
+    )
+    x_BTD = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, D)), jnp.float32)
+    params = attn.init(jax.random.PRNGKey(0), x_BTD, deterministic=True)["params"]
+    assert set(params["c_attn"]) == {"kernel", "bias"} and set(params["c_proj"]) == {"kernel"}
+    v_bias = np.random.default_rng(1).normal(size=KH).astype(np.float32)
+    shifted = {**params, "c_attn": {**params["c_attn"], "bias": np.r_[np.zeros(D + KH, np.float32), v_bias]}}
+    base, _ = attn.apply({"params": params}, x_BTD, deterministic=True)
+    got, _ = attn.apply({"params": shifted}, x_BTD, deterministic=True)
+    v_bias_N = np.repeat(v_bias.reshape(2, -1), 2, axis=0).reshape(-1)  # query head n reads kv head n // 2
+    want = np.asarray(base) + v_bias_N @ np.asarray(params["c_proj"]["kernel"])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 def test_swiglu_mlp_is_llamas_gated_mlp_written_out(tiny_cfg):

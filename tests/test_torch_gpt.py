@@ -40,6 +40,7 @@ LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  
         LLAMA,
         {**LLAMA, **LLAMA3, "tie_embeddings": False, "rope_theta": 500.0},
         {**LLAMA, "scan_layers": True, "n_inner": 40},
+        {**LLAMA, "qkv_bias": True},
     ],
     ids=[
         "gpt2",
@@ -52,6 +53,7 @@ LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  
         "llama",
         "llama3",
         "scan",
+        "qwen2",
     ],
 )
 def test_logits_and_loss_equal_gptjax(torch, tiny_cfg, change):
