@@ -499,6 +499,25 @@ def load_hf_model(name: str | pathlib.Path, tokenizer: Any = "auto") -> tuple[An
     return params, cfg, pick_tokenizer(tokenizer, cfg.vocab_size, hf_dir)
 
 
+def hf_sample_defaults(directory: str | pathlib.Path) -> dict[str, Any]:
+    """The sampling options HF generate() uses for the model in `directory` (its generation_config.json,
+    HF's defaults where it is silent), as config.sample holds a workdir's: greedy (temperature 0) unless
+    do_sample, else its temperature, top_k (HF's default 50), top_p and the others it sets; and every id
+    of its eos_token_id (Llama 3 Instruct ends a turn with one of several)."""
+    path = pathlib.Path(directory) / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    defaults: dict[str, Any] = {"temperature": 0.0}
+    if config.get("do_sample"):
+        defaults = {"temperature": config.get("temperature", 1.0), "top_k": config.get("top_k", 50)}
+        defaults.update({k: config[k] for k in ("top_p", "min_p", "typical_p") if config.get(k) is not None})
+    if config.get("repetition_penalty") not in (None, 1.0):
+        defaults["repetition_penalty"] = config["repetition_penalty"]
+    eos = config.get("eos_token_id")
+    if eos is not None:
+        defaults["eos_token_id"] = [eos] if isinstance(eos, int) else list(eos)
+    return defaults
+
+
 def hf_to_workdir(
     hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto", adapt=None
 ) -> GPTConfig:

@@ -297,14 +297,14 @@ class Completion:
 
 def load(model: Any) -> tuple[Any, GPTConfig, Any, dict]:
     """(params, config, tokenizer, saved sample defaults) of a workdir, an HF model directory (config.json
-    and weights, read as scripts/convert.py --from_hf reads it; no saved defaults) or a (params, config,
-    tokenizer)."""
+    and weights, read as scripts/convert.py --from_hf reads it; the defaults HF generate() takes from its
+    generation_config.json) or a (params, config, tokenizer)."""
     if isinstance(model, str | os.PathLike):
         path = pathlib.Path(model).expanduser()
         if not (path / "checkpoints").is_dir() and (path / "config.json").is_file():
             from gptjax import convert  # an HF model: torch-free, numpy reads its safetensors
 
-            return (*convert.load_hf_model(path), {})
+            return (*convert.load_hf_model(path), convert.hf_sample_defaults(path))
         from gptjax.train import load_params  # sampling needs a checkpoint; training never imports this
 
         params, config, tokenizer, saved = load_params(model)

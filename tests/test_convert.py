@@ -2,6 +2,7 @@
 fine-tuning from a Hub id, checkpoints, one-line errors. Tokenizer files: test_convert_tokenizer.py."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -550,9 +551,26 @@ def test_sampling_reads_an_hf_directory_as_it_is(torch, tmp_path, data_dir):
 
     hf = make_hf(torch, tmp_path / "hf", n_layer=1, n_head=2, n_embd=16, vocab_size=50257, n_positions=32)
     params, cfg, tok, saved = sample.load(str(tmp_path / "hf"))
-    assert isinstance(tok, GPT2Tokenizer) and cfg.block_size == 32 and saved == {}
-    (got,) = sample.complete(str(tmp_path / "hf"), "Hello, I am", max_new_tokens=5, do_sample=False)
+    assert isinstance(tok, GPT2Tokenizer) and cfg.block_size == 32
+    assert saved == {"temperature": 0.0}  # no generation_config.json sampling: HF generate() is greedy
+    (got,) = sample.complete(str(tmp_path / "hf"), "Hello, I am", max_new_tokens=5)
     ids = tok.encode("Hello, I am")
     with torch.no_grad():
         want = hf.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0, len(ids) :]
     assert list(got.token_ids) == want.tolist()
+
+
+def test_an_hf_directorys_generation_config_gives_the_sampling_defaults(tmp_path):
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [5, 7]})
+    )
+    want = {"temperature": 0.6, "top_k": 50, "top_p": 0.9, "eos_token_id": [5, 7]}  # HF's top_k default
+    assert convert.hf_sample_defaults(tmp_path) == want
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"repetition_penalty": 1.3, "eos_token_id": 2})
+    )
+    assert convert.hf_sample_defaults(tmp_path) == {
+        "temperature": 0.0,
+        "repetition_penalty": 1.3,
+        "eos_token_id": [2],
+    }
