@@ -11,13 +11,14 @@ import numpy as np
 
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer
+from gptjax.hf_hub import resolve_hf_dir
 from gptjax.hf_tokenizer import pick_tokenizer
 from gptjax.model import GPTConfig, drop_lora, stack_layers, unstack_layers
 
 
 def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path], Any]:
     """((kind, path), tokenizer) of a run starting from `init_from`: ("workdir", W) with W's tokenizer, or
-    ("hf", D) for an HF GPT-2 directory or Hub id (gptjax.convert.resolve_hf_dir) with `tokenizer` (the
+    ("hf", D) for an HF GPT-2 directory or Hub id (gptjax.hf_hub.resolve_hf_dir) with `tokenizer` (the
     config's byte or gpt2 one; it must fit the model's vocab), else the built-in one that fits (GPT-2's
     BPE for 50257 ids, bytes for 256)."""
     path = pathlib.Path(init_from).expanduser()
@@ -31,7 +32,7 @@ def init_source(init_from: str, tokenizer: Any) -> tuple[tuple[str, pathlib.Path
         )
     from gptjax import convert  # here: gptjax.convert imports this module
 
-    hf_dir = convert.resolve_hf_dir(init_from)
+    hf_dir = resolve_hf_dir(init_from)
     vocab_size = convert.read_hf_config(hf_dir).vocab_size
     return ("hf", hf_dir), pick_tokenizer(tokenizer or "auto", vocab_size, hf_dir)
 
