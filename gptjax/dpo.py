@@ -12,19 +12,22 @@ eps is label_smoothing (conservative DPO, for noisy labels; 0: DPO). beta * (log
 a's implicit reward: `reward_margin` logs the mean margin, `reward_accuracy` the share of pairs whose
 chosen answer has the larger reward. At the start the policy is the reference: every margin is 0 and the
 loss log 2. The reference's log-probabilities are computed once, before training, by the starting model
-(TRL's precompute_ref_log_probs), so no second model is held during training; gptjax.train saves them
-in the workdir for a resumed run.
+(TRL's precompute_ref_log_probs), on the devices as training places the model (sharded too), so no
+second model is held during training; they are saved in the workdir for a resumed run.
 """
 
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.model import GPT, GPTConfig
-
 METRICS = ("reward_accuracy", "reward_margin")  # per step, beside the loss
+REFERENCE_FILE = "reference_logps.npz"  # in the workdir: the reference's log-probabilities of the answers
 
 
 def answer_logps(logits_BTV: jax.Array, y_BT: jax.Array) -> jax.Array:
@@ -47,17 +50,15 @@ def dpo_loss(
     return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
-def reference_logps(cfg: GPTConfig, params: Any, rows_N2R: np.ndarray, batch_pairs: int) -> np.ndarray:
-    """[N, 2] float32: the model's (`params`, the run's starting point) answer_logps of every pair's rows,
-    without dropout, `batch_pairs` pairs per call (the last call padded, so one compiled function)."""
+def reference_logps(
+    logps_fn: Callable, rows_N2R: np.ndarray, batch_pairs: int, rows=slice(None)
+) -> np.ndarray:
+    """[N, 2] float32: the answer log-probabilities of every pair's rows by `logps_fn`, which maps this
+    process's `rows` (Placement.process_rows) of a global batch (x_1BT, y_1BT) to the whole batch's [1, B]
+    (Placement.rows_fn of train_step.answer_logps_steps with the starting model placed as training's);
+    `batch_pairs` pairs per call, the last call padded, so one compiled function."""
     from gptjax.data.sft import decode_rows  # the data package is host-side: imported where it is used
 
-    @jax.jit
-    def logps(params, x_BT, y_BT):
-        logits_BTV, _ = GPT(cfg).apply({"params": params}, x_BT, deterministic=True)
-        return answer_logps(logits_BTV, y_BT)
-
-    params = jax.device_put(params)
     N, R = len(rows_N2R), rows_N2R.shape[-1]
     out = np.zeros((N, 2), np.float32)
     for start in range(0, N, batch_pairs):
@@ -65,5 +66,37 @@ def reference_logps(cfg: GPTConfig, params: Any, rows_N2R: np.ndarray, batch_pai
         n = len(chunk)
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_pairs - n, axis=0)])
         x_BT, y_BT = decode_rows(chunk.reshape(2 * batch_pairs, R))
-        out[start : start + n] = np.asarray(logps(params, x_BT, y_BT)).reshape(batch_pairs, 2)[:n]
+        out[start : start + n] = np.asarray(logps_fn((x_BT[None, rows], y_BT[None, rows]))).reshape(-1, 2)[:n]
     return out
+
+
+def with_reference(dataset: Any, workdir: pathlib.Path, logps: Callable | None) -> Any:
+    """`dataset` (gptjax.data.Dataset of pairs) with each split's reference log-probabilities [N, 2]:
+    `logps(rows_N2R)` (reference_logps by the starting model) saved in the workdir (by process 0,
+    atomically), or read back from there when `logps` is None (a resumed run: its starting model is no
+    longer at hand)."""
+    path = workdir / REFERENCE_FILE
+    splits = ("train", "val")
+    if logps is not None:
+        print(f"DPO: the starting model's log-probabilities of every answer -> {path}", flush=True)
+        reference = {s: logps(getattr(dataset, s)) for s in splits}
+        if jax.process_index() == 0:
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as f:
+                np.savez(f, **reference)
+            os.replace(tmp, path)
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{workdir} holds a DPO run's checkpoint but not its reference log-probabilities "
+                f"{REFERENCE_FILE}; start the run again in a fresh --workdir"
+            )
+        with np.load(path) as saved:
+            reference = {s: saved[s] for s in splits}
+        for s in splits:
+            if len(reference[s]) != len(getattr(dataset, s)):
+                raise ValueError(
+                    f"{path} holds the reference of {len(reference[s])} {s} pairs, the data has "
+                    f"{len(getattr(dataset, s))}: resume with the data the run started with"
+                )
+    return dataclasses.replace(dataset, train_reference=reference["train"], val_reference=reference["val"])

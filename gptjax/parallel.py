@@ -220,12 +220,34 @@ class Placement:
         return jax.jit(fn, donate_argnums=0)
 
     def eval_fn(self, grad_accum: int = 1):
-        """eval_steps (state, batch from put_batch) -> losses [K] of the global batch, in `grad_accum`
-        micro-batches; one compiled function per mode, mesh and grad_accum, reused by every evaluation.
-        pmap splits the batch over the devices (of every process) and averages their means."""
+        """eval_steps (state, batch from put_batch) -> {"loss", the objective's metrics} [K] of the global
+        batch, in `grad_accum` micro-batches; one compiled function per mode, mesh and grad_accum, reused by
+        every evaluation. pmap splits the batch over the devices (of every process) and averages their
+        means."""
         if self.mode == "pmap":
             return _pmap_eval(grad_accum)
         return _jit_eval(self.mesh if self.mode == "mesh" else None, grad_accum)
+
+    def rows_fn(self, fn):
+        """`fn(state, batches) -> [K, B]` (a value per row, e.g. train_step.answer_logps_steps) compiled
+        for this placement: it takes the state as placed and this process's rows (put_batch) and gives
+        every process the global batch's values, as numpy."""
+        if self.mode == "pmap":  # each device's rows, gathered from all of them in the batch's order
+
+            def gathered(state, batches):
+                return jax.lax.all_gather(fn(state, batches), "devices", axis=1, tiled=True)
+
+            pmapped = jax.pmap(gathered, axis_name="devices")
+            return lambda state, batches: np.asarray(_local_copy(pmapped(state, batches)))
+        if self.mode == "mesh":
+            jitted = jax.jit(
+                in_mesh(fn, self.mesh),
+                in_shardings=(self.shardings, batch_sharding(self.mesh)),
+                out_shardings=NamedSharding(self.mesh, P()),  # replicated: whole on every device
+            )
+            return lambda state, batches: np.asarray(jitted(state, batches).addressable_data(0))
+        jitted = jax.jit(fn)
+        return lambda state, batches: np.asarray(jitted(state, batches))
 
     def metrics(self, metrics: Any) -> Any:
         return jax.tree_util.tree_map(_local_copy, metrics) if self.mode == "pmap" else metrics
@@ -245,13 +267,14 @@ def in_mesh(fn, mesh: Mesh):
 
 @functools.cache
 def _pmap_eval(grad_accum: int):
-    def fn(state, batches):  # each device's mean counts by its share of the targets trained on (pairs)
+    def fn(state, batches):  # each device's means count by its share of the targets trained on (pairs)
         weights_K = weights(batches[1], state.objective)
-        weighted_K = jax.lax.psum(eval_steps(state, batches, grad_accum) * weights_K, "devices")
-        return weighted_K / jnp.maximum(jax.lax.psum(weights_K, "devices"), 1.0)
+        total_K = jnp.maximum(jax.lax.psum(weights_K, "devices"), 1.0)
+        means = eval_steps(state, batches, grad_accum)
+        return {k: jax.lax.psum(v_K * weights_K, "devices") / total_K for k, v_K in means.items()}
 
     pmapped = jax.pmap(fn, axis_name="devices")
-    return lambda state, batches: _local_copy(pmapped(state, batches))
+    return lambda state, batches: jax.tree_util.tree_map(_local_copy, pmapped(state, batches))
 
 
 def _local_copy(x: jax.Array) -> jax.Array:

@@ -7,7 +7,6 @@ model, a grid of samples).
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import math
@@ -45,11 +44,10 @@ from gptjax.model import (
     with_lora,
 )
 from gptjax.optim import lr_schedule, make_optimizer
-from gptjax.train_step import LM, Objective, create_train_state
+from gptjax.train_step import LM, Objective, answer_logps_steps, create_train_state
 
 # Evaluation batches come from their own seed, so they never coincide with the training batches.
 EVAL_SEED_OFFSET = 1_000_003
-REFERENCE_FILE = "reference_logps.npz"  # DPO: the starting model's log-probabilities of the answers
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides) -> GPTConfig:
@@ -130,9 +128,10 @@ def batches(
 
 
 def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.Placement) -> dict:
-    """Mean loss over `eval_iters` global batches of each split, fresh for every evaluation (as nanoGPT),
-    each split over the devices and in grad_accum micro-batches like a train step (so evaluation fits
-    wherever training does), the same on every process. `state` as placed (pmap: a copy per device)."""
+    """{split: {"loss", the objective's metrics}}: means over `eval_iters` global batches of each split,
+    fresh for every evaluation (as nanoGPT), each split over the devices and in grad_accum micro-batches
+    like a train step (so evaluation fits wherever training does), the same on every process. `state` as
+    placed (pmap: a copy per device)."""
     step = int(placement.get_state(state).step)
     rows = placement.process_rows(batch_rows(config))
     out = {}
@@ -142,41 +141,9 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
         seed = config.seed + EVAL_SEED_OFFSET
         xy = batches(tokens, config, seed=seed, steps=steps, split=split, rows=rows, reference=reference)
         xy = placement.put_batch(xy, batch_rows(config))
-        out[split] = float(jnp.mean(placement.eval_fn(config.grad_accum)(state, xy)))
+        metrics = placement.eval_fn(config.grad_accum)(state, xy)
+        out[split] = {k: float(jnp.mean(v_K)) for k, v_K in metrics.items()}
     return out
-
-
-def _dpo_reference(
-    dataset: data_lib.Dataset, workdir: pathlib.Path, cfg: GPTConfig, params: Any, batch_pairs: int
-) -> data_lib.Dataset:
-    """`dataset` with each split's reference log-probabilities for DPO (gptjax.dpo.reference_logps):
-    computed by `params` (the starting model) and saved in the workdir (by process 0, atomically), or
-    read back from there when `params` is None (a resumed run: its starting model is no longer at hand)."""
-    path = workdir / REFERENCE_FILE
-    splits = ("train", "val")
-    if params is not None:
-        print(f"DPO: the starting model's log-probabilities of every answer -> {path}", flush=True)
-        reference = {s: dpo.reference_logps(cfg, params, getattr(dataset, s), batch_pairs) for s in splits}
-        if jax.process_index() == 0:
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as f:
-                np.savez(f, **reference)
-            os.replace(tmp, path)
-    else:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{workdir} holds a DPO run's checkpoint but not its reference log-probabilities "
-                f"{REFERENCE_FILE}; start the run again in a fresh --workdir"
-            )
-        with np.load(path) as saved:
-            reference = {s: saved[s] for s in splits}
-        for s in splits:
-            if len(reference[s]) != len(getattr(dataset, s)):
-                raise ValueError(
-                    f"{path} holds the reference of {len(reference[s])} {s} pairs, the data has "
-                    f"{len(getattr(dataset, s))}: resume with the data the run started with"
-                )
-    return dataclasses.replace(dataset, train_reference=reference["train"], val_reference=reference["val"])
 
 
 def _check_finite(step: int, metrics: dict) -> None:
@@ -379,13 +346,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             state = placement.put_state(jax.jit(init)())
         if source is not None:
             params, initial = init_params(*source, cfg, abstract.params), placement.get_state(state)
-            start_params = with_lora(params, initial.params)
-            state = placement.put_state(initial.replace(params=start_params))
+            state = placement.put_state(initial.replace(params=with_lora(params, initial.params)))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
     if objective.kind == "dpo":  # the reference: the starting model's log-probability of every answer
-        pairs = max(1, config.batch_size // (config.grad_accum * jax.local_device_count()))
-        start_params = start_params if latest is None else None  # resumed: read back
-        dataset = _dpo_reference(dataset, workdir, cfg, start_params, pairs)
+        logps_fn = placement.rows_fn(functools.partial(answer_logps_steps, grad_accum=config.grad_accum))
+        put = lambda xy: logps_fn(state, placement.put_batch(xy, batch_rows(config)))  # noqa: E731
+        logps = functools.partial(dpo.reference_logps, put, batch_pairs=config.batch_size, rows=rows)
+        dataset = dpo.with_reference(dataset, workdir, logps if latest is None else None)  # resumed: read
     if resumed is not None:
         resumed.close()
     ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -413,15 +380,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
 
     def evaluate_and_log(step: int) -> dict:
         nonlocal best_val
-        losses = evaluate(state, dataset, config, placement)
+        means = evaluate(state, dataset, config, placement)
+        losses = {split: means[split]["loss"] for split in means}
         _check_finite(step, losses)
         best_val = min(best_val, losses["val"])
-        record = {"eval_train_loss": losses["train"], "val_loss": losses["val"]}
+        record = {"eval_train_loss": losses["train"], **{f"val_{k}": v for k, v in means["val"].items()}}
         if step % config.log_interval == 0 and step < config.max_iters:
             eval_records[step] = record  # joins this step's training metrics in one record
         else:
             writer.write(step, record)
-        tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        more = "".join(f", val {k.replace('_', ' ')} {v:.4f}" for k, v in means["val"].items() if k != "loss")
+        tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{more}")
         return losses
 
     t_start = time.time()

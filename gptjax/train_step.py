@@ -181,21 +181,42 @@ def train_steps(
     return jax.lax.scan(step, state, batches)
 
 
-def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
-    """Mean loss on a batch over its targets trained on (DPO: its pairs; as train_step), dropout off, over
-    `grad_accum` equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
+def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1) -> dict[str, jax.Array]:
+    """{"loss", the objective's metrics}: their means on a batch over its targets trained on (DPO: its
+    pairs; as train_step), dropout off, over `grad_accum` equal micro-batches one at a time (`lax.map`):
+    the activations of one micro-batch at once."""
     micro_batches = _micro_batches(batch, grad_accum)
-    losses_K = jax.lax.map(
-        lambda micro: loss_fn(state.params, state.apply_fn, micro, state.rng, True, state.objective)[0],
-        micro_batches,
-    )
+
+    def metrics(micro):
+        loss, aux = loss_fn(state.params, state.apply_fn, micro, state.rng, True, state.objective)
+        return {"loss": loss, **aux}
+
+    metrics_K = jax.lax.map(metrics, micro_batches)
     weights_K = weights(micro_batches[1], state.objective)
-    return jnp.sum(losses_K * weights_K) / jnp.maximum(jnp.sum(weights_K), 1.0)
+    total = jnp.maximum(jnp.sum(weights_K), 1.0)
+    return {k: jnp.sum(v_K * weights_K) / total for k, v_K in metrics_K.items()}
 
 
-def eval_steps(state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
-    """Mean losses [K] of K batches (x_KBT, y_KBT[, segments_KBT]), one at a time (`lax.map`)."""
+def eval_steps(
+    state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1
+) -> dict[str, jax.Array]:
+    """eval_step's metrics [K] of K batches (x_KBT, y_KBT[, segments_KBT or ref_KBT]), one at a time."""
     return jax.lax.map(lambda batch: eval_step(state, batch, grad_accum), batches)
+
+
+def answer_logps_steps(state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
+    """[K, B] float32: each row's log-probability of its answer (gptjax.dpo.answer_logps: the targets
+    y >= 0) in K batches (x_KBT, y_KBT, ...), dropout off, in `grad_accum` micro-batches one at a time.
+    DPO's reference is the starting model's."""
+
+    def rows(batch):
+        def micro(xy):
+            logits_BTV, _ = state.apply_fn({"params": state.params}, xy[0], deterministic=True)
+            return dpo.answer_logps(logits_BTV, xy[1])
+
+        return jax.lax.map(micro, _micro_batches(batch[:2], grad_accum)).reshape(-1)
+
+    return jax.lax.map(rows, batches)
 
 
 # The usual jitted forms: the state is donated (updated in place) and grad_accum is static.

@@ -19,12 +19,20 @@ from configs import sft
 from gptjax import dpo, parallel
 from gptjax.data import CharTokenizer, DataError
 from gptjax.data.preference import get_pairs, load_preference_dataset
+from gptjax.data.sft import decode_rows
 from gptjax.metric_writer import read_metrics
 from gptjax.model import GPT, GPTConfig
 from gptjax.optim import make_optimizer
 from gptjax.sample import complete
-from gptjax.train import REFERENCE_FILE, abstract_state, load_params, train_and_evaluate
-from gptjax.train_step import Objective, create_train_state, eval_steps, train_step, train_steps
+from gptjax.train import abstract_state, load_params, train_and_evaluate
+from gptjax.train_step import (
+    Objective,
+    answer_logps_steps,
+    create_train_state,
+    eval_steps,
+    train_step,
+    train_steps,
+)
 from tests.test_parallel import close
 
 LN2 = float(np.log(2))
@@ -141,6 +149,7 @@ def test_dpo_steps_on_every_placement_equal_one_device(mode):
     accumulated, _ = jax.jit(functools.partial(train_steps, grad_accum=2))(jax.jit(init)(), batches)
     want_eval = jax.jit(eval_steps)(single, batches)
     assert set(single_metrics) >= {"loss", "reward_accuracy", "reward_margin"}
+    assert set(want_eval) == {"loss", "reward_accuracy", "reward_margin"}
     close(accumulated.params, single.params, atol=1e-6)
 
     config.parallel.update(mode=mode, mesh=dict(data=2, fsdp=2, tensor=2))
@@ -151,6 +160,38 @@ def test_dpo_steps_on_every_placement_equal_one_device(mode):
     for k in ("loss", "reward_accuracy", "reward_margin"):
         close(placement.metrics(metrics)[k], single_metrics[k])
     close(placement.eval_fn(1)(placement.put_state(single), placement.put_batch(batches)), want_eval)
+
+
+@pytest.mark.parametrize(
+    "mode, mesh", [("single", None), ("pmap", None), ("mesh", dict(data=1, fsdp=8, tensor=1))]
+)
+def test_the_reference_on_every_placement_is_the_models_answer_logps(mode, mesh):
+    """DPO's reference (dpo.reference_logps through Placement.rows_fn of answer_logps_steps, as training
+    computes it): the placed starting model's log-probability of each row's answer, as the model gives it
+    on one device; with the parameters sharded over 8 devices (fsdp=8) too, in 2 micro-batches, 11 pairs
+    in calls of 8 (the last one padded)."""
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=8, n_embd=64)
+    config = dpo_config.get_config("tiny")
+    init, abstract = abstract_state(cfg, config.opt, 0, Objective("dpo"))
+    state = jax.jit(init)()
+    rows_N2R = np.random.default_rng(0).integers(0, 64, size=(11, 2, 9))
+    rows_N2R[..., :3] = -rows_N2R[..., :3] - 1  # the prompt: read, not scored
+    x_BT, y_BT = decode_rows(rows_N2R.reshape(22, 9))
+    logits_BTV, _ = GPT(cfg).apply({"params": state.params}, x_BT)
+    want = np.asarray(dpo.answer_logps(logits_BTV, jnp.asarray(y_BT))).reshape(11, 2)
+
+    config.parallel.update(mode=mode, mesh=mesh or {})
+    placement = parallel.make_placement(config.parallel, abstract, 16)
+    placed = placement.put_state(state)
+    if mode == "mesh":
+        kernel = placed.params["h_0"]["mlp"]["fc"]["kernel"]
+        assert kernel.addressable_shards[0].data.size == kernel.size // 8  # sharded, not replicated
+    fn = placement.rows_fn(functools.partial(answer_logps_steps, grad_accum=2))
+    got = dpo.reference_logps(
+        lambda xy: fn(placed, placement.put_batch(xy, 16)), rows_N2R, 8, placement.process_rows(16)
+    )
+    assert got.shape == (11, 2) and (got < 0).all()
+    close(got, want)
 
 
 def test_against_itself_the_loss_is_ln2_and_a_step_prefers_the_chosen_rows():
@@ -206,10 +247,16 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
     first_val = next(r["val_loss"] for r in records if "val_loss" in r)
     assert first_val == pytest.approx(LN2, abs=1e-5)  # the policy is the reference
     accuracy = [r["reward_accuracy"] for r in records if "reward_accuracy" in r]
-    assert summary["val_loss"] < 0.3 and accuracy[-1] > 0.9, (summary, accuracy)
+    val_accuracy = [r["val_reward_accuracy"] for r in records if "val_reward_accuracy" in r]
+    assert val_accuracy[0] == 0  # no margin yet: no pair's chosen reward is larger
+    assert summary["val_loss"] < 0.3 and accuracy[-1] > 0.9 and val_accuracy[-1] > 0.75, (
+        summary,
+        accuracy,
+        val_accuracy,
+    )
     after = chosen_share(tmp_path / "dpo")
     assert after > 0.9, (before, after)
-    assert (tmp_path / "dpo" / REFERENCE_FILE).is_file()
+    assert (tmp_path / "dpo" / dpo.REFERENCE_FILE).is_file()
     args = [f"--workdir={tmp_path / 'dpo'}", "--random_batches=2", "--split=val"]
     done = subprocess.run(
         [sys.executable, "scripts/eval.py", *args],

@@ -153,7 +153,7 @@ def test_grad_accum_weighs_micro_batches_by_the_targets_they_train_on(tiny_cfg, 
     ]
     assert abs(np.mean(means) - float(want)) > 1e-3  # the weighting matters here (measured 6e-3)
     # Evaluation weighs its micro-batches the same way.
-    assert float(jit_eval_step(state, batch, grad_accum=4)) == pytest.approx(float(want), rel=1e-6)
+    assert float(jit_eval_step(state, batch, grad_accum=4)["loss"]) == pytest.approx(float(want), rel=1e-6)
 
 
 # ----- Packed rows (several fine-tuning examples per row). -----
@@ -182,7 +182,9 @@ def test_packed_rows_train_as_the_padded_examples(tiny_cfg):
     # Not vacuous: read as plain rows (no segment ids), the packed examples see each other.
     _, m_plain = step(state, packed[:2], grad_accum=3)
     assert abs(float(m_plain["loss"]) - float(m_one["loss"])) > 1e-3
-    assert float(jit_eval_step(state, packed, grad_accum=3)) == pytest.approx(float(m_one["loss"]), rel=1e-5)
+    assert float(jit_eval_step(state, packed, grad_accum=3)["loss"]) == pytest.approx(
+        float(m_one["loss"]), rel=1e-5
+    )
 
 
 # ----- Metrics. -----
@@ -226,9 +228,9 @@ def test_dropout_is_a_function_of_rng_and_step(tiny_cfg, tiny_opt, tiny_batch):
     assert float(m_step["loss"]) != float(m_a["loss"])
     assert float(m_rng["loss"]) != float(m_a["loss"])
     # Dropout is on in training and off in evaluation: evaluation is the plain forward pass.
-    assert float(jit_eval_step(copy(state), tiny_batch)) != float(m_a["loss"])
+    assert float(jit_eval_step(copy(state), tiny_batch)["loss"]) != float(m_a["loss"])
     plain = independent_loss_and_grad(state.params, cfg, *tiny_batch)[0]
-    assert float(jit_eval_step(copy(state), tiny_batch)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(jit_eval_step(copy(state), tiny_batch)["loss"]) == pytest.approx(float(plain), rel=1e-6)
 
 
 def test_each_micro_batch_and_each_device_draws_its_own_masks(tiny_cfg, tiny_opt, tiny_batch):
@@ -459,14 +461,14 @@ def test_logits_dtype_is_float32_or_the_compute_dtype(tiny_cfg):
 def test_eval_step_is_mean_cross_entropy(tiny_state, tiny_cfg, tiny_batch):
     state = tiny_state()
     expected = float(independent_loss_and_grad(state.params, tiny_cfg, *tiny_batch)[0])
-    assert float(jit_eval_step(state, tiny_batch)) == pytest.approx(expected, rel=1e-6)
+    assert float(jit_eval_step(state, tiny_batch)["loss"]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_eval_in_micro_batches_equals_one_batch(tiny_state, tiny_batch):
     """grad_accum=4 evaluates 4 micro-batches of 1 row one at a time: the same mean loss."""
     state = tiny_state()
-    one = float(jit_eval_step(state, tiny_batch))
-    assert float(jit_eval_step(state, tiny_batch, grad_accum=4)) == pytest.approx(one, abs=1e-6)
+    one = float(jit_eval_step(state, tiny_batch)["loss"])
+    assert float(jit_eval_step(state, tiny_batch, grad_accum=4)["loss"]) == pytest.approx(one, abs=1e-6)
     with pytest.raises(ValueError, match="grad_accum=3"):
         jit_eval_step(state, tiny_batch, grad_accum=3)
     # XLA's scratch memory shrinks with the micro-batch: as training's (gpt2.py: 186 -> 5 GiB).
