@@ -8,12 +8,18 @@ the answer's tokens, and log ref(a) the reference's (the model training starts f
   margin = beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected)))
   loss = -(1 - eps) * log sigmoid(margin) - eps * log sigmoid(-margin)
 
-eps is label_smoothing (conservative DPO, for noisy labels; 0: DPO). beta * (log pi(a) - log ref(a)) is
-a's implicit reward: `reward_margin` logs the mean margin, `reward_accuracy` the share of pairs whose
-chosen answer has the larger reward. At the start the policy is the reference: every margin is 0 and the
-loss log 2. The reference's log-probabilities are computed once, before training, by the starting model
-(TRL's precompute_ref_log_probs), on the devices as training places the model (sharded too), so no
-second model is held during training; they are saved in the workdir for a resumed run.
+eps is label_smoothing (conservative DPO, for noisy labels; 0: DPO). That is the "sigmoid" loss; as
+TRL's loss_type, "hinge" is max(0, 1 - margin) (SLiC, Zhao et al. 2023) and "ipo" (margin / beta -
+1 / (2 beta))^2 (IPO, Azar et al. 2023), with per-token mean log-probabilities in place of sums (as
+TRL). rpo_alpha > 0 adds rpo_alpha times the chosen answers' negative log-likelihood per token (RPO,
+Pang et al. 2024; TRL's rpo_alpha): the chosen answers' own probability kept up.
+
+beta * (log pi(a) - log ref(a)) is a's implicit reward: `reward_margin` logs the mean margin,
+`reward_accuracy` the share of pairs whose chosen answer has the larger reward. At the start the policy
+is the reference: every margin is 0 and the sigmoid loss log 2. The reference's log-probabilities are
+computed once, before training, by the starting model (TRL's precompute_ref_log_probs), on the devices
+as training places the model (sharded too), so no second model is held during training; they are saved
+in the workdir for a resumed run.
 """
 
 import dataclasses
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 METRICS = ("reward_accuracy", "reward_margin")  # per step, beside the loss
+LOSSES = ("sigmoid", "hinge", "ipo")  # TRL's loss_type names (see the module doc)
 REFERENCE_FILE = "reference_logps.npz"  # in the workdir: the reference's log-probabilities of the answers
 
 
@@ -38,16 +45,26 @@ def answer_logps(logits_BTV: jax.Array, y_BT: jax.Array) -> jax.Array:
 
 
 def dpo_loss(
-    policy_B: jax.Array, ref_B: jax.Array, beta: float, label_smoothing: float = 0.0
+    policy_B: jax.Array, ref_B: jax.Array, beta: float, label_smoothing: float = 0.0, loss: str = "sigmoid"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The mean DPO loss of the pairs of rows (chosen, rejected, chosen, ...), and METRICS."""
+    """The mean `loss` (LOSSES) of the pairs of rows (chosen, rejected, chosen, ...), and METRICS."""
     reward_b2 = beta * (policy_B - ref_B).reshape(-1, 2)
     margin_b = reward_b2[:, 0] - reward_b2[:, 1]
-    loss_b = -(1 - label_smoothing) * jax.nn.log_sigmoid(margin_b) - label_smoothing * jax.nn.log_sigmoid(
-        -margin_b
-    )
+    if loss == "hinge":
+        loss_b = jax.nn.relu(1 - margin_b)
+    elif loss == "ipo":
+        loss_b = (margin_b / beta - 1 / (2 * beta)) ** 2
+    else:
+        smooth = label_smoothing
+        loss_b = -(1 - smooth) * jax.nn.log_sigmoid(margin_b) - smooth * jax.nn.log_sigmoid(-margin_b)
     metrics = {"reward_accuracy": jnp.mean(margin_b > 0), "reward_margin": jnp.mean(margin_b)}
     return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
+
+
+def chosen_nll(policy_B: jax.Array, tokens_B: jax.Array) -> jax.Array:
+    """The chosen answers' mean negative log-likelihood per token (RPO's term; TRL's nll_loss), from the
+    rows' summed log-probabilities `policy_B` and answer lengths `tokens_B`."""
+    return -jnp.sum(policy_B[0::2]) / jnp.maximum(jnp.sum(tokens_B[0::2]), 1).astype(jnp.float32)
 
 
 def reference_logps(

@@ -66,8 +66,14 @@ def objective_of(config: Any) -> Objective:
     """DPO for preference pairs (config.data.format="preference", config.dpo), else the LM loss."""
     if config.data.get("format") != "preference":
         return LM
-    dpo_config = config.get("dpo") or {}
-    return Objective("dpo", dpo_config.get("beta", 0.1), dpo_config.get("label_smoothing", 0.0))
+    c = config.get("dpo") or {}
+    return Objective(
+        "dpo",
+        c.get("beta", 0.1),
+        c.get("label_smoothing", 0.0),
+        c.get("loss_type", "sigmoid"),
+        c.get("rpo_alpha", 0.0),
+    )
 
 
 def batch_rows(config: Any) -> int:

@@ -16,25 +16,37 @@ from gptjax.optim import freeze
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """What training minimises: "lm", the next-token cross entropy (pretraining, supervised fine-tuning),
-    or "dpo", the DPO loss of preference pairs (gptjax.dpo) with its beta and label smoothing."""
+    or "dpo", a preference loss of pairs (gptjax.dpo: its beta, label smoothing, loss type, rpo_alpha)."""
 
     kind: str = "lm"
     beta: float = 0.1
     label_smoothing: float = 0.0
+    loss: str = "sigmoid"  # dpo.LOSSES
+    rpo_alpha: float = 0.0
 
     def __post_init__(self):
         if self.kind not in ("lm", "dpo"):
             raise ValueError(f"objective {self.kind!r} is unknown; use 'lm' or 'dpo'")
-        if self.kind == "dpo" and not (self.beta > 0 and 0 <= self.label_smoothing < 0.5):
+        if self.kind != "dpo":
+            return
+        if not (self.beta > 0 and 0 <= self.label_smoothing < 0.5 and self.rpo_alpha >= 0):
             raise ValueError(
-                f"dpo.beta={self.beta} must be > 0 and dpo.label_smoothing={self.label_smoothing} in "
-                "[0, 0.5); TRL's defaults are 0.1 and 0"
+                f"dpo.beta={self.beta} must be > 0, dpo.label_smoothing={self.label_smoothing} in [0, 0.5) "
+                f"and dpo.rpo_alpha={self.rpo_alpha} >= 0; TRL's defaults are 0.1, 0 and 0 (off)"
+            )
+        if self.loss not in dpo.LOSSES:
+            raise ValueError(f"dpo.loss_type={self.loss!r} is unknown; use one of {dpo.LOSSES}")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError(
+                f"dpo.label_smoothing smooths the sigmoid loss only, not {self.loss!r}; set it to 0"
             )
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """Step metrics beside the loss."""
-        return dpo.METRICS if self.kind == "dpo" else ()
+        if self.kind != "dpo":
+            return ()
+        return (*dpo.METRICS, "nll_loss") if self.rpo_alpha else dpo.METRICS
 
 
 LM = Objective()  # the default: next-token cross entropy
@@ -77,8 +89,17 @@ def loss_fn(
     if objective.kind == "dpo":
         x_BT, y_BT, ref_BT = batch
         logits_BTV, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
-        policy_B = dpo.answer_logps(logits_BTV, y_BT)
-        return dpo.dpo_loss(policy_B, jnp.sum(ref_BT, axis=-1), objective.beta, objective.label_smoothing)
+        sum_B, ref_B = dpo.answer_logps(logits_BTV, y_BT), jnp.sum(ref_BT, axis=-1)
+        tokens_B = jnp.sum(y_BT >= 0, axis=-1)
+        policy_B = sum_B
+        if objective.loss == "ipo":  # compares per-token means (as TRL)
+            per_token = jnp.maximum(tokens_B, 1).astype(jnp.float32)
+            policy_B, ref_B = sum_B / per_token, ref_B / per_token
+        loss, aux = dpo.dpo_loss(policy_B, ref_B, objective.beta, objective.label_smoothing, objective.loss)
+        if objective.rpo_alpha:
+            nll = dpo.chosen_nll(sum_B, tokens_B)
+            loss, aux = loss + objective.rpo_alpha * nll, {**aux, "nll_loss": nll}
+        return loss, aux
     x_BT, y_BT, *segments = batch
     loss, _ = apply_fn(
         {"params": freeze(params)},

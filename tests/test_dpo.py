@@ -17,6 +17,7 @@ import pytest
 from configs import dpo as dpo_config
 from configs import sft
 from gptjax import dpo, parallel
+from gptjax import train_step as train_step_lib
 from gptjax.data import CharTokenizer, DataError
 from gptjax.data.preference import get_pairs, load_preference_dataset
 from gptjax.data.sft import decode_rows
@@ -57,6 +58,57 @@ def test_the_loss_is_the_papers_and_log_2_at_the_reference():
     loss, metrics = dpo.dpo_loss(jnp.asarray(policy), jnp.asarray(policy), 0.1)
     np.testing.assert_allclose(loss, LN2, rtol=1e-6)
     assert metrics["reward_margin"] == 0
+    logits = (policy[0::2] - ref[0::2]) - (policy[1::2] - ref[1::2])  # TRL's name for the unscaled margin
+    for kind, want in (
+        ("hinge", np.mean(np.maximum(0, 1 - 0.3 * logits))),
+        ("ipo", np.mean((logits - 1 / (2 * 0.3)) ** 2)),
+    ):
+        loss, metrics = dpo.dpo_loss(jnp.asarray(policy), jnp.asarray(ref), 0.3, loss=kind)
+        np.testing.assert_allclose(loss, want, rtol=1e-5)
+        np.testing.assert_allclose(metrics["reward_margin"], 0.3 * logits.mean(), rtol=1e-5)
+
+
+def test_ipo_compares_per_token_means_and_rpo_adds_the_chosen_nll():
+    """loss_fn: IPO on the answers' mean log-probability per token, as TRL; rpo_alpha adds alpha times the
+    chosen answers' NLL per token (over all chosen tokens of the batch) to the loss, and logs it."""
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    state = create_train_state(cfg, make_optimizer(dpo_config.get_config("tiny").opt), 0, Objective("dpo"))
+    x, y, ref = (jnp.asarray(a[0]) for a in dpo_batches())
+    y = y.at[0, 3:5].set(-1).at[5, 6].set(-1)  # answers of different lengths
+    logits, _ = GPT(cfg).apply({"params": state.params}, x)
+    sums = np.asarray(dpo.answer_logps(logits, y))
+    tokens = np.asarray(jnp.sum(y >= 0, axis=-1))
+    ref_sums = np.asarray(ref[:, 0])
+
+    def loss_of(**objective):
+        obj = Objective("dpo", **objective)
+        return train_step_lib.loss_fn(state.params, state.apply_fn, (x, y, ref), state.rng, True, obj)
+
+    loss, _ = loss_of(beta=0.2, loss="ipo")
+    want, _ = dpo.dpo_loss(jnp.asarray(sums / tokens), jnp.asarray(ref_sums / tokens), 0.2, loss="ipo")
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    summed, _ = dpo.dpo_loss(jnp.asarray(sums), jnp.asarray(ref_sums), 0.2, loss="ipo")
+    assert abs(float(summed) - float(want)) > 1e-3  # the means matter
+
+    plain, _ = loss_of(beta=0.2)
+    loss, aux = loss_of(beta=0.2, rpo_alpha=0.5)
+    nll = -sums[0::2].sum() / tokens[0::2].sum()
+    np.testing.assert_allclose(aux["nll_loss"], nll, rtol=1e-5)
+    np.testing.assert_allclose(loss, plain + 0.5 * nll, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "objective, message",
+    [
+        (dict(loss="kto"), "dpo.loss_type='kto' is unknown"),
+        (dict(loss="ipo", label_smoothing=0.1), "smooths the sigmoid loss only"),
+        (dict(rpo_alpha=-1.0), "rpo_alpha=-1.0 >= 0"),
+        (dict(beta=0.0), "dpo.beta=0.0 must be > 0"),
+    ],
+)
+def test_bad_objectives_are_one_line(objective, message):
+    with pytest.raises(ValueError, match=message):
+        Objective("dpo", **objective)
 
 
 def test_answer_logps_sum_the_answers_tokens_only():
@@ -194,14 +246,27 @@ def test_the_reference_on_every_placement_is_the_models_answer_logps(mode, mesh)
     close(got, want)
 
 
-def test_against_itself_the_loss_is_ln2_and_a_step_prefers_the_chosen_rows():
+@pytest.mark.parametrize(
+    "objective, at_start",
+    [
+        (Objective("dpo"), LN2),
+        (Objective("dpo", beta=0.5, loss="ipo"), 1.0),  # (1 / (2 beta))^2
+        (Objective("dpo", loss="hinge"), 1.0),
+        (Objective("dpo", rpo_alpha=1.0), None),
+    ],
+)
+def test_against_itself_a_step_prefers_the_chosen_rows(objective, at_start):
+    """With the starting model as reference every margin is 0: the sigmoid loss is ln 2, IPO's
+    1 / (2 beta)^2, the hinge's 1; one step of each loss (RPO's too) moves every pair toward its chosen
+    answer."""
     cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
-    state = create_train_state(cfg, make_optimizer(dpo_config.get_config("tiny").opt), 0, Objective("dpo"))
+    state = create_train_state(cfg, make_optimizer(dpo_config.get_config("tiny").opt), 0, objective)
     x, y, _ = (jnp.asarray(a[0]) for a in dpo_batches())
     logits, _ = GPT(cfg).apply({"params": state.params}, x)
     ref = jnp.zeros(x.shape).at[:, 0].set(dpo.answer_logps(logits, y))
     moved, metrics = jax.jit(train_step)(state, (x, y, ref))
-    np.testing.assert_allclose(metrics["loss"], LN2, rtol=1e-6)
+    if at_start is not None:
+        np.testing.assert_allclose(metrics["loss"], at_start, rtol=1e-6)
     after, _ = GPT(cfg).apply({"params": moved.params}, x)
     delta = np.asarray(dpo.answer_logps(after, y) - ref[:, 0]).reshape(-1, 2)
     assert (delta[:, 0] > delta[:, 1]).all(), delta  # chosen up relative to rejected, every pair
