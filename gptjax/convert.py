@@ -460,12 +460,18 @@ def hf_sample_defaults(directory: str | pathlib.Path) -> dict[str, Any]:
 def hf_to_workdir(
     hf_dir: str | pathlib.Path, workdir: str | pathlib.Path, tokenizer: Any = "auto", adapt=None
 ) -> GPTConfig:
-    """Converts an HF GPT-2 or ImageGPT directory (or Hub id) into a gptjax checkpoint in `workdir`;
+    """Converts an HF model directory (or Hub id) into a gptjax checkpoint in `workdir`, a text model with
+    the sampling defaults HF generate() takes from its generation_config.json (hf_sample_defaults);
     `adapt(params, cfg)` changes the params first (gptjax.hf_lora merges a PEFT adapter so)."""
+    hf_dir = resolve_hf_dir(str(hf_dir))
     params, cfg, tokenizer = load_hf_model(hf_dir, tokenizer)
     if adapt is not None:
         params = adapt(params, cfg)
-    config = image_config(cfg, tokenizer) if tokenizer.kind == "palette" else None
+    if tokenizer.kind == "palette":
+        config = image_config(cfg, tokenizer)
+    else:
+        config = base_config(cfg)
+        config.sample.update(hf_sample_defaults(hf_dir))
     save_checkpoint(workdir, params, cfg, tokenizer, config)
     return cfg
 

@@ -559,6 +559,22 @@ def test_sampling_reads_an_hf_directory_as_it_is(torch, tmp_path, data_dir):
         want = hf.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0, len(ids) :]
     assert list(got.token_ids) == want.tolist()
 
+    # Converted into a workdir, the model keeps those defaults: greedy, as HF generate() and the directory.
+    convert.hf_to_workdir(tmp_path / "hf", tmp_path / "w")
+    (from_workdir,) = sample.complete(str(tmp_path / "w"), "Hello, I am", max_new_tokens=5)
+    assert list(from_workdir.token_ids) == want.tolist()
+    (tmp_path / "hf" / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [5, 7]})
+    )
+    convert.hf_to_workdir(tmp_path / "hf", tmp_path / "w2")
+    saved = sample.load(str(tmp_path / "w2"))[3]
+    assert {k: saved[k] for k in ("temperature", "top_k", "top_p", "eos_token_id")} == {
+        "temperature": 0.6,
+        "top_k": 50,
+        "top_p": 0.9,
+        "eos_token_id": [5, 7],
+    }
+
 
 def test_an_hf_directorys_generation_config_gives_the_sampling_defaults(tmp_path):
     (tmp_path / "generation_config.json").write_text(
