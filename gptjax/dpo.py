@@ -37,13 +37,6 @@ LOSSES = ("sigmoid", "hinge", "ipo")  # TRL's loss_type names (see the module do
 REFERENCE_FILE = "reference_logps.npz"  # in the workdir: the reference's log-probabilities of the answers
 
 
-def answer_logps(logits_BTV: jax.Array, y_BT: jax.Array) -> jax.Array:
-    """[B] float32: each row's summed log-probability of its targets (y >= 0: the answer's tokens)."""
-    logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
-    logp_BT = jnp.take_along_axis(logp_BTV, jnp.maximum(y_BT, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(y_BT >= 0, logp_BT, 0.0), axis=-1)
-
-
 def dpo_loss(
     policy_B: jax.Array, ref_B: jax.Array, beta: float, label_smoothing: float = 0.0, loss: str = "sigmoid"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

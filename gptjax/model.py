@@ -28,7 +28,7 @@ from gptjax.layers import (
     normal_init,
     sinusoidal_table,
 )
-from gptjax.lm_head import cross_entropy, head_logits, lm_head_loss
+from gptjax.lm_head import cross_entropy, head_logits, lm_head_logps, lm_head_loss, target_logps
 
 # Named sizes. baby = nanoGPT's shakespeare_char model, baby-cpu its CPU run; gpt2* = OpenAI's GPT-2
 # family (Radford et al. 2019, table 2; HF config.json of each checkpoint).
@@ -393,10 +393,12 @@ class GPT(nn.Module):
         segments_BT: jax.Array | None = None,
         deterministic: bool = True,
         targets_BT: jax.Array | None = None,
+        row_logps: bool = False,
     ) -> tuple[jax.Array, list[attention.Cache] | None]:
         """Returns float32 logits_BTV and the updated cache (None when no cache was given); with
         `targets_BT` (as nanoGPT's forward), the mean next-token cross entropy instead of the logits (over
-        the targets that are not lm_head.IGNORE).
+        the targets that are not lm_head.IGNORE), or with `row_logps` each row's summed log-probability of
+        its targets [B] (DPO's); both chunked with loss_chunk.
 
         positions_BT defaults to 0..T-1 (offset by the cache's fill level when decoding); pass it
         explicitly for left-padded batches. `segments_BT` (int) packs several examples in a row: each
@@ -474,13 +476,16 @@ class GPT(nn.Module):
             head_VD = self.param("lm_head", normal_init(), (c.padded_vocab, c.n_embd), c.param_dtype)
         head_VD = jnp.asarray(gather_table(head_VD), c.dtype)
         if targets_BT is not None and c.loss_chunk:
-            loss = lm_head_loss(x_BTD, head_VD, targets_BT, c.predicted_vocab, c.loss_chunk, c.logits_dtype)
-            return loss, new_cache
+            fused = lm_head_logps if row_logps else lm_head_loss
+            return fused(
+                x_BTD, head_VD, targets_BT, c.predicted_vocab, c.loss_chunk, c.logits_dtype
+            ), new_cache
         out_dtype = c.logits_dtype if targets_BT is not None else "float32"
         logits_BTV = head_logits(x_BTD, head_VD, c.predicted_vocab, out_dtype)
         logits_BTV = constrain(logits_BTV, BATCH_AXES, None, VOCAB_AXIS)
         if targets_BT is not None:
-            return cross_entropy(logits_BTV, targets_BT), new_cache
+            loss = target_logps if row_logps else cross_entropy
+            return loss(logits_BTV, targets_BT), new_cache
         return logits_BTV, new_cache
 
 

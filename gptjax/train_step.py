@@ -83,13 +83,16 @@ def loss_fn(
     targets not IGNORE'd (the model computes it: GPTConfig.loss_chunk); `batch` is (x_BT, y_BT), or
     (x_BT, y_BT, segments_BT) for rows that pack several examples (GPT's segments_BT). "dpo": the mean
     DPO loss of the pairs of rows of (x_BT, y_BT, ref_BT) (gptjax.data.preference.get_pairs), from the
-    float32 logits. Parameters training does not update (a LoRA model's base) get no gradient
-    (optim.freeze)."""
+    rows' answer log-probabilities (GPT's row_logps; chunked with loss_chunk too). Parameters training
+    does not update (a LoRA model's base) get no gradient (optim.freeze)."""
     rngs = {"dropout": dropout_rng}
     if objective.kind == "dpo":
         x_BT, y_BT, ref_BT = batch
-        logits_BTV, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
-        sum_B, ref_B = dpo.answer_logps(logits_BTV, y_BT), jnp.sum(ref_BT, axis=-1)
+        variables = {"params": freeze(params)}
+        sum_B, _ = apply_fn(
+            variables, x_BT, deterministic=deterministic, rngs=rngs, targets_BT=y_BT, row_logps=True
+        )
+        ref_B = jnp.sum(ref_BT, axis=-1)
         tokens_B = jnp.sum(y_BT >= 0, axis=-1)
         policy_B = sum_B
         if objective.loss == "ipo":  # compares per-token means (as TRL)
@@ -226,14 +229,13 @@ def eval_steps(
 
 
 def answer_logps_steps(state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
-    """[K, B] float32: each row's log-probability of its answer (gptjax.dpo.answer_logps: the targets
-    y >= 0) in K batches (x_KBT, y_KBT, ...), dropout off, in `grad_accum` micro-batches one at a time.
-    DPO's reference is the starting model's."""
+    """[K, B] float32: each row's log-probability of its answer (GPT's row_logps: the targets y >= 0) in
+    K batches (x_KBT, y_KBT, ...), dropout off, in `grad_accum` micro-batches one at a time. DPO's
+    reference is the starting model's."""
 
     def rows(batch):
         def micro(xy):
-            logits_BTV, _ = state.apply_fn({"params": state.params}, xy[0], deterministic=True)
-            return dpo.answer_logps(logits_BTV, xy[1])
+            return state.apply_fn({"params": state.params}, xy[0], targets_BT=xy[1], row_logps=True)[0]
 
         return jax.lax.map(micro, _micro_batches(batch[:2], grad_accum)).reshape(-1)
 

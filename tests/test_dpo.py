@@ -2,6 +2,7 @@
 rows, the step's invariants (grad accumulation, pmap), and end to end: a model fine-tuned on two answer
 styles learns to prefer the chosen one."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,6 +22,7 @@ from gptjax import train_step as train_step_lib
 from gptjax.data import CharTokenizer, DataError
 from gptjax.data.preference import get_pairs, load_preference_dataset
 from gptjax.data.sft import decode_rows
+from gptjax.lm_head import head_logits, lm_head_logps, target_logps
 from gptjax.metric_writer import read_metrics
 from gptjax.model import GPT, GPTConfig
 from gptjax.optim import make_optimizer
@@ -76,7 +78,7 @@ def test_ipo_compares_per_token_means_and_rpo_adds_the_chosen_nll():
     x, y, ref = (jnp.asarray(a[0]) for a in dpo_batches())
     y = y.at[0, 3:5].set(-1).at[5, 6].set(-1)  # answers of different lengths
     logits, _ = GPT(cfg).apply({"params": state.params}, x)
-    sums = np.asarray(dpo.answer_logps(logits, y))
+    sums = np.asarray(target_logps(logits, y))
     tokens = np.asarray(jnp.sum(y >= 0, axis=-1))
     ref_sums = np.asarray(ref[:, 0])
 
@@ -116,7 +118,7 @@ def test_answer_logps_sum_the_answers_tokens_only():
     y = np.array([[-1, -1, 3, 4, -1], [-1, 0, 6, -1, -1]])
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
     want = [logp[0, 2, 3] + logp[0, 3, 4], logp[1, 1, 0] + logp[1, 2, 6]]
-    np.testing.assert_allclose(dpo.answer_logps(logits, jnp.asarray(y)), want, rtol=1e-5)
+    np.testing.assert_allclose(target_logps(logits, jnp.asarray(y)), want, rtol=1e-5)
 
 
 def test_pairs_become_adjacent_rows_with_the_same_prompt(tmp_path):
@@ -230,7 +232,7 @@ def test_the_reference_on_every_placement_is_the_models_answer_logps(mode, mesh)
     rows_N2R[..., :3] = -rows_N2R[..., :3] - 1  # the prompt: read, not scored
     x_BT, y_BT = decode_rows(rows_N2R.reshape(22, 9))
     logits_BTV, _ = GPT(cfg).apply({"params": state.params}, x_BT)
-    want = np.asarray(dpo.answer_logps(logits_BTV, jnp.asarray(y_BT))).reshape(11, 2)
+    want = np.asarray(target_logps(logits_BTV, jnp.asarray(y_BT))).reshape(11, 2)
 
     config.parallel.update(mode=mode, mesh=mesh or {})
     placement = parallel.make_placement(config.parallel, abstract, 16)
@@ -244,6 +246,47 @@ def test_the_reference_on_every_placement_is_the_models_answer_logps(mode, mesh)
     )
     assert got.shape == (11, 2) and (got < 0).all()
     close(got, want)
+
+
+def test_chunked_row_logps_and_their_gradients_equal_the_full_logits():
+    """lm_head_logps (loss_chunk's per-row log-probabilities): each row's sum and the gradients under a
+    different cotangent per row (DPO's) equal target_logps of the full logits and autodiff's, with the
+    vocabulary padded, ignored targets and a chunk that does not divide T."""
+    kx, kh, kt, kg = jax.random.split(jax.random.key(0), 4)
+    x_BTD = jax.random.normal(kx, (4, 7, 16))
+    head_VD = jax.random.normal(kh, (24, 16)) * 0.3  # 21 ids, 3 pad rows
+    t_BT = jax.random.randint(kt, (4, 7), 0, 21).at[0, :3].set(-1).at[2, 5].set(-1)
+    g_B = jax.random.normal(kg, (4,))
+
+    def full(x, head):
+        return target_logps(head_logits(x, head, 21), t_BT)
+
+    def chunked(x, head):
+        return lm_head_logps(x, head, t_BT, 21, 3)
+
+    close(chunked(x_BTD, head_VD), full(x_BTD, head_VD))
+    for fn in (full, chunked):
+        _, vjp = jax.vjp(fn, x_BTD, head_VD)
+        if fn is full:
+            want = vjp(g_B)
+        else:
+            close(vjp(g_B), want)
+
+
+def test_dpo_with_loss_chunk_trains_as_with_full_logits():
+    """model.loss_chunk applies to DPO: a step's loss, metrics and parameters equal the full logits'."""
+    cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16, vocab_multiple=48)
+    opt = dpo_config.get_config("tiny").opt
+    x, y, ref = (jnp.asarray(a[0]) for a in dpo_batches())
+    y = y.at[1, 3:5].set(-1)
+    out = []
+    for chunk in (0, 3):
+        chunked = dataclasses.replace(cfg, loss_chunk=chunk)
+        state = create_train_state(chunked, make_optimizer(opt), 0, Objective("dpo", rpo_alpha=0.5))
+        out.append(jax.jit(train_step)(state, (x, y, ref.at[:, 0].set(-20.0))))
+    (plain, plain_metrics), (chunked, chunked_metrics) = out
+    close(chunked_metrics, plain_metrics)
+    close(chunked.params, plain.params)
 
 
 @pytest.mark.parametrize(
@@ -263,12 +306,12 @@ def test_against_itself_a_step_prefers_the_chosen_rows(objective, at_start):
     state = create_train_state(cfg, make_optimizer(dpo_config.get_config("tiny").opt), 0, objective)
     x, y, _ = (jnp.asarray(a[0]) for a in dpo_batches())
     logits, _ = GPT(cfg).apply({"params": state.params}, x)
-    ref = jnp.zeros(x.shape).at[:, 0].set(dpo.answer_logps(logits, y))
+    ref = jnp.zeros(x.shape).at[:, 0].set(target_logps(logits, y))
     moved, metrics = jax.jit(train_step)(state, (x, y, ref))
     if at_start is not None:
         np.testing.assert_allclose(metrics["loss"], at_start, rtol=1e-6)
     after, _ = GPT(cfg).apply({"params": moved.params}, x)
-    delta = np.asarray(dpo.answer_logps(after, y) - ref[:, 0]).reshape(-1, 2)
+    delta = np.asarray(target_logps(after, y) - ref[:, 0]).reshape(-1, 2)
     assert (delta[:, 0] > delta[:, 1]).all(), delta  # chosen up relative to rejected, every pair
 
 
