@@ -1,11 +1,13 @@
 """Causal multi-head self-attention with an explicit KV cache passed in and returned.
 
-softmax(Q K^T / sqrt(H)) V over N heads, with GPT-2's fused QKV projection (`c_attn` is one D x 3D
-matrix, columns ordered q | k | v). With K < N key/value heads (grouped-query attention, Ainslie et al.
-2023; K = 1 is multi-query) `c_attn` is D x (N + 2K)H, and query head n reads key/value head n // (N/K),
-as HF's repeat_kv. Logits and softmax are computed in float32 whatever the compute dtype. Decoding passes
-a cache `{"k": BxKxHxS, "v": BxKxSxH, "end": int32}`; the new keys and values are written at `end` and
-the updated cache is returned (no mutable Flax collections).
+softmax(Q K^T / sqrt(H)) V over N heads, with GPT-2's fused QKV projection (`c_attn` is one D x 3NH
+matrix, columns ordered q | k | v) and `c_proj` NH x D; H is D / N unless set apart (Qwen3). With K < N
+key/value heads (grouped-query attention, Ainslie et al. 2023; K = 1 is multi-query) `c_attn` is
+D x (N + 2K)H, and query head n reads key/value head n // (N/K), as HF's repeat_kv. With qk_norm_eps,
+each head's queries and keys are RMS-normed (a [H] scale each: q_norm, k_norm) before rope (Qwen3).
+Logits and softmax are computed in float32 whatever the compute dtype. Decoding passes a cache
+`{"k": BxKxHxS, "v": BxKxSxH, "end": int32}`; the new keys and values (normed, rotated) are written at
+`end` and the updated cache is returned (no mutable Flax collections).
 """
 
 from typing import Any
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.layers import Dense, Dtype, LoRA, RopeScaling, normal_init, residual_init, rope
+from gptjax.layers import Dense, Dtype, LoRA, RopeScaling, norm, normal_init, residual_init, rope
 
 # Added to the logits of masked (future or padded) keys. The float32 minimum makes their softmax weight
 # exactly 0 while keeping a fully masked row finite (uniform) instead of NaN.
@@ -56,6 +58,8 @@ class CausalSelfAttention(nn.Module):
     rope_scaling: RopeScaling | None = None  # their frequencies slowed for a longer context; None: as is
     n_kv_head: int = 0  # K key/value heads, dividing n_head (grouped-query attention); 0: n_head
     qkv_bias: bool = False  # c_attn (q, k and v) has a bias even without use_bias (Qwen2)
+    head_dim: int = 0  # H; 0: n_embd / n_head
+    qk_norm_eps: float | None = None  # RMS norms over each head's q and k before rope (Qwen3); None: none
 
     @nn.compact
     def __call__(
@@ -73,7 +77,7 @@ class CausalSelfAttention(nn.Module):
         q and k are rotated by `positions_BT` (the cache keeps keys rotated)."""
         B, T, D = x_BTD.shape
         N, K = self.n_head, self.n_kv_head or self.n_head
-        H, G = D // N, N // K  # head dim, query heads per key/value head
+        H, G = self.head_dim or D // N, N // K  # head dim, query heads per key/value head
         implementation = self.implementation
         if implementation == "auto":
             half = jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16)
@@ -91,6 +95,10 @@ class CausalSelfAttention(nn.Module):
         q_BTNH = q.reshape(B, T, N, H)
         k_BTKH = k.reshape(B, T, K, H)
         v_BTKH = v.reshape(B, T, K, H)
+        if self.qk_norm_eps is not None:  # over each head's H channels, in float32 as every norm
+            kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, eps=self.qk_norm_eps)
+            q_BTNH = norm("q_norm", "rms", **kw)(q_BTNH)
+            k_BTKH = norm("k_norm", "rms", **kw)(k_BTKH)
         if self.rope_theta is not None:
             q_BTNH = rope(q_BTNH, positions_BT, self.rope_theta, self.rope_scaling)
             k_BTKH = rope(k_BTKH, positions_BT, self.rope_theta, self.rope_scaling)
@@ -183,6 +191,6 @@ class CausalSelfAttention(nn.Module):
 
     def _project(self, out_BTNH: jax.Array, deterministic: bool) -> jax.Array:
         B, T, N, H = out_BTNH.shape
-        c_proj = self._dense(N * H, self.use_bias, residual_init(self.n_layer), "c_proj")
+        c_proj = self._dense(self.n_embd, self.use_bias, residual_init(self.n_layer), "c_proj")
         out_BTD = c_proj(out_BTNH.reshape(B, T, N * H), deterministic)
         return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

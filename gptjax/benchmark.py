@@ -1,8 +1,9 @@
 """Training throughput and model FLOPs utilisation (MFU) of a config, on whatever devices JAX sees.
 
 FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu):
-  6 * N            forward + backward of every weight matmul, N = parameters without position embeddings
-  + 12 * L * T * D attention scores and weighted sums (QK^T and AV), forward + backward, T = context
+  6 * N               forward + backward of every weight matmul, N = parameters without position embeddings
+  + 12 * L * T * n*H  attention scores and weighted sums (QK^T and AV), forward + backward, T = context,
+                      n*H = query heads x head dim (= D unless n_head_dim sets H apart)
 MFU = achieved model FLOP/s / (devices x peak FLOP/s of one device at the compute dtype).
 """
 
@@ -33,12 +34,13 @@ PEAK_FLOPS: dict[str, tuple[float, float]] = {
 
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
     """Training FLOPs per token: 6 per parameter that multiplies (forward 2, backward 4) plus attention's
-    12·L·T·D (nanoGPT, PaLM appendix B). Lookup tables do no matmul: the position table, and the token
-    table when the LM head is a matrix of its own (tied, the table is the head and counts once)."""
+    12·L·T·n·H (nanoGPT, PaLM appendix B: 12·L·T·D, where n·H = D). Lookup tables do no matmul: the
+    position table, and the token table when the LM head is a matrix of its own (tied, the table is the head
+    and counts once)."""
     n = n_params - (cfg.block_size * cfg.n_embd if cfg.position == "learned" else 0)
     if not cfg.tie_embeddings:
         n -= cfg.padded_vocab * cfg.n_embd
-    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.head_dim
 
 
 def peak_flops(device: jax.Device, dtype: str) -> float | None:

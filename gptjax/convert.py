@@ -1,6 +1,6 @@
 """GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
-Llama-family models (Llama, Qwen2) go both ways through gptjax.llama (Mistral in only: it exports as the
-Llama it is).
+Llama-family models (Llama, Qwen2, Qwen3) go both ways through gptjax.llama (Mistral in only: it exports
+as the Llama it is).
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -68,8 +68,9 @@ VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # attention kernel, remat and scan_layers are free, and so are rope_theta and the rope_scaling fields:
 # fine-tuning with a larger base or a scaling is how a rope model's context is extended.
 SAME_MODEL_FIELDS = (
-    "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "qkv_bias", "position",
-    "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab", "kernel_layout",
+    "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "bias", "qkv_bias",
+    "position", "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
+    "kernel_layout",
 )  # fmt: skip
 
 WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]
@@ -154,9 +155,15 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
 def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
     """config.json of an HF model equal to `cfg`: a GPT2LMHeadModel, for norm="rms" an
     ImageGPTForCausalImageModeling (bias=False exports as zero biases), or a LlamaForCausalLM for a
-    Llama's shape (gptjax.llama.is_llama; with qkv_bias a Qwen2ForCausalLM)."""
+    Llama's shape (gptjax.llama.is_llama; with qkv_bias a Qwen2ForCausalLM, with qk_norm a Qwen3's)."""
     if is_llama(cfg):
         return llama_config(cfg, tokenizer)
+    if cfg.qk_norm or cfg.head_dim * cfg.n_head != cfg.n_embd:
+        raise ValueError(
+            f"qk_norm={cfg.qk_norm}, n_head_dim={cfg.n_head_dim} cannot be exported as HF GPT-2 (no q/k "
+            "norms, head dim n_embd / n_head); a Qwen3 needs position='rope', mlp='swiglu', norm='rms', "
+            "bias=False"
+        )
     if cfg.position != "learned":
         raise ValueError(
             f"position={cfg.position!r} cannot be exported: HF GPT-2 has learned positions only, and a "
@@ -208,10 +215,11 @@ def check_same_model(
 ) -> None:
     """One-line ValueError naming every SAME_MODEL_FIELDS value of `cfg` that differs from `hf_cfg`'s
     (or a saved gptjax model's: `label` names it in the message)."""
-    # n_kv_head = n_head and n_inner = the MLP's default width are their 0s (a difference of n_head or
-    # n_embd alone is then one difference, not two).
+    # n_kv_head = n_head, n_head_dim = n_embd / n_head and n_inner = the MLP's default width are their 0s (a
+    # difference of n_head or n_embd alone is then one difference, not two).
     value = lambda c, f: {  # noqa: E731
         "n_kv_head": 0 if c.kv_heads == c.n_head else c.n_kv_head,
+        "n_head_dim": 0 if c.head_dim * c.n_head == c.n_embd else c.n_head_dim,
         "n_inner": 0 if c.mlp_width == default_mlp_width(c.n_embd, c.mlp) else c.n_inner,
     }.get(f, getattr(c, f))
     diffs = {f: (value(cfg, f), value(hf_cfg, f)) for f in SAME_MODEL_FIELDS}
@@ -294,6 +302,7 @@ def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
         raise ValueError("the params have LoRA adapters: merge them first (gptjax.model.merge_lora)")
     if cfg.kernel_layout != "in_out":  # square kernels would pass the shape checks transposed
         raise ValueError(f"kernel_layout={cfg.kernel_layout!r}: export the [in, out] params (in_out)")
+    hf_config(cfg)  # a one-line error for a shape no HF class holds (q/k norms in a GPT-2 ...)
     if cfg.scan_layers:
         params = unstack_layers(params)
     if is_llama(cfg):

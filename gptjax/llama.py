@@ -1,5 +1,5 @@
 """Llama-family weights from Hugging Face (LlamaForCausalLM: Llama 2 and 3.x, TinyLlama, SmolLM;
-MistralForCausalLM; Qwen2ForCausalLM: Qwen2, Qwen2.5) into gptjax.
+MistralForCausalLM; Qwen2ForCausalLM: Qwen2, Qwen2.5; Qwen3ForCausalLM) into gptjax.
 
 A Llama is a gptjax GPT with position="rope" (rope_theta, and Llama 3.1/3.2's "llama3" or the "linear"
 rope scaling), n_kv_head (num_key_value_heads), mlp="swiglu" (intermediate_size), norm="rms"
@@ -9,8 +9,12 @@ layout, as gptjax.layers.rope's). A Mistral has the same weights; its sliding-wi
 causal attention over up to sliding_window tokens, so it imports with that context. A Qwen2 is a Llama
 with biases on q_proj, k_proj and v_proj (GPTConfig.qkv_bias: c_attn's bias, columns q | k | v as its
 kernel's); its sliding window is off unless use_sliding_window, which gptjax refuses (the window covers
-some layers only). gptjax.convert reads these directories through here, and exports a model of that shape
-(`is_llama`) as a Llama, or with qkv_bias as a Qwen2.
+some layers only). A Qwen3 is a Llama with RMS norms over each head's queries and keys before rope
+(GPTConfig.qk_norm: q_norm and k_norm, a [head_dim] weight each) and a head_dim of its own
+(GPTConfig.n_head_dim: Qwen3-0.6B's q_proj is [16 x 128, 1024]); its sliding window is Qwen2's. Any
+Llama's head_dim may differ from hidden_size / heads. gptjax.convert reads these directories through
+here, and exports a model of that shape (`is_llama`) as a Llama, with qkv_bias as a Qwen2, with qk_norm
+as a Qwen3 (both at once: no HF class, refused).
 """
 
 from typing import Any
@@ -21,8 +25,10 @@ from gptjax.layers import default_mlp_width
 from gptjax.model import GPTConfig, stack_layers
 
 # HF model_types read here: Mistral has Llama's weight names and shapes, Qwen2 (Qwen2, Qwen2.5) those plus
-# q, k and v biases.
-LLAMA_TYPES = ("llama", "mistral", "qwen2")
+# q, k and v biases, Qwen3 those plus q_norm and k_norm.
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# HF model_type -> its causal LM class, for export.
+HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "partial_rotary_factor": 1.0}
 # HF rope_type -> GPTConfig.rope_scaling (gptjax.layers.RopeScaling computes them as HF does).
@@ -30,13 +36,14 @@ ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
 
 
 def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
-    """The GPTConfig of an HF Llama (Mistral, Qwen2) config.json; a one-line error for what gptjax cannot
-    compute."""
-    qwen2 = hf.get("model_type") == "qwen2"
-    if qwen2 and hf.get("use_sliding_window"):
+    """The GPTConfig of an HF Llama (Mistral, Qwen2, Qwen3) config.json; a one-line error for what gptjax
+    cannot compute."""
+    model_type = hf.get("model_type")
+    qwen = model_type in ("qwen2", "qwen3")
+    if qwen and hf.get("use_sliding_window"):
         raise ValueError(
-            "use_sliding_window=True is not supported: Qwen2's window covers only the layers from "
-            "max_window_layers on, and gptjax attends alike in every layer; gptjax needs False"
+            f"use_sliding_window=True is not supported: {model_type.capitalize()}'s window covers only the "
+            "layers from max_window_layers on, and gptjax attends alike in every layer; gptjax needs False"
         )
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported; gptjax's SwiGLU uses silu")
@@ -44,15 +51,12 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         if hf.get(name) not in (None, nothing):
             raise ValueError(f"{name}={hf[name]!r} is not supported; gptjax needs {nothing!r}")
     D, N = hf["hidden_size"], hf["num_attention_heads"]
-    if hf.get("head_dim") not in (None, D // N):
-        raise ValueError(
-            f"head_dim={hf['head_dim']} is not supported; gptjax's is hidden_size / heads = {D // N}"
-        )
+    H = hf.get("head_dim") or D // N
     K = hf.get("num_key_value_heads") or N
     F = hf["intermediate_size"]
-    # A Mistral's queries see the last sliding_window keys: all of them while there are no more. A Qwen2's
+    # A Mistral's queries see the last sliding_window keys: all of them while there are no more. A Qwen's
     # sliding_window is ignored (by HF too) without use_sliding_window.
-    window = None if qwen2 else hf.get("sliding_window")
+    window = None if qwen else hf.get("sliding_window")
     context = min(hf["max_position_embeddings"], window or hf["max_position_embeddings"])
     return GPTConfig(
         vocab_size=hf["vocab_size"],
@@ -61,9 +65,11 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         n_head=N,
         n_kv_head=0 if K == N else K,
         n_embd=D,
+        n_head_dim=0 if H * N == D else H,
+        qk_norm=model_type == "qwen3",
         dropout=0.0,
         bias=False,
-        qkv_bias=qwen2,
+        qkv_bias=model_type == "qwen2",
         position="rope",
         **rope_from_llama(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -109,9 +115,9 @@ def _rope_value(rope: dict[str, Any], kind: str, key: str) -> Any:
 
 
 def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, Any]:
-    """gptjax params of `cfg` from an HF Llama's (Qwen2's: with qkv_bias) weights; checks every name and
-    shape, and that none is left over. Token rows are padded with zeros to cfg.padded_vocab; layers stacked
-    for scan_layers."""
+    """gptjax params of `cfg` from an HF Llama's (Qwen2's: with qkv_bias; Qwen3's: with qk_norm) weights;
+    checks every name and shape, and that none is left over. Token rows are padded with zeros to
+    cfg.padded_vocab; layers stacked for scan_layers."""
     weights = {k: v for k, v in weights.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer
     D, N, K, H, F = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.mlp_width
 
@@ -136,12 +142,12 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
             c_attn["bias"] = np.concatenate(
                 [take(f"{hf}.self_attn.{n}_proj.bias", (m * H,)) for n, m in heads]
             )
+        attn = {"c_attn": c_attn, "c_proj": {"kernel": take(f"{hf}.self_attn.o_proj.weight", (D, N * H)).T}}
+        if cfg.qk_norm:  # a Qwen3's
+            attn.update({f"{n}_norm": {"scale": take(f"{hf}.self_attn.{n}_norm.weight", (H,))} for n in "qk"})
         params[f"h_{i}"] = {
             "ln_1": {"scale": take(f"{hf}.input_layernorm.weight", (D,))},
-            "attn": {
-                "c_attn": c_attn,
-                "c_proj": {"kernel": take(f"{hf}.self_attn.o_proj.weight", (D, N * H)).T},
-            },
+            "attn": attn,
             "ln_2": {"scale": take(f"{hf}.post_attention_layernorm.weight", (D,))},
             "mlp": {
                 "fc": {"kernel": take(f"{hf}.mlp.up_proj.weight", (F, D)).T},
@@ -165,14 +171,25 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
 
 def is_llama(cfg: GPTConfig) -> bool:
     """Whether `cfg` is a Llama's shape (and so exports as LlamaForCausalLM; with qkv_bias as
-    Qwen2ForCausalLM)."""
+    Qwen2ForCausalLM, with qk_norm as Qwen3ForCausalLM: `llama_type`)."""
     return (cfg.position, cfg.mlp, cfg.norm, cfg.bias) == ("rope", "swiglu", "rms", False)
 
 
+def llama_type(cfg: GPTConfig) -> str:
+    """The HF model_type a Llama-shaped `cfg` exports as: "qwen3" with qk_norm, "qwen2" with qkv_bias,
+    else "llama"; a one-line error for both (no HF class has them together)."""
+    if cfg.qk_norm and cfg.qkv_bias:
+        raise ValueError(
+            "qk_norm=True with qkv_bias=True cannot be exported: Qwen3 has q/k norms and no q/k/v biases, "
+            "Qwen2 the reverse; set one of them to False"
+        )
+    return "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+
+
 def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama), with qkv_bias a Qwen2ForCausalLM's;
-    the rope parameters both as transformers 5 reads them (rope_parameters) and as older versions do
-    (rope_theta, rope_scaling)."""
+    """config.json of the HF LlamaForCausalLM equal to `cfg` (is_llama), with qkv_bias a Qwen2ForCausalLM's,
+    with qk_norm a Qwen3ForCausalLM's (`llama_type`); the rope parameters both as transformers 5 reads them
+    (rope_parameters) and as older versions do (rope_theta, rope_scaling)."""
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling != "none":
         rope.update(rope_type=cfg.rope_scaling, factor=cfg.rope_factor)
@@ -183,9 +200,10 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
             original_max_position_embeddings=cfg.rope_original_context,
         )
     scaling = {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling != "none" else None
+    model_type = llama_type(cfg)
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [HF_CLASSES[model_type]],
+        "model_type": model_type,
         "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.block_size,
         "hidden_size": cfg.n_embd,
@@ -206,20 +224,18 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "eos_token_id": getattr(tokenizer, "eos_id", None),
         "torch_dtype": "float32",
     }
-    if cfg.qkv_bias:  # Qwen2's biases are on q, k and v only, where a Llama's attention_bias adds o_proj's
-        del config["attention_bias"], config["mlp_bias"]
-        config.update(
-            architectures=["Qwen2ForCausalLM"],
-            model_type="qwen2",
-            use_sliding_window=False,
-            sliding_window=None,
-        )
+    if model_type != "llama":  # Qwen's windows off; its MLP has no biases to switch
+        del config["mlp_bias"]
+        config.update(use_sliding_window=False, sliding_window=None)
+    if model_type == "qwen2":  # its biases are on q, k and v only, where attention_bias adds o_proj's
+        del config["attention_bias"]
     return config
 
 
 def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
-    """HF Llama (Qwen2) weights (name -> float32 array) of per-layer gptjax params; params_from_llama's
+    """HF Llama (Qwen2, Qwen3) weights (name -> float32 array) of per-layer gptjax params; params_from_llama's
     inverse."""
+    llama_type(cfg)  # a one-line error for a model no HF class holds
     N, K, H, V = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.vocab_size
     f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))  # noqa: E731
     out = {"model.embed_tokens.weight": f32(params["wte"]["embedding"][:V])}
@@ -242,6 +258,10 @@ def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
         if cfg.qkv_bias:
             q, k, v = np.split(np.asarray(layer["attn"]["c_attn"]["bias"]), [N * H, (N + K) * H])
             out.update({f"{hf}.self_attn.{n}_proj.bias": f32(b) for n, b in (("q", q), ("k", k), ("v", v))})
+        if cfg.qk_norm:
+            out.update(
+                {f"{hf}.self_attn.{n}_norm.weight": f32(layer["attn"][f"{n}_norm"]["scale"]) for n in "qk"}
+            )
     out["model.norm.weight"] = f32(params["ln_f"]["scale"])
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = f32(params["lm_head"][:V])

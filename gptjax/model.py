@@ -69,7 +69,12 @@ class GPTConfig:
     # Key/value heads (grouped-query attention; 1: multi-query): fewer make the KV cache n_head / n_kv_head
     # times smaller. 0: n_head, GPT-2's multi-head attention.
     n_kv_head: int = 0
-    n_embd: int = 768  # D; head dim H = D / N
+    n_embd: int = 768  # D
+    # H, each head's width: q, k and v are N (K) x H, c_proj maps N * H -> D. 0: D / N (GPT-2, Llama); Qwen3
+    # sets it apart (Qwen3-0.6B: D 1024, N 16, H 128).
+    n_head_dim: int = 0
+    # RMS norms (norm_eps, a [H] scale) over each head's queries and keys before rope (Qwen3's q/k_norm).
+    qk_norm: bool = False
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     bias: bool = True  # biases in Dense layers and LayerNorms (GPT-2: True)
     # Biases on the attention's query/key/value projection (c_attn) even when bias=False (Qwen2); with
@@ -135,10 +140,12 @@ class GPTConfig:
                 raise ValueError(
                     f"{name}={getattr(self, name)} must be in [0, 1); set model.{name} to e.g. 0.0 or 0.1"
                 )
-        if self.n_embd % self.n_head:
+        if self.n_head_dim < 0:
+            raise ValueError(f"n_head_dim={self.n_head_dim} must be >= 0 (0: n_embd / n_head)")
+        if not self.n_head_dim and self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                "pick n_head that divides n_embd (head dim = n_embd / n_head)"
+                "pick n_head that divides n_embd (head dim = n_embd / n_head), or set n_head_dim"
             )
         if self.n_kv_head < 0 or self.n_head % self.kv_heads:
             raise ValueError(
@@ -167,10 +174,11 @@ class GPTConfig:
             raise ValueError(f"kernel_layout={self.kernel_layout!r} is unknown; use one of {KERNEL_LAYOUTS}")
         if self.position not in POSITIONS:
             raise ValueError(f"position={self.position!r} is unknown; use one of {POSITIONS}")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+        if self.position == "rope" and self.head_dim % 2:
+            source, fix = ("n_head_dim", "n_head_dim") if self.n_head_dim else ("n_embd / n_head", "n_head")
             raise ValueError(
-                f"position='rope' turns channel pairs, and the head dim n_embd / n_head = "
-                f"{self.n_embd // self.n_head} is odd; pick n_head so that it is even"
+                f"position='rope' turns channel pairs, and the head dim {source} = {self.head_dim} is odd; "
+                f"pick {fix} so that it is even"
             )
         if self.rope_scaling not in ROPE_SCALINGS:
             raise ValueError(f"rope_scaling={self.rope_scaling!r} is unknown; use one of {ROPE_SCALINGS}")
@@ -207,7 +215,8 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        """H: n_head_dim, or n_embd / n_head when it is 0."""
+        return self.n_head_dim or self.n_embd // self.n_head
 
     @property
     def mlp_width(self) -> int:
@@ -298,6 +307,7 @@ class Block(nn.Module):
             n_head=c.n_head,
             n_kv_head=c.kv_heads,
             n_embd=c.n_embd,
+            head_dim=c.head_dim,
             n_layer=c.n_layer,
             use_bias=c.bias,
             qkv_bias=c.qkv_bias,
@@ -309,6 +319,7 @@ class Block(nn.Module):
             lora=c.lora,
             rope_theta=c.rope_theta if c.position == "rope" else None,
             rope_scaling=c.scaled_rope,
+            qk_norm_eps=c.norm_eps if c.qk_norm else None,
             name="attn",
         )(
             ln("ln_1")(x_BTD),

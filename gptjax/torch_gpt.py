@@ -2,14 +2,15 @@
 the model of scripts/torch_reference.py.
 
 The same function as gptjax.model.GPT: pre-norm blocks (LayerNorm with or without biases, or RMSNorm;
-norm_eps), a fused QKV projection (Qwen2's qkv_bias too) into torch's scaled_dot_product_attention
-(causal, flash kernels where torch has them; fewer key/value heads for n_kv_head), a GELU MLP (exact or
-tanh) or SwiGLU, final norm, tied or separate LM head; positions learned, sinusoidal, or rotary on
-queries and keys (rope_theta and its scaling, gptjax.layers.rope_inv_freq's frequencies). Modules are
-built in nanoGPT's order, so a seed draws nanoGPT's initial weights for its model, and `init_weights` is
-nanoGPT's (normal 0.02, residual projections 0.02 / sqrt(2 n_layer)). Parameter names are HF GPT-2's
-with nn.Linear's [out, in] weights, as nanoGPT's (SwiGLU's third matrix is mlp.gate). Needs the `torch`
-extra.
+norm_eps), a fused QKV projection (Qwen2's qkv_bias too; heads of n_head_dim; Qwen3's per-head q and k
+RMS norms for qk_norm) into torch's scaled_dot_product_attention (causal, flash kernels where torch has
+them; fewer key/value heads for n_kv_head), a GELU MLP (exact or tanh) or SwiGLU, final norm, tied or
+separate LM head; positions learned, sinusoidal, or rotary on queries and keys (rope_theta and its
+scaling, gptjax.layers.rope_inv_freq's frequencies). Modules are built in nanoGPT's order, so a seed draws
+nanoGPT's initial weights for its model, and `init_weights` is nanoGPT's (normal 0.02, residual
+projections 0.02 / sqrt(2 n_layer)). Parameter names are HF GPT-2's with nn.Linear's [out, in] weights,
+as nanoGPT's (SwiGLU's third matrix is mlp.gate; the q/k norms attn.q_norm, attn.k_norm). Needs the
+`torch` extra.
 """
 
 import math
@@ -47,6 +48,8 @@ class SelfAttention(nn.Module):
         self.heads, self.dropout = (N, K, H), cfg.dropout
         self.c_attn = nn.Linear(D, (N + 2 * K) * H, bias=cfg.bias or cfg.qkv_bias)
         self.c_proj = nn.Linear(N * H, D, bias=cfg.bias)
+        head_norm = lambda: nn.RMSNorm(H, eps=cfg.norm_eps) if cfg.qk_norm else None  # noqa: E731
+        self.q_norm, self.k_norm = head_norm(), head_norm()  # over each head's H channels, before rope
         self.resid_dropout = nn.Dropout(cfg.dropout)
         inv_freq = rope_inv_freq(H, cfg.rope_theta, cfg.scaled_rope) if cfg.position == "rope" else None
         self.register_buffer("inv_freq_h", None if inv_freq is None else torch.tensor(inv_freq), False)
@@ -55,6 +58,8 @@ class SelfAttention(nn.Module):
         (B, T, _), (N, K, H) = x_BTD.shape, self.heads
         q, k, v = self.c_attn(x_BTD).split([N * H, K * H, K * H], dim=2)
         q_BTNH, k_BTKH, v_BTKH = q.view(B, T, N, H), k.view(B, T, K, H), v.view(B, T, K, H)
+        if self.q_norm is not None:
+            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
         if self.inv_freq_h is not None:
             q_BTNH, k_BTKH = rotate(q_BTNH, self.inv_freq_h), rotate(k_BTKH, self.inv_freq_h)
         p = self.dropout if self.training else 0.0
@@ -170,6 +175,9 @@ def from_gptjax(params: Any, cfg: GPTConfig) -> GPT:
         add(f"{to}.ln_1", layer["ln_1"])
         add(f"{to}.attn.c_attn", layer["attn"]["c_attn"], linear=True)
         add(f"{to}.attn.c_proj", layer["attn"]["c_proj"], linear=True)
+        if cfg.qk_norm:
+            add(f"{to}.attn.q_norm", layer["attn"]["q_norm"])
+            add(f"{to}.attn.k_norm", layer["attn"]["k_norm"])
         add(f"{to}.ln_2", layer["ln_2"])
         add(f"{to}.mlp.c_fc", layer["mlp"]["fc"], linear=True)
         if cfg.mlp == "swiglu":

@@ -37,6 +37,20 @@ def test_flops_per_token_matches_xla_count_of_the_forward_pass(tie_embeddings):
     assert benchmark.flops_per_token(cfg, n_params) == pytest.approx(xla_per_token, rel=0.03)
 
 
+def test_flops_per_token_counts_attention_over_query_heads_times_head_dim():
+    """With n_head_dim apart from n_embd / n_head, attention's matmuls are over N*H (here 4 D) channels:
+    the formula still matches XLA's count, where 12·L·T·D would be far off."""
+    cfg = GPTConfig(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_embd=64, n_head_dim=64)
+    tokens = jnp.zeros((1, cfg.block_size), jnp.int32)
+    params = jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0), tokens)["params"])
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    forward = jax.jit(lambda p, x: GPT(cfg).apply({"params": p}, x)[0]).lower(params, tokens).compile()
+    xla_per_token = 3 * forward.cost_analysis()["flops"] / tokens.size
+    assert benchmark.flops_per_token(cfg, n_params) == pytest.approx(xla_per_token, rel=0.03)
+    with_d = benchmark.flops_per_token(cfg, n_params) - 12 * 2 * 256 * (4 * 64 - 64)
+    assert with_d < 0.8 * xla_per_token
+
+
 def test_flops_per_token_leaves_out_the_padded_token_table_of_an_untied_model():
     """Untied, the token table (all padded_vocab rows) is a lookup; the LM head's matmul counts."""
     cfg = GPTConfig(

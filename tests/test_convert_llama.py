@@ -1,6 +1,7 @@
 """gptjax.llama: HF Llama checkpoints (rope, grouped-query attention, SwiGLU, RMS norms) import with the
-logits PyTorch gives; so do Llama 3.1's scaled rope ("llama3", and "linear"), Mistral's, and Qwen2's (a
-Llama with q, k and v biases), which also exports as itself."""
+logits PyTorch gives; so do Llama 3.1's scaled rope ("llama3", and "linear"), Mistral's, Qwen2's (a
+Llama with q, k and v biases) and Qwen3's (per-head q/k norms, a head_dim of its own), which also export
+as themselves."""
 
 import dataclasses
 import json
@@ -26,7 +27,7 @@ TINY = dict(
 
 def make_llama(directory, family="Llama", **overrides):
     """A random tiny HF LlamaForCausalLM (`family`="Mistral": MistralForCausalLM, "Qwen2":
-    Qwen2ForCausalLM) saved in `directory`, norm weights and biases random too."""
+    Qwen2ForCausalLM, "Qwen3": Qwen3ForCausalLM) saved in `directory`, norm weights and biases random too."""
     import torch
     import transformers
 
@@ -449,50 +450,184 @@ def test_a_qwen2_exports_exactly_and_transformers_loads_it(tmp_path, tie):
     import transformers
 
     model = make_qwen2(tmp_path / "hf", tie_word_embeddings=tie, rope_theta=1e6)
-    params, cfg = convert.load_hf(tmp_path / "hf")
-    convert.save_hf(tmp_path / "out", params, cfg)
-    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    written = assert_exports_exactly(model, tmp_path, transformers.Qwen2ForCausalLM)
     assert (written["architectures"], written["model_type"]) == (["Qwen2ForCausalLM"], "qwen2")
     assert written["use_sliding_window"] is False and "attention_bias" not in written
     assert written["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e6}
+
+
+def assert_exports_exactly(model, tmp_path, hf_class):
+    """load_hf of tmp_path/hf (where `model` was saved) then save_hf to tmp_path/out gives the same config
+    back and, loaded by `hf_class`, every weight of `model` and gptjax's logits; returns the written
+    config.json."""
+    params, cfg = convert.load_hf(tmp_path / "hf")
+    convert.save_hf(tmp_path / "out", params, cfg)
     assert convert.read_hf_config(tmp_path / "out") == cfg
-    loaded = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "out").eval()
+    loaded = hf_class.from_pretrained(tmp_path / "out").eval()
     assert loaded.state_dict().keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[key].numpy(), value.numpy(), err_msg=key)
     x_BT = np.random.default_rng(1).integers(0, 50, size=(1, 16), dtype=np.int32)
     got, _ = GPT(cfg).apply({"params": params}, x_BT)
     np.testing.assert_allclose(got, hf_logits(loaded, x_BT), atol=1e-4, rtol=0)
+    return json.loads((tmp_path / "out" / "config.json").read_text())
+
+
+def train_export_and_import(cfg, tiny_opt, out, hf_class):
+    """(params, HF weights) of a gptjax model of `cfg` trained 3 steps here, which exports to `out` with
+    its logits as `hf_class` loads it and imports back into `cfg` with the same weights."""
+    import jax
+
+    from gptjax.optim import make_optimizer
+    from gptjax.train_step import create_train_state, jit_train_step
+
+    state = create_train_state(cfg, make_optimizer(tiny_opt), seed=0)
+    tokens = np.random.default_rng(0).integers(0, 50, size=(4, 17), dtype=np.int32)
+    for _ in range(3):
+        state, _ = jit_train_step(state, (tokens[:, :-1], tokens[:, 1:]))
+    params = jax.device_get(state.params)
+    convert.save_hf(out, params, cfg)
+    loaded = hf_class.from_pretrained(out).eval()
+    got, _ = GPT(cfg).apply({"params": params}, tokens[:, :16])
+    np.testing.assert_allclose(got[..., :50], hf_logits(loaded, tokens[:, :16]), atol=1e-4, rtol=0)
+    again, again_cfg = convert.load_hf(out, into=cfg)
+    assert again_cfg == cfg
+    want = convert.params_to_hf(params, cfg)  # pad rows aside, which the import fills with zeros
+    for name, value in convert.params_to_hf(again, cfg).items():
+        np.testing.assert_array_equal(value, want[name], err_msg=name)
+    return params, want
 
 
 def test_a_gptjax_model_with_qkv_bias_trains_and_exports_as_qwen2(tmp_path, tiny_opt):
     """A Llama-shaped gptjax model with qkv_bias (scanned layers, a padded vocabulary) trained here, its
     biases moved off their zero init, exports as a Qwen2ForCausalLM with its logits and imports back with
     the same weights; without qkv_bias the same shape exports as a Llama."""
-    import jax
     import transformers
-
-    from gptjax.optim import make_optimizer
-    from gptjax.train_step import create_train_state, jit_train_step
 
     cfg = GPTConfig(
         vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, bias=False, qkv_bias=True,
         position="rope", mlp="swiglu", norm="rms", scan_layers=True, vocab_multiple=64,
     )  # fmt: skip
-    state = create_train_state(cfg, make_optimizer(tiny_opt), seed=0)
-    tokens = np.random.default_rng(0).integers(0, 50, size=(4, 17), dtype=np.int32)
-    for _ in range(3):
-        state, _ = jit_train_step(state, (tokens[:, :-1], tokens[:, 1:]))
-    params = jax.device_get(state.params)
+    params, want = train_export_and_import(cfg, tiny_opt, tmp_path / "out", transformers.Qwen2ForCausalLM)
     assert np.abs(params["h"]["attn"]["c_attn"]["bias"]).min() > 0  # every one trained (from zeros)
-    convert.save_hf(tmp_path / "out", params, cfg)
-    loaded = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "out").eval()
-    got, _ = GPT(cfg).apply({"params": params}, tokens[:, :16])
-    np.testing.assert_allclose(got[..., :50], hf_logits(loaded, tokens[:, :16]), atol=1e-4, rtol=0)
-    again, again_cfg = convert.load_hf(tmp_path / "out", into=cfg)
-    assert again_cfg == cfg
-    want = convert.params_to_hf(params, cfg)  # pad rows aside, which the import fills with zeros
     assert sum(name.endswith("_proj.bias") for name in want) == 3 * cfg.n_layer
-    for name, value in convert.params_to_hf(again, cfg).items():
-        np.testing.assert_array_equal(value, want[name], err_msg=name)
     assert convert.hf_config(dataclasses.replace(cfg, qkv_bias=False))["model_type"] == "llama"
+
+
+# ----- Qwen3: a Llama with RMS norms over each head's q and k (before rope), and a head_dim of its own. -----
+
+# hidden 64, 4 query heads of 32 and 2 key/value heads: q_proj [128, 64], o_proj [64, 128] (N*H != D).
+QWEN3 = dict(hidden_size=64, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+
+
+def make_qwen3(directory, **overrides):
+    """A random tiny HF Qwen3ForCausalLM (q_norm, k_norm random too) saved in `directory`."""
+    return make_llama(directory, "Qwen3", **{**QWEN3, **overrides})
+
+
+@pytest.mark.parametrize("head_dim", [32, 16], ids=["apart", "D_over_N"])
+def test_qwen3_logits_and_greedy_decoding_match_pytorch(tmp_path, head_dim):
+    """A Qwen3ForCausalLM imports with qk_norm and its head_dim (n_head_dim; 0 where it is hidden / heads)
+    and PyTorch's logits, which the q/k norms change; decoding with the KV cache continues them, and
+    gptjax's greedy decoding of left-padded prompts gives HF generate()'s tokens."""
+    import torch
+
+    from gptjax import sample
+
+    model = make_qwen3(tmp_path, head_dim=head_dim)
+    params, cfg = convert.load_hf(tmp_path)
+    assert cfg.qk_norm and not cfg.qkv_bias and cfg.tie_embeddings and cfg.kv_heads == 2
+    assert (cfg.n_head_dim, cfg.head_dim) == ((32, 32) if head_dim == 32 else (0, 16))
+    assert params["h_0"]["attn"]["q_norm"]["scale"].shape == (head_dim,)
+    x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 16), dtype=np.int32)
+    want = hf_logits(model, x_BT)
+    got, _ = GPT(cfg).apply({"params": params}, x_BT)
+    assert np.abs(want).max() > 1.0
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    unnormed_params = {  # q_norm and k_norm left out
+        k: {**v, "attn": {n: w for n, w in v["attn"].items() if not n.endswith("_norm")}} if "h_" in k else v
+        for k, v in params.items()
+    }
+    unnormed, _ = GPT(dataclasses.replace(cfg, qk_norm=False)).apply({"params": unnormed_params}, x_BT)
+    assert np.abs(unnormed - want).max() > 0.1  # the norms count
+    prefill, cache = GPT(cfg).apply({"params": params}, x_BT[:, :10], cache=init_cache(cfg, 2))
+    step, _ = GPT(cfg).apply({"params": params}, x_BT[:, 10:11], cache=cache)
+    np.testing.assert_allclose(prefill, want[:, :10], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(step[:, 0], want[:, 10], atol=1e-4, rtol=0)
+
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]  # the short one left-padded in a batch
+    options = sample.GenerateOptions(max_new_tokens=8, do_sample=False)
+    ours = [ids.tolist() for (ids,) in sample.generate_ids(params, cfg, prompts, options)]
+    with torch.no_grad():
+        theirs = [
+            model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[0, len(p) :].tolist()
+            for p in prompts
+        ]
+    assert ours == theirs
+
+
+def test_a_qwen3_window_is_ignored_when_off_and_refused_when_on():
+    """Qwen3's config.json fields: head_dim read whatever its value (0 when hidden / heads), qk_norm set;
+    use_sliding_window=false leaves a sliding_window without effect, true is a one-line error, and so is
+    attention_bias=true (biases on o_proj too)."""
+    qwen3 = {**TINY, "model_type": "qwen3", "head_dim": 8, "use_sliding_window": False, "sliding_window": 4}
+    cfg = convert.config_from_hf(qwen3)
+    assert (cfg.qk_norm, cfg.qkv_bias, cfg.n_head_dim, cfg.block_size) == (True, False, 0, 16)
+    assert convert.config_from_hf({**qwen3, "head_dim": 24}).head_dim == 24
+    llama = convert.config_from_hf(
+        {**TINY, "model_type": "llama", "head_dim": 24}
+    )  # a Llama's may differ too
+    assert (llama.n_head_dim, llama.qk_norm) == (24, False)
+    for change, message in [
+        (dict(use_sliding_window=True), "use_sliding_window=True is not supported: Qwen3's window"),
+        (dict(attention_bias=True), "attention_bias=True is not supported"),
+    ]:
+        with pytest.raises(ValueError, match=message) as e:
+            convert.config_from_hf({**qwen3, **change})
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("head_dim", [32, 16], ids=["apart", "D_over_N"])
+def test_a_qwen3_exports_exactly_and_transformers_loads_it(tmp_path, head_dim):
+    """load_hf -> save_hf of a Qwen3 writes a Qwen3ForCausalLM with the same weights, all of them (q_norm
+    and k_norm included), the same config back and the same logits."""
+    import transformers
+
+    model = make_qwen3(tmp_path / "hf", head_dim=head_dim, rope_theta=1e6)
+    written = assert_exports_exactly(model, tmp_path, transformers.Qwen3ForCausalLM)
+    assert (written["architectures"], written["model_type"]) == (["Qwen3ForCausalLM"], "qwen3")
+    assert (written["head_dim"], written["use_sliding_window"], written["attention_bias"]) == (
+        head_dim,
+        False,
+        False,
+    )
+
+
+def test_a_gptjax_model_with_qk_norm_trains_and_exports_as_qwen3(tmp_path, tiny_opt):
+    """A Qwen3-shaped gptjax model (n_head_dim apart from n_embd / n_head, qk_norm; scanned layers, a padded
+    vocabulary, untied) trained here, its q/k norm scales moved off their ones, exports as a
+    Qwen3ForCausalLM with its logits and imports back with the same weights; with qkv_bias too it has no
+    HF class: a one-line error."""
+    import transformers
+
+    cfg = GPTConfig(
+        vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, n_head_dim=16,
+        qk_norm=True, bias=False, position="rope", mlp="swiglu", norm="rms", scan_layers=True,
+        vocab_multiple=64, tie_embeddings=False,
+    )  # fmt: skip
+    params, want = train_export_and_import(cfg, tiny_opt, tmp_path / "out", transformers.Qwen3ForCausalLM)
+    assert params["h"]["attn"]["c_proj"]["kernel"].shape == (2, 64, 32)  # [L, N * H, D]
+    for name in ("q_norm", "k_norm"):
+        assert np.abs(params["h"]["attn"][name]["scale"] - 1).min() > 0  # every one trained (from ones)
+    assert sum(name.endswith("_norm.weight") for name in want) == 2 * cfg.n_layer  # q_norm, k_norm
+    both = dataclasses.replace(cfg, qkv_bias=True)
+    with pytest.raises(ValueError, match="qk_norm=True with qkv_bias=True cannot be exported") as e:
+        convert.hf_config(both)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="qk_norm=True with qkv_bias=True cannot be exported"):
+        convert.params_to_hf(params, both)
+    gpt2 = dataclasses.replace(
+        cfg, position="learned", mlp="gelu", norm="layer", bias=True, scan_layers=False
+    )
+    with pytest.raises(ValueError, match="qk_norm=True, n_head_dim=16 cannot be exported as HF GPT-2"):
+        convert.hf_config(gpt2)

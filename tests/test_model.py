@@ -144,10 +144,16 @@ def logits_with_embedding_delta(cfg, params, tokens_BT, delta_BTD, **kwargs):
     return logits_BTV
 
 
+# Qwen3's shape on the tiny model: 4 heads of 16 (N*H = 64, not D = 16), 2 key/value heads, q/k norms.
+QWEN3 = dict(
+    position="rope", n_head=4, n_kv_head=2, n_head_dim=16, qk_norm=True, mlp="swiglu", norm="rms", bias=False
+)
+
+
 @pytest.mark.parametrize(
     "options",
-    [{}, dict(position="rope", n_head=4, n_kv_head=2, mlp="swiglu", norm="rms")],
-    ids=["gpt2", "llama"],
+    [{}, dict(position="rope", n_head=4, n_kv_head=2, mlp="swiglu", norm="rms"), QWEN3],
+    ids=["gpt2", "llama", "qwen3"],
 )
 def test_causal_by_gradient(tiny_cfg, options):
     """d logits[t] / d embedding[s] is exactly 0 for s > t and nonzero for every s <= t."""
@@ -498,7 +504,7 @@ IMAGEGPT = dict(norm="rms", gelu="quick", tie_embeddings=False, output_vocab=-1)
 
 
 @pytest.mark.parametrize(
-    "options", [dict(position="learned"), dict(position="sinusoidal"), dict(position="rope"), IMAGEGPT]
+    "options", [dict(position="learned"), dict(position="sinusoidal"), dict(position="rope"), IMAGEGPT, QWEN3]
 )
 def test_prefill_then_decode_equals_full_forward(tiny_cfg, options):
     if options.get("output_vocab") == -1:
@@ -609,13 +615,15 @@ def expected_param_count(cfg: GPTConfig) -> int:
     V, C, L, D = cfg.padded_vocab, cfg.block_size, cfg.n_layer, cfg.n_embd
     dense = lambda d_in, d_out, bias=cfg.bias: d_in * d_out + (d_out if bias else 0)  # noqa: E731
     layer_norm = D * (2 if cfg.bias and cfg.norm == "layer" else 1)  # scale (+ bias; RMS norms have none)
-    QKV = D + 2 * cfg.kv_heads * cfg.head_dim  # q, then k and v for each key/value head
+    NH = cfg.n_head * cfg.head_dim  # D, unless n_head_dim sets H apart
+    QKV = NH + 2 * cfg.kv_heads * cfg.head_dim  # q, then k and v for each key/value head
     F = cfg.mlp_width
-    shapes = {"c_attn": (D, QKV), "c_proj": (D, D), "fc": (D, F), "proj": (F, D)}
+    shapes = {"c_attn": (D, QKV), "c_proj": (NH, D), "fc": (D, F), "proj": (F, D)}
     if cfg.mlp == "swiglu":
         shapes["gate"] = (D, F)
     block = 2 * layer_norm + sum(dense(*shape) for shape in shapes.values())
     block += QKV if cfg.qkv_bias and not cfg.bias else 0  # c_attn's bias alone (Qwen2)
+    block += 2 * cfg.head_dim if cfg.qk_norm else 0  # q_norm and k_norm's scales (Qwen3)
     block += sum(
         cfg.lora_rank * (d_in + d_out) for name, (d_in, d_out) in shapes.items() if name in cfg.lora_targets
     )
@@ -646,6 +654,8 @@ def test_param_count_formula(tiny_cfg, bias, position, tie):
         dict(n_inner=24, bias=True),
         dict(n_head=4, n_kv_head=2, mlp="swiglu", norm="rms", bias=False, qkv_bias=True, lora_rank=2),
         dict(qkv_bias=True, bias=True),
+        dict(**QWEN3, lora_rank=2),
+        dict(n_head=4, n_head_dim=12, bias=True),
     ],
 )
 def test_param_count_formula_with_kv_heads_and_mlps(tiny_cfg, options):

@@ -260,3 +260,166 @@ def test_bf16_lm_head_gradients_are_bf16_matmuls(params, loss_chunk):
     assert len(head_dots) == 3  # logits, d hidden states, d head
     for eqn in head_dots:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn
+
+
+# ----- Heads of their own width (n_head_dim: N*H != D) and per-head q/k RMS norms (qk_norm): Qwen3's. -----
+
+# D 32, 4 query heads of 16 (N*H = 64), 2 key/value heads.
+QWEN3 = dataclasses.replace(
+    BASE,
+    n_head=4,
+    n_kv_head=2,
+    n_head_dim=16,
+    qk_norm=True,
+    position="rope",
+    mlp="swiglu",
+    norm="rms",
+    bias=False,
+)
+
+
+def map_attn(params, fn):
+    """`params` with each layer's attention params replaced by fn(attention params)."""
+    return {k: {**v, "attn": fn(v["attn"])} if k.startswith("h_") else v for k, v in params.items()}
+
+
+@pytest.fixture(scope="module")
+def qwen3_params():
+    return GPT(QWEN3).init(jax.random.key(0), tokens())["params"]
+
+
+def test_head_dim_apart_sizes_c_attn_c_proj_the_cache_and_the_norms(qwen3_params):
+    """c_attn is D x (N + 2K)H and c_proj NH x D; q_norm and k_norm hold a [H] scale of ones; the cache
+    holds K heads of H."""
+    attn = qwen3_params["h_0"]["attn"]
+    shapes = {name: tuple(p["kernel" if "c_" in name else "scale"].shape) for name, p in attn.items()}
+    assert shapes == {"c_attn": (32, (4 + 2 * 2) * 16), "c_proj": (64, 32), "q_norm": (16,), "k_norm": (16,)}
+    assert np.all(np.asarray(attn["q_norm"]["scale"]) == 1) and np.all(
+        np.asarray(attn["k_norm"]["scale"]) == 1
+    )
+    assert init_cache(QWEN3, 2)[0]["k"].shape == (2, 2, 16, QWEN3.block_size)
+    bf16 = dataclasses.replace(QWEN3, param_dtype="bfloat16")
+    shapes = jax.eval_shape(lambda: GPT(bf16).init(jax.random.key(0), tokens())["params"])
+    assert shapes["h_0"]["attn"]["k_norm"]["scale"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k(qwen3_params, qk_norm):
+    """RMS-normed per head, queries and keys 5x larger give the same logits; without the norms the
+    attention logits grow 25x and the model's logits change."""
+    cfg = dataclasses.replace(QWEN3, qk_norm=qk_norm, norm_eps=1e-12)
+    unnormed = lambda attn: {n: w for n, w in attn.items() if not n.endswith("_norm")}  # noqa: E731
+    p = qwen3_params if qk_norm else map_attn(qwen3_params, unnormed)
+    qk_columns = (QWEN3.n_head + QWEN3.kv_heads) * QWEN3.head_dim  # q | k, not v
+    scaled = map_attn(
+        p, lambda a: {**a, "c_attn": {"kernel": a["c_attn"]["kernel"].at[:, :qk_columns].mul(5)}}
+    )
+    logits, _ = GPT(cfg).apply({"params": p}, tokens())
+    logits_scaled, _ = GPT(cfg).apply({"params": scaled}, tokens())
+    if qk_norm:
+        np.testing.assert_allclose(logits_scaled, logits, atol=1e-5, rtol=0)
+    else:
+        assert np.abs(np.asarray(logits_scaled - logits)).max() > 1e-3
+
+
+def test_qwen3_scan_remat_and_out_in_equal_the_loop(qwen3_params):
+    """nn.scan (with remat) over Qwen3-shaped blocks gives the loop's loss and gradients; [out, in] kernels
+    (gptjax.decode.for_matvec, c_proj NH x D transposed) the same logits."""
+    from gptjax.decode import for_matvec
+
+    loss, grads = loss_and_grads(QWEN3, qwen3_params, tokens())
+    for change in (dict(scan_layers=True), dict(scan_layers=True, remat="full")):
+        cfg = dataclasses.replace(QWEN3, **change)
+        loss_s, grads_s = loss_and_grads(cfg, stack_layers(qwen3_params, QWEN3.n_layer), tokens())
+        np.testing.assert_allclose(loss, loss_s, rtol=1e-6)
+        assert_close(grads, unstack_layers(grads_s), atol=1e-6)
+    flipped, out_in = for_matvec(qwen3_params, QWEN3)
+    assert flipped["h_0"]["attn"]["c_proj"]["kernel"].shape == (32, 64)
+    assert_close(
+        GPT(out_in).apply({"params": flipped}, tokens()),
+        GPT(QWEN3).apply({"params": qwen3_params}, tokens()),
+        1e-6,
+    )
+
+
+def test_qwen3_attention_backends_agree_in_training_and_with_a_cache(qwen3_params):
+    """xla == einsum for Qwen3-shaped attention: loss and gradients, and a left-padded prefill then a decoded
+    token, both equal to the full forward (the cache keeps keys normed and rotated)."""
+    xla = dataclasses.replace(QWEN3, attention="xla")
+    loss, grads = loss_and_grads(QWEN3, qwen3_params, tokens())
+    loss_x, grads_x = loss_and_grads(xla, qwen3_params, tokens())
+    np.testing.assert_allclose(loss, loss_x, rtol=1e-5)
+    assert_close(grads, grads_x, atol=1e-5)
+    full, _ = GPT(QWEN3).apply({"params": qwen3_params}, tokens(T=9))
+    x_BT = jnp.pad(tokens(T=9)[:, :8], ((0, 0), (2, 0)))  # two pads on the left of every row
+    kv_mask_BS = jnp.ones((2, 12), bool).at[:, :2].set(False)
+    positions_BT = jnp.maximum(jnp.arange(10) - 2, 0)[None].repeat(2, 0).astype(jnp.int32)
+    for cfg in (QWEN3, xla):
+        prefill, cache = GPT(cfg).apply(
+            {"params": qwen3_params},
+            x_BT,
+            positions_BT=positions_BT,
+            cache=init_cache(cfg, 2, 12),
+            kv_mask_BS=kv_mask_BS,
+        )
+        step, _ = GPT(cfg).apply(
+            {"params": qwen3_params},
+            tokens(T=9)[:, 8:],
+            positions_BT=positions_BT[:, -1:] + 1,
+            cache=cache,
+            kv_mask_BS=kv_mask_BS,
+        )
+        np.testing.assert_allclose(prefill[:, 2:], full[:, :8], atol=1e-5, rtol=0, err_msg=cfg.attention)
+        np.testing.assert_allclose(step[:, 0], full[:, 8], atol=1e-5, rtol=0, err_msg=cfg.attention)
+
+
+def test_qwen3_lora_adapts_c_attn_and_c_proj_and_merges(qwen3_params):
+    """LoRA on c_attn (D -> (N + 2K)H) and c_proj (NH -> D): adapters of those shapes, and merge_lora
+    computes what the adapted model computes."""
+    from gptjax.model import merge_lora
+
+    cfg = dataclasses.replace(QWEN3, lora_rank=2, lora_targets=("c_attn", "c_proj"))
+    p = GPT(cfg).init(jax.random.key(0), tokens())["params"]
+    attn = p["h_0"]["attn"]
+    assert (attn["c_attn"]["lora_a"].shape, attn["c_attn"]["lora_b"].shape) == ((32, 2), (2, 128))
+    assert (attn["c_proj"]["lora_a"].shape, attn["c_proj"]["lora_b"].shape) == ((64, 2), (2, 32))
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.1 if path[-1].key == "lora_b" else x, p
+    )  # adapters that do something
+    adapted, _ = GPT(cfg).apply({"params": p}, tokens())
+    merged, merged_cfg = merge_lora(p, cfg)
+    plain, _ = GPT(QWEN3).apply({"params": qwen3_params}, tokens())
+    np.testing.assert_allclose(
+        GPT(merged_cfg).apply({"params": merged}, tokens())[0], adapted, atol=1e-5, rtol=0
+    )
+    assert np.abs(np.asarray(adapted - plain)).max() > 1e-3
+
+
+def test_qwen3_training_steps_lower_the_loss(qwen3_params):
+    """Five gradient steps on one batch lower its loss, and move the q/k norm scales off their ones."""
+    x_BT = tokens()
+    step = jax.jit(lambda p: loss_and_grads(QWEN3, p, x_BT))
+    p = qwen3_params
+    first, _ = step(p)
+    for _ in range(5):
+        loss, grads = step(p)
+        p = jax.tree_util.tree_map(lambda w, g: w - 0.5 * g, p, grads)
+    assert float(step(p)[0]) < float(first) - 0.1, (first, step(p)[0])
+    assert np.abs(np.asarray(p["h_0"]["attn"]["q_norm"]["scale"]) - 1).max() > 0
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(n_head_dim=-1), r"n_head_dim=-1 must be >= 0 \(0: n_embd / n_head\)"),
+        (dict(n_embd=50, n_head=3), "n_embd=50 is not divisible by n_head=3; .* or set n_head_dim"),
+        (dict(n_head_dim=5, position="rope"), "the head dim n_head_dim = 5 is odd; pick n_head_dim"),
+        (dict(n_embd=20, position="rope"), "the head dim n_embd / n_head = 5 is odd; pick n_head "),
+    ],
+    ids=["negative", "indivisible", "odd_n_head_dim", "odd_n_embd_over_n_head"],
+)
+def test_head_dim_fields_are_checked_in_one_line(fields, message):
+    with pytest.raises(ValueError, match=message) as e:
+        GPTConfig(**{**dict(vocab_size=8, n_embd=32, n_head=4), **fields})
+    assert "\n" not in str(e.value)
+    assert GPTConfig(vocab_size=8, n_embd=50, n_head=3, n_head_dim=16).head_dim == 16  # no division needed

@@ -41,6 +41,9 @@ LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  
         {**LLAMA, **LLAMA3, "tie_embeddings": False, "rope_theta": 500.0},
         {**LLAMA, "scan_layers": True, "n_inner": 40},
         {**LLAMA, "qkv_bias": True},
+        {**LLAMA, "n_head": 4, "n_kv_head": 2, "n_head_dim": 8, "qk_norm": True},  # N*H = 32, D = 16
+        {**LLAMA, "qk_norm": True, "scan_layers": True},
+        {"n_head": 4, "n_head_dim": 12},  # GPT-2's shape with heads of their own width
     ],
     ids=[
         "gpt2",
@@ -54,6 +57,9 @@ LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  
         "llama3",
         "scan",
         "qwen2",
+        "qwen3",
+        "qk_norm_scan",
+        "gpt2_head_dim",
     ],
 )
 def test_logits_and_loss_equal_gptjax(torch, tiny_cfg, change):
