@@ -38,7 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dpo = ml_collections.ConfigDict()
     c.dpo.beta = 0.1  # how far from the reference the policy may go: larger keeps it closer
     c.dpo.label_smoothing = 0.0  # > 0: conservative DPO, for labels that are sometimes wrong
-    c.dpo.loss_type = "sigmoid"  # DPO; "ipo" (per-token means, no sigmoid), "hinge" (SLiC): TRL's names
+    c.dpo.loss_type = "sigmoid"  # DPO; "ipo" (per-token means, no sigmoid), "hinge" (SLiC): TRL's names;
+    # "simpo": no reference, per-token means, -log sigmoid(margin - simpo_gamma) (TRL's CPOTrainer; beta ~2)
+    c.dpo.simpo_gamma = 0.5
     c.dpo.rpo_alpha = 0.0  # > 0: plus rpo_alpha x the chosen answers' NLL per token (RPO; TRL's)
 
     c.model.dropout = 0.0  # the reference was computed without dropout

@@ -11,8 +11,10 @@ the answer's tokens, and log ref(a) the reference's (the model training starts f
 eps is label_smoothing (conservative DPO, for noisy labels; 0: DPO). That is the "sigmoid" loss; as
 TRL's loss_type, "hinge" is max(0, 1 - margin) (SLiC, Zhao et al. 2023) and "ipo" (margin / beta -
 1 / (2 beta))^2 (IPO, Azar et al. 2023), with per-token mean log-probabilities in place of sums (as
-TRL). rpo_alpha > 0 adds rpo_alpha times the chosen answers' negative log-likelihood per token (RPO,
-Pang et al. 2024; TRL's rpo_alpha): the chosen answers' own probability kept up.
+TRL); "simpo" has no reference (log ref = 0) and a target margin: -log sigmoid(margin - gamma) on
+per-token means (SimPO, Meng et al. 2024; TRL's CPOTrainer loss_type="simpo", simpo_gamma). rpo_alpha >
+0 adds rpo_alpha times the chosen answers' negative log-likelihood per token (RPO, Pang et al. 2024;
+TRL's rpo_alpha; CPO's cpo_alpha with simpo): the chosen answers' own probability kept up.
 
 beta * (log pi(a) - log ref(a)) is a's implicit reward: `reward_margin` logs the mean margin,
 `reward_accuracy` the share of pairs whose chosen answer has the larger reward. At the start the policy
@@ -33,12 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 
 METRICS = ("reward_accuracy", "reward_margin")  # per step, beside the loss
-LOSSES = ("sigmoid", "hinge", "ipo")  # TRL's loss_type names (see the module doc)
+LOSSES = ("sigmoid", "hinge", "ipo", "simpo")  # TRL's loss_type names (see the module doc)
 REFERENCE_FILE = "reference_logps.npz"  # in the workdir: the reference's log-probabilities of the answers
 
 
 def dpo_loss(
-    policy_B: jax.Array, ref_B: jax.Array, beta: float, label_smoothing: float = 0.0, loss: str = "sigmoid"
+    policy_B: jax.Array,
+    ref_B: jax.Array,
+    beta: float,
+    label_smoothing: float = 0.0,
+    loss: str = "sigmoid",
+    simpo_gamma: float = 0.5,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The mean `loss` (LOSSES) of the pairs of rows (chosen, rejected, chosen, ...), and METRICS."""
     reward_b2 = beta * (policy_B - ref_B).reshape(-1, 2)
@@ -47,9 +54,10 @@ def dpo_loss(
         loss_b = jax.nn.relu(1 - margin_b)
     elif loss == "ipo":
         loss_b = (margin_b / beta - 1 / (2 * beta)) ** 2
-    else:
+    else:  # sigmoid, or simpo's with its target margin
+        z_b = margin_b - simpo_gamma if loss == "simpo" else margin_b
         smooth = label_smoothing
-        loss_b = -(1 - smooth) * jax.nn.log_sigmoid(margin_b) - smooth * jax.nn.log_sigmoid(-margin_b)
+        loss_b = -(1 - smooth) * jax.nn.log_sigmoid(z_b) - smooth * jax.nn.log_sigmoid(-z_b)
     metrics = {"reward_accuracy": jnp.mean(margin_b > 0), "reward_margin": jnp.mean(margin_b)}
     return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
 

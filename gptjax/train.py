@@ -7,6 +7,7 @@ model, a grid of samples).
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import math
@@ -73,6 +74,7 @@ def objective_of(config: Any) -> Objective:
         c.get("label_smoothing", 0.0),
         c.get("loss_type", "sigmoid"),
         c.get("rpo_alpha", 0.0),
+        c.get("simpo_gamma", 0.5),
     )
 
 
@@ -326,7 +328,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             f"{config.batch_size}, not divisible by grad_accum={config.grad_accum}; use a grad_accum that "
             "divides it"
         )
-    if objective.kind == "dpo" and latest is None and source is None:
+    if objective.reference and latest is None and source is None:
         raise ValueError(
             "DPO (data.format='preference') fine-tunes a trained model, its own reference: set "
             "--config.init_from=<workdir, HF directory or Hub id>"
@@ -354,7 +356,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             params, initial = init_params(*source, cfg, abstract.params), placement.get_state(state)
             state = placement.put_state(initial.replace(params=with_lora(params, initial.params)))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
-    if objective.kind == "dpo":  # the reference: the starting model's log-probability of every answer
+    if not objective.reference and objective.kind == "dpo":  # SimPO: no reference
+        zeros = {
+            f"{s}_reference": np.zeros((len(getattr(dataset, s)), 2), np.float32) for s in ("train", "val")
+        }
+        dataset = dataclasses.replace(dataset, **zeros)
+    elif objective.kind == "dpo":  # the reference: the starting model's log-probability of every answer
         logps_fn = placement.rows_fn(functools.partial(answer_logps_steps, grad_accum=config.grad_accum))
         put = lambda xy: logps_fn(state, placement.put_batch(xy, batch_rows(config)))  # noqa: E731
         logps = functools.partial(dpo.reference_logps, put, batch_pairs=config.batch_size, rows=rows)

@@ -23,6 +23,7 @@ class Objective:
     label_smoothing: float = 0.0
     loss: str = "sigmoid"  # dpo.LOSSES
     rpo_alpha: float = 0.0
+    simpo_gamma: float = 0.5
 
     def __post_init__(self):
         if self.kind not in ("lm", "dpo"):
@@ -36,10 +37,15 @@ class Objective:
             )
         if self.loss not in dpo.LOSSES:
             raise ValueError(f"dpo.loss_type={self.loss!r} is unknown; use one of {dpo.LOSSES}")
-        if self.label_smoothing and self.loss != "sigmoid":
+        if self.label_smoothing and self.loss not in ("sigmoid", "simpo"):
             raise ValueError(
-                f"dpo.label_smoothing smooths the sigmoid loss only, not {self.loss!r}; set it to 0"
+                f"dpo.label_smoothing smooths the sigmoid and simpo losses, not {self.loss!r}; set it to 0"
             )
+
+    @property
+    def reference(self) -> bool:
+        """Whether the loss compares with a reference model (all but SimPO's)."""
+        return self.kind == "dpo" and self.loss != "simpo"
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -95,10 +101,13 @@ def loss_fn(
         ref_B = jnp.sum(ref_BT, axis=-1)
         tokens_B = jnp.sum(y_BT >= 0, axis=-1)
         policy_B = sum_B
-        if objective.loss == "ipo":  # compares per-token means (as TRL)
+        if objective.loss in ("ipo", "simpo"):  # they compare per-token means (as TRL)
             per_token = jnp.maximum(tokens_B, 1).astype(jnp.float32)
             policy_B, ref_B = sum_B / per_token, ref_B / per_token
-        loss, aux = dpo.dpo_loss(policy_B, ref_B, objective.beta, objective.label_smoothing, objective.loss)
+        if not objective.reference:
+            ref_B = jnp.zeros_like(ref_B)
+        o = objective
+        loss, aux = dpo.dpo_loss(policy_B, ref_B, o.beta, o.label_smoothing, o.loss, o.simpo_gamma)
         if objective.rpo_alpha:
             nll = dpo.chosen_nll(sum_B, tokens_B)
             loss, aux = loss + objective.rpo_alpha * nll, {**aux, "nll_loss": nll}
