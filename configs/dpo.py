@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dpo.beta = 0.1  # how far from the reference the policy may go: larger keeps it closer
     c.dpo.label_smoothing = 0.0  # > 0: conservative DPO, for labels that are sometimes wrong
     c.dpo.loss_type = "sigmoid"  # DPO; "ipo" (per-token means, no sigmoid), "hinge" (SLiC): TRL's names;
-    # "simpo": no reference, per-token means, -log sigmoid(margin - simpo_gamma) (TRL's CPOTrainer; beta ~2)
+    # "simpo": no reference, per-token means, -log sigmoid(margin - simpo_gamma) (TRL's CPOTrainer; beta ~2);
+    # "orpo": no reference, the chosen NLL plus beta x an odds-ratio term (TRL's ORPOTrainer)
     c.dpo.simpo_gamma = 0.5
     c.dpo.rpo_alpha = 0.0  # > 0: plus rpo_alpha x the chosen answers' NLL per token (RPO; TRL's)
 

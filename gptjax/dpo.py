@@ -14,7 +14,10 @@ TRL's loss_type, "hinge" is max(0, 1 - margin) (SLiC, Zhao et al. 2023) and "ipo
 TRL); "simpo" has no reference (log ref = 0) and a target margin: -log sigmoid(margin - gamma) on
 per-token means (SimPO, Meng et al. 2024; TRL's CPOTrainer loss_type="simpo", simpo_gamma). rpo_alpha >
 0 adds rpo_alpha times the chosen answers' negative log-likelihood per token (RPO, Pang et al. 2024;
-TRL's rpo_alpha; CPO's cpo_alpha with simpo): the chosen answers' own probability kept up.
+TRL's rpo_alpha; CPO's cpo_alpha with simpo): the chosen answers' own probability kept up. "orpo"
+(ORPO, Hong et al. 2024; TRL's ORPOTrainer, beta its lambda) is that NLL (weight 1) plus -beta * log
+sigmoid(log odds(chosen) - log odds(rejected)), odds(a) = p / (1 - p) of a's per-token mean
+probability p: no reference, fine-tuning and preference in one loss.
 
 beta * (log pi(a) - log ref(a)) is a's implicit reward: `reward_margin` logs the mean margin,
 `reward_accuracy` the share of pairs whose chosen answer has the larger reward. At the start the policy
@@ -35,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 METRICS = ("reward_accuracy", "reward_margin")  # per step, beside the loss
-LOSSES = ("sigmoid", "hinge", "ipo", "simpo")  # TRL's loss_type names (see the module doc)
+LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")  # TRL's loss_type names (see the module doc)
+REFERENCE_FREE = ("simpo", "orpo")  # the losses that compare no reference model
+MEAN_LOSSES = ("ipo", "simpo", "orpo")  # on per-token mean log-probabilities (as TRL), not sums
 REFERENCE_FILE = "reference_logps.npz"  # in the workdir: the reference's log-probabilities of the answers
 
 
@@ -52,6 +57,10 @@ def dpo_loss(
     margin_b = reward_b2[:, 0] - reward_b2[:, 1]
     if loss == "hinge":
         loss_b = jax.nn.relu(1 - margin_b)
+    elif loss == "orpo":  # log odds(p) = log p - log(1 - p), p the mean token probability of an answer
+        p_b2 = jnp.minimum(policy_B.reshape(-1, 2), -1e-7)  # log(1 - p) is -inf at p = 1
+        odds_b2 = p_b2 - jnp.log(-jnp.expm1(p_b2))
+        loss_b = -beta * jax.nn.log_sigmoid(odds_b2[:, 0] - odds_b2[:, 1])
     elif loss == "ipo":
         loss_b = (margin_b / beta - 1 / (2 * beta)) ** 2
     else:  # sigmoid, or simpo's with its target margin
@@ -60,6 +69,25 @@ def dpo_loss(
         loss_b = -(1 - smooth) * jax.nn.log_sigmoid(z_b) - smooth * jax.nn.log_sigmoid(-z_b)
     metrics = {"reward_accuracy": jnp.mean(margin_b > 0), "reward_margin": jnp.mean(margin_b)}
     return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
+
+
+def pairs_loss(
+    sum_B: jax.Array, ref_B: jax.Array, tokens_B: jax.Array, objective: Any
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss of `objective` (gptjax.train_step.Objective: beta, label_smoothing, loss, simpo_gamma,
+    nll_weight) and its metrics, from the rows' summed answer log-probabilities `sum_B`, the
+    reference's `ref_B` and the answers' lengths `tokens_B`."""
+    o, policy_B = objective, sum_B
+    if o.loss in MEAN_LOSSES:
+        per_token = jnp.maximum(tokens_B, 1).astype(jnp.float32)
+        policy_B, ref_B = sum_B / per_token, ref_B / per_token
+    if o.loss in REFERENCE_FREE:
+        ref_B = jnp.zeros_like(ref_B)
+    loss, metrics = dpo_loss(policy_B, ref_B, o.beta, o.label_smoothing, o.loss, o.simpo_gamma)
+    if o.nll_weight:
+        nll = chosen_nll(sum_B, tokens_B)
+        loss, metrics = loss + o.nll_weight * nll, {**metrics, "nll_loss": nll}
+    return loss, metrics
 
 
 def chosen_nll(policy_B: jax.Array, tokens_B: jax.Array) -> jax.Array:

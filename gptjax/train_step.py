@@ -37,6 +37,10 @@ class Objective:
             )
         if self.loss not in dpo.LOSSES:
             raise ValueError(f"dpo.loss_type={self.loss!r} is unknown; use one of {dpo.LOSSES}")
+        if self.loss == "orpo" and self.rpo_alpha:
+            raise ValueError(
+                "dpo.loss_type='orpo' has its NLL term (weight 1) already; set dpo.rpo_alpha to 0"
+            )
         if self.label_smoothing and self.loss not in ("sigmoid", "simpo"):
             raise ValueError(
                 f"dpo.label_smoothing smooths the sigmoid and simpo losses, not {self.loss!r}; set it to 0"
@@ -44,15 +48,20 @@ class Objective:
 
     @property
     def reference(self) -> bool:
-        """Whether the loss compares with a reference model (all but SimPO's)."""
-        return self.kind == "dpo" and self.loss != "simpo"
+        """Whether the loss compares with a reference model (not SimPO's or ORPO's)."""
+        return self.kind == "dpo" and self.loss not in dpo.REFERENCE_FREE
+
+    @property
+    def nll_weight(self) -> float:
+        """The weight of the chosen answers' NLL in the loss: rpo_alpha, ORPO's 1."""
+        return 1.0 if self.loss == "orpo" else self.rpo_alpha
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """Step metrics beside the loss."""
         if self.kind != "dpo":
             return ()
-        return (*dpo.METRICS, "nll_loss") if self.rpo_alpha else dpo.METRICS
+        return (*dpo.METRICS, "nll_loss") if self.nll_weight else dpo.METRICS
 
 
 LM = Objective()  # the default: next-token cross entropy
@@ -98,20 +107,7 @@ def loss_fn(
         sum_B, _ = apply_fn(
             variables, x_BT, deterministic=deterministic, rngs=rngs, targets_BT=y_BT, row_logps=True
         )
-        ref_B = jnp.sum(ref_BT, axis=-1)
-        tokens_B = jnp.sum(y_BT >= 0, axis=-1)
-        policy_B = sum_B
-        if objective.loss in ("ipo", "simpo"):  # they compare per-token means (as TRL)
-            per_token = jnp.maximum(tokens_B, 1).astype(jnp.float32)
-            policy_B, ref_B = sum_B / per_token, ref_B / per_token
-        if not objective.reference:
-            ref_B = jnp.zeros_like(ref_B)
-        o = objective
-        loss, aux = dpo.dpo_loss(policy_B, ref_B, o.beta, o.label_smoothing, o.loss, o.simpo_gamma)
-        if objective.rpo_alpha:
-            nll = dpo.chosen_nll(sum_B, tokens_B)
-            loss, aux = loss + objective.rpo_alpha * nll, {**aux, "nll_loss": nll}
-        return loss, aux
+        return dpo.pairs_loss(sum_B, jnp.sum(ref_BT, axis=-1), jnp.sum(y_BT >= 0, axis=-1), objective)
     x_BT, y_BT, *segments = batch
     loss, _ = apply_fn(
         {"params": freeze(params)},

@@ -68,11 +68,17 @@ def test_the_loss_is_the_papers_and_log_2_at_the_reference():
         loss, metrics = dpo.dpo_loss(jnp.asarray(policy), jnp.asarray(ref), 0.3, loss=kind)
         np.testing.assert_allclose(loss, want, rtol=1e-5)
         np.testing.assert_allclose(metrics["reward_margin"], 0.3 * logits.mean(), rtol=1e-5)
+    means = -rng.uniform(0.1, 3.0, size=8)  # per-token mean log-probabilities, as ORPO takes them
+    odds = means - np.log1p(-np.exp(means))  # TRL's odds_ratio_loss
+    want = -0.3 * np.mean(-np.log1p(np.exp(-(odds[0::2] - odds[1::2]))))
+    loss, _ = dpo.dpo_loss(jnp.asarray(means), jnp.zeros(8), 0.3, loss="orpo")
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
-def test_ipo_compares_per_token_means_and_rpo_adds_the_chosen_nll():
-    """loss_fn: IPO on the answers' mean log-probability per token, as TRL; rpo_alpha adds alpha times the
-    chosen answers' NLL per token (over all chosen tokens of the batch) to the loss, and logs it."""
+def test_mean_losses_take_per_token_means_and_rpo_orpo_add_the_chosen_nll():
+    """loss_fn: IPO (and ORPO) on the answers' mean log-probability per token, as TRL; rpo_alpha adds alpha
+    times the chosen answers' NLL per token (over all chosen tokens of the batch) to the loss, and logs it;
+    ORPO adds it with weight 1."""
     cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
     state = create_train_state(cfg, make_optimizer(dpo_config.get_config("tiny").opt), 0, Objective("dpo"))
     x, y, ref = (jnp.asarray(a[0]) for a in dpo_batches())
@@ -92,6 +98,10 @@ def test_ipo_compares_per_token_means_and_rpo_adds_the_chosen_nll():
     summed, _ = dpo.dpo_loss(jnp.asarray(sums), jnp.asarray(ref_sums), 0.2, loss="ipo")
     assert abs(float(summed) - float(want)) > 1e-3  # the means matter
 
+    odds_part, _ = dpo.dpo_loss(jnp.asarray(sums / tokens), jnp.zeros(len(sums)), 0.2, loss="orpo")
+    loss, aux = loss_of(beta=0.2, loss="orpo")  # ORPO: its odds ratio term on means plus the chosen NLL
+    np.testing.assert_allclose(loss, odds_part + aux["nll_loss"], rtol=1e-5)
+
     plain, _ = loss_of(beta=0.2)
     loss, aux = loss_of(beta=0.2, rpo_alpha=0.5)
     nll = -sums[0::2].sum() / tokens[0::2].sum()
@@ -104,6 +114,7 @@ def test_ipo_compares_per_token_means_and_rpo_adds_the_chosen_nll():
     [
         (dict(loss="kto"), "dpo.loss_type='kto' is unknown"),
         (dict(rpo_alpha=-1.0), "rpo_alpha=-1.0 >= 0"),
+        (dict(loss="orpo", rpo_alpha=1.0), "has its NLL term"),
         (dict(beta=0.0), "dpo.beta=0.0 must be > 0"),
         (dict(loss="hinge", label_smoothing=0.1), "smooths the sigmoid and simpo losses, not 'hinge'"),
     ],
@@ -296,6 +307,7 @@ def test_dpo_with_loss_chunk_trains_as_with_full_logits():
         (Objective("dpo", beta=0.5, loss="ipo"), 1.0),  # (1 / (2 beta))^2
         (Objective("dpo", loss="hinge"), 1.0),
         (Objective("dpo", rpo_alpha=1.0), None),
+        (Objective("dpo", loss="orpo"), None),
     ],
 )
 def test_against_itself_a_step_prefers_the_chosen_rows(objective, at_start):
