@@ -31,8 +31,8 @@ SOURCES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # The config.model fields that fix the function a pretrained model computes: left unset (None), a run takes
 # them from its init_from model; one set on the command line must match it (or the run refuses to start).
 FROM_SOURCE = (
-    "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "bias", "qkv_bias", "position",
-    "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+    "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "sliding_window", "bias", "qkv_bias",
+    "position", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
     "rope_original_context", "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
 )  # fmt: skip
 

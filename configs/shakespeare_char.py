@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.n_embd = 384
     c.model.n_head_dim = 0  # each head's width; 0: n_embd / n_head (Qwen3 sets it apart)
     c.model.qk_norm = False  # RMS norms over each head's queries and keys before rope (Qwen3's)
+    c.model.sliding_window = 0  # each query sees the last W positions (Mistral's); 0: all earlier ones
     c.model.dropout = 0.2  # the model is small and the data is 1 MB: it overfits without dropout
     c.model.bias = False  # nanoGPT's train.py default: no biases in Dense and LayerNorm
     c.model.qkv_bias = False  # biases on the attention's q, k and v even with bias=False (Qwen2's)

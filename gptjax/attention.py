@@ -4,7 +4,8 @@ softmax(Q K^T / sqrt(H)) V over N heads, with GPT-2's fused QKV projection (`c_a
 matrix, columns ordered q | k | v) and `c_proj` NH x D; H is D / N unless set apart (Qwen3). With K < N
 key/value heads (grouped-query attention, Ainslie et al. 2023; K = 1 is multi-query) `c_attn` is
 D x (N + 2K)H, and query head n reads key/value head n // (N/K), as HF's repeat_kv. With qk_norm_eps,
-each head's queries and keys are RMS-normed (a [H] scale each: q_norm, k_norm) before rope (Qwen3).
+each head's queries and keys are RMS-normed (a [H] scale each: q_norm, k_norm) before rope (Qwen3). With
+a sliding `window` (Mistral) a query sees only the last `window` keys, itself included.
 Logits and softmax are computed in float32 whatever the compute dtype. Decoding passes a cache
 `{"k": BxKxHxS, "v": BxKxSxH, "end": int32}`; the new keys and values (normed, rotated) are written at
 `end` and the updated cache is returned (no mutable Flax collections).
@@ -60,6 +61,7 @@ class CausalSelfAttention(nn.Module):
     qkv_bias: bool = False  # c_attn (q, k and v) has a bias even without use_bias (Qwen2)
     head_dim: int = 0  # H; 0: n_embd / n_head
     qk_norm_eps: float | None = None  # RMS norms over each head's q and k before rope (Qwen3); None: none
+    window: int = 0  # sliding window (Mistral): a query sees the last `window` keys, itself included; 0: all
 
     @nn.compact
     def __call__(
@@ -108,7 +110,10 @@ class CausalSelfAttention(nn.Module):
         k_BKHT, v_BKTH = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
         end = 0 if cache is None else cache["end"]
         S = T if cache is None else cache["v"].shape[2]
-        mask_BTS = (jnp.arange(S)[None, :] <= end + jnp.arange(T)[:, None])[None]
+        query_T1, key_1S = end + jnp.arange(T)[:, None], jnp.arange(S)[None, :]  # cache slots
+        mask_BTS = (key_1S <= query_T1)[None]
+        if self.window:  # slots are consecutive positions (left padding is masked): the last `window`
+            mask_BTS = mask_BTS & (key_1S > query_T1 - self.window)[None]
         if kv_mask_BS is not None:
             mask_BTS = mask_BTS & kv_mask_BS[:, None, :].astype(bool)
         if segments_BT is not None:
@@ -124,7 +129,8 @@ class CausalSelfAttention(nn.Module):
                 )
             new_cache = None if cache is None else _write(cache, k_BKHT, v_BKTH, end)
             k_BKHS, v_BKSH = (k_BKHT, v_BKTH) if cache is None else (new_cache["k"], new_cache["v"])
-            # Only a plain causal mask lets cuDNN use its causal kernel; other masks are passed whole.
+            # Only a plain causal mask (with its window) lets cuDNN use its causal kernel; other masks are
+            # passed whole.
             plain_causal = cache is None and kv_mask_BS is None and segments_BT is None
             out_BTNH = jax.nn.dot_product_attention(  # K < N key/value heads: grouped as above
                 q_BTNH,
@@ -132,6 +138,7 @@ class CausalSelfAttention(nn.Module):
                 v_BKSH.transpose(0, 2, 1, 3).astype(self.dtype),
                 mask=None if plain_causal else jnp.broadcast_to(mask_BTS[:, None], (B, 1, T, S)),
                 is_causal=plain_causal,
+                local_window_size=(self.window - 1, 0) if plain_causal and self.window else None,
                 implementation=None if implementation == "xla" else "cudnn",
             )
             return self._project(out_BTNH, deterministic), new_cache

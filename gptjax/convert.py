@@ -65,8 +65,9 @@ _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 # GPTConfig fields a model imported into a given config must share with the HF model: they fix the
 # function it computes (vocab_size is checked with the weights' shapes). Padding, dropout, dtypes, the
-# attention kernel, remat and scan_layers are free, and so are rope_theta and the rope_scaling fields:
-# fine-tuning with a larger base or a scaling is how a rope model's context is extended.
+# attention kernel, remat and scan_layers are free, and so are rope_theta, the rope_scaling fields and
+# sliding_window: fine-tuning with a larger base, a scaling or a window is how a rope model's context is
+# extended.
 SAME_MODEL_FIELDS = (
     "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "bias", "qkv_bias",
     "position", "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
@@ -340,13 +341,6 @@ def load_hf(directory: str | pathlib.Path, into: GPTConfig | None = None) -> tup
     (`check_same_model`)."""
     hf = _config_json(directory)
     cfg = config_from_hf(hf)
-    if hf.get("sliding_window") and cfg.block_size < hf["max_position_embeddings"]:  # a Mistral's window
-        print(
-            f"{directory}: context limited to sliding_window={cfg.block_size} positions (of "
-            f"max_position_embeddings={hf['max_position_embeddings']}), where the model's attention is "
-            "plain causal attention",
-            flush=True,
-        )
     if into is not None:
         check_same_model(cfg, into, source=f"the HF model in {directory}")
         cfg = into

@@ -5,15 +5,15 @@ A Llama is a gptjax GPT with position="rope" (rope_theta, and Llama 3.1/3.2's "l
 rope scaling), n_kv_head (num_key_value_heads), mlp="swiglu" (intermediate_size), norm="rms"
 (rms_norm_eps) and no biases. HF's nn.Linear weights are [out, in]: they are transposed into Dense
 kernels, and q_proj | k_proj | v_proj become c_attn's columns (rotary embeddings in HF's rotate_half
-layout, as gptjax.layers.rope's). A Mistral has the same weights; its sliding-window attention is plain
-causal attention over up to sliding_window tokens, so it imports with that context. A Qwen2 is a Llama
-with biases on q_proj, k_proj and v_proj (GPTConfig.qkv_bias: c_attn's bias, columns q | k | v as its
-kernel's); its sliding window is off unless use_sliding_window, which gptjax refuses (the window covers
-some layers only). A Qwen3 is a Llama with RMS norms over each head's queries and keys before rope
-(GPTConfig.qk_norm: q_norm and k_norm, a [head_dim] weight each) and a head_dim of its own
-(GPTConfig.n_head_dim: Qwen3-0.6B's q_proj is [16 x 128, 1024]); its sliding window is Qwen2's. Any
-Llama's head_dim may differ from hidden_size / heads. gptjax.convert reads these directories through
-here, and exports a model of that shape (`is_llama`) as a Llama, with qkv_bias as a Qwen2, with qk_norm
+layout, as gptjax.layers.rope's). A Mistral has the same weights and a sliding window
+(GPTConfig.sliding_window: each query sees the last sliding_window keys). A Qwen2 is a Llama with biases
+on q_proj, k_proj and v_proj (GPTConfig.qkv_bias: c_attn's bias, columns q | k | v as its kernel's); its
+sliding window is off unless use_sliding_window, and read only when it is in every layer (or none). A
+Qwen3 is a Llama with RMS norms over each head's queries and keys before rope (GPTConfig.qk_norm: q_norm
+and k_norm, a [head_dim] weight each) and a head_dim of its own (GPTConfig.n_head_dim: Qwen3-0.6B's
+q_proj is [16 x 128, 1024]); its sliding window is Qwen2's. Any Llama's head_dim may differ from
+hidden_size / heads. gptjax.convert reads these directories through here, and exports a model of that
+shape (`is_llama`) as a Llama (with a sliding window as a Mistral), with qkv_bias as a Qwen2, with qk_norm
 as a Qwen3 (both at once: no HF class, refused).
 """
 
@@ -28,7 +28,12 @@ from gptjax.model import GPTConfig, stack_layers
 # q, k and v biases, Qwen3 those plus q_norm and k_norm.
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # HF model_type -> its causal LM class, for export.
-HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "partial_rotary_factor": 1.0}
 # HF rope_type -> GPTConfig.rope_scaling (gptjax.layers.RopeScaling computes them as HF does).
@@ -39,12 +44,7 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
     """The GPTConfig of an HF Llama (Mistral, Qwen2, Qwen3) config.json; a one-line error for what gptjax
     cannot compute."""
     model_type = hf.get("model_type")
-    qwen = model_type in ("qwen2", "qwen3")
-    if qwen and hf.get("use_sliding_window"):
-        raise ValueError(
-            f"use_sliding_window=True is not supported: {model_type.capitalize()}'s window covers only the "
-            "layers from max_window_layers on, and gptjax attends alike in every layer; gptjax needs False"
-        )
+    window = _sliding_window(hf)
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported; gptjax's SwiGLU uses silu")
     for name, nothing in UNSUPPORTED.items():
@@ -54,13 +54,10 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
     H = hf.get("head_dim") or D // N
     K = hf.get("num_key_value_heads") or N
     F = hf["intermediate_size"]
-    # A Mistral's queries see the last sliding_window keys: all of them while there are no more. A Qwen's
-    # sliding_window is ignored (by HF too) without use_sliding_window.
-    window = None if qwen else hf.get("sliding_window")
-    context = min(hf["max_position_embeddings"], window or hf["max_position_embeddings"])
     return GPTConfig(
         vocab_size=hf["vocab_size"],
-        block_size=context,
+        block_size=hf["max_position_embeddings"],
+        sliding_window=window if window < hf["max_position_embeddings"] else 0,  # a wider one limits nothing
         n_layer=hf["num_hidden_layers"],
         n_head=N,
         n_kv_head=0 if K == N else K,
@@ -78,6 +75,27 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         norm="rms",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
     )
+
+
+def _sliding_window(hf: dict[str, Any]) -> int:
+    """The window of every layer (0: none): a Mistral's sliding_window; a Qwen's when use_sliding_window
+    puts it in every layer (layer_types, else from max_window_layers on), ignored (by HF too) when off,
+    and a one-line error when some layers have it and others not (gptjax attends alike in every layer)."""
+    window = hf.get("sliding_window") or 0
+    if hf.get("model_type") not in ("qwen2", "qwen3"):
+        return window
+    if not (hf.get("use_sliding_window") and window):
+        return 0
+    L = hf["num_hidden_layers"]
+    kinds = hf.get("layer_types") or [
+        "sliding_attention" if i >= hf.get("max_window_layers", L) else "full_attention" for i in range(L)
+    ]
+    if len(set(kinds)) > 1:
+        raise ValueError(
+            f"use_sliding_window=True with a window in {kinds.count('sliding_attention')} of {L} layers is "
+            "not supported: gptjax attends alike in every layer (a window in all of them or none)"
+        )
+    return window if kinds[0] == "sliding_attention" else 0
 
 
 def rope_from_llama(hf: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +201,9 @@ def llama_type(cfg: GPTConfig) -> str:
             "qk_norm=True with qkv_bias=True cannot be exported: Qwen3 has q/k norms and no q/k/v biases, "
             "Qwen2 the reverse; set one of them to False"
         )
-    return "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+    if cfg.qk_norm or cfg.qkv_bias:
+        return "qwen3" if cfg.qk_norm else "qwen2"
+    return "mistral" if cfg.sliding_window else "llama"
 
 
 def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
@@ -224,9 +244,15 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "eos_token_id": getattr(tokenizer, "eos_id", None),
         "torch_dtype": "float32",
     }
-    if model_type != "llama":  # Qwen's windows off; its MLP has no biases to switch
+    if model_type != "llama":  # no MLP biases to switch
         del config["mlp_bias"]
-        config.update(use_sliding_window=False, sliding_window=None)
+    if model_type == "mistral":
+        config["sliding_window"] = cfg.sliding_window
+    elif model_type != "llama":  # a Qwen's window, in every layer or none
+        window = cfg.sliding_window or None
+        kind = "sliding_attention" if window else "full_attention"
+        config.update(use_sliding_window=bool(window), sliding_window=window, max_window_layers=0)
+        config["layer_types"] = [kind] * cfg.n_layer
     if model_type == "qwen2":  # its biases are on q, k and v only, where attention_bias adds o_proj's
         del config["attention_bias"]
     return config

@@ -75,6 +75,9 @@ class GPTConfig:
     n_head_dim: int = 0
     # RMS norms (norm_eps, a [H] scale) over each head's queries and keys before rope (Qwen3's q/k_norm).
     qk_norm: bool = False
+    # Sliding-window attention (Mistral's sliding_window): each query attends to the last W positions,
+    # itself included, in every layer; 0: to all earlier positions (W >= block_size is the same).
+    sliding_window: int = 0
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     bias: bool = True  # biases in Dense layers and LayerNorms (GPT-2: True)
     # Biases on the attention's query/key/value projection (c_attn) even when bias=False (Qwen2); with
@@ -140,6 +143,8 @@ class GPTConfig:
                 raise ValueError(
                     f"{name}={getattr(self, name)} must be in [0, 1); set model.{name} to e.g. 0.0 or 0.1"
                 )
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window={self.sliding_window} must be >= 0 (0: no window)")
         if self.n_head_dim < 0:
             raise ValueError(f"n_head_dim={self.n_head_dim} must be >= 0 (0: n_embd / n_head)")
         if not self.n_head_dim and self.n_embd % self.n_head:
@@ -320,6 +325,7 @@ class Block(nn.Module):
             rope_theta=c.rope_theta if c.position == "rope" else None,
             rope_scaling=c.scaled_rope,
             qk_norm_eps=c.norm_eps if c.qk_norm else None,
+            window=c.sliding_window,
             name="attn",
         )(
             ln("ln_1")(x_BTD),

@@ -4,13 +4,13 @@ the model of scripts/torch_reference.py.
 The same function as gptjax.model.GPT: pre-norm blocks (LayerNorm with or without biases, or RMSNorm;
 norm_eps), a fused QKV projection (Qwen2's qkv_bias too; heads of n_head_dim; Qwen3's per-head q and k
 RMS norms for qk_norm) into torch's scaled_dot_product_attention (causal, flash kernels where torch has
-them; fewer key/value heads for n_kv_head), a GELU MLP (exact or tanh) or SwiGLU, final norm, tied or
-separate LM head; positions learned, sinusoidal, or rotary on queries and keys (rope_theta and its
-scaling, gptjax.layers.rope_inv_freq's frequencies). Modules are built in nanoGPT's order, so a seed draws
-nanoGPT's initial weights for its model, and `init_weights` is nanoGPT's (normal 0.02, residual
-projections 0.02 / sqrt(2 n_layer)). Parameter names are HF GPT-2's with nn.Linear's [out, in] weights,
-as nanoGPT's (SwiGLU's third matrix is mlp.gate; the q/k norms attn.q_norm, attn.k_norm). Needs the
-`torch` extra.
+them; fewer key/value heads for n_kv_head; a sliding_window mask), a GELU MLP (exact or tanh) or SwiGLU,
+final norm, tied or separate LM head; positions learned, sinusoidal, or rotary on queries and keys
+(rope_theta and its scaling, gptjax.layers.rope_inv_freq's frequencies). Modules are built in nanoGPT's
+order, so a seed draws nanoGPT's initial weights for its model, and `init_weights` is nanoGPT's (normal
+0.02, residual projections 0.02 / sqrt(2 n_layer)). Parameter names are HF GPT-2's with nn.Linear's
+[out, in] weights, as nanoGPT's (SwiGLU's third matrix is mlp.gate; the q/k norms attn.q_norm,
+attn.k_norm). Needs the `torch` extra.
 """
 
 import math
@@ -45,7 +45,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         D, N, K, H = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
-        self.heads, self.dropout = (N, K, H), cfg.dropout
+        self.heads, self.dropout, self.window = (N, K, H), cfg.dropout, cfg.sliding_window
         self.c_attn = nn.Linear(D, (N + 2 * K) * H, bias=cfg.bias or cfg.qkv_bias)
         self.c_proj = nn.Linear(N * H, D, bias=cfg.bias)
         head_norm = lambda: nn.RMSNorm(H, eps=cfg.norm_eps) if cfg.qk_norm else None  # noqa: E731
@@ -63,12 +63,17 @@ class SelfAttention(nn.Module):
         if self.inv_freq_h is not None:
             q_BTNH, k_BTKH = rotate(q_BTNH, self.inv_freq_h), rotate(k_BTKH, self.inv_freq_h)
         p = self.dropout if self.training else 0.0
+        mask_TS = None
+        if self.window:  # causal, and the last `window` keys only
+            t = torch.arange(T, device=x_BTD.device)
+            mask_TS = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - self.window)
         y_BNTH = F.scaled_dot_product_attention(
             q_BTNH.transpose(1, 2),
             k_BTKH.transpose(1, 2),
             v_BTKH.transpose(1, 2),
+            attn_mask=mask_TS,
             dropout_p=p,
-            is_causal=True,
+            is_causal=mask_TS is None,
             enable_gqa=K != N,
         )
         return self.resid_dropout(self.c_proj(y_BNTH.transpose(1, 2).reshape(B, T, N * H)))

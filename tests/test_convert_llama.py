@@ -334,24 +334,27 @@ def test_mistral_logits_match_pytorch(tmp_path, capsys):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-def test_a_mistral_sliding_window_becomes_the_context(tmp_path, capsys):
-    """sliding_window=8 < max_position_embeddings=16: up to 8 tokens every query sees every earlier key, so
-    the import keeps 8 positions (saying so) and gives PyTorch's logits there. Past the window HF's
-    attention forgets early keys, which causal attention over 16 positions would not."""
-    import torch
+def test_a_mistral_sliding_window_imports_and_exports_as_it_is(tmp_path):
+    """sliding_window=8 < max_position_embeddings=16: the import keeps the 16 positions and the window
+    (GPTConfig.sliding_window), giving PyTorch's logits past the window too (where a query no longer sees
+    the first keys), with the KV cache as well; export writes a MistralForCausalLM with that window and the
+    same weights, all of them."""
+    import transformers
 
-    model = make_llama(tmp_path, "Mistral", num_key_value_heads=2, sliding_window=8)
-    params, cfg = convert.load_hf(tmp_path)
-    assert cfg.block_size == 8
-    out = capsys.readouterr().out
-    assert "context limited to sliding_window=8 positions (of max_position_embeddings=16)" in out
+    model = make_llama(tmp_path / "hf", "Mistral", num_key_value_heads=2, sliding_window=8)
+    params, cfg = convert.load_hf(tmp_path / "hf")
+    assert (cfg.block_size, cfg.sliding_window) == (16, 8)
     x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 16), dtype=np.int32)
-    with torch.no_grad():
-        want = model(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
-    got, _ = GPT(cfg).apply({"params": params}, x_BT[:, :8])
-    np.testing.assert_allclose(got, want[:, :8], atol=1e-4, rtol=0)
-    full, _ = GPT(dataclasses.replace(cfg, block_size=16)).apply({"params": params}, x_BT)
-    assert np.abs(full[:, 8:] - want[:, 8:]).max() > 0.1
+    want = hf_logits(model, x_BT)
+    got, _ = GPT(cfg).apply({"params": params}, x_BT)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    unwindowed, _ = GPT(dataclasses.replace(cfg, sliding_window=0)).apply({"params": params}, x_BT)
+    assert np.abs(unwindowed[:, 8:] - want[:, 8:]).max() > 0.1  # the window matters there
+    prefill, cache = GPT(cfg).apply({"params": params}, x_BT[:, :10], cache=init_cache(cfg, 2))
+    step, _ = GPT(cfg).apply({"params": params}, x_BT[:, 10:11], cache=cache)
+    np.testing.assert_allclose(step[:, 0], want[:, 10], atol=1e-4, rtol=0)
+    config = assert_exports_exactly(model, tmp_path, transformers.MistralForCausalLM)
+    assert (config["model_type"], config["sliding_window"]) == ("mistral", 8)
 
 
 @pytest.mark.parametrize(
@@ -430,16 +433,30 @@ def test_qwen2_logits_match_pytorch(tmp_path, capsys, tie):
 
 def test_a_qwen2_window_is_ignored_when_off_and_refused_when_on():
     """A Qwen2.5 config.json as transformers 4 wrote it (rope_theta 1e6 at the top, a sliding_window that
-    use_sliding_window=false switches off) reads with the whole context; Mistral's window still limits
-    it; use_sliding_window=true (a window in the layers from max_window_layers on) is a one-line error."""
+    use_sliding_window=false switches off) reads with the whole context, and no window; Mistral's window is
+    kept; use_sliding_window=true (a window in the layers from max_window_layers on) reads when that is
+    every layer or none, and is a one-line error otherwise."""
+    import transformers
+
     qwen25 = dict(model_type="qwen2", rope_theta=1e6, rope_scaling=None, tie_word_embeddings=True)
     qwen25.update(use_sliding_window=False, sliding_window=8, max_window_layers=1)
     cfg = convert.config_from_hf({**TINY, **qwen25})
     assert (cfg.qkv_bias, cfg.rope_theta, cfg.block_size, cfg.tie_embeddings) == (True, 1e6, 16, True)
     mistral = convert.config_from_hf({**TINY, "model_type": "mistral", "sliding_window": 8})
-    assert (mistral.qkv_bias, mistral.block_size) == (False, 8)
-    with pytest.raises(ValueError, match="use_sliding_window=True is not supported: Qwen2's window") as e:
-        convert.config_from_hf({**TINY, **qwen25, "use_sliding_window": True})
+    assert (mistral.qkv_bias, mistral.block_size, mistral.sliding_window) == (False, 16, 8)
+    # use_sliding_window=true: the window in the layers from max_window_layers on (transformers'
+    # layer_types), read when that is all of them or none.
+    on = {**qwen25, "use_sliding_window": True}
+    windowed = convert.config_from_hf({**TINY, **on, "max_window_layers": 0})
+    assert windowed.sliding_window == 8
+    exported = convert.hf_config(windowed)  # written back with the window in every layer
+    assert convert.config_from_hf(exported) == windowed
+    assert transformers.Qwen2Config(**exported).layer_types == ["sliding_attention"] * 2
+    assert convert.config_from_hf({**TINY, **on, "max_window_layers": 2}).sliding_window == 0
+    with pytest.raises(
+        ValueError, match="use_sliding_window=True with a window in 1 of 2 layers is not"
+    ) as e:
+        convert.config_from_hf({**TINY, **on})
     assert "\n" not in str(e.value)
 
 
@@ -568,7 +585,8 @@ def test_qwen3_logits_and_greedy_decoding_match_pytorch(tmp_path, head_dim):
 
 def test_a_qwen3_window_is_ignored_when_off_and_refused_when_on():
     """Qwen3's config.json fields: head_dim read whatever its value (0 when hidden / heads), qk_norm set;
-    use_sliding_window=false leaves a sliding_window without effect, true is a one-line error, and so is
+    use_sliding_window=false leaves a sliding_window without effect, true in some layers only is a one-line
+    error, and so is
     attention_bias=true (biases on o_proj too)."""
     qwen3 = {**TINY, "model_type": "qwen3", "head_dim": 8, "use_sliding_window": False, "sliding_window": 4}
     cfg = convert.config_from_hf(qwen3)
@@ -579,7 +597,7 @@ def test_a_qwen3_window_is_ignored_when_off_and_refused_when_on():
     )  # a Llama's may differ too
     assert (llama.n_head_dim, llama.qk_norm) == (24, False)
     for change, message in [
-        (dict(use_sliding_window=True), "use_sliding_window=True is not supported: Qwen3's window"),
+        (dict(use_sliding_window=True, max_window_layers=1), "a window in 1 of 2 layers is not supported"),
         (dict(attention_bias=True), "attention_bias=True is not supported"),
     ]:
         with pytest.raises(ValueError, match=message) as e:

@@ -423,3 +423,81 @@ def test_head_dim_fields_are_checked_in_one_line(fields, message):
         GPTConfig(**{**dict(vocab_size=8, n_embd=32, n_head=4), **fields})
     assert "\n" not in str(e.value)
     assert GPTConfig(vocab_size=8, n_embd=50, n_head=3, n_head_dim=16).head_dim == 16  # no division needed
+
+
+# ----- Sliding-window attention (Mistral's sliding_window). -----
+
+MISTRAL = dataclasses.replace(
+    BASE, position="rope", n_kv_head=2, mlp="swiglu", norm="rms", bias=False, sliding_window=4
+)
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_a_sliding_window_limits_what_each_position_sees_by_gradient(n_layer):
+    """d logits[t] / d embedding[s] is nonzero exactly for t - L (W - 1) <= s <= t: one layer's queries see
+    the last W positions (themselves included), each further layer reaches W - 1 further back."""
+    from tests.test_model import logits_with_embedding_delta
+
+    cfg = dataclasses.replace(MISTRAL, n_layer=n_layer)
+    params = GPT(cfg).init(jax.random.key(0), tokens())["params"]
+    T, D, W = cfg.block_size, cfg.n_embd, cfg.sliding_window
+    r_V = jax.random.normal(jax.random.key(2), (cfg.vocab_size,))
+
+    def projected_logits_T(delta_1TD):
+        logits_1TV = logits_with_embedding_delta(cfg, params, tokens(B=1), delta_1TD)
+        return jnp.einsum("BTV,V->T", logits_1TV, r_V)
+
+    jac_TS = np.abs(np.asarray(jax.jacrev(projected_logits_T)(jnp.zeros((1, T, D)))[:, 0])).sum(-1)
+    t_T1, s_1S = np.arange(T)[:, None], np.arange(T)[None, :]
+    seen = (s_1S <= t_T1) & (s_1S >= t_T1 - n_layer * (W - 1))
+    assert np.all(jac_TS[~seen] == 0.0) and np.all(jac_TS[seen] > 0.0), jac_TS
+
+
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
+def test_a_sliding_window_decodes_with_a_cache_as_the_full_forward(attention):
+    """Both backends (xla's plain causal path takes the window as local_window_size) give the einsum
+    reference's logits; a prefill then one token at a time past the window equals the full forward, also
+    with left padding (the window counts cache slots, and padded ones are masked)."""
+    cfg = dataclasses.replace(MISTRAL, attention=attention)
+    params = GPT(cfg).init(jax.random.key(0), tokens())["params"]
+    want, _ = GPT(MISTRAL).apply({"params": params}, tokens())
+    full, _ = GPT(cfg).apply({"params": params}, tokens())
+    np.testing.assert_allclose(full, want, atol=1e-5, rtol=0)
+    loss, grads = loss_and_grads(MISTRAL, params, tokens())
+    loss_x, grads_x = loss_and_grads(cfg, params, tokens())
+    np.testing.assert_allclose(loss, loss_x, rtol=1e-5)
+    assert_close(grads, grads_x, atol=1e-5)
+    pad = 2
+    x_BT = jnp.pad(tokens(), ((0, 0), (pad, 0)))
+    kv_mask_BS = jnp.ones((2, 16 + pad), bool).at[:, :pad].set(False)
+    positions_BT = jnp.maximum(jnp.arange(16 + pad) - pad, 0)[None].repeat(2, 0).astype(jnp.int32)
+    apply = jax.jit(GPT(dataclasses.replace(cfg, block_size=16 + pad)).apply)
+    prefix = 3 + pad
+    logits, cache = apply(
+        {"params": params},
+        x_BT[:, :prefix],
+        positions_BT=positions_BT[:, :prefix],
+        cache=init_cache(cfg, 2, 16 + pad),
+        kv_mask_BS=kv_mask_BS,
+    )
+    np.testing.assert_allclose(logits[:, pad:], want[:, : prefix - pad], atol=1e-5, rtol=0)
+    for t in range(prefix, 16 + pad):
+        step, cache = apply(
+            {"params": params},
+            x_BT[:, t : t + 1],
+            positions_BT=positions_BT[:, t : t + 1],
+            cache=cache,
+            kv_mask_BS=kv_mask_BS,
+        )
+        np.testing.assert_allclose(step[:, 0], want[:, t - pad], atol=1e-5, rtol=0, err_msg=t)
+
+
+def test_a_window_as_wide_as_the_context_changes_nothing_and_a_negative_one_is_refused():
+    params = GPT(MISTRAL).init(jax.random.key(0), tokens())["params"]
+    wide, _ = GPT(dataclasses.replace(MISTRAL, sliding_window=16)).apply({"params": params}, tokens())
+    none, _ = GPT(dataclasses.replace(MISTRAL, sliding_window=0)).apply({"params": params}, tokens())
+    narrow, _ = GPT(MISTRAL).apply({"params": params}, tokens())
+    np.testing.assert_allclose(wide, none, atol=1e-6, rtol=0)
+    assert np.abs(narrow[:, 4:] - none[:, 4:]).max() > 1e-3  # the window matters past W positions
+    with pytest.raises(ValueError, match=r"sliding_window=-1 must be >= 0 \(0: no window\)"):
+        dataclasses.replace(MISTRAL, sliding_window=-1)

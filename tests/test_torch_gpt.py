@@ -44,6 +44,7 @@ LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  
         {**LLAMA, "n_head": 4, "n_kv_head": 2, "n_head_dim": 8, "qk_norm": True},  # N*H = 32, D = 16
         {**LLAMA, "qk_norm": True, "scan_layers": True},
         {"n_head": 4, "n_head_dim": 12},  # GPT-2's shape with heads of their own width
+        {**LLAMA, "sliding_window": 3},  # Mistral's
     ],
     ids=[
         "gpt2",
@@ -60,6 +61,7 @@ LLAMA3 = dict(rope_scaling="llama3", rope_factor=4.0, rope_original_context=4)  
         "qwen3",
         "qk_norm_scan",
         "gpt2_head_dim",
+        "mistral",
     ],
 )
 def test_logits_and_loss_equal_gptjax(torch, tiny_cfg, change):
