@@ -2,8 +2,9 @@
 
 FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu):
   6 * N               forward + backward of every weight matmul, N = parameters without position embeddings
-  + 12 * L * T * n*H  attention scores and weighted sums (QK^T and AV), forward + backward, T = context,
-                      n*H = query heads x head dim (= D unless n_head_dim sets H apart)
+  + 12 * L * T * n*H  attention scores and weighted sums (QK^T and AV), forward + backward, T = context
+                      (a sliding window W < T: W, the keys a query can see), n*H = query heads x head dim
+                      (= D unless n_head_dim sets H apart)
 MFU = achieved model FLOP/s / (devices x peak FLOP/s of one device at the compute dtype).
 """
 
@@ -40,7 +41,8 @@ def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
     n = n_params - (cfg.block_size * cfg.n_embd if cfg.position == "learned" else 0)
     if not cfg.tie_embeddings:
         n -= cfg.padded_vocab * cfg.n_embd
-    return 6 * n + 12 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.head_dim
+    keys = min(cfg.block_size, cfg.sliding_window or cfg.block_size)  # that a query may attend to
+    return 6 * n + 12 * cfg.n_layer * keys * cfg.n_head * cfg.head_dim
 
 
 def peak_flops(device: jax.Device, dtype: str) -> float | None:

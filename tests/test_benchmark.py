@@ -1,5 +1,6 @@
 """The training benchmark: the FLOPs formula, the peak table, and one short run."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -49,6 +50,10 @@ def test_flops_per_token_counts_attention_over_query_heads_times_head_dim():
     assert benchmark.flops_per_token(cfg, n_params) == pytest.approx(xla_per_token, rel=0.03)
     with_d = benchmark.flops_per_token(cfg, n_params) - 12 * 2 * 256 * (4 * 64 - 64)
     assert with_d < 0.8 * xla_per_token
+    # A sliding window of 32 keys: attention counts those a query may see (XLA computes and masks all).
+    windowed = dataclasses.replace(cfg, sliding_window=32)
+    saved = benchmark.flops_per_token(cfg, n_params) - benchmark.flops_per_token(windowed, n_params)
+    assert saved == 12 * 2 * (256 - 32) * 4 * 64
 
 
 def test_flops_per_token_leaves_out_the_padded_token_table_of_an_untied_model():
