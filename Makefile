@@ -10,7 +10,7 @@ comma := ,
 # make train needs the core package (+ CUDA jaxlib on a GPU); make test also the PyTorch/HF baselines
 # (torch==2.13.0: pip takes a local CPU wheel when the machine has one), HF tokenizers and the image extras.
 TRAIN_EXTRAS := $(if $(filter gpu,$(ACCEL)),cuda)
-TEST_EXTRAS := test,torch,tokenizers,art,tfds
+TEST_EXTRAS := test,torch,tokenizers,art,tfds,parquet
 CONFIG ?= configs/shakespeare_char.py$(if $(filter cpu,$(ACCEL)),:cpu)
 WORKDIR ?= runs/shakespeare_char_$(ACCEL)
 # The shared data folder beside a checkout, when there is one (CI); otherwise the loaders download.

@@ -39,6 +39,8 @@ setup(
         "tokenizers": ["tokenizers>=0.23", "jinja2>=3.1.6"],
         # Images (gptjax.data.images): the built-in 8x8 digits ship inside scikit-learn; Pillow reads files.
         "art": ["scikit-learn>=1.9.1", "pillow>=12"],
+        # Parquet documents (FineWeb's shards) for scripts/prepare_data.py; JSON lines need nothing more.
+        "parquet": ["pyarrow>=26"],
         # tfds:NAME image sources, read without TensorFlow (gptjax.data.tfds_images). importlib_resources:
         # TFDS 4.9.10 imports it to prepare a data set (the tests do) but does not declare it
         # (tensorflow/datasets#11212).

@@ -1,8 +1,13 @@
-"""Streaming token files: chunked encoding decodes back to the text, splits by bytes, documents end in EOT."""
+"""Streaming token files: chunked encoding decodes back to the text, splits by bytes, documents end in EOT;
+JSON-lines and Parquet documents, split by documents, encoded alike by any number of processes."""
 
+import gzip
+import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -206,3 +211,192 @@ def test_settings_that_cannot_split_or_chunk_are_refused(tmp_path):
     meta = prepare.prepare_files(files, tmp_path / "out", ByteTokenizer(), val_fraction=0.2)
     assert meta["val_fraction"] == prepare.open_prepared(tmp_path / "out")[2]["val_fraction"] == 0.2
     assert (meta["train_tokens"], meta["val_tokens"]) == (160, 40)
+
+
+# ------------------------------------------------------------------------ JSON lines and Parquet documents
+
+DOCS = ["Hello world", "naïve café 😀\nsecond line", "", "ends in a newline\n", "<|endoftext|> is text here"]
+DOCS += [f"document {i}: " + "word " * i for i in range(7)]  # 12 documents in all
+
+
+def write_jsonl(path, docs, field="text"):
+    lines = [json.dumps({"id": i, field: doc}) + "\n" for i, doc in enumerate(docs)]
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write("".join(lines[:1] + ["\n"] + lines[1:]))  # a blank line is no document
+    return path
+
+
+def write_parquet(path, columns, **kwargs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, **kwargs)
+    return path
+
+
+def pa_strings(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def test_jsonl_and_parquet_documents_each_end_in_eot_and_split_between_documents(tmp_path, data_dir):
+    files = [
+        write_jsonl(tmp_path / "a.jsonl", DOCS[:4]),
+        write_jsonl(tmp_path / "b.json.gz", DOCS[4:7]),
+        write_parquet(tmp_path / "c.parquet", {"text": DOCS[7:], "n": list(range(5))}),
+    ]
+    tok = GPT2Tokenizer()
+    meta = prepare.prepare_files(files, tmp_path / "out", tok, val_fraction=0.25)  # eot by default
+    train, val, saved = prepare.open_prepared(tmp_path / "out")
+    encoded = [tok.encode(doc) + [tok.eos_id] for doc in DOCS]
+    assert train.tolist() == sum(encoded[:9], []) and val.tolist() == sum(encoded[9:], [])  # 12 * 0.75 = 9
+    assert saved == meta and meta["inputs"] == "jsonl+parquet" and meta["eot"] is True
+    assert (meta["train_documents"], meta["val_documents"]) == (9, 3)
+    assert tok.encode(DOCS[4])[:3] == [27, 91, 437]  # "<|endoftext|>" written in a document is not EOT
+
+    meta = prepare.prepare_files(files, tmp_path / "noeot", ByteTokenizer(), eot=False, val_fraction=0.25)
+    train, val, _ = prepare.open_prepared(tmp_path / "noeot")
+    assert (
+        bytes(train.tolist()) == "".join(DOCS[:9]).encode()
+        and bytes(val.tolist()) == "".join(DOCS[9:]).encode()
+    )
+    assert meta["eot"] is False and (meta["train_documents"], meta["val_documents"]) == (9, 3)
+    # The char vocab is the documents' characters, not the JSON around them.
+    assert prepare.make_tokenizer("char", files).chars == "".join(sorted(set("".join(DOCS))))
+
+
+def test_parquet_read_in_many_record_batches_gives_the_same_files(tmp_path):
+    path = write_parquet(tmp_path / "d.parquet", {"text": DOCS * 3}, row_group_size=5)  # 36 rows, 8 groups
+    assert [len(docs) for docs in prepare._documents(path, "text", read_rows=2)] == [2] * 18  # across groups
+    outs = []
+    for read_rows, chunk_bytes in ((2, 8), (prepare.READ_ROWS, prepare.CHUNK_BYTES)):
+        out = tmp_path / f"rows{read_rows}"
+        prepare.prepare_files(
+            [path], out, ByteTokenizer(), eot=False, read_rows=read_rows, chunk_bytes=chunk_bytes
+        )
+        outs.append([(out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")])
+    assert outs[0] == outs[1]
+    val = np.frombuffer(outs[0][1], np.uint16)
+    assert bytes(val.tolist()) == "".join(DOCS[-4:]).encode()  # int(36 * 0.9) = 32 train documents
+
+
+def test_two_processes_write_the_same_files_as_one(tmp_path, data_dir):
+    rng = np.random.default_rng(0)
+    docs = [
+        " ".join(rng.choice(["the", "cat", "é", "😀", "\n", "sat"], rng.integers(0, 40))) for _ in range(300)
+    ]
+    inputs = {
+        "documents": [
+            write_jsonl(tmp_path / "a.jsonl", docs[:200]),
+            write_jsonl(tmp_path / "b.jsonl", docs[200:]),
+        ],
+        "text": [write(tmp_path, "t.txt", "\n".join(docs))],
+    }
+    for kind, files in inputs.items():
+        outs = []
+        for num_proc in (1, 2):
+            out = tmp_path / f"{kind}{num_proc}"
+            # chunk_bytes=256: ~40 batches, many more than the 4 in flight at once
+            prepare.prepare_files(files, out, GPT2Tokenizer(), num_proc=num_proc, chunk_bytes=256)
+            outs.append([(out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")])
+        assert outs[0] == outs[1] and len(outs[0][0]) > 1000, kind
+    train, val, meta = prepare.open_prepared(tmp_path / "documents2")
+    assert (meta["train_documents"], meta["val_documents"]) == (270, 30)
+    assert val.tolist() == sum((GPT2Tokenizer().encode(d) + [GPT2Tokenizer.eos_id] for d in docs[270:]), [])
+
+
+def test_the_script_encodes_documents_with_two_processes(tmp_path, data_dir):
+    """A spawned worker imports the script again (as __mp_main__): it must not run it, nor need JAX."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "scripts/prepare_data.py",
+            f"--input={tmp_path}/*.jsonl",
+            f"--out_dir={tmp_path}/out",
+        ]
+        + ["--num_proc=2", "--val_fraction=0.25"],
+        cwd=pathlib.Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    train, val, _ = prepare.open_prepared(tmp_path / "out")
+    tok = GPT2Tokenizer()
+    assert tok.decode(val.tolist()) == "<|endoftext|>".join(DOCS[9:]) + "<|endoftext|>"
+    assert (
+        done.stdout
+        == f"{tmp_path}/out: {len(train)} train and {len(val)} val tokens from 9 and 3 documents (uint16)\n"
+    )
+
+
+def one_line_error(run) -> str:
+    with pytest.raises(DataError) as e:
+        run()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_document_errors_name_the_file_and_record(tmp_path, monkeypatch):
+    def prepare_one(name, content=None, **kwargs):
+        path = tmp_path / name
+        if isinstance(content, dict):
+            write_parquet(path, content)
+        elif content is not None:
+            path.write_text(content)
+        return one_line_error(
+            lambda: prepare.prepare_files([path], tmp_path / "out", GPT2Tokenizer(), **kwargs)
+        )
+
+    good = "".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(20))
+    text_field = "pass --text_field=NAME"
+    assert prepare_one("a.jsonl", good + '{"body": "x", "id": 3}\n').endswith(
+        f"a.jsonl line 21 has no field 'text' (its fields: body, id); {text_field}"
+    )
+    assert prepare_one("a.jsonl", good, text_field="body").endswith(  # found by the count, before encoding
+        f"a.jsonl line 1 has no field 'body' (its fields: text); {text_field}"
+    )
+    assert prepare_one("b.parquet", {"body": ["x"], "id": [1]}).endswith(
+        f"b.parquet has no column 'text' (its columns: body, id); {text_field}"
+    )
+    assert "a.jsonl line 22: 'text' is a JSON number, not a string" in prepare_one(
+        "a.jsonl", good + '\n{"text": 5}'
+    )
+    assert "a.jsonl line 21: 'text' is a JSON null, not a string" in prepare_one(
+        "a.jsonl", good + '{"text": null}'
+    )
+    assert "a.jsonl line 21 is a JSON array, not an object" in prepare_one("a.jsonl", good + '["x"]')
+    assert "a.jsonl line 21 is not JSON (Expecting property name" in prepare_one(
+        "a.jsonl", good + "{text: 1}"
+    )
+    assert "c.parquet row 2 (from 0): 'text' is null" in prepare_one(
+        "c.parquet", {"text": ["a", "b", None] * 9}
+    )
+    assert "d.parquet column 'text' holds int64, not strings" in prepare_one("d.parquet", {"text": [1, 2]})
+    assert "e.parquet is not a Parquet file (" in prepare_one("e.parquet", "not parquet")
+    assert "f.jsonl.gz is not a whole gzip file (" in prepare_one("f.jsonl.gz", good)
+    assert "g.jsonl.zst is zstd-compressed" in prepare_one("g.jsonl.zst", good)
+    assert prepare_one("h.jsonl", "\n \n").startswith("the input files hold no documents")
+    assert prepare_one("h.parquet", {"text": pa_strings([])}).startswith("the input files hold no documents")
+    assert prepare_one("j.jsonl", '{"text": "x"}\n' * 9 + '{"text": ""}\n', eot=False).startswith(
+        "the val split's documents (1) encode to no tokens"
+    )
+    assert prepare_one("i.jsonl", '{"text": "one"}\n').startswith(
+        "val_fraction=0.1 of 1 documents leaves the train split without documents"
+    )
+    (tmp_path / "t.txt").write_text("text\n")
+    assert "mix text files (t.txt) and document files (a.jsonl)" in one_line_error(
+        lambda: prepare.prepare_files(
+            [tmp_path / "t.txt", tmp_path / "a.jsonl"], tmp_path / "o", ByteTokenizer()
+        )
+    )
+    assert "end-of-text id; byte has none; use another tokenizer, or eot=False (--noeot)" in one_line_error(
+        lambda: prepare.prepare_files([tmp_path / "i.jsonl"], tmp_path / "o", ByteTokenizer())
+    )
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    assert prepare_one("b.parquet").endswith("b.parquet needs pyarrow; pip install pyarrow")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
