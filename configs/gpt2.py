@@ -2,13 +2,16 @@
 scripts/bench.py measures for MFU.
 
   python scripts/bench.py --config=configs/gpt2.py --mode=train        # step time, tokens/s, MFU
-  python scripts/prepare_data.py --input='openwebtext/*.txt' --out_dir=data/owt --tokenizer=gpt2 --eot
+  python scripts/prepare_data.py --input='openwebtext/*.jsonl' --out_dir=data/owt --val_fraction=0.0005 \
+      --num_proc=16
   python scripts/train.py --config=configs/gpt2.py --workdir=runs/gpt2 --config.data.source=data/owt
 
 nanoGPT reaches a val loss of ~2.85 after 600k steps of ~0.5M tokens (about 4 days on 8 A100s).
-Training reads OpenWebText as token files from scripts/prepare_data.py (GPT-2's BPE, one document per
-file, each ending in <|endoftext|>, as nanoGPT's data/openwebtext/prepare.py); pass their directory as
---config.data.source (the default "openwebtext" names no directory). The benchmark needs no data.
+Training reads OpenWebText as token files from scripts/prepare_data.py (GPT-2's BPE, each document
+ending in <|endoftext|>, as nanoGPT's data/openwebtext/prepare.py): from JSON lines or Parquet with a
+"text" field (as HF datasets download it; FineWeb-Edu's parquet shards the same way), or from text files
+of one document each with --eot. Pass their directory as --config.data.source (the default "openwebtext"
+names no directory). The benchmark needs no data.
 """
 
 import ml_collections
