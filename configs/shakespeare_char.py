@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )  # attention's qkv, its output, the MLP ("gate": swiglu's)
 
     c.opt = ml_collections.ConfigDict()
+    c.opt.name = "adamw"  # or "muon": Muon on the blocks' matrices, AdamW (lr, betas) on the rest (optim.py)
     c.opt.lr = 1e-3  # high for a tiny model (nanoGPT)
     c.opt.min_lr = 1e-4  # lr / 10, as Chinchilla
     c.opt.warmup_iters = 100
@@ -81,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.opt.beta2 = 0.99  # a bit higher than GPT-2's 0.95 because few tokens go into each step
     c.opt.weight_decay = 0.1  # on matrices only
     c.opt.grad_clip = 1.0  # global-norm clipping; 0 disables
+    c.opt.muon_lr = 0.05  # "muon": the matrices' peak lr, on lr's schedule (modded-nanogpt's 0.05)
+    c.opt.muon_momentum = 0.95  # "muon": Nesterov momentum of the matrices (modded-nanogpt's)
 
     c.batch_size = 64  # sequences per optimizer step (global, all devices)
     c.grad_accum = 1  # micro-batches per step: memory use ~ batch_size / grad_accum

@@ -1,14 +1,18 @@
 """The optimizer: gradient clipping, then AdamW on a warmup + cosine (nanoGPT's recipe), linear or
-warmup-stable-decay schedule. A model with LoRA adapters trains them alone: the rest is frozen and has no
+warmup-stable-decay schedule; or Muon on the blocks' matrices (opt.name="muon", modded-nanogpt's) with
+AdamW on the rest. A model with LoRA adapters trains them alone: the rest is frozen and has no
 optimizer state."""
 
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from optax import contrib
 
 SCHEDULES = ("cosine", "linear", "wsd")  # config.opt.schedule: what follows the warmup
+OPTIMIZERS = ("adamw", "muon")  # config.opt.name
 
 
 def lr_schedule(opt: Any) -> optax.Schedule:
@@ -73,19 +77,72 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, p: path[-1].key in DECAYED_PARAMS, params)
 
 
-def make_optimizer(opt: Any, lora: bool = False) -> optax.GradientTransformation:
-    """`opt` is config.opt: lr, min_lr, warmup_iters, lr_decay_iters, decay_lr, beta1, beta2,
-    weight_decay, grad_clip (0 disables). lora: only the adapters get the optimizer (and its state)."""
-    adamw = optax.adamw(
-        lr_schedule(opt),
+# A block's layer: h_0, h_1, ... or the scanned h (its params stacked [L, ...]).
+_BLOCK = re.compile(r"h(_\d+)?")
+
+
+def muon_labels(params: Any) -> Any:
+    """Each parameter's optimizer: "muon" for every Dense kernel inside a block (attention's c_attn and
+    c_proj, the MLP's fc, gate and proj), "adamw" for embeddings, an untied LM head, biases, norm scales."""
+
+    def label(path, p):
+        names = [str(getattr(k, "key", "")) for k in path]
+        block_kernel = names[-1] == "kernel" and any(_BLOCK.fullmatch(n) for n in names[:-1])
+        return "muon" if block_kernel else "adamw"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def muon(opt: Any, schedule: optax.Schedule, out_in: bool = False) -> optax.GradientTransformation:
+    """Muon (Jordan et al. 2024, modded-nanogpt) from optax.contrib's pieces, in optax.contrib.muon's order:
+    Nesterov momentum opt.muon_momentum (optax's, bias-corrected), 5 Newton-Schulz steps with optax's
+    (= modded-nanogpt's) coefficients, the update scaled by sqrt(max(1, fan_out / fan_in)) (Keller Jordan's
+    Muon), decoupled weight decay opt.weight_decay, then the learning rate: `schedule`'s shape scaled to
+    peak at opt.muon_lr (so the decay per step is muon_lr(t) * weight_decay, as optax.contrib.muon's).
+
+    Each kernel is orthogonalised as [in, out] ([out, in] with out_in); leading axes are batch axes, so a
+    scanned [L, in, out] kernel is L matrices. c_attn's fused q | k | v columns are one matrix (optax's
+    choice; modded-nanogpt orthogonalises q, k and v apart): its momentum then shards like the kernel.
+    optax.contrib.muon itself is not used: its Adam branch has Nesterov momentum and decays every leaf.
+    """
+    in_axis, out_axis = (-1, -2) if out_in else (-2, -1)
+    dims = contrib.MuonDimensionNumbers(reduction_axis=in_axis, output_axis=out_axis)
+    # optax.partition hands this branch the other leaves as MaskedNodes (no leaves): the map keeps them.
+    dim_nums = lambda updates: jax.tree_util.tree_map(lambda _: dims, updates)  # noqa: E731
+    ratio = opt.muon_lr / opt.lr
+    return optax.chain(
+        contrib.scale_by_muon(beta=opt.muon_momentum, nesterov=True, weight_dimension_numbers=dim_nums),
+        contrib._muon.scale_by_shape(weight_dimension_numbers=dim_nums),  # optax.contrib.muon's, unexported
+        optax.add_decayed_weights(opt.weight_decay),
+        optax.scale_by_learning_rate(lambda step: schedule(step) * ratio),
+    )
+
+
+def make_optimizer(opt: Any, lora: bool = False, out_in: bool = False) -> optax.GradientTransformation:
+    """`opt` is config.opt: name ("adamw" or "muon"), lr, min_lr, warmup_iters, lr_decay_iters, decay_lr,
+    beta1, beta2, weight_decay, grad_clip (0 disables), and for Muon muon_lr and muon_momentum. lora: only
+    the adapters get the optimizer (and its state). out_in: the model's kernels are [out, in] (Muon's
+    fan-in and fan-out)."""
+    name = opt.get("name", "adamw")  # checkpoints saved before opt.name trained AdamW
+    if name not in OPTIMIZERS:
+        raise ValueError(f"opt.name={name!r} is unknown; use one of {list(OPTIMIZERS)}")
+    if name == "muon" and lora:
+        raise ValueError(
+            "opt.name='muon' does not train LoRA adapters; use opt.name='adamw' with model.lora_rank"
+        )
+    schedule = lr_schedule(opt)
+    tx = optax.adamw(
+        schedule,
         b1=opt.beta1,
         b2=opt.beta2,
         eps=1e-8,  # torch.optim.AdamW default, as nanoGPT
         weight_decay=opt.weight_decay,
         mask=decay_mask,
     )
+    if name == "muon":
+        tx = optax.partition({"muon": muon(opt, schedule, out_in), "adamw": tx}, muon_labels)
     # Always the same chain, so a run resumed with other settings still finds its optimizer state.
-    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip or float("inf")), adamw)
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip or float("inf")), tx)
     if not lora:
         return tx
     labels = lambda params: jax.tree_util.tree_map(  # noqa: E731

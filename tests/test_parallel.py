@@ -90,6 +90,36 @@ def test_mesh_equals_single_device(setup, mesh):
     assert {name: got[name] for name in want} == want
 
 
+@pytest.mark.parametrize("mode", ["pmap", "mesh"])
+def test_muon_under_pmap_and_mesh_equals_single_device(setup, mode):
+    """opt.name="muon": 3 steps under pmap and a data x fsdp x tensor mesh equal one device's, and in the
+    mesh each Muon momentum is sharded as the kernel it follows."""
+    config, _, _, batches, _ = setup
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.opt.name = "muon"
+    cfg = __import__("gptjax.train", fromlist=["model_config"]).model_config(config, vocab_size=64)
+    init, abstract = abstract_state(cfg, config.opt, seed=0)
+    single = jax.jit(train_steps)(jax.jit(init)(), batches)[0]
+    config.parallel.update(mode=mode, mesh=dict(data=2, fsdp=2, tensor=2))
+    state, _ = run(parallel.make_placement(config.parallel, abstract, 16), init, batches)
+    close(state.params, single.params)
+    close(state.opt_state, single.opt_state)
+    if mode == "pmap":
+        return
+    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    param_specs = {"/".join(k.key for k in path): leaf.sharding.spec for path, leaf in flat}
+    momentum_specs = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        if keys[:1] == ["muon"] and "mu" in [getattr(k, "name", None) for k in path]:
+            momentum_specs["/".join(keys[1:])] = leaf.sharding.spec
+    assert sorted(momentum_specs) == sorted(
+        f"h_{i}/{m}/kernel" for i in range(2) for m in ("attn/c_attn", "attn/c_proj", "mlp/fc", "mlp/proj")
+    )
+    assert momentum_specs == {name: param_specs[name] for name in momentum_specs}
+    assert momentum_specs["h_0/attn/c_attn/kernel"] == P("fsdp", "tensor")
+
+
 def test_fused_loss_under_mesh_equals_single_device(setup):
     """model.loss_chunk (the chunked LM head + loss with its own gradients) under data/fsdp/tensor
     sharding trains as the plain loss does on one device."""

@@ -128,11 +128,16 @@ def test_logs_mfu_where_the_device_peak_is_known(tmp_path, data_dir, tmp_cache, 
         assert r["mfu"] == pytest.approx(flops_per_token * r["tokens_per_sec"] / (1e12 * jax.device_count()))
 
 
-def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache):
-    """Training 30 steps in one go == 20 steps, stop, then resume to 30 (dropout on)."""
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache, optimizer):
+    """Training 30 steps in one go == 20 steps, stop, then resume to 30 (dropout on), with AdamW or Muon
+    (its momentum comes back from the checkpoint; on one device: test_parallel.py has Muon's mesh)."""
     kw = dict(eval_interval=10, checkpoint_interval=10, log_interval=5)
     config = tiny_config(max_iters=30, **kw)
     config.model.dropout = 0.1
+    config.opt.name = optimizer
+    if optimizer == "muon":
+        config.parallel.mode = "single"  # compiles faster than the 8 fake devices' mesh
     train_and_evaluate(config, tmp_path / "a")
     config.max_iters = 20
     train_and_evaluate(config, tmp_path / "b")
@@ -142,6 +147,8 @@ def test_resume_equals_uninterrupted(tmp_path, data_dir, tmp_cache):
     # The resumed run's log reads like the uninterrupted one.
     losses = lambda w: [(r["step"], r.get("train_loss")) for r in read_metrics(w)]  # noqa: E731
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    val = {r["step"]: r["val_loss"] for r in read_metrics(tmp_path / "a") if "val_loss" in r}
+    assert val[30] < val[0] - 0.5, val
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 keys, the weight-decay mask, the lr schedule and the eval loss."""
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -14,7 +15,7 @@ import pytest
 from gptjax.data.sft import decode_rows, masked, pack, pad
 from gptjax.lm_head import IGNORE
 from gptjax.model import GPT, stack_layers, unstack_layers
-from gptjax.optim import decay_mask, lr_schedule, make_optimizer
+from gptjax.optim import decay_mask, lr_schedule, make_optimizer, muon_labels
 from gptjax.train_step import (
     create_train_state,
     eval_steps,
@@ -314,28 +315,35 @@ def test_weight_decay_mask_is_matrices_only(tiny_cfg):
     assert kinds == {"kernel", "embedding", "lm_head", "bias", "scale"}
 
 
+def loop_and_scan_steps(loop_cfg, tx, tiny_batch, steps):
+    """(initial params, params after `steps` steps on tiny_batch, and those of the scan_layers model that
+    started from the same params, unstacked)."""
+    loop = create_train_state(loop_cfg, tx, seed=0)
+    scan_cfg = dataclasses.replace(loop_cfg, scan_layers=True)
+    scan = create_train_state(scan_cfg, tx, seed=0).replace(
+        params=stack_layers(loop.params, loop_cfg.n_layer)
+    )
+    scan = scan.replace(opt_state=tx.init(scan.params))
+    batches = tuple(jnp.stack([a] * steps) for a in tiny_batch)
+    loop_after, _ = jax.jit(train_steps)(loop, batches)
+    scan_after, _ = jax.jit(train_steps)(scan, batches)
+    return loop.params, loop_after.params, unstack_layers(scan_after.params)
+
+
 def test_scanned_layers_decay_the_same_parameters_as_the_loop(tiny_cfg, tiny_opt, tiny_batch):
     """scan_layers stacks biases and LayerNorm scales into [L, D] matrices: the mask goes by name, so
     both layouts decay the same parameters, and 3 AdamW steps (weight decay on, biases) agree."""
     loop_cfg = dataclasses.replace(tiny_cfg, bias=True, tie_embeddings=False)
-    scan_cfg = dataclasses.replace(loop_cfg, scan_layers=True)
     assert tiny_opt.weight_decay > 0
-    tx = make_optimizer(tiny_opt)
-    loop = create_train_state(loop_cfg, tx, seed=0)
+    params, loop, scan = loop_and_scan_steps(loop_cfg, make_optimizer(tiny_opt), tiny_batch, 3)
 
     def decayed(params):  # the decayed parameters' paths, with every layer h_i named h
         flat = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
         return {tuple("h" if k.key.startswith("h_") else k.key for k in path) for path, on in flat if on}
 
-    assert decayed(stack_layers(loop.params, 2)) == decayed(loop.params)
-    assert ("h", "ln_1", "scale") not in decayed(loop.params)
-    scan = create_train_state(scan_cfg, tx, seed=0).replace(params=stack_layers(loop.params, 2))
-    scan = scan.replace(opt_state=tx.init(scan.params))
-    x_BT, y_BT = tiny_batch
-    batches = (jnp.stack([x_BT] * 3), jnp.stack([y_BT] * 3))
-    loop, _ = jax.jit(train_steps)(loop, batches)
-    scan, _ = jax.jit(train_steps)(scan, batches)
-    assert_trees_close(unstack_layers(scan.params), loop.params, atol=1e-5)
+    assert decayed(stack_layers(params, 2)) == decayed(params)
+    assert ("h", "ln_1", "scale") not in decayed(params)
+    assert_trees_close(scan, loop, atol=1e-5)
 
 
 def test_weight_decay_shrinks_only_matrices(tiny_opt):
@@ -389,6 +397,138 @@ def test_lr_schedule_warmup_then_cosine():
     constant = lr_schedule(ml_collections.ConfigDict(dict(lr=3e-4, decay_lr=False)))
     for step in (0, 10, 10_000):
         assert float(constant(step)) == pytest.approx(3e-4)
+
+
+# ----- Muon (opt.name="muon"). -----
+
+
+@pytest.fixture(scope="module")
+def muon_opt(tiny_opt):
+    """tiny_opt with Muon on the blocks' kernels, on a warmup + cosine schedule (muon_lr = 5 lr)."""
+    opt = dict(tiny_opt.to_dict(), name="muon", muon_lr=0.05, muon_momentum=0.95)
+    return ml_collections.FrozenConfigDict(dict(opt, decay_lr=True, warmup_iters=1, lr_decay_iters=4))
+
+
+def newton_schulz_reference(g):
+    """optax's orthogonalisation in numpy: the wide orientation, Frobenius-normalised, 5 quintic steps
+    with modded-nanogpt's coefficients."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    wide = g.T if g.shape[0] > g.shape[1] else g
+    x = wide / (np.linalg.norm(wide) + 1e-8)
+    for _ in range(5):
+        xxt = x @ x.T
+        x = a * x + (b * xxt + c * xxt @ xxt) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+def muon_reference(kernel, grads, opt):
+    """Muon on one [in, out] kernel in float64 from its clipped gradients: optax's bias-corrected
+    Nesterov momentum, Newton-Schulz, sqrt(max(1, out/in)), decoupled weight decay, muon_lr on lr's
+    schedule."""
+    p, mu, beta = np.array(kernel, np.float64), 0.0, opt.muon_momentum
+    schedule = lr_schedule(opt)
+    for t, g in enumerate(grads, start=1):
+        mu = beta * mu + (1 - beta) * g
+        nesterov = beta * mu / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
+        update = newton_schulz_reference(nesterov) * math.sqrt(max(1.0, p.shape[1] / p.shape[0]))
+        lr = float(schedule(t - 1)) * opt.muon_lr / opt.lr
+        p = p - lr * (update + opt.weight_decay * p)
+    return p
+
+
+@pytest.mark.parametrize("layout", ["in_out", "out_in", "scanned"])
+def test_muon_step_equals_numpy_on_block_kernels_and_adamw_elsewhere(muon_opt, layout):
+    """3 clipped steps: each block kernel (each layer of a scanned one) moves as Muon in numpy; the
+    embedding, norm scale, bias and LM head exactly as the AdamW optimizer moves them."""
+    rng = np.random.default_rng(0)
+    shapes = {"c_attn": (4, 12), "c_proj": (4, 4), "proj": (16, 4)}  # wide, square, tall
+    lead = (2,) if layout == "scanned" else ()
+    flip = (lambda k: np.swapaxes(k, -1, -2)) if layout == "out_in" else (lambda k: k)  # noqa: E731
+    block = {
+        "attn": {name: {"kernel": flip(rng.normal(size=lead + shape))} for name, shape in shapes.items()},
+        "ln_1": {"scale": rng.normal(size=lead + (4,)), "bias": rng.normal(size=lead + (4,))},
+    }
+    params = {"h" if lead else "h_0": block, "wte": {"embedding": rng.normal(size=(5, 4))}}
+    params["lm_head"] = rng.normal(size=(5, 4))
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float32), params)
+    grads_list = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)]
+    grads_list += [jax.tree_util.tree_map(lambda g: 0.01 * g, grads_list[0])] * 2
+
+    def run(opt):
+        tx = make_optimizer(opt, out_in=layout == "out_in")
+        new, opt_state = params, tx.init(params)
+        for grads in grads_list:
+            updates, opt_state = tx.update(grads, opt_state, new)
+            new = optax.apply_updates(new, updates)
+        return new
+
+    ours = run(muon_opt)
+    adamw = run(ml_collections.FrozenConfigDict(dict(muon_opt.to_dict(), name="adamw")))
+    norms = [optax.global_norm(grads) for grads in grads_list]
+    assert norms[0] > muon_opt.grad_clip > norms[1]  # the first step is clipped, the others not
+    clipped = [
+        jax.tree_util.tree_map(lambda g: np.float64(g) * min(1.0, muon_opt.grad_clip / float(n)), grads)
+        for grads, n in zip(grads_list, norms, strict=True)
+    ]
+    name = "h" if lead else "h_0"
+    for module in shapes:
+        kernel = flip(np.asarray(params[name]["attn"][module]["kernel"]))
+        got = flip(np.asarray(ours[name]["attn"][module]["kernel"]))
+        grads = [flip(g[name]["attn"][module]["kernel"]) for g in clipped]
+        for layer in range(lead[0] if lead else 1):
+            pick = (lambda x: x[layer]) if lead else (lambda x: x)  # noqa: E731
+            want = muon_reference(pick(kernel), [pick(g) for g in grads], muon_opt)
+            np.testing.assert_allclose(pick(got), want, rtol=1e-5, atol=1e-5, err_msg=f"{module} {layer}")
+        assert not np.allclose(got, flip(np.asarray(adamw[name]["attn"][module]["kernel"])), atol=1e-3)
+    for path in [(name, "ln_1", "scale"), (name, "ln_1", "bias"), ("wte", "embedding"), ("lm_head",)]:
+        get = lambda tree: functools.reduce(lambda t, k: t[k], path, tree)  # noqa: E731
+        np.testing.assert_array_equal(get(ours), get(adamw), err_msg=str(path))
+        assert not np.array_equal(get(ours), get(params))
+
+
+def test_muon_takes_every_block_kernel_and_nothing_else(tiny_cfg):
+    """Attention's c_attn and c_proj and the MLP's fc, gate and proj kernels, per layer or stacked."""
+    cfg = dataclasses.replace(tiny_cfg, bias=True, tie_embeddings=False, mlp="swiglu")
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    for scan in (False, True):
+        params = jax.eval_shape(
+            GPT(dataclasses.replace(cfg, scan_layers=scan)).init, jax.random.key(0), tokens
+        )
+        flat = jax.tree_util.tree_flatten_with_path(muon_labels(params["params"]))[0]
+        muon = {"/".join(k.key for k in path) for path, label in flat if label == "muon"}
+        layers = ["h"] if scan else ["h_0", "h_1"]
+        modules = ["attn/c_attn", "attn/c_proj", "mlp/fc", "mlp/gate", "mlp/proj"]
+        assert muon == {f"{h}/{m}/kernel" for h in layers for m in modules}
+        assert {label for _, label in flat} == {"muon", "adamw"}
+
+
+def test_muon_scanned_layers_equal_the_loop(tiny_cfg, muon_opt, tiny_batch):
+    """A stacked [L, in, out] kernel is L matrices to orthogonalise: 2 Muon steps of a scan_layers model
+    equal the per-layer model's (one [L * in, out] matrix would not)."""
+    loop_cfg = dataclasses.replace(tiny_cfg, bias=True, mlp="swiglu")
+    params, loop, scan = loop_and_scan_steps(loop_cfg, make_optimizer(muon_opt), tiny_batch, 2)
+    assert_trees_close(scan, loop, atol=1e-5)
+    moved = loop["h_1"]["mlp"]["gate"]["kernel"] - params["h_1"]["mlp"]["gate"]["kernel"]
+    assert float(jnp.abs(moved).max()) > 1e-3
+
+
+def test_muon_lowers_the_loss_on_a_repeated_batch(tiny_cfg, muon_opt, tiny_batch):
+    opt = ml_collections.FrozenConfigDict(dict(muon_opt.to_dict(), decay_lr=False))
+    state = create_train_state(tiny_cfg, make_optimizer(opt), seed=0)
+    losses = []
+    for _ in range(30):
+        state, metrics = jit_train_step(state, tiny_batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_optimizer_choices_that_cannot_work_are_refused(muon_opt):
+    with pytest.raises(ValueError, match=r"opt.name='sgd' is unknown; use one of \['adamw', 'muon'\]"):
+        make_optimizer(ml_collections.FrozenConfigDict(dict(muon_opt.to_dict(), name="sgd")))
+    with pytest.raises(
+        ValueError, match="opt.name='muon' does not train LoRA adapters; use opt.name='adamw'"
+    ):
+        make_optimizer(muon_opt, lora=True)
 
 
 # ----- The fused LM head + loss (GPTConfig.loss_chunk). -----
