@@ -32,7 +32,13 @@ PAUSE_S = 1.0
 
 
 def comparable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config both frameworks can run identically: dropout off, one device."""
+    """The config both frameworks can run identically: dropout off, one device; AdamW (the PyTorch side's
+    optimizer is torch.optim.AdamW)."""
+    if config.opt.get("name", "adamw") != "adamw":
+        raise ValueError(
+            f"opt.name={config.opt.name!r}: the PyTorch baselines train with AdamW only; compare with "
+            "--config.opt.name=adamw"
+        )
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.dropout = 0.0
     config.parallel.mode = "single"

@@ -147,6 +147,8 @@ class GPTConfig:
             raise ValueError(f"sliding_window={self.sliding_window} must be >= 0 (0: no window)")
         if self.n_head_dim < 0:
             raise ValueError(f"n_head_dim={self.n_head_dim} must be >= 0 (0: n_embd / n_head)")
+        if self.n_head_dim * self.n_head == self.n_embd:  # n_embd / n_head written out: its 0, one config
+            object.__setattr__(self, "n_head_dim", 0)
         if not self.n_head_dim and self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "

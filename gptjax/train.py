@@ -58,7 +58,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, **overrides
 
 def abstract_state(cfg: GPTConfig, opt: Any, seed: int, objective: Objective = LM):
     """(init function, its output's shapes) for a TrainState of this model, optimizer and objective."""
-    tx = make_optimizer(opt, lora=cfg.lora_rank > 0)
+    tx = make_optimizer(opt, lora=cfg.lora_rank > 0, out_in=cfg.kernel_layout == "out_in")
     init = functools.partial(create_train_state, cfg, tx, seed, objective)
     return init, jax.eval_shape(init)
 

@@ -28,3 +28,11 @@ def test_losses_agree_with_pytorch(tmp_path, data_dir, tmp_cache, block):
     assert result["tokens_per_sec"]["gptjax"] > 0 and result["tokens_per_sec"]["torch_eager"] > 0
     compare_torch.plot(result, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_a_muon_config_is_refused_in_one_line():
+    config = tiny.get_config()
+    config.opt.name = "muon"
+    with pytest.raises(ValueError, match="the PyTorch baselines train with AdamW only; compare with") as e:
+        compare_torch.comparable(config)
+    assert "\n" not in str(e.value)

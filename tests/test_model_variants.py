@@ -423,6 +423,10 @@ def test_head_dim_fields_are_checked_in_one_line(fields, message):
         GPTConfig(**{**dict(vocab_size=8, n_embd=32, n_head=4), **fields})
     assert "\n" not in str(e.value)
     assert GPTConfig(vocab_size=8, n_embd=50, n_head=3, n_head_dim=16).head_dim == 16  # no division needed
+    # n_embd / n_head written out is the same config as its 0 (so an exported Qwen3 reads back equal).
+    assert GPTConfig(vocab_size=8, n_embd=32, n_head=4, n_head_dim=8) == GPTConfig(
+        vocab_size=8, n_embd=32, n_head=4
+    )
 
 
 # ----- Sliding-window attention (Mistral's sliding_window). -----
