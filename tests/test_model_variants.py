@@ -451,7 +451,7 @@ def test_a_sliding_window_limits_what_each_position_sees_by_gradient(n_layer):
         logits_1TV = logits_with_embedding_delta(cfg, params, tokens(B=1), delta_1TD)
         return jnp.einsum("BTV,V->T", logits_1TV, r_V)
 
-    jac_TS = np.abs(np.asarray(jax.jacrev(projected_logits_T)(jnp.zeros((1, T, D)))[:, 0])).sum(-1)
+    jac_TS = np.abs(np.asarray(jax.jit(jax.jacrev(projected_logits_T))(jnp.zeros((1, T, D)))[:, 0])).sum(-1)
     t_T1, s_1S = np.arange(T)[:, None], np.arange(T)[None, :]
     seen = (s_1S <= t_T1) & (s_1S >= t_T1 - n_layer * (W - 1))
     assert np.all(jac_TS[~seen] == 0.0) and np.all(jac_TS[seen] > 0.0), jac_TS
@@ -460,17 +460,16 @@ def test_a_sliding_window_limits_what_each_position_sees_by_gradient(n_layer):
 @pytest.mark.parametrize("attention", ["einsum", "xla"])
 def test_a_sliding_window_decodes_with_a_cache_as_the_full_forward(attention):
     """Both backends (xla's plain causal path takes the window as local_window_size) give the einsum
-    reference's logits; a prefill then one token at a time past the window equals the full forward, also
-    with left padding (the window counts cache slots, and padded ones are masked)."""
+    reference's logits and gradients; a prefill then one token at a time past the window equals the full
+    forward, also with left padding (the window counts cache slots, and padded ones are masked)."""
     cfg = dataclasses.replace(MISTRAL, attention=attention)
     params = GPT(cfg).init(jax.random.key(0), tokens())["params"]
     want, _ = GPT(MISTRAL).apply({"params": params}, tokens())
-    full, _ = GPT(cfg).apply({"params": params}, tokens())
-    np.testing.assert_allclose(full, want, atol=1e-5, rtol=0)
-    loss, grads = loss_and_grads(MISTRAL, params, tokens())
-    loss_x, grads_x = loss_and_grads(cfg, params, tokens())
-    np.testing.assert_allclose(loss, loss_x, rtol=1e-5)
-    assert_close(grads, grads_x, atol=1e-5)
+    if attention != "einsum":
+        loss, grads = jax.jit(loss_and_grads, static_argnums=0)(MISTRAL, params, tokens())
+        loss_x, grads_x = jax.jit(loss_and_grads, static_argnums=0)(cfg, params, tokens())
+        np.testing.assert_allclose(loss, loss_x, rtol=1e-5)
+        assert_close(grads, grads_x, atol=1e-5)
     pad = 2
     x_BT = jnp.pad(tokens(), ((0, 0), (pad, 0)))
     kv_mask_BS = jnp.ones((2, 16 + pad), bool).at[:, :pad].set(False)
