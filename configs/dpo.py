@@ -3,8 +3,10 @@ e.g. by configs/sft.py: it learns to prefer each pair's chosen answer to its rej
 itself as it starts (the reference).
 
 The data is a JSON-lines file, one {"prompt": "...", "chosen": "...", "rejected": "..."} per line (TRL's
-preference format), or with lists of messages for a chat model (gptjax.data.preference); the last 10%
-of the pairs are the val split.
+preference format), or with lists of messages for a chat model (gptjax.data.preference); or Parquet files
+with those columns, as a Hub dataset's shards are downloaded (a glob such as
+'ultrafeedback/data/train-*.parquet' or a directory; read in sorted order). The last 10% of the pairs are
+the val split.
   python scripts/train.py --config=configs/dpo.py --workdir=runs/dpo --config.init_from=runs/sft \
       --config.data.source=PAIRS.jsonl
 The model's shape and tokenizer are the starting model's (init_from: a gptjax workdir, an HF directory or
@@ -32,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {arg!r} of configs/dpo.py; use '' or 'tiny'")
     c = finetune_shakespeare.get_config("gpt2")  # the shape and tokenizer of init_from (unset here)
     c.init_from = "gpt2"  # better: the workdir of a supervised fine-tune (configs/sft.py)
-    c.data.source = config_dict.placeholder(str)  # required: the JSON-lines pairs
+    c.data.source = config_dict.placeholder(str)  # required: JSON-lines or Parquet pairs, a glob, a directory
     c.data.format = "preference"
     c.data.val_fraction = 0.1
     c.dpo = ml_collections.ConfigDict()

@@ -3,8 +3,10 @@
 The data is a JSON-lines file, one {"prompt": "...", "completion": "..."} per line (TRL's
 prompt-completion format; OpenAI's legacy fine-tuning format), or {"messages": [...]} conversations (TRL's
 conversational format, written in ChatML and trained on the assistant's turns; serve the model's
-/v1/chat/completions); gptjax.data.sft says how an example becomes a row and how a long one is cut. The
-last 10% of the lines are the val split.
+/v1/chat/completions); or Parquet files with those columns, as a Hub dataset's shards are downloaded (a
+glob such as 'ultrachat/data/train_sft-*.parquet' or a directory; read in sorted order). gptjax.data.sft
+says how an example becomes a row and how a long one is cut. The last 10% of the examples are the val
+split.
   python scripts/train.py --config=configs/sft.py --workdir=runs/sft --config.data.source=FILE.jsonl
   python scripts/sample.py --workdir=runs/sft --prompt="<a prompt as the file writes them>"
 Training starts from the HF model gpt2 (as configs/finetune_shakespeare.py: the HF hub cache, else
@@ -38,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c = finetune_shakespeare.get_config("gpt2")  # init_from="gpt2", its shape and tokenizer (unset here)
     else:
         raise ValueError(f"unknown variant {arg!r} of configs/sft.py; use '' or 'tiny'")
-    c.data.source = config_dict.placeholder(str)  # required: a JSON-lines file of prompt/completion pairs
+    c.data.source = config_dict.placeholder(str)  # required: JSON-lines or Parquet file(s), glob or directory
     c.data.format = "prompt_completion"  # one row per example, trained on the completion only
     c.data.val_fraction = 0.1  # the last 10% of the examples, in file order
     # True: several examples per row (TRL's packing=True, best-fit decreasing), each attending only to

@@ -192,6 +192,88 @@ def test_bad_pairs_are_one_line(tmp_path, line, message):
     assert "\n" not in str(info.value)
 
 
+def write_parquet(path, records):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=2)
+    return str(path)
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+PREFERENCE_RECORDS = {  # as Hub datasets hold them, with columns DPO does not use
+    "strings": [
+        {"prompt": f"{c}>", "chosen": c * 2, "rejected": "b" if c == "a" else "a", "score_chosen": 8.0}
+        for c in "abab"
+    ],
+    "messages": [
+        {"prompt": [user(c)], "chosen": [assistant(c * 2)], "rejected": [assistant("c")], "prompt_id": c}
+        for c in "abca"
+    ],
+}
+
+
+def assert_same_dataset(a, b):
+    assert a.tokenizer.to_json() == b.tokenizer.to_json()
+    np.testing.assert_array_equal(a.train, b.train)
+    np.testing.assert_array_equal(a.val, b.val)
+
+
+@pytest.mark.parametrize("kind", PREFERENCE_RECORDS)
+def test_a_parquet_file_gives_the_pairs_of_its_json_lines_twin(tmp_path, kind):
+    records = PREFERENCE_RECORDS[kind]
+    parquet = write_parquet(tmp_path / "p.parquet", records)
+    jsonl = write_lines(tmp_path / "p.jsonl", records)
+    a, b = (load_preference_dataset(s, block_size=80, val_fraction=0.25) for s in (parquet, jsonl))
+    assert a.train.shape == (3, 2, 81)
+    assert_same_dataset(a, b)
+
+
+def test_an_implicit_prompt_is_what_chosen_and_rejected_begin_with(tmp_path):
+    """trl-lib/ultrafeedback_binarized's rows: chosen and rejected each the whole conversation, no prompt."""
+    explicit = [
+        {
+            "prompt": [user("hi"), assistant("yo"), user(c)],
+            "chosen": [assistant(c)],
+            "rejected": [assistant("no")],
+        }
+        for c in "abcd"
+    ]
+    implicit = [
+        {"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"], "score_chosen": 1.0}
+        for r in explicit
+    ]
+    shards = tmp_path / "data"
+    shards.mkdir()
+    write_parquet(shards / "train-00000-of-00002.parquet", implicit[:3])
+    write_parquet(shards / "train-00001-of-00002.parquet", implicit[3:])
+    want = load_preference_dataset(
+        write_lines(tmp_path / "p.jsonl", explicit), block_size=160, val_fraction=0.5
+    )
+    for source in (str(shards / "train-*.parquet"), str(shards)):  # val starts inside the first shard
+        assert_same_dataset(load_preference_dataset(source, block_size=160, val_fraction=0.5), want)
+
+
+def test_bad_parquet_pairs_name_the_file_and_row(tmp_path):
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": None}]
+    source = write_parquet(tmp_path / "p.parquet", rows)
+    with pytest.raises(DataError, match=r"p\.parquet:row 2: prompt, chosen and rejected must be all strings"):
+        load_preference_dataset(source, block_size=8, val_fraction=0.5)
+    same = [{"chosen": [user("a"), assistant("b")], "rejected": [user("a"), assistant("b")]}] * 2
+    source = write_parquet(tmp_path / "same.parquet", same)
+    with pytest.raises(DataError, match=r"same\.parquet:row 1: chosen: messages must be a non-empty list"):
+        load_preference_dataset(source, block_size=8, val_fraction=0.5)
+    with pytest.raises(DataError, match=r"^glob .* matches no files; check the pattern$"):
+        load_preference_dataset(str(tmp_path / "none-*.parquet"), block_size=8, val_fraction=0.5)
+
+
 def dpo_batches(K=2, pairs=8, T=8, V=64, seed=0):
     """K steps of `pairs` random pairs of rows (x_KBT, y_KBT, ref_KBT), answers from position 3 on."""
     rng = np.random.default_rng(seed)

@@ -1,14 +1,15 @@
-"""Tests for gptjax.data.sft: prompt/completion rows, their batches, cuts, splits and errors."""
+"""Tests for gptjax.data.sft: prompt/completion rows, their batches, cuts, splits, errors, Parquet shards."""
 
 import importlib
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 
 from gptjax.data import ByteTokenizer, CharTokenizer, DataError, GPT2Tokenizer, chat, get_batch
-from gptjax.data.from_config import load_data, make_tokenizer
+from gptjax.data.from_config import check_format, load_data, make_tokenizer
 from gptjax.data.sft import IGNORE, decode_rows, load_sft_dataset, masked, pack, read_examples
 
 EXAMPLES = [
@@ -432,3 +433,145 @@ def test_bad_conversations_give_one_line_naming_the_line(tmp_path, tmp_cache, li
     with pytest.raises(DataError, match=pattern) as e:
         load_sft_dataset(str(tmp_path / "c.jsonl"), block_size=64, val_fraction=0.5)
     assert "\n" not in str(e.value)
+
+
+# ----- Parquet files, globs and directories (a Hugging Face dataset's shards). -----
+
+
+def write_parquet(path, records) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=2)  # several row groups
+    return str(path)
+
+
+def write_records(path, records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+HUB_RECORDS = {  # each as a Hub dataset holds them, with columns the format does not use
+    "pairs": [{"prompt": f"q{i}?", "completion": f" a{i}", "prompt_id": f"id{i}"} for i in range(5)],
+    "text": [{"text": f"line {i}", "score": i / 2} for i in range(5)],
+    # ultrachat_200k's columns: a "prompt" beside the "messages" (no "completion": a conversation)
+    "messages": [
+        {"prompt": c[1]["content"], "prompt_id": str(i), "messages": c}
+        for i, c in enumerate([CONVERSATION, CONVERSATION[1:3], CONVERSATION[1:]] * 2)
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", HUB_RECORDS)
+def test_a_parquet_file_gives_the_examples_of_its_json_lines_twin(tmp_path, tmp_cache, kind):
+    records = HUB_RECORDS[kind]
+    parquet = write_parquet(tmp_path / "s.parquet", records)
+    jsonl = write_records(tmp_path / "s.jsonl", records)
+    assert read_examples(parquet) == read_examples(jsonl)
+    a, b = (load_sft_dataset(s, block_size=200, val_fraction=0.4) for s in (parquet, jsonl))
+    assert a.tokenizer.to_json() == b.tokenizer.to_json()
+    np.testing.assert_array_equal(a.train, b.train)
+    np.testing.assert_array_equal(a.val, b.val)
+    if kind == "messages":  # list<struct> rows are the conversations, their "prompt" column unused
+        assert read_examples(parquet)[1] == chat.render(CONVERSATION[1:3])
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_shards_by_glob_or_directory_equal_one_concatenated_file(tmp_path, tmp_cache, packing):
+    records = [{"prompt": f"{i}>", "completion": "x" * (i % 4 + 1), "n": i} for i in range(10)]
+    shards = tmp_path / "data"
+    shards.mkdir()
+    write_parquet(shards / "train-00001-of-00002.parquet", records[6:])  # written first, read second
+    write_parquet(shards / "train-00000-of-00002.parquet", records[:6])
+    (shards / "README.md").write_text("not data")
+    whole = write_records(tmp_path / "all.jsonl", records)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    write_records(mixed / "a.jsonl", records[:3])
+    write_parquet(mixed / "b.parquet", records[3:])
+    sources = [str(shards / "train-*.parquet"), str(shards), str(mixed / "[ab].*")]
+    want = load_sft_dataset(
+        whole, block_size=8, val_fraction=0.25, tokenizer=ByteTokenizer(), packing=packing
+    )
+    assert packing or len(want.val) == 3  # the val split starts inside the second file
+    for source in sources:
+        got = load_sft_dataset(
+            source, block_size=8, val_fraction=0.25, tokenizer=ByteTokenizer(), packing=packing
+        )
+        np.testing.assert_array_equal(got.train, want.train)
+        np.testing.assert_array_equal(got.val, want.val)
+
+
+def test_a_directory_without_parquet_reads_its_json_lines(tmp_path):
+    write_records(tmp_path / "b.json", [{"prompt": "b", "completion": "2"}])
+    write_records(tmp_path / "a.jsonl", [{"prompt": "a", "completion": "1"}])
+    (tmp_path / "notes.txt").write_text("not data")
+    assert read_examples(tmp_path) == [[("a", False), ("1", True)], [("b", False), ("2", True)]]
+
+
+BAD_SOURCES = [  # (what to write under tmp_path, the source, the error's pattern)
+    ({}, "data/train-*.parquet", r"glob '.*data/train-\*\.parquet' matches no files; check the pattern$"),
+    ({"d/x.txt": "x"}, "d", r"d holds no \.parquet, \.jsonl or \.json files; fix --config.data.source$"),
+    ({"b.parquet": "not parquet"}, "b.parquet", r"b\.parquet is not a Parquet file \(.*\); give \.parquet"),
+    (
+        {"c.parquet": [{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": None}]},
+        "c.parquet",
+        r'c\.parquet:row 2: "completion" is NoneType, not a string; every line needs',
+    ),
+    (
+        {"m.parquet": [{"messages": CONVERSATION}, {"messages": CONVERSATION[:2]}]},
+        "m.parquet",
+        r"m\.parquet:row 2: nothing to train on: no assistant message",
+    ),
+    (  # found when encoding: the row is named there too
+        {
+            "a.parquet": [{"prompt": "a", "completion": "b"}] * 2,
+            "e.parquet": [{"prompt": "a", "completion": ""}],
+        },
+        "*.parquet",
+        r"e\.parquet:row 1: nothing to train on: the completion gives 0 token",
+    ),
+    (
+        {
+            "one.parquet": [{"prompt": "a", "completion": "b"}],
+            "two.jsonl": [{"prompt": "a", "completion": "b"}],
+        },
+        "*.*",
+        r"one\.parquet \(and 1 more files\) has 2 example\(s\), which leaves 0 for train and 2 for val at "
+        r"val_fraction=0\.9",
+    ),
+]
+
+
+@pytest.mark.parametrize("files, source, pattern", BAD_SOURCES)
+def test_bad_sources_give_one_line_naming_the_file_and_row(tmp_path, tmp_cache, files, source, pattern):
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        if isinstance(content, str):
+            path.write_text(content)
+        else:
+            (write_parquet if name.endswith(".parquet") else write_records)(path, content)
+    val_fraction = 0.9 if "one.parquet" in files else 0.5
+    with pytest.raises(DataError, match=pattern) as e:
+        load_sft_dataset(str(tmp_path / source), block_size=8, val_fraction=val_fraction)
+    assert "\n" not in str(e.value)
+
+
+def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
+    source = write_parquet(tmp_path / "s.parquet", [{"prompt": "a", "completion": "b"}])
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match=r"^reading .*s\.parquet needs pyarrow; pip install pyarrow$"):
+        read_examples(source)
+
+
+def test_a_run_checks_a_glob_or_directory_source_before_loading(tmp_path):
+    config = sft_config("tiny", str(tmp_path / "data" / "train-*.parquet"))
+    with pytest.raises(DataError, match="matches no files"):
+        check_format(config.data)
+    config.data.source = str(tmp_path)
+    with pytest.raises(DataError, match="holds no .parquet, .jsonl or .json files"):
+        check_format(config.data)
+    write_parquet(tmp_path / "train-00000-of-00001.parquet", [{"prompt": "a", "completion": "b"}])
+    assert check_format(config.data) == "prompt_completion"

@@ -8,10 +8,10 @@ import ml_collections
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
 from gptjax.data.images import load_image_dataset
 from gptjax.data.preference import load_preference_dataset
-from gptjax.data.sft import load_sft_dataset, source_path
+from gptjax.data.sft import load_sft_dataset, source_files
 from gptjax.data.tokens import Dataset, load_dataset
 
-# config.data.format: a corpus, a JSON-lines SFT file, or JSON-lines preference pairs (DPO)
+# config.data.format: a corpus, SFT examples, or preference pairs (DPO) (JSON lines or Parquet)
 FORMATS = ("text", "prompt_completion", "preference")
 
 
@@ -29,13 +29,13 @@ def make_tokenizer(data: Any):
 
 
 def check_format(data: Any) -> str:
-    """config.data.format, checked (a prompt/completion or preference file must exist) before a run loads
-    anything."""
+    """config.data.format, checked (a prompt/completion or preference source must name files) before a run
+    loads anything."""
     kind = data.get("format", "text")
     if kind not in FORMATS:
         raise ValueError(f"data.format={kind!r} is unknown; use one of {list(FORMATS)}")
     if kind in ("prompt_completion", "preference"):
-        source_path(data.get("source"))
+        source_files(data.get("source"))
     if data.get("packing") and kind != "prompt_completion":
         raise ValueError(f"data.packing packs prompt/completion examples, not data.format={kind!r}; drop it")
     return kind

@@ -1,10 +1,13 @@
 """Preference pairs for DPO (gptjax.dpo): a prompt, the answer preferred and the answer rejected.
 
-The file is JSON lines, one pair per non-empty line: {"prompt": "...", "chosen": "...", "rejected":
+The data is JSON lines, one pair per non-empty line: {"prompt": "...", "chosen": "...", "rejected":
 "..."} (TRL's preference format with an explicit prompt), or the conversational form: "prompt" a list of
 messages and "chosen" and "rejected" each a list of assistant messages, written in ChatML
-(gptjax.data.chat; the prompt's own assistant turns are read, not trained). Each answer becomes one row as
-a prompt/completion example does (gptjax.data.sft: the prompt masked, the answer and its EOS, or
+(gptjax.data.chat; the prompt's own assistant turns are read, not trained). A conversational pair without
+"prompt" (TRL's implicit prompt, as trl-lib/ultrafeedback_binarized has it) takes the messages that chosen
+and rejected begin with alike as its prompt. It may also be Parquet files whose rows hold the same fields,
+other columns ignored (a Hugging Face dataset's shards: gptjax.data.sft.source_files). Each answer becomes
+one row as a prompt/completion example does (gptjax.data.sft: the prompt masked, the answer and its EOS, or
 <|im_end|>, trained, an example too long cut the same way), so a pair is two rows: the split is
 [N, 2, block_size + 1] int32, chosen then rejected. The val split is the last val_fraction of the pairs.
 
@@ -25,9 +28,10 @@ from gptjax.data.sft import (
     _encode,
     _example,
     decode_rows,
-    json_lines,
+    files_name,
     pad,
-    source_path,
+    records,
+    source_files,
     train_count,
     with_bos,
 )
@@ -52,10 +56,28 @@ def _conversation(obj: dict, where: str, tokenizer) -> list[list[tuple[str, bool
     return out
 
 
-def read_pairs(path: pathlib.Path, tokenizer=None) -> list[tuple[int, list[list[tuple[str, bool]]], bool]]:
-    """(line number, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair."""
+def _implicit_prompt(obj: dict) -> dict:
+    """A conversational pair without "prompt": the messages chosen and rejected begin with alike are the
+    prompt, the rest the answers (TRL's extract_prompt)."""
+    chosen, rejected = obj["chosen"], obj["rejected"]
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+
+
+def read_pairs(
+    files: list[pathlib.Path], tokenizer=None
+) -> list[tuple[str, list[list[tuple[str, bool]]], bool]]:
+    """(where, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair in `files`."""
     pairs = []
-    for number, where, obj in json_lines(path, _EXAMPLE):
+    for where, obj in records(files, _EXAMPLE, ("prompt", *ANSWERS)):
+        if (
+            isinstance(obj, dict)
+            and "prompt" not in obj
+            and all(isinstance(obj.get(k), list) for k in ANSWERS)
+        ):
+            obj = _implicit_prompt(obj)
         if not isinstance(obj, dict) or any(k not in obj for k in ("prompt", *ANSWERS)):
             missing = [k for k in ("prompt", *ANSWERS) if k not in obj] if isinstance(obj, dict) else []
             raise DataError(
@@ -64,25 +86,24 @@ def read_pairs(path: pathlib.Path, tokenizer=None) -> list[tuple[int, list[list[
                 "assistant replies)"
             )
         if all(isinstance(obj[k], list) for k in ("prompt", *ANSWERS)):
-            pairs.append((number, _conversation(obj, where, tokenizer), False))
+            pairs.append((where, _conversation(obj, where, tokenizer), False))
         elif all(isinstance(obj[k], str) for k in ("prompt", *ANSWERS)):
-            pairs.append((number, [[(obj["prompt"], False), (obj[k], True)] for k in ANSWERS], True))
+            pairs.append((where, [[(obj["prompt"], False), (obj[k], True)] for k in ANSWERS], True))
         else:
             kinds = ", ".join(f"{k}: {type(obj[k]).__name__}" for k in ("prompt", *ANSWERS))
             raise DataError(
                 f"{where}: prompt, chosen and rejected must be all strings or all lists ({kinds})"
             )
     if not pairs:
-        raise DataError(f"{path} holds no pairs; give it one JSON object per line, {_EXAMPLE}")
+        raise DataError(f"{files_name(files)} holds no pairs; give it one JSON object per line, {_EXAMPLE}")
     return pairs
 
 
-def _rows(path: pathlib.Path, pairs, tokenizer, length: int) -> np.ndarray:
+def _rows(name: str, pairs, tokenizer, length: int) -> np.ndarray:
     """[N, 2, length] rows of the pairs; warns once with how many answers' rows were cut."""
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     values, cut = [], 0
-    for number, answers, ends_with_eos in pairs:
-        where = f"{path}:{number}"
+    for where, answers, ends_with_eos in pairs:
         for pieces in answers:
             ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
             ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
@@ -98,7 +119,7 @@ def _rows(path: pathlib.Path, pairs, tokenizer, length: int) -> np.ndarray:
             cut += how > 0
     if cut:
         warnings.warn(
-            f"{path}: {cut} of {len(values)} answers (with their prompts) are longer than block_size + 1 = "
+            f"{name}: {cut} of {len(values)} answers (with their prompts) are longer than block_size + 1 = "
             f"{length} tokens and were cut as prompt/completion examples are; raise model.block_size to keep "
             "them whole",
             stacklevel=3,
@@ -109,15 +130,15 @@ def _rows(path: pathlib.Path, pairs, tokenizer, length: int) -> np.ndarray:
 def load_preference_dataset(
     source: str | None, *, block_size: int, val_fraction: float, tokenizer=None
 ) -> Dataset:
-    """The preference file `source` as train/val pairs of rows [N, 2, block_size + 1] (see module doc).
-    `tokenizer` None: the characters of every prompt and answer."""
-    path = source_path(source)
-    pairs = read_pairs(path, tokenizer)
-    n_train = train_count(path, len(pairs), val_fraction, "pair")
+    """The preference data `source` (source_files) as train/val pairs of rows [N, 2, block_size + 1] (see
+    module doc). `tokenizer` None: the characters of every prompt and answer."""
+    files = source_files(source)
+    pairs = read_pairs(files, tokenizer)
+    n_train = train_count(files_name(files), len(pairs), val_fraction, "pair")
     if tokenizer is None:
         text = "".join(t for _, answers, _ in pairs for pieces in answers for t, _ in pieces)
         tokenizer = CharTokenizer.from_text(text)
-    rows = _rows(path, pairs, tokenizer, block_size + 1)
+    rows = _rows(files_name(files), pairs, tokenizer, block_size + 1)
     return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
-from gptjax.data.sources import DataError, not_utf8
+from gptjax.data.sources import DataError, not_utf8, open_parquet
 from gptjax.data.tokenizers import CharTokenizer, load_tokenizer
 from gptjax.data.tokens import _FORMAT_VERSION, _token_dtype, write_atomically
 
@@ -167,16 +167,9 @@ def _jsonl_lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
 
 def _parquet_file(path: pathlib.Path, text_field: str):
     """The open pyarrow ParquetFile, checked to have a string column `text_field`."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise DataError(f"reading {path} needs pyarrow; pip install pyarrow") from e
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        reason = " ".join(str(e).split())[:200]
-        raise DataError(f"{path} is not a Parquet file ({reason}); give .parquet files only") from e
+    pf = open_parquet(path)
+    import pyarrow as pa  # present: open_parquet imported it
+
     schema = pf.schema_arrow
     if text_field not in schema.names:
         pf.close()

@@ -1,10 +1,12 @@
 """Supervised fine-tuning data: prompt/completion pairs and conversations, trained on the answers only.
 
-The file is JSON lines, one example per non-empty line: {"prompt": "...", "completion": "..."} (TRL's
+The data is JSON lines, one example per non-empty line: {"prompt": "...", "completion": "..."} (TRL's
 "prompt-completion" format with completion-only loss; OpenAI's legacy fine-tuning format), {"text":
 "..."} (TRL's "language modeling" format: an empty prompt, the whole text trained on), or {"messages":
 [{"role": ..., "content": ...}, ...]} (TRL's conversational format, written in ChatML and trained on the
-assistant's turns: gptjax.data.chat); other fields are ignored. Each example becomes one int32 row of
+assistant's turns: gptjax.data.chat; used whenever there is no "completion", so ultrachat_200k's "prompt"
+beside its "messages" is ignored); other fields are ignored. It may also be Parquet files whose rows hold
+the same fields (a Hugging Face dataset's shards: `source_files`). Each example becomes one int32 row of
 block_size + 1 values: the prompt's ids, the completion's ids, the tokenizer's EOS (when it has one; a
 conversation ends with <|im_end|> instead), then padding. A value v >= 0 is token v, which the model
 learns to predict where it is a target; v < 0 stands for token -v - 1 (`masked`), which the model reads
@@ -36,12 +38,13 @@ from typing import Any
 import numpy as np
 
 from gptjax.data import chat
-from gptjax.data.sources import DataError, not_utf8
+from gptjax.data.sources import DataError, glob_files, is_glob, not_utf8, open_parquet
 from gptjax.data.tokenizers import CharTokenizer
 from gptjax.data.tokens import Dataset
 
 IGNORE = -1  # a target left out of the loss (nanoGPT's ignore_index; gptjax.lm_head.IGNORE)
 PAD_ID = 0  # the token that fills a row after its example; masked, so never a target
+READ_ROWS = 1024  # Parquet rows read at a time (prepare.READ_ROWS)
 _EXAMPLE = '{"prompt": "...", "completion": "..."}'
 
 
@@ -61,20 +64,52 @@ def decode_rows(rows_BR: np.ndarray) -> tuple[np.ndarray, ...]:
     return np.where(x_BT < 0, -x_BT - 1, x_BT), np.where(y_BT < 0, IGNORE, y_BT), *segments
 
 
-def source_path(source: str | None) -> pathlib.Path:
-    """config.data.source as the path of an existing file, or a one-line error (checked before a run
-    fetches the model it fine-tunes)."""
+def source_files(source: str | pathlib.Path | None) -> list[pathlib.Path]:
+    """The files config.data.source names: one file, a directory's *.parquet (else its *.jsonl and
+    *.json), or a glob's files, sorted, as a Hugging Face dataset's shards are downloaded; a one-line error
+    when there are none (checked before a run fetches the model it fine-tunes)."""
     if not source:
         raise DataError("data.source is not set; pass --config.data.source=FILE.jsonl")
     path = pathlib.Path(source).expanduser()
+    if not path.exists() and is_glob(str(source)):  # an existing path is itself, even with a "[" in it
+        return glob_files(str(source))
+    if path.is_dir():
+        files = [f for f in sorted(path.glob("*.parquet")) if f.is_file()] or [
+            f for f in sorted([*path.glob("*.jsonl"), *path.glob("*.json")]) if f.is_file()
+        ]
+        if not files:
+            raise DataError(f"{path} holds no .parquet, .jsonl or .json files; fix --config.data.source")
+        return files
     if not path.is_file():
         raise DataError(f"prompt/completion file {path} does not exist; fix --config.data.source")
-    return path
+    return [path]
 
 
-def json_lines(path: pathlib.Path, example: str) -> Iterator[tuple[int, str, Any]]:
-    """(line number, "path:line", parsed JSON) of each non-empty line of a UTF-8 file; a line that is not
-    JSON is a one-line DataError that shows `example`."""
+def files_name(files: list[pathlib.Path]) -> str:
+    """How messages about the whole data name it: its file, or its first file and how many more."""
+    return str(files[0]) if len(files) == 1 else f"{files[0]} (and {len(files) - 1} more files)"
+
+
+def records(files: list[pathlib.Path], example: str, columns: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    """("path:line" or "path:row N", record) of every record of `files` in order: each non-empty line of
+    a JSON-lines file (json_lines), each row of a .parquet file as a dict of its `columns` (all of them
+    if it has none: the record then lacks what its format needs, and says so), 1-based."""
+    for path in files:
+        if not path.name.lower().endswith(".parquet"):
+            yield from json_lines(path, example)
+            continue
+        with open_parquet(path) as pf:
+            names = [c for c in pf.schema_arrow.names if c in columns] or None
+            row = 0
+            for batch in pf.iter_batches(batch_size=READ_ROWS, columns=names):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield f"{path}:row {row}", record
+
+
+def json_lines(path: pathlib.Path, example: str) -> Iterator[tuple[str, Any]]:
+    """("path:line", parsed JSON) of each non-empty line of a UTF-8 file; a line that is not JSON is a
+    one-line DataError that shows `example`."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -90,28 +125,28 @@ def json_lines(path: pathlib.Path, example: str) -> Iterator[tuple[int, str, Any
             raise DataError(
                 f"{where}: not JSON ({e.msg} at column {e.colno}); write one object per line, {example}"
             ) from None
-        yield number, where, obj
+        yield where, obj
 
 
-def _read(path: pathlib.Path, tokenizer=None) -> list[tuple[int, list[tuple[str, bool]], bool]]:
-    """(line number, (text, trained) pieces, whether EOS ends it) of every example in `path`: a pair is
+def _read(files: list[pathlib.Path], tokenizer=None) -> list[tuple[str, list[tuple[str, bool]], bool]]:
+    """(where, (text, trained) pieces, whether EOS ends it) of every example in `files`: a pair is
     [(prompt, False), (completion, True)], a text [("", False), (text, True)], a conversation its ChatML
     pieces, or the tokenizer's chat template's (gptjax.data.chat.render: they end with the turn's end
     marker, not EOS)."""
     examples = []
-    for number, where, obj in json_lines(path, _EXAMPLE):
+    for where, obj in records(files, _EXAMPLE, ("prompt", "completion", "text", "messages")):
         if not isinstance(obj, dict):
             raise DataError(f"{where}: a JSON {type(obj).__name__}, not an object; write {_EXAMPLE}")
-        if "prompt" not in obj and "completion" not in obj and "messages" in obj:
+        if "completion" not in obj and "messages" in obj:
             messages = chat.check_messages(obj["messages"], where)
             if not any(m["role"] == "assistant" for m in messages):
                 raise DataError(
                     f"{where}: nothing to train on: no assistant message; add one or drop the line"
                 )
-            examples.append((number, chat.render(messages, tokenizer), False))
+            examples.append((where, chat.render(messages, tokenizer), False))
             continue
         if "prompt" not in obj and "completion" not in obj and isinstance(obj.get("text"), str):
-            examples.append((number, [("", False), (obj["text"], True)], True))
+            examples.append((where, [("", False), (obj["text"], True)], True))
             continue
         for field in ("prompt", "completion"):
             if not isinstance(obj.get(field), str):
@@ -120,15 +155,17 @@ def _read(path: pathlib.Path, tokenizer=None) -> list[tuple[int, list[tuple[str,
                     f'{where}: "{field}" is {got}; every line needs {_EXAMPLE} (or {{"text": "..."}}, '
                     f'or {{"messages": [...]}})'
                 )
-        examples.append((number, [(obj["prompt"], False), (obj["completion"], True)], True))
+        examples.append((where, [(obj["prompt"], False), (obj["completion"], True)], True))
     if not examples:
-        raise DataError(f"{path} holds no examples; give it one JSON object per line, {_EXAMPLE}")
+        raise DataError(
+            f"{files_name(files)} holds no examples; give it one JSON object per line, {_EXAMPLE}"
+        )
     return examples
 
 
 def read_examples(path: str | pathlib.Path) -> list[list[tuple[str, bool]]]:
-    """Each example of a JSON-lines file as (text, trained) pieces, in file order (see _read)."""
-    return [pieces for _, pieces, _ in _read(source_path(str(path)))]
+    """Each example of a source (source_files) as (text, trained) pieces, in file order (see _read)."""
+    return [pieces for _, pieces, _ in _read(source_files(str(path)))]
 
 
 def _example(pieces: list[tuple[list[int], bool]], length: int) -> tuple[np.ndarray, int]:
@@ -199,12 +236,11 @@ def _encode(where: str, tokenizer, text: str) -> list[int]:
         raise DataError(f"{where}: {e}") from None
 
 
-def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.ndarray]:
+def _examples(name: str, examples, tokenizer, length: int) -> list[np.ndarray]:
     """Each example's values (_example); warns once with how many examples were cut."""
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     values, cuts = [], [0, 0, 0]
-    for number, pieces, ends_with_eos in examples:
-        where = f"{path}:{number}"
+    for where, pieces, ends_with_eos in examples:
         ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
         ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
         if ends_with_eos:  # a pair or a text: the completion ends with EOS, so the model learns to stop
@@ -222,7 +258,7 @@ def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.n
         cuts[cut] += 1
     if cuts[1] or cuts[2]:
         warnings.warn(
-            f"{path}: {cuts[1] + cuts[2]} of {len(examples)} examples are longer than "
+            f"{name}: {cuts[1] + cuts[2]} of {len(examples)} examples are longer than "
             f"block_size + 1 = {length} tokens and were cut: {cuts[1]} lost the start of the prompt only, "
             f"{cuts[2]} the end of the completion (or conversation); raise model.block_size to keep them "
             "whole",
@@ -231,15 +267,15 @@ def _examples(path: pathlib.Path, examples, tokenizer, length: int) -> list[np.n
     return values
 
 
-def train_count(path: pathlib.Path, n: int, val_fraction: float, what: str) -> int:
-    """How many of a file's `n` examples (pairs, ...: `what`) are the train split, the first ones; the
-    rest are val. A one-line error when either split would be empty."""
+def train_count(name: str, n: int, val_fraction: float, what: str) -> int:
+    """How many of the data's `n` examples (pairs, ...: `what`) are the train split, the first ones in
+    file order; the rest are val. A one-line error when either split would be empty."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must be in (0, 1); e.g. 0.1")
     n_train = int(n * (1 - val_fraction))
     if not 0 < n_train < n:
         raise DataError(
-            f"{path} has {n} {what}(s), which leaves {n_train} for train and {n - n_train} for val at "
+            f"{name} has {n} {what}(s), which leaves {n_train} for train and {n - n_train} for val at "
             f"val_fraction={val_fraction}; each split needs one: add {what}s or change "
             "--config.data.val_fraction"
         )
@@ -254,22 +290,22 @@ def load_sft_dataset(
     tokenizer=None,
     packing: bool = False,
 ) -> Dataset:
-    """The prompt/completion file `source` as train/val rows of block_size + 1 values, one example per
-    row, or several with `packing` (see module doc).
+    """The prompt/completion data `source` (source_files) as train/val rows of block_size + 1 values, one
+    example per row, or several with `packing` (see module doc).
 
-    The val split is the last `val_fraction` of the examples in file order (split as prepare_tokens
+    The val split is the last `val_fraction` of all files' examples in file order (split as prepare_tokens
     splits text: the first int(N * (1 - val_fraction)) train); each split is packed on its own.
     `tokenizer` None: the characters of every prompt and completion.
     """
-    path = source_path(source)
-    examples = _read(path, tokenizer)
-    n_train = train_count(path, len(examples), val_fraction, "example")
+    files = source_files(source)
+    examples = _read(files, tokenizer)
+    n_train = train_count(files_name(files), len(examples), val_fraction, "example")
     if tokenizer is None:
         text = "".join(text for _, pieces, _ in examples for text, _ in pieces)
         if not text:
-            raise DataError(f"{path}: every prompt and completion is empty; give them text")
+            raise DataError(f"{files_name(files)}: every prompt and completion is empty; give them text")
         tokenizer = CharTokenizer.from_text(text)
-    values = _examples(path, examples, tokenizer, block_size + 1)
+    values = _examples(files_name(files), examples, tokenizer, block_size + 1)
     rows = pack if packing else pad
     return Dataset(
         train=rows(values[:n_train], block_size + 1),

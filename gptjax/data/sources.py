@@ -121,6 +121,34 @@ def not_utf8(file: pathlib.Path, e: UnicodeDecodeError, offset: int = 0) -> Data
     )
 
 
+def is_glob(source: str) -> bool:
+    """Whether a data source is a glob pattern rather than a path."""
+    return any(c in source for c in "*?[")
+
+
+def glob_files(pattern: str) -> list[pathlib.Path]:
+    """The files `pattern` matches (~ expanded), sorted; a one-line DataError when there are none."""
+    files = [pathlib.Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern))) if os.path.isfile(m)]
+    if not files:
+        raise DataError(f"glob {pattern!r} matches no files; check the pattern")
+    return files
+
+
+def open_parquet(path: pathlib.Path):
+    """pyarrow's ParquetFile of `path` (imported here: pyarrow is the optional `parquet` extra), or a
+    one-line DataError when pyarrow is missing or cannot read the file."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DataError(f"reading {path} needs pyarrow; pip install pyarrow") from e
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise DataError(f"{path} is not a Parquet file ({reason}); give .parquet files only") from e
+
+
 def _read_utf8(file: pathlib.Path) -> str:
     try:
         return file.read_text(encoding="utf-8")
@@ -143,11 +171,8 @@ def load_text(source: str, path: str | None = None) -> str:
         return shuffled_lines(text) if BUILTINS[source].shuffle_lines else text
     elif path is not None:
         raise DataError(f"path={path!r} is only used with a built-in source {sorted(BUILTINS)}; drop it")
-    elif any(c in source for c in "*?["):
-        matches = sorted(glob.glob(os.path.expanduser(source)))
-        files = [pathlib.Path(m) for m in matches if os.path.isfile(m)]
-        if not files:
-            raise DataError(f"glob {source!r} matches no files; check the pattern")
+    elif is_glob(source):
+        files = glob_files(source)
     else:
         file = pathlib.Path(source).expanduser()
         if file.is_dir():
