@@ -2,18 +2,21 @@
 message for a workdir without checkpoints."""
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from gptjax.checkpoint import Checkpointer, StepVanished
+from gptjax.optim import make_optimizer
 from gptjax.train import abstract_state
-from gptjax.train_step import jit_train_step
+from gptjax.train_step import create_train_state, jit_train_step
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -35,9 +38,17 @@ def save(workdir, step, state, **kwargs):
     ckpt.close()
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_round_trip_is_exact_and_training_continues_identically(
-    tmp_path, tiny_state, tiny_cfg, tiny_opt, tiny_batch
+    tmp_path, tiny_state, tiny_cfg, tiny_opt, tiny_batch, optimizer
 ):
+    """AdamW's state, or Muon's (optax.partition: Muon's momentum for the block kernels, AdamW's moments
+    for the rest), comes back exactly, and so does the next step."""
+    if optimizer == "muon":
+        tiny_opt = ml_collections.FrozenConfigDict(
+            {**tiny_opt, "name": "muon", "muon_lr": 0.05, "muon_momentum": 0.95}
+        )
+        tiny_state = functools.partial(create_train_state, tiny_cfg, make_optimizer(tiny_opt), 0)
     state = tiny_state()
     for _ in range(2):
         state, _ = jit_train_step(state, tiny_batch)
