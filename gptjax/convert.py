@@ -216,11 +216,10 @@ def check_same_model(
 ) -> None:
     """One-line ValueError naming every SAME_MODEL_FIELDS value of `cfg` that differs from `hf_cfg`'s
     (or a saved gptjax model's: `label` names it in the message)."""
-    # n_kv_head = n_head, n_head_dim = n_embd / n_head and n_inner = the MLP's default width are their 0s (a
-    # difference of n_head or n_embd alone is then one difference, not two).
+    # n_kv_head = n_head and n_inner = the MLP's default width are their 0s (a difference of n_head or n_embd
+    # alone is then one difference, not two); GPTConfig itself stores n_head_dim = n_embd / n_head as 0.
     value = lambda c, f: {  # noqa: E731
         "n_kv_head": 0 if c.kv_heads == c.n_head else c.n_kv_head,
-        "n_head_dim": 0 if c.head_dim * c.n_head == c.n_embd else c.n_head_dim,
         "n_inner": 0 if c.mlp_width == default_mlp_width(c.n_embd, c.mlp) else c.n_inner,
     }.get(f, getattr(c, f))
     diffs = {f: (value(cfg, f), value(hf_cfg, f)) for f in SAME_MODEL_FIELDS}

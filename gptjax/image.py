@@ -10,10 +10,12 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from gptjax import sample
 from gptjax.data.images import PaletteTokenizer
+from gptjax.model import merge_lora
 
 
 def _image_model(model: Any) -> tuple[Any, Any, PaletteTokenizer, dict]:
@@ -140,3 +142,16 @@ def save_grid(images_RCHWC: np.ndarray, path: str | pathlib.Path, min_side: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(images_RCHWC, min_side).save(path)
     return path
+
+
+def samples_png(params: Any, cfg: Any, tokenizer: PaletteTokenizer, config: Any, workdir: pathlib.Path):
+    """Draws 8 images with a trained model's `params` (a GPTConfig `cfg`, LoRA unmerged) into
+    workdir/samples.png; returns a line saying so, or why it cannot (parameters sharded over processes)."""
+    readable = lambda x: not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated  # noqa: E731
+    if not all(map(readable, jax.tree_util.tree_leaves(params))):  # process 0 alone cannot read them
+        return (
+            f"no samples.png: the parameters span processes; run scripts/sample_images.py --workdir={workdir}"
+        )
+    model = (*merge_lora(jax.device_get(params), cfg), tokenizer, config)
+    grid = draw(model, num_samples=8, seed=config.seed)
+    return f"drew {save_grid(grid, workdir / 'samples.png')}"

@@ -119,3 +119,18 @@ def check_same_architecture(saved: GPTConfig, cfg: GPTConfig, source: str) -> No
     from gptjax.convert import check_same_model  # here: gptjax.convert imports this module
 
     check_same_model(saved, cfg, source=f"the model of {source}", label="saved")
+
+
+def check_resumable(saved: GPTConfig, cfg: GPTConfig, workdir: pathlib.Path) -> None:
+    """check_same_architecture, and the fields that fix the saved state's layout or scale (scan_layers,
+    LoRA's): one-line ValueError when `cfg` cannot resume the checkpoint in `workdir` trained as `saved`."""
+    check_same_architecture(saved, cfg, f"the checkpoint in {workdir}")
+    for field in ("scan_layers", "lora_rank", "lora_targets", "lora_alpha"):
+        if getattr(saved, field) != getattr(cfg, field):
+            value = getattr(saved, field)
+            value = ",".join(value) if isinstance(value, tuple) else value
+            raise ValueError(
+                f"the checkpoint in {workdir} was trained with model.{field}={value}; resume with "
+                f"--config.model.{field}={value} (or fine-tune from it: --config.init_from=<that "
+                "workdir> in a fresh --workdir)"
+            )

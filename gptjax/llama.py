@@ -62,7 +62,7 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         n_head=N,
         n_kv_head=0 if K == N else K,
         n_embd=D,
-        n_head_dim=0 if H * N == D else H,
+        n_head_dim=H,  # stored as 0 when it is D / N
         qk_norm=model_type == "qwen3",
         dropout=0.0,
         bias=False,

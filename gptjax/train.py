@@ -29,7 +29,7 @@ from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_format, check_same_images, load_data, make_tokenizer
 from gptjax.data.preference import get_pairs
 from gptjax.init_from import (
-    check_same_architecture,
+    check_resumable,
     fill_model,
     init_params,
     init_source,
@@ -37,13 +37,7 @@ from gptjax.init_from import (
     source_model,
 )
 from gptjax.metric_writer import MetricWriter, plot_losses
-from gptjax.model import (
-    GPTConfig,
-    count_params,
-    drop_lora,
-    merge_lora,
-    with_lora,
-)
+from gptjax.model import GPTConfig, count_params, drop_lora, merge_lora, with_lora
 from gptjax.optim import lr_schedule, make_optimizer
 from gptjax.train_step import LM, Objective, answer_logps_steps, create_train_state
 
@@ -61,21 +55,6 @@ def abstract_state(cfg: GPTConfig, opt: Any, seed: int, objective: Objective = L
     tx = make_optimizer(opt, lora=cfg.lora_rank > 0, out_in=cfg.kernel_layout == "out_in")
     init = functools.partial(create_train_state, cfg, tx, seed, objective)
     return init, jax.eval_shape(init)
-
-
-def objective_of(config: Any) -> Objective:
-    """DPO for preference pairs (config.data.format="preference", config.dpo), else the LM loss."""
-    if config.data.get("format") != "preference":
-        return LM
-    c = config.get("dpo") or {}
-    return Objective(
-        "dpo",
-        c.get("beta", 0.1),
-        c.get("label_smoothing", 0.0),
-        c.get("loss_type", "sigmoid"),
-        c.get("rpo_alpha", 0.0),
-        c.get("simpo_gamma", 0.5),
-    )
 
 
 def batch_rows(config: Any) -> int:
@@ -298,22 +277,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     cfg = model_config(config, tokenizer.vocab_size)
     if latest is not None:
         saved_cfg = model_config(ml_collections.ConfigDict(saved["config"]), tokenizer.vocab_size)
-        check_same_architecture(saved_cfg, cfg, f"the checkpoint in {workdir}")
-        for field in ("scan_layers", "lora_rank", "lora_targets", "lora_alpha"):  # the state's layout, scale
-            if getattr(saved_cfg, field) != getattr(cfg, field):
-                value = getattr(saved_cfg, field)
-                value = ",".join(value) if isinstance(value, tuple) else value
-                raise ValueError(
-                    f"the checkpoint in {workdir} was trained with model.{field}={value}; resume with "
-                    f"--config.model.{field}={value} (or fine-tune from it: --config.init_from=<that "
-                    "workdir> in a fresh --workdir)"
-                )
+        check_resumable(saved_cfg, cfg, workdir)
     if latest is None and source is None and cfg.lora_rank:
         raise ValueError(
             f"model.lora_rank={cfg.lora_rank} adapts a trained model: set --config.init_from=<workdir, HF "
             "directory or Hub id> (or lora_rank=0 to train from scratch)"
         )
-    objective = objective_of(config)
+    objective = Objective.from_config(config)
     init, abstract = abstract_state(cfg, config.opt, config.seed, objective)
     placement = parallel.make_placement(config.parallel, abstract, batch_rows(config))
     per_device = config.batch_size // jax.device_count()
@@ -513,18 +483,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     ckpt.close()
     plot_losses(workdir, title=f"{config.data.source}: {n_params / 1e6:.2f}M parameters")
     if tokenizer.kind == "palette" and jax.process_index() == 0:  # an image model: a look at what it draws
-        params = placement.get_state(state).params
-        readable = lambda x: not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated  # noqa: E731
-        if all(map(readable, jax.tree_util.tree_leaves(params))):  # numpy: a max_iters=0 fine-tune's
-            grid = image.draw(
-                (*merge_lora(jax.device_get(params), cfg), tokenizer, config), num_samples=8, seed=config.seed
-            )
-            tqdm.write(f"drew {image.save_grid(grid, workdir / 'samples.png')}")
-        else:  # sharded over processes: process 0 alone cannot read them
-            tqdm.write(
-                "no samples.png: the parameters span processes; run scripts/sample_images.py "
-                f"--workdir={workdir}"
-            )
+        tqdm.write(image.samples_png(placement.get_state(state).params, cfg, tokenizer, config, workdir))
     summary = {
         "step": config.max_iters,
         "val_loss": final["val"],

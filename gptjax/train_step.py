@@ -46,6 +46,21 @@ class Objective:
                 f"dpo.label_smoothing smooths the sigmoid and simpo losses, not {self.loss!r}; set it to 0"
             )
 
+    @classmethod
+    def from_config(cls, config) -> "Objective":
+        """DPO for preference pairs (config.data.format="preference", config.dpo), else the LM loss."""
+        if config.data.get("format") != "preference":
+            return cls()
+        c = config.get("dpo") or {}
+        return cls(
+            "dpo",
+            c.get("beta", 0.1),
+            c.get("label_smoothing", 0.0),
+            c.get("loss_type", "sigmoid"),
+            c.get("rpo_alpha", 0.0),
+            c.get("simpo_gamma", 0.5),
+        )
+
     @property
     def reference(self) -> bool:
         """Whether the loss compares with a reference model (not SimPO's or ORPO's)."""
