@@ -11,8 +11,9 @@ unless --noeot, and the last --val_fraction of them (in file order, not shuffled
 are split by bytes, from the next line start, and get the token after each file only with --eot.
 --tokenizer: gpt2 (GPT-2 BPE), a GPT-2 ranks file (PATH.tiktoken, offline), byte, char (the corpus's
 characters), or a tokenizer JSON file (from scripts/train_tokenizer.py or gptjax.data.save_tokenizer).
---num_proc processes encode (the files are the same for any number). --out_dir is written whole and
-then renamed into place: a failed run leaves an older one as it was.
+--num_proc processes parse JSON lines and encode (the files are the same for any number). A progress bar
+on stderr shows the input bytes read and the tokens written (--noprogress hides it). --out_dir is
+written whole and then renamed into place: a failed run leaves an older one as it was.
 Read the result with gptjax.data.prepare.open_prepared (np.memmap; uint16 below 65,536 ids).
 """
 
@@ -40,7 +41,12 @@ flags.DEFINE_boolean(
     "documents together with nothing between them) or after each text file (default: not).",
 )
 flags.DEFINE_string("text_field", "text", "The field (JSON lines) or column (Parquet) holding each document.")
-flags.DEFINE_integer("num_proc", 1, "Processes that encode (os.cpu_count() is a good choice for big inputs).")
+flags.DEFINE_integer(
+    "num_proc",
+    1,
+    "Processes that parse JSON lines and encode (os.cpu_count() is a good choice for big inputs).",
+)
+flags.DEFINE_boolean("progress", True, "Show a progress bar on stderr (--noprogress hides it).")
 flags.mark_flags_as_required(["input", "out_dir"])
 FLAGS = flags.FLAGS
 
@@ -59,6 +65,7 @@ def main(argv):
         eot=FLAGS.eot,
         text_field=FLAGS.text_field,
         num_proc=FLAGS.num_proc,
+        progress=FLAGS.progress,
     )
     counts = f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens"
     if "train_documents" in meta:

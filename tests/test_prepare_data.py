@@ -288,9 +288,9 @@ def test_two_processes_write_the_same_files_as_one(tmp_path, data_dir):
         " ".join(rng.choice(["the", "cat", "é", "😀", "\n", "sat"], rng.integers(0, 40))) for _ in range(300)
     ]
     inputs = {
-        "documents": [
+        "documents": [  # JSON lines are parsed in the workers
             write_jsonl(tmp_path / "a.jsonl", docs[:200]),
-            write_jsonl(tmp_path / "b.jsonl", docs[200:]),
+            write_jsonl(tmp_path / "b.jsonl.gz", docs[200:]),
         ],
         "text": [write(tmp_path, "t.txt", "\n".join(docs))],
     }
@@ -324,6 +324,7 @@ def test_the_script_encodes_documents_with_two_processes(tmp_path, data_dir):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    assert "prepare: 100%" in done.stderr  # a progress bar by default
     train, val, _ = prepare.open_prepared(tmp_path / "out")
     tok = GPT2Tokenizer()
     assert tok.decode(val.tolist()) == "<|endoftext|>".join(DOCS[9:]) + "<|endoftext|>"
@@ -400,3 +401,65 @@ def test_document_errors_name_the_file_and_record(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     assert prepare_one("b.parquet").endswith("b.parquet needs pyarrow; pip install pyarrow")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_the_progress_bar_counts_input_bytes_and_closes_on_errors(tmp_path, capsys, data_dir):
+    from tqdm import tqdm
+
+    files = [
+        write_jsonl(tmp_path / "a.jsonl", DOCS[:4]),
+        write_jsonl(tmp_path / "b.json.gz", DOCS[4:7]),
+        write_parquet(tmp_path / "c.parquet", {"text": DOCS[7:]}),
+    ]
+    sizes = np.cumsum([f.stat().st_size for f in files])
+    # Each document's pieces count the bytes read through it: JSON lines' (gzipped: compressed) up to the
+    # line's end, a Parquet file's in proportion to its rows (2 at a time here), up to each file's size.
+    dones = [done for *_, done in prepare._document_pieces(files, [4, 3, 5], "text", 9, read_rows=2)]
+    assert dones == sorted(dones) and dones[3] == sizes[0] and dones[-1] == sizes[-1]
+    assert sizes[0] < dones[4] <= dones[6] <= sizes[1] and dones[7] == dones[8] < sizes[2]
+    assert capsys.readouterr().err == ""
+    for kind, inputs, tok in (
+        ("documents", files, GPT2Tokenizer()),
+        ("text", [write(tmp_path, "t.txt", "some text\n" * 200)], ByteTokenizer()),
+    ):
+        meta = prepare.prepare_files(inputs, tmp_path / kind, tok, chunk_bytes=64, progress=True)
+        err = capsys.readouterr().err
+        size = tqdm.format_sizeof(sum(f.stat().st_size for f in inputs), divisor=1024)
+        assert "prepare: 100%" in err and f"| {size}/{size} [" in err, (kind, err)
+        assert f"tokens={meta['train_tokens'] + meta['val_tokens']:,}]" in err and err.endswith("\n"), err
+        prepare.prepare_files(inputs, tmp_path / kind, tok, chunk_bytes=64)  # progress=False: no bar
+        assert capsys.readouterr().err == ""
+    bad = write(tmp_path, "bad.jsonl", '{"text": "x"}\n' * 150 + "{text: 1}\n" + '{"text": "x"}\n' * 150)
+    one_line_error(
+        lambda: prepare.prepare_files([bad], tmp_path / "bad", GPT2Tokenizer(), chunk_bytes=64, progress=True)
+    )
+    err = capsys.readouterr().err
+    assert "prepare:" in err and "100%" not in err and err.endswith("\n"), err  # closed: the error's own line
+
+
+def test_two_processes_raise_the_same_document_errors_as_one(tmp_path):
+    """Workers parse the JSON lines: a bad line's DataError names its file and line as the main process's
+    does, and it is the first bad line's, though later batches were parsed at the same time."""
+    good = "".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(60))
+    lines = good.splitlines(keepends=True)
+    files = {  # the first bad line, then another a few batches (of 2 lines) later, parsed while it is
+        "a": lines[:30] + ['{"body": "x"}\n'] + lines[30:34] + ["{text: 1}\n"] + lines[34:],
+        "b": lines[:40] + ["\n", '{"text": "x",\n'] + lines[40:44] + ['{"body": "x"}\n'] + lines[44:],
+    }
+    want = {
+        "a": "a.jsonl line 31 has no field 'text' (its fields: body); pass --text_field=NAME",
+        "b": "b.jsonl line 42 is not JSON (Expecting property name enclosed in double quotes: line 2 column "
+        "1 (char 14)); give one JSON object per line",
+    }
+    for name, content in files.items():
+        path = write(tmp_path, f"{name}.jsonl", "".join(content))
+        errors = [
+            one_line_error(
+                lambda n=num_proc: prepare.prepare_files(
+                    [path], tmp_path / "out", ByteTokenizer(), eot=False, num_proc=n, chunk_bytes=32
+                )
+            )
+            for num_proc in (1, 2)
+        ]
+        assert errors == [f"{tmp_path}/{want[name]}"] * 2, errors
+    assert not (tmp_path / "out").exists()

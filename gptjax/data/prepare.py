@@ -8,7 +8,8 @@ documents one by one), which can split a run of blank lines, or a line longer th
 from encoding the whole text at once. JSON-lines (.jsonl, .json, gzipped too) and Parquet files hold one
 document per record (a line, a row) in a text field; each is encoded on its own and, by default, followed
 by the end-of-text token, as nanoGPT's openwebtext/prepare.py does. Parquet files are read READ_ROWS rows
-at a time (pyarrow reads a row group's column into memory; FineWeb's shards are ~2 GB).
+at a time (pyarrow reads a row group's column into memory; FineWeb's shards are ~2 GB). JSON lines are
+parsed where they are encoded: in the worker processes when num_proc > 1.
 """
 
 import collections
@@ -22,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from gptjax.data.bpe import ByteTokenizer, GPT2Tokenizer
 from gptjax.data.sources import DataError, not_utf8, open_parquet
@@ -154,13 +156,14 @@ def _record_text(path: pathlib.Path, n: int, line: bytes, text_field: str) -> st
     return text
 
 
-def _jsonl_lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of a JSON-lines file's non-blank lines."""
+def _jsonl_lines(path: pathlib.Path) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line, bytes of the file read so far) of a JSON-lines file's non-blank lines; a
+    gzipped file's bytes read are the compressed ones (read ahead in blocks)."""
     try:
-        with gzip.open(path) if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+        with open(path, "rb") as raw, gzip.open(raw) if path.name.lower().endswith(".gz") else raw as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    yield n, line
+                    yield n, line, raw.tell()
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path} is not a whole gzip file ({e}); download it again") from e
 
@@ -193,7 +196,7 @@ def _count_documents(path: pathlib.Path, text_field: str) -> int:
         with _parquet_file(path, text_field) as pf:
             return pf.metadata.num_rows
     count = 0
-    for n, line in _jsonl_lines(path):
+    for n, line, _ in _jsonl_lines(path):
         if count == 0:  # a wrong --text_field fails now, not hours later
             _record_text(path, n, line, text_field)
         count += 1
@@ -216,7 +219,7 @@ def _documents(path: pathlib.Path, text_field: str, read_rows: int = READ_ROWS) 
                 yield docs
         return
     docs = []
-    for n, line in _jsonl_lines(path):
+    for n, line, _ in _jsonl_lines(path):
         docs.append(_record_text(path, n, line, text_field))
         if len(docs) == read_rows:
             yield docs
@@ -252,7 +255,8 @@ def make_tokenizer(name: str, files: list[pathlib.Path], text_field: str = "text
     )
 
 
-# A piece is (split, text, ends_document): the unit read from the inputs, encoded on its own.
+# A piece is (split, text, ends_document, done): the unit read from the inputs, encoded on its own; done
+# is the input bytes read so far (all files'), for the progress bar.
 def _text_pieces(files: list[pathlib.Path], val_start: int, chunk_bytes: int) -> Iterator[tuple]:
     """The text files' chunks, the one val starts in cut at `val_start`; then an empty piece that ends
     each file's document (its EOT goes to the split of the file's last byte)."""
@@ -261,47 +265,64 @@ def _text_pieces(files: list[pathlib.Path], val_start: int, chunk_bytes: int) ->
         for chunk in _chunks(file, chunk_bytes):
             data = chunk.encode("utf-8")
             if seen < val_start < seen + len(data):  # val starts in this chunk: cut its bytes
-                yield "train", data[: val_start - seen].decode("utf-8"), False
+                yield "train", data[: val_start - seen].decode("utf-8"), False, val_start
                 chunk = data[val_start - seen :].decode("utf-8")
             seen += len(data)
-            yield "train" if seen <= val_start else "val", chunk, False
-        yield "train" if seen <= val_start else "val", "", True
+            yield "train" if seen <= val_start else "val", chunk, False, seen
+        yield "train" if seen <= val_start else "val", "", True, seen
 
 
-def _document_pieces(files: list[pathlib.Path], text_field: str, n_train: int, read_rows: int) -> Iterator:
-    """Every document in file order: the first `n_train` are train's, the rest val's."""
-    index = 0
-    for file in files:
-        for docs in _documents(file, text_field, read_rows):
-            for doc in docs:
-                yield "train" if index < n_train else "val", doc, True
+def _document_pieces(
+    files: list[pathlib.Path], counts: list[int], text_field: str, n_train: int, read_rows: int
+) -> Iterator[tuple]:
+    """Every document in file order (`counts` of them in each file): the first `n_train` are train's, the
+    rest val's. A JSON line's text is (file, line number, line), parsed where it is encoded (`_encode`);
+    a Parquet row's is its string, and each batch of rows counts as its share of the file's bytes read."""
+    index, start = 0, 0  # start: of `file` in all files' bytes
+    for file, count in zip(files, counts, strict=True):
+        size = file.stat().st_size
+        if input_kind(file) == "jsonl":
+            for n, line, read in _jsonl_lines(file):
+                yield "train" if index < n_train else "val", (file, n, line), True, start + read
                 index += 1
+        else:
+            rows = 0  # read so far
+            for docs in _documents(file, text_field, read_rows):
+                rows += len(docs)
+                for doc in docs:
+                    yield "train" if index < n_train else "val", doc, True, start + size * rows // count
+                    index += 1
+        start += size
 
 
-def _batches(pieces: Iterator[tuple], chars: int) -> Iterator[tuple[str, list[tuple[str, bool]]]]:
-    """(split, [(text, ends_document), ...]): consecutive pieces of one split holding about `chars`
-    characters, the unit of work of one encode call (so one pool task is neither tiny nor huge)."""
-    batch, split, size = [], None, 0
-    for piece_split, text, end in pieces:
+def _batches(pieces: Iterator[tuple], chars: int) -> Iterator[tuple[str, list[tuple], int]]:
+    """(split, [(text, ends_document), ...], done): consecutive pieces of one split holding about `chars`
+    characters (a JSON line: its bytes), the unit of work of one encode call (so one pool task is neither
+    tiny nor huge), and the input bytes read through its last piece."""
+    batch, split, size, done = [], None, 0, 0
+    for piece_split, text, end, piece_done in pieces:
         if batch and (piece_split != split or size >= chars):
-            yield split, batch
+            yield split, batch, done
             batch, size = [], 0
         batch.append((text, end))
-        split, size = piece_split, size + len(text)
+        split, done = piece_split, piece_done
+        size += len(text) if isinstance(text, str) else len(text[2])
     if batch:
-        yield split, batch
+        yield split, batch, done
 
 
-def _encode(tokenizer, eot: bool, dtype: np.dtype, batch: list[tuple[str, bool]]) -> np.ndarray:
+def _encode(tokenizer, eot: bool, dtype: np.dtype, text_field: str, batch: list[tuple]) -> np.ndarray:
     ids = []
     for text, end in batch:
+        if not isinstance(text, str):  # a JSON line: (file, line number, line)
+            text = _record_text(*text, text_field)
         ids.extend(tokenizer.encode(text))
         if end and eot:
             ids.append(tokenizer.eos_id)
     return np.asarray(ids, dtype)
 
 
-_worker_args = None  # (tokenizer, eot, dtype) in a pool's worker process
+_worker_args = None  # (tokenizer, eot, dtype, text_field) in a pool's worker process
 
 
 def _init_worker(*args) -> None:
@@ -309,33 +330,39 @@ def _init_worker(*args) -> None:
     _worker_args = args
 
 
-def _encode_in_worker(batch: list[tuple[str, bool]]) -> np.ndarray:
+def _encode_in_worker(batch: list[tuple]) -> np.ndarray:
     return _encode(*_worker_args, batch)
 
 
-def _encoded(batches: Iterator, tokenizer, eot: bool, dtype: np.dtype, num_proc: int) -> Iterator[tuple]:
-    """(split, documents ended, ids) of each batch, in order whatever `num_proc`.
+def _encoded(
+    batches: Iterator, tokenizer, eot: bool, dtype: np.dtype, text_field: str, num_proc: int
+) -> Iterator[tuple]:
+    """(split, documents ended, ids, done) of each batch, in order whatever `num_proc`.
 
-    num_proc > 1 encodes in spawned processes (forking a process whose JAX threads are running can hang
-    it; spawned ones import only the numpy-only gptjax.data), at most 2 * num_proc batches in flight, so
-    the inputs are read no faster than they are encoded. A worker that dies (killed for memory) raises
-    BrokenProcessPool here rather than hanging, as multiprocessing.Pool would.
+    num_proc > 1 parses JSON lines and encodes in spawned processes (forking a process whose JAX threads
+    are running can hang it; spawned ones import only the numpy-only gptjax.data), at most 2 * num_proc
+    batches in flight, so the inputs are read no faster than they are encoded. A DataError of a line is
+    raised here when its batch's turn comes, so it is the first bad line's, as with one process. A worker
+    that dies (killed for memory) raises BrokenProcessPool here rather than hanging, as
+    multiprocessing.Pool would.
     """
     if num_proc == 1:
-        for split, batch in batches:
-            yield split, sum(end for _, end in batch), _encode(tokenizer, eot, dtype, batch)
+        for split, batch, done in batches:
+            yield split, sum(end for _, end in batch), _encode(tokenizer, eot, dtype, text_field, batch), done
         return
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(num_proc, context, _init_worker, (tokenizer, eot, dtype))
+    pool = concurrent.futures.ProcessPoolExecutor(
+        num_proc, context, _init_worker, (tokenizer, eot, dtype, text_field)
+    )
     try:
         pending = collections.deque()
-        for split, batch in batches:
-            pending.append((split, sum(end for _, end in batch), pool.submit(_encode_in_worker, batch)))
+        for split, batch, done in batches:
+            pending.append((split, sum(end for _, end in batch), pool.submit(_encode_in_worker, batch), done))
             if len(pending) > 2 * num_proc:
-                split, ended, result = pending.popleft()
-                yield split, ended, result.result()
-        for split, ended, result in pending:
-            yield split, ended, result.result()
+                split, ended, result, done = pending.popleft()
+                yield split, ended, result.result(), done
+        for split, ended, result, done in pending:
+            yield split, ended, result.result(), done
     finally:
         pool.shutdown(cancel_futures=True)
 
@@ -351,6 +378,7 @@ def prepare_files(
     num_proc: int = 1,
     chunk_bytes: int = CHUNK_BYTES,
     read_rows: int = READ_ROWS,
+    progress: bool = False,
 ) -> dict:
     """Encodes `files` in order: text files, or JSON-lines/Parquet files whose records' `text_field` is
     a document each (see `input_kind`).
@@ -360,8 +388,10 @@ def prepare_files(
     `val_fraction` of the documents in file order (no shuffle; nanoGPT shuffles before its split, so
     shuffle files whose order means something), and `eot` (default True) appends eos_id after each
     document; without it the documents run together with nothing between them. `num_proc` processes
-    encode; the files written are the same for any number. The directory is written whole and then
-    renamed into place, so a failed run leaves an older one as it was. Returns meta.json's contents.
+    parse JSON lines and encode; the files written are the same for any number. `progress` shows a tqdm
+    bar on stderr of the input bytes read (a gzipped file's compressed bytes; a Parquet file's in
+    proportion to its rows), with the tokens written. The directory is written whole and then renamed
+    into place, so a failed run leaves an older one as it was. Returns meta.json's contents.
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must be in (0, 1)")
@@ -379,7 +409,8 @@ def prepare_files(
     if out_dir.is_dir() and (others := sorted({p.name for p in out_dir.iterdir()} - _FILES)):
         raise DataError(f"{out_dir} holds files other than token files ({others[0]}); give a new out_dir")
     if documents:
-        total = sum(_count_documents(f, text_field) for f in files)
+        file_counts = [_count_documents(f, text_field) for f in files]
+        total = sum(file_counts)
         if total == 0:
             raise DataError(
                 "the input files hold no documents (no rows, or only blank lines); give them some"
@@ -391,7 +422,7 @@ def prepare_files(
                 f"val_fraction={val_fraction} of {total} documents leaves the {split} split without "
                 "documents; use more documents or another val_fraction"
             )
-        pieces = _document_pieces(files, text_field, n_train, read_rows)
+        pieces = _document_pieces(files, file_counts, text_field, n_train, read_rows)
     else:
         total = sum(f.stat().st_size for f in files)
         if total == 0:
@@ -407,13 +438,29 @@ def prepare_files(
     dtype = _token_dtype(tokenizer.vocab_size)
     counts = {"train": 0, "val": 0}
     ended = {"train": 0, "val": 0}  # documents
+    batches = _batches(pieces, chunk_bytes)
+    input_bytes = sum(f.stat().st_size for f in files)
     with write_atomically(out_dir) as tmp:
-        with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
-            outs = {"train": train, "val": val}
-            for split, n, ids in _encoded(_batches(pieces, chunk_bytes), tokenizer, eot, dtype, num_proc):
-                ids.tofile(outs[split])
-                counts[split] += len(ids)
-                ended[split] += n
+        bar = tqdm(
+            total=input_bytes,
+            desc="prepare",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not progress,
+        )
+        try:  # an error closes the bar first, so that its one line starts a line of its own
+            with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
+                outs = {"train": train, "val": val}
+                for split, n, ids, done in _encoded(batches, tokenizer, eot, dtype, text_field, num_proc):
+                    ids.tofile(outs[split])
+                    counts[split] += len(ids)
+                    ended[split] += n
+                    bar.set_postfix(tokens=f"{counts['train'] + counts['val']:,}", refresh=False)
+                    bar.update(done - bar.n)
+            bar.update(input_bytes - bar.n)  # all read (a JSON-lines file's last bytes may be blank lines)
+        finally:
+            bar.close()
         if empty := [split for split, count in counts.items() if count == 0]:  # empty documents, no EOT
             raise DataError(
                 f"the {empty[0]} split's documents ({ended[empty[0]]}) encode to no tokens; use more "
