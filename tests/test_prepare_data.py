@@ -426,6 +426,7 @@ def test_the_progress_bar_counts_input_bytes_and_closes_on_errors(tmp_path, caps
         err = capsys.readouterr().err
         size = tqdm.format_sizeof(sum(f.stat().st_size for f in inputs), divisor=1024)
         assert "prepare: 100%" in err and f"| {size}/{size} [" in err, (kind, err)
+        assert ("count: 100%" in err) == (kind == "documents"), err  # the pass that counts documents
         assert f"tokens={meta['train_tokens'] + meta['val_tokens']:,}]" in err and err.endswith("\n"), err
         prepare.prepare_files(inputs, tmp_path / kind, tok, chunk_bytes=64)  # progress=False: no bar
         assert capsys.readouterr().err == ""
@@ -434,7 +435,8 @@ def test_the_progress_bar_counts_input_bytes_and_closes_on_errors(tmp_path, caps
         lambda: prepare.prepare_files([bad], tmp_path / "bad", GPT2Tokenizer(), chunk_bytes=64, progress=True)
     )
     err = capsys.readouterr().err
-    assert "prepare:" in err and "100%" not in err and err.endswith("\n"), err  # closed: the error's own line
+    # The bar is closed: the error starts its own line.
+    assert "prepare:" in err and "prepare: 100%" not in err and err.endswith("\n"), err
 
 
 def test_two_processes_raise_the_same_document_errors_as_one(tmp_path):

@@ -189,17 +189,22 @@ def _parquet_file(path: pathlib.Path, text_field: str):
     return pf
 
 
-def _count_documents(path: pathlib.Path, text_field: str) -> int:
+def _count_documents(path: pathlib.Path, text_field: str, bar: tqdm) -> int:
     """A JSON-lines file's non-blank lines (the first one checked), or a Parquet file's rows (from its
-    footer): a pass that only counts, so the val split can be known before encoding."""
+    footer): a pass that only counts, so the val split can be known before encoding. `bar` advances by
+    the file's bytes."""
+    start = bar.n
     if input_kind(path) == "parquet":
         with _parquet_file(path, text_field) as pf:
+            bar.update(path.stat().st_size)
             return pf.metadata.num_rows
     count = 0
-    for n, line, _ in _jsonl_lines(path):
+    for n, line, read in _jsonl_lines(path):
         if count == 0:  # a wrong --text_field fails now, not hours later
             _record_text(path, n, line, text_field)
         count += 1
+        bar.update(start + read - bar.n)
+    bar.update(start + path.stat().st_size - bar.n)
     return count
 
 
@@ -408,8 +413,18 @@ def prepare_files(
     out_dir = pathlib.Path(out_dir)
     if out_dir.is_dir() and (others := sorted({p.name for p in out_dir.iterdir()} - _FILES)):
         raise DataError(f"{out_dir} holds files other than token files ({others[0]}); give a new out_dir")
+    input_bytes = sum(f.stat().st_size for f in files)  # the progress bars' total
     if documents:
-        file_counts = [_count_documents(f, text_field) for f in files]
+        bar = tqdm(
+            total=input_bytes,
+            desc="count",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not progress,
+        )
+        with bar:
+            file_counts = [_count_documents(f, text_field, bar) for f in files]
         total = sum(file_counts)
         if total == 0:
             raise DataError(
@@ -439,7 +454,6 @@ def prepare_files(
     counts = {"train": 0, "val": 0}
     ended = {"train": 0, "val": 0}  # documents
     batches = _batches(pieces, chunk_bytes)
-    input_bytes = sum(f.stat().st_size for f in files)
     with write_atomically(out_dir) as tmp:
         bar = tqdm(
             total=input_bytes,
