@@ -168,3 +168,60 @@ def test_export_keeps_the_template_for_apply_chat_template(tmp_path, tok):
     assert chat.generation_prompt(CONVERSATION[:2], tok) == want
     assert hf.eos_token == "<|eot_id|>" and hf.bos_token == "<|begin_of_text|>"
     assert np.array_equal(hf.encode("hello there", add_special_tokens=False), tok.encode("hello there"))
+
+
+# Qwen3's layout, written here: ChatML whose answers after the last user message open with an empty
+# thinking block, which earlier answers drop once a user message follows them; the answers marked with
+# {% generation %} as TRL's training templates mark them.
+THINKING = (
+    "{% set ns = namespace(last_user=-1) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+    "{% if loop.index0 > ns.last_user %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>"
+    "{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_generation_blocks_mark_the_answers_of_a_template_that_rewrites_earlier_turns(tmp_path, hf_dir, tok):
+    """A template that writes an earlier answer differently once the conversation goes on cannot be
+    trained by rendering it turn by turn (one line says so and how to fix it); with {% generation %}
+    blocks its answers are what they write: transformers' assistant mask, token for token."""
+    with_template = lambda t: HFTokenizer(tok.to_json()["tokenizer"], "<|im_end|>", None, t)  # noqa: E731
+    plain = THINKING.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(DataError, match=r"differently once more follows.*put \{% generation %\}") as e:
+        chat.render(CONVERSATION, with_template(plain))
+    assert "\n" not in str(e.value)
+
+    marked = with_template(THINKING)
+    pieces = chat.render(CONVERSATION, marked)
+    assert [t for t, trained in pieces if trained] == [
+        "hi<|im_end|>",
+        "<think>\n\n</think>\n\nsunny, warm<|im_end|>",
+    ]
+    later = chat.render(CONVERSATION, marked, trained_from=3)  # a preference pair's prompt: read only
+    assert [t for t, trained in later if trained] == ["<think>\n\n</think>\n\nsunny, warm<|im_end|>"]
+    assert "".join(t for t, _ in later) == "".join(t for t, _ in pieces)
+    assert chat.generation_prompt(CONVERSATION[:2], marked).endswith("<|im_start|>assistant\n")
+
+    directory = tmp_path / "hf"
+    directory.mkdir()
+    for f in hf_dir.iterdir():
+        (directory / f.name).write_bytes(f.read_bytes())
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": THINKING}))
+    hf = hf_tokenizer(directory)
+    assert "".join(t for t, _ in pieces) == hf.apply_chat_template(CONVERSATION, tokenize=False)
+    assert chat.generation_prompt(CONVERSATION[:2], marked) == hf.apply_chat_template(
+        CONVERSATION[:2], tokenize=False, add_generation_prompt=True
+    )
+    out = hf.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    want = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    source = tmp_path / "chat.jsonl"
+    source.write_text(json.dumps({"messages": CONVERSATION}) + "\n" + json.dumps({"messages": CONVERSATION}))
+    (row,) = load_sft_dataset(str(source), block_size=255, val_fraction=0.5, tokenizer=marked).train
+    assert list(row[row >= 0]) == want
+
+    broken = with_template(THINKING.replace("{% if m['role'] == 'assistant' %}", "{% if true %}", 1))
+    with pytest.raises(DataError, match="writes 5 {% generation %} blocks for 2 assistant messages"):
+        chat.render(CONVERSATION, broken)

@@ -17,14 +17,18 @@ read only. To answer, a model is given the conversation so far and "<|im_start|>
 
 A model imported from Hugging Face with a chat template (a Llama 3 or SmolLM instruct model: its
 tokenizer_config.json's, kept by gptjax.data.HFTokenizer) is written with that template instead, rendered
-with Jinja as transformers' apply_chat_template renders it. The answers' tokens are found by rendering the
-conversation up to each assistant turn with and without the turn (the template must write a conversation
-as a prefix of its continuation, as most do); a reply stops at any of the model's end tokens.
+with Jinja as transformers' apply_chat_template renders it. The answers' tokens are what the template's
+{% generation %} blocks write, when it has them (transformers' return_assistant_tokens_mask, TRL's
+assistant_only_loss); else they are found by rendering the conversation up to each assistant turn with and
+without the turn (the template must then write a conversation as a prefix of its continuation, as most do;
+Qwen3's, which drops the thinking of earlier turns, does not). A reply stops at any of the model's end
+tokens.
 """
 
 import datetime
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +37,10 @@ from gptjax.data.sources import DataError
 ROLES = ("system", "user", "assistant")
 START, END = "<|im_start|>", "<|im_end|>"
 STOP = END  # the stop string that ends a generated assistant turn
+# What a template's {% generation %} block writes is wrapped in these (Unicode private-use characters) when
+# rendered here, so the trained text is found in one rendering; apply_template removes them.
+GEN_OPEN, GEN_CLOSE = "\ue000", "\ue001"
+_GENERATION = re.compile(f"{GEN_OPEN}(.*?){GEN_CLOSE}", re.S)
 _EXAMPLE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
 
 
@@ -62,6 +70,22 @@ def render(messages: Sequence[dict], tokenizer: Any = None, trained_from: int = 
             pieces.append((text, trained))
 
     if _template(tokenizer) is not None:
+        marked = _render(tokenizer, messages, False)
+        if GEN_OPEN in marked:  # the template marks the answers: its k-th block is the k-th answer
+            answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+            spans = list(_GENERATION.finditer(marked))
+            if len(spans) != len(answers) or GEN_OPEN in _GENERATION.sub("", marked):
+                raise DataError(
+                    f"the model's chat template writes {len(spans)} {{% generation %}} blocks for "
+                    f"{len(answers)} assistant messages; give it one block around each answer"
+                )
+            at = 0
+            for i, span in zip(answers, spans, strict=True):
+                add(marked[at : span.start()], False)
+                add(span[1], i >= trained_from)
+                at = span.end()
+            add(marked[at:], False)
+            return pieces
         done = ""  # the text of the conversation so far, as the pieces hold it
         for i, m in enumerate(messages):
             if m["role"] != "assistant" or i < trained_from:
@@ -71,7 +95,7 @@ def render(messages: Sequence[dict], tokenizer: Any = None, trained_from: int = 
             add(head[len(done) :], False)
             add(whole[len(head) :], True)
             done = whole
-        add(_prefix(done, apply_template(tokenizer, messages, False), len(messages))[len(done) :], False)
+        add(_prefix(done, marked, len(messages))[len(done) :], False)  # marked: no blocks, as rendered
         return pieces
     for i, m in enumerate(messages):
         add(f"{START}{m['role']}\n", False)
@@ -108,8 +132,9 @@ def _prefix(before: str, text: str, i: int) -> str:
     if not text.startswith(before):
         raise DataError(
             f"the model's chat template writes the conversation up to message {i} differently once more "
-            "follows, so the answers' tokens cannot be found; fine-tune it on ChatML (a tokenizer without "
-            "chat_template) or fix the template"
+            "follows, so the answers' tokens cannot be found; put {% generation %} ... {% endgeneration %} "
+            "around the answers in the template (as TRL's assistant_only_loss needs), or fine-tune on ChatML "
+            "(a tokenizer without chat_template)"
         )
     return text
 
@@ -118,6 +143,11 @@ def apply_template(tokenizer: Any, messages: Sequence[dict], add_generation_prom
     """The tokenizer's chat template rendered as transformers' apply_chat_template renders it (Jinja in a
     sandbox, trim_blocks and lstrip_blocks, loop controls; messages, add_generation_prompt, bos_token,
     eos_token; raise_exception, tojson, strftime_now)."""
+    return _render(tokenizer, messages, add_generation_prompt).replace(GEN_OPEN, "").replace(GEN_CLOSE, "")
+
+
+def _render(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+    """apply_template's text with what {% generation %} blocks write between GEN_OPEN and GEN_CLOSE."""
     try:
         return _compiled(tokenizer.chat_template).render(
             messages=[dict(m) for m in messages],
@@ -142,7 +172,9 @@ def _compiled(template: str) -> Any:
     def raise_exception(message: str):
         raise DataError(f"the model's chat template refused the conversation: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _generation_extension()]
+    )
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, **_: json.dumps(
         x, indent=indent, ensure_ascii=ensure_ascii
     )
@@ -150,3 +182,23 @@ def _compiled(template: str) -> Any:
         raise_exception=raise_exception, strftime_now=lambda f: datetime.datetime.now().strftime(f)
     )
     return env.from_string(template)
+
+
+def _generation_extension() -> Any:
+    """A Jinja extension for HF's {% generation %} ... {% endgeneration %} tag: the block's text, wrapped
+    in GEN_OPEN and GEN_CLOSE."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_marked"), [], [], body).set_lineno(lineno)
+
+        def _marked(self, caller):
+            return GEN_OPEN + caller() + GEN_CLOSE
+
+    return Generation
