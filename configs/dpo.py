@@ -37,6 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = config_dict.placeholder(str)  # required: JSON-lines or Parquet pairs, a glob, a directory
     c.data.format = "preference"
     c.data.val_fraction = 0.1
+    # A Jinja chat template file replacing the model's (TRL's chat_template_path), e.g. the model's own with
+    # {% generation %} around the answers when it writes earlier turns differently (Qwen3); "": the model's.
+    c.data.chat_template = ""
     c.dpo = ml_collections.ConfigDict()
     c.dpo.beta = 0.1  # how far from the reference the policy may go: larger keeps it closer
     c.dpo.label_smoothing = 0.0  # > 0: conservative DPO, for labels that are sometimes wrong

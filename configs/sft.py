@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # itself with its own positions, so a short example spends no compute on padding; batch_size then
     # counts rows, not examples. False: one example per row, padded.
     c.data.packing = False
+    # A Jinja chat template file replacing the model's (TRL's chat_template_path), e.g. the model's own with
+    # {% generation %} around the answers when it writes earlier turns differently (Qwen3); "": the model's.
+    c.data.chat_template = ""
 
     if arg == "tiny":
         c.init_from = "scratch"

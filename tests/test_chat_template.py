@@ -7,10 +7,12 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from gptjax.data import DataError, HFTokenizer, chat, tokenizer_from_json
+from gptjax.data.from_config import load_data
 from gptjax.data.sft import load_sft_dataset
 from gptjax.hf_tokenizer import pick_tokenizer, read_hf_specials, save_hf_tokenizer
 from gptjax.model import GPT, GPTConfig
@@ -221,6 +223,25 @@ def test_generation_blocks_mark_the_answers_of_a_template_that_rewrites_earlier_
     source.write_text(json.dumps({"messages": CONVERSATION}) + "\n" + json.dumps({"messages": CONVERSATION}))
     (row,) = load_sft_dataset(str(source), block_size=255, val_fraction=0.5, tokenizer=marked).train
     assert list(row[row >= 0]) == want
+
+    # config.data.chat_template: the model's template replaced by a file's, for training and the checkpoint.
+    (tmp_path / "marked.jinja").write_text(THINKING)
+    data = ml_collections.ConfigDict(
+        dict(format="prompt_completion", source=str(source), val_fraction=0.5, chat_template="")
+    )
+    unmarked = with_template(plain)
+    with pytest.raises(DataError, match="differently once more follows"):
+        load_data(data, unmarked, block_size=255)
+    data.chat_template = str(tmp_path / "marked.jinja")
+    dataset = load_data(data, unmarked, block_size=255)
+    (row,) = dataset.train
+    assert list(row[row >= 0]) == want and dataset.tokenizer.to_json()["chat_template"] == THINKING
+    assert unmarked.chat_template == plain  # the model's tokenizer itself is left as it was
+    with pytest.raises(ValueError, match="replaces an HF model's chat template; this 'char' tokenizer"):
+        load_data(data, None, block_size=255)
+    data.chat_template = str(tmp_path / "missing.jinja")
+    with pytest.raises(FileNotFoundError, match="missing.jinja' is not a file; give a Jinja template file"):
+        load_data(data, unmarked, block_size=255)
 
     broken = with_template(THINKING.replace("{% if m['role'] == 'assistant' %}", "{% if true %}", 1))
     with pytest.raises(DataError, match="writes 5 {% generation %} blocks for 2 assistant messages"):

@@ -1,5 +1,6 @@
 """config.data -> the run's tokenizer and Dataset: a text corpus or a set of images (host side only)."""
 
+import copy
 import pathlib
 from typing import Any
 
@@ -55,6 +56,8 @@ def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Da
         )
     if kind in ("prompt_completion", "preference") and block_size is None:
         raise ValueError(f"load_data needs block_size (the model's) for data.format={kind!r}")
+    if data.get("chat_template"):
+        tokenizer = with_chat_template(tokenizer, data.chat_template)
     if kind == "preference":
         return load_preference_dataset(
             data.source, block_size=block_size, val_fraction=data.val_fraction, tokenizer=tokenizer
@@ -78,6 +81,23 @@ def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Da
             tokenizer=tokenizer,
         )
     return load_dataset(data.source, path=data.path, val_fraction=data.val_fraction, tokenizer=tokenizer)
+
+
+def with_chat_template(tokenizer: Any, path: str) -> Any:
+    """A copy of an HF model's `tokenizer` whose chat template is the Jinja file `path` (config.data.
+    chat_template, TRL's chat_template_path), e.g. one with {% generation %} blocks for a template that
+    rewrites earlier turns; the checkpoint keeps it, so sampling and export use it too."""
+    if getattr(tokenizer, "kind", "char") != "hf":
+        kind = getattr(tokenizer, "kind", "char")
+        raise ValueError(
+            f"data.chat_template={path!r} replaces an HF model's chat template; this {kind!r} tokenizer "
+            "writes conversations in ChatML: unset data.chat_template"
+        )
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"data.chat_template={path!r} is not a file; give a Jinja template file")
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.chat_template = pathlib.Path(path).read_text(encoding="utf-8")
+    return tokenizer
 
 
 def image_source(data: Any, source: str | None, workdir: Any) -> Any:
