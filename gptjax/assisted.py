@@ -18,6 +18,13 @@ One iteration of the jitted `lax.while_loop` (Leviathan et al. 2023, Chen et al.
     slots before the cache's `end` (and those the call writes); setting `end` back to the accepted length
     hides the rest, which the next iteration overwrites.
 
+Prompt lookup (HF's prompt_lookup_num_tokens; Saxena 2023, prompt-lookup-decoding) needs no draft model:
+the proposals are the up to K tokens that followed the earliest earlier occurrence of the text's last n
+tokens (n = max_matching_ngram_size down to 1, the longest that occurs with a continuation), as HF's
+PromptLookupCandidateGenerator finds them; none when nothing occurs (the iteration writes the target's
+token alone). A proposal is a draft that is sure of it (q one-hot), so the same checks keep the target's
+distribution. It pays where the text repeats its prompt (summaries, edits, code, extraction).
+
 Scope: one row at a time (rows are looped on the host with sample.py's per-row keys), greedy or sampling
 (no beams), prompt + new tokens within both models' block_size (no sliding window), the same vocabulary.
 """
@@ -38,6 +45,7 @@ from gptjax.model import GPT, GPTConfig, init_cache
 from gptjax.sampling import BEAM_MODES, GenerateOptions, History, apply_rules
 
 DEFAULT_NUM_ASSISTANT_TOKENS = 5  # HF's num_assistant_tokens default
+DEFAULT_NGRAM = 2  # HF's max_matching_ngram_size default
 
 
 @struct.dataclass
@@ -48,6 +56,7 @@ class AssistState:
     logp_BL: jax.Array  # float32: the target's log-probability of each new token (0 elsewhere)
     cache: list  # the target's KV cache: slot j holds column j; `end` = cur
     draft_cache: list  # the draft's KV cache: slot j holds column j - 1 (slot 0: a masked pad); `end` = cur
+    # (prompt lookup: none, [])
     cur: jax.Array  # int32 scalar: column of the newest token, not yet run through either model
     first: jax.Array  # int32 scalar: column of the first new token
     final: jax.Array  # int32 scalar: column of the last new token
@@ -116,6 +125,26 @@ def _propose(params, config: GPTConfig, state: AssistState, rules, key, K: int, 
     return tokens_BL, q_KV, cache
 
 
+def _lookup(state: AssistState, K: int, N: int, V: int):
+    """(tokens_BL with the proposals after `cur`, q_KV: each one's distribution, one-hot, their count) of
+    prompt lookup with n-grams of up to N tokens (see the module's docstring); unused proposals are 0."""
+    row_L, cur = state.tokens_BL[0], state.cur
+    j_L = jnp.arange(row_L.shape[0])
+    start, count = jnp.int32(0), jnp.int32(0)
+    for n in range(1, N + 1):  # a longer n-gram found overrides a shorter one
+        match_L = j_L + n <= cur  # a window j .. j + n - 1 with a token after it, up to `cur`
+        for i in range(n):  # window j's i-th token is the i-th of the last n (rolled ones lie past cur)
+            match_L &= jnp.roll(row_L, -i) == row_L[jnp.maximum(cur - n + 1 + i, 0)]
+        found = jnp.any(match_L) & (n <= cur)  # HF: n-grams shorter than the text
+        j = jnp.argmax(match_L)  # the earliest
+        start = jnp.where(found, j + n, start)
+        count = jnp.where(found, jnp.minimum(K, cur + 1 - (j + n)), count)
+    valid_K = jnp.arange(K) < count
+    x_K = jnp.where(valid_K, jax.lax.dynamic_slice_in_dim(row_L, start, K), 0)  # start + K < L: no clamp
+    tokens_BL = jax.lax.dynamic_update_slice_in_dim(state.tokens_BL, x_K[None], cur + 1, axis=1)
+    return tokens_BL, jax.nn.one_hot(x_K, V) * valid_K[:, None], count
+
+
 def _score(params, config: GPTConfig, tokens_BL: jax.Array, state: AssistState, K: int):
     """(raw logits_TV of the target, row i predicting column cur + 1 + i, the target's cache): the current
     token and the K proposals in one call. Near the end of the cache the call starts a few columns earlier
@@ -133,19 +162,24 @@ def _score(params, config: GPTConfig, tokens_BL: jax.Array, state: AssistState, 
     return jnp.roll(logits_BTV[0, :, : config.vocab_size], start - state.cur, axis=0), cache
 
 
-def _step(params, draft_params, state: AssistState, rules, eos_E, *, config, draft_config, K, greedy):
+def _step(params, draft_params, state: AssistState, rules, eos_E, *, config, draft_config, K, greedy, ngram):
     cur = state.cur
     key = jax.random.fold_in(state.key, cur)  # one key per iteration: `cur` grows every time
-    tokens_BL, q_KV, draft_cache = _propose(
-        draft_params, draft_config, state, rules, jax.random.fold_in(key, 0), K, greedy
-    )
+    if draft_config is None:  # prompt lookup
+        tokens_BL, q_KV, count = _lookup(state, K, ngram, config.vocab_size)
+        draft_cache = state.draft_cache
+    else:
+        tokens_BL, q_KV, draft_cache = _propose(
+            draft_params, draft_config, state, rules, jax.random.fold_in(key, 0), K, greedy
+        )
+        count = K
     logits_TV, cache = _score(params, config, tokens_BL, state, K)
     # The target's rules at each position, with the History the text would have there.
     p_logits_TV = jax.vmap(lambda logits_V, c: _rules_logits(rules, logits_V, _history(state, tokens_BL, c)))(
         logits_TV, cur + jnp.arange(K + 1)
     )
 
-    m = jnp.minimum(K, state.final - cur)  # proposals that count: those up to `final`
+    m = jnp.minimum(jnp.minimum(K, state.final - cur), count)  # proposals that count: those up to `final`
     x_K = jax.lax.dynamic_slice_in_dim(tokens_BL[0], cur + 1, K)
     in_range_K = jnp.arange(K) < m
     if greedy:
@@ -190,10 +224,24 @@ def _step(params, draft_params, state: AssistState, rules, eos_E, *, config, dra
     )
 
 
-def loop(params, draft_params, state: AssistState, rules, eos_E, stop_at, *, config, draft_config, K, greedy):
-    """Decodes one row until column `stop_at` is written (or passed) or an EOS token comes. Not jitted:
-    `run` is; tests vmap it over many rows."""
-    step = functools.partial(_step, config=config, draft_config=draft_config, K=K, greedy=greedy)
+def loop(
+    params,
+    draft_params,
+    state: AssistState,
+    rules,
+    eos_E,
+    stop_at,
+    *,
+    config,
+    draft_config,
+    K,
+    greedy,
+    ngram=0,
+):
+    """Decodes one row until column `stop_at` is written (or passed) or an EOS token comes; draft_config
+    None: prompt lookup with n-grams of up to `ngram` tokens. Not jitted: `run` is; tests vmap it over many
+    rows."""
+    step = functools.partial(_step, config=config, draft_config=draft_config, K=K, greedy=greedy, ngram=ngram)
     return jax.lax.while_loop(
         lambda s: (s.cur < stop_at) & ~s.done,
         lambda s: step(params, draft_params, s, rules, eos_E),
@@ -201,20 +249,29 @@ def loop(params, draft_params, state: AssistState, rules, eos_E, stop_at, *, con
     )
 
 
-run = jax.jit(loop, static_argnames=("config", "draft_config", "K", "greedy"), donate_argnames=("state",))
+run = jax.jit(
+    loop, static_argnames=("config", "draft_config", "K", "greedy", "ngram"), donate_argnames=("state",)
+)
 
 
 # ----- Host side ----------------------------------------------------------------------------------------
 
 
-def check(config: GPTConfig, draft_config: GPTConfig, options: GenerateOptions, K: int) -> None:
-    """One-line errors for what assisted generation does not do."""
+def check(config: GPTConfig, draft_config: GPTConfig | None, options: GenerateOptions, K: int) -> None:
+    """One-line errors for what assisted generation (draft_config None: prompt lookup) does not do."""
     if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
         raise ValueError(f"num_assistant_tokens={K!r} must be an integer >= 1")
+    if draft_config is None:
+        return check_lookup(config, options)
     if options.mode in BEAM_MODES:
         raise ValueError(
             f"assisted generation does greedy decoding or sampling, not beam search (num_beams="
             f"{options.num_beams}): set num_beams=1 or drop the assistant"
+        )
+    if options.prompt_lookup_num_tokens:
+        raise ValueError(
+            "prompt_lookup_num_tokens proposes tokens from the text itself, an assistant from a draft model: "
+            "give one of them"
         )
     if draft_config.vocab_size != config.vocab_size:
         raise ValueError(
@@ -227,11 +284,27 @@ def check(config: GPTConfig, draft_config: GPTConfig, options: GenerateOptions, 
         )
 
 
+def check_lookup(config: GPTConfig, options: GenerateOptions) -> None:
+    """One-line errors for what prompt lookup does not do."""
+    if options.mode in BEAM_MODES:
+        raise ValueError(
+            "prompt lookup does greedy decoding or sampling, not beam search (num_beams="
+            f"{options.num_beams}): set num_beams=1 or drop prompt_lookup_num_tokens"
+        )
+    if options.prompt_lookup_num_tokens + 1 > config.block_size:
+        raise ValueError(
+            f"prompt_lookup_num_tokens={options.prompt_lookup_num_tokens} needs K + 1 <= the model's "
+            f"block_size={config.block_size}; lower it"
+        )
+
+
 def initial_state(params, config, draft_params, draft_config, prompt, n_new: int, key, K: int):
     """The row's state before its first new token: the target's cache holds all but the last prompt token,
-    the draft's all but the last two (its first call each iteration feeds those two)."""
+    the draft's all but the last two (its first call each iteration feeds those two; prompt lookup: no
+    draft, draft_config None)."""
     P = len(prompt)
-    for name, c in (("model", config), ("assistant", draft_config)):
+    models = (("model", config), ("assistant", draft_config)) if draft_config else (("model", config),)
+    for name, c in models:
         if P + n_new > c.block_size:
             raise ValueError(
                 f"a {P}-token prompt + {n_new} new tokens exceed the {name}'s block_size={c.block_size}; "
@@ -239,15 +312,17 @@ def initial_state(params, config, draft_params, draft_config, prompt, n_new: int
             )
     L = decode.bucket(P + n_new + K)  # room for K + 1 columns after the last `cur`
     S = min(config.block_size, max(decode.bucket(P + n_new), K + 1))
-    S_draft = min(draft_config.block_size, decode.bucket(P + n_new))
     tokens_BL = np.zeros((1, L), np.int32)
     tokens_BL[0, :P] = prompt
     cache = decode.prefill(params, config, tokens_BL[:, : P - 1], np.ones((1, P - 1), bool), 0, S)[0]
-    if P == 1:
-        draft_cache = init_cache(draft_config, 1, S_draft)
+    if draft_config is None:
+        draft_cache = []
+    elif P == 1:
+        draft_cache = init_cache(draft_config, 1, min(draft_config.block_size, decode.bucket(P + n_new)))
     else:  # a pad (slot 0, masked) for column -1, then the columns 0 .. P - 3
         pad_tokens = np.concatenate([np.zeros((1, 1), np.int32), tokens_BL[:, : P - 2]], axis=1)
         valid = np.arange(P - 1)[None] > 0
+        S_draft = min(draft_config.block_size, decode.bucket(P + n_new))
         draft_cache = decode.prefill(draft_params, draft_config, pad_tokens, valid, 0, S_draft)[0]
     zero = np.int32(0)
     state = AssistState(
@@ -282,14 +357,18 @@ def generate(
 ) -> list[list[tuple[np.ndarray, np.ndarray, dict]]]:
     """For each prompt, num_return_sequences (new token ids, the target's log-probabilities, stats) with
     stats = {"proposed", "accepted", "calls"} (target model calls); the rows one after another, each with
-    the random key that sample.generate_ids gives it. on_chunk(new_tokens_1N) sees one row at a time."""
+    the random key that sample.generate_ids gives it. on_chunk(new_tokens_1N) sees one row at a time.
+    draft_params and draft_config None: prompt lookup (options.prompt_lookup_num_tokens proposals at a
+    time, n-grams of up to options.max_matching_ngram_size tokens)."""
     options = options or GenerateOptions()
-    K = num_assistant_tokens
+    K = num_assistant_tokens if draft_config is not None else options.prompt_lookup_num_tokens
+    ngram = 0 if draft_config is not None else options.max_matching_ngram_size or DEFAULT_NGRAM
     check(config, draft_config, options, K)
     prompts, n_new = sample._checked(config, prompts, options)
     rules = options.rules(prompt_len=max(map(len, prompts)), custom=custom)
     params, config = decode.for_decoding(params, config)
-    draft_params, draft_config = decode.for_decoding(draft_params, draft_config)
+    if draft_config is not None:
+        draft_params, draft_config = decode.for_decoding(draft_params, draft_config)
     eos_E = jnp.asarray(options.eos_token_id or (), jnp.int32)
     greedy, R = options.mode == "greedy", options.num_return_sequences
     seed = jax.random.key(options.seed, impl="philox4x32")
@@ -315,6 +394,7 @@ def generate(
                     draft_config=draft_config,
                     K=K,
                     greedy=greedy,
+                    ngram=ngram,
                 )
                 cur = int(state.cur)
                 if on_chunk is not None and on_chunk(np.asarray(state.tokens_BL)[:, P : cur + 1]):

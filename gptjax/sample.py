@@ -213,10 +213,10 @@ def _generate(
     """generate_ids, with the model's log-probability of each new token beside its id (and, with an
     assistant, a third item: its stats, gptjax.assisted.generate)."""
     options = options or GenerateOptions()
-    if assistant is not None:
+    if assistant is not None or options.prompt_lookup_num_tokens:
         from gptjax import assisted  # it builds on this module
 
-        draft_params, draft_config = assisted.load_assistant(assistant)
+        draft_params, draft_config = assisted.load_assistant(assistant) if assistant else (None, None)
         return assisted.generate(
             params,
             config,

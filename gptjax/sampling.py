@@ -53,6 +53,10 @@ class GenerateOptions:
     eos_token_id: int | Sequence[int] | None = None  # a sequence ends after any of these tokens
     stop: str | Sequence[str] = ()  # the text ends before the first of these strings (not included)
     seed: int = 0  # same seed, same text (a prompt given twice in one batch gets the same text twice)
+    # K > 0: prompt lookup decoding (gptjax.assisted): up to K tokens that followed an earlier occurrence of
+    # the text's last n tokens (n <= max_matching_ngram_size, default 2) proposed, checked in one model call
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int | None = None
 
     def __post_init__(self):
         optional = (
@@ -62,6 +66,8 @@ class GenerateOptions:
             "min_length",
             "top_k",
             "no_repeat_ngram_size",
+            "prompt_lookup_num_tokens",
+            "max_matching_ngram_size",
         )
         for name in (*optional, "num_return_sequences", "num_beams", "seed"):
             if getattr(self, name) is not None or name not in optional:
@@ -119,6 +125,14 @@ class GenerateOptions:
             (
                 self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
                 "no_repeat_ngram_size={} < 0",
+            ),
+            (
+                self.prompt_lookup_num_tokens is None or self.prompt_lookup_num_tokens >= 0,
+                "prompt_lookup_num_tokens={} must be >= 0 (0 or None: off)",
+            ),
+            (
+                self.max_matching_ngram_size is None or self.max_matching_ngram_size >= 1,
+                "max_matching_ngram_size={} must be >= 1",
             ),
             (self.num_return_sequences >= 1, "num_return_sequences={} must be >= 1"),
             (self.num_beams >= 1, "num_beams={} must be >= 1"),

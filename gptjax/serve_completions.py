@@ -165,6 +165,8 @@ def _stream_choices(served: Served, prompts: list[str], options: dict, echo: boo
     opts = sample.merged_options(saved, tok, **options)
     if opts.mode in sample.BEAM_MODES:
         raise BadRequest("beam search is not streamed; drop stream or num_beams")
+    if opts.prompt_lookup_num_tokens and len(prompts) * opts.num_return_sequences > 1:
+        raise BadRequest("prompt_lookup_num_tokens decodes one row at a time: stream one choice, or drop it")
     eos = set(opts.eos_token_id or ())
 
     def text_of(row: np.ndarray) -> tuple[str, str, bool]:  # what may be shown of it, as complete cuts it

@@ -3,6 +3,7 @@
   python scripts/sample.py --workdir=W --prompt="ROMEO:" --num_samples=3 --top_p=0.9 --seed=1
   python scripts/sample.py --workdir=W --prompt=FILE:prompt.txt --num_beams=4 --out=samples.jsonl
   python scripts/sample.py --workdir=W --assistant=DRAFT_WORKDIR --num_assistant_tokens=5 --temperature=1
+  python scripts/sample.py --workdir=W --prompt=FILE:article.txt --prompt_lookup_num_tokens=10   # no draft
   python scripts/sample.py --workdir=W --chat --prompt="What is 2+2?"   # a model fine-tuned on conversations
 
 Options left unset take the values saved with the model's config (config.sample), then the defaults of
@@ -76,6 +77,14 @@ flags.DEFINE_string(
     " model checks in one pass; the same text distribution, faster. Prints the acceptance rate to stderr.",
 )
 flags.DEFINE_integer("num_assistant_tokens", 5, "Assisted generation: tokens the draft proposes at a time.")
+flags.DEFINE_integer(
+    "prompt_lookup_num_tokens",
+    None,
+    "Prompt lookup decoding: propose up to this many tokens that followed an earlier occurrence of the"
+    " text's last n-gram (no draft model; pays where the text repeats its prompt). Prints the acceptance"
+    " rate to stderr.",
+)
+flags.DEFINE_integer("max_matching_ngram_size", None, "Prompt lookup: the longest n-gram looked up (2).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -144,11 +153,17 @@ def main(argv):
         if not single:
             for i, c in enumerate(completions):
                 print(f"----- sample {i} -----\n{'' if FLAGS.chat else c.prompt}{c.text}", flush=True)
-        if FLAGS.assistant:  # on stderr: stdout stays the text
+        if FLAGS.assistant or merged.prompt_lookup_num_tokens:  # on stderr: stdout stays the text
             rates = [c.acceptance_rate for c in completions]
+            if FLAGS.assistant:
+                what = (
+                    f"the assistant's proposals accepted (num_assistant_tokens={FLAGS.num_assistant_tokens})"
+                )
+            else:
+                K = merged.prompt_lookup_num_tokens
+                what = f"prompt lookup's proposals accepted (prompt_lookup_num_tokens={K})"
             print(
-                f"assisted generation: {100 * sum(rates) / len(rates):.1f}% of the assistant's proposals "
-                f"accepted (num_assistant_tokens={FLAGS.num_assistant_tokens})",
+                f"assisted generation: {100 * sum(rates) / len(rates):.1f}% of {what}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -5,10 +5,12 @@ Compilations dominate the run time: the tests share two small model pairs, and t
 (prompts of at most 4 tokens + 12 new ones).
 """
 
+import functools
 import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -149,20 +151,27 @@ def two_token_probs(logits_AV: np.ndarray, options: GenerateOptions) -> np.ndarr
 
 
 @pytest.mark.parametrize(
-    "K, options",
-    [(1, dict()), (3, dict(temperature=0.7, top_k=4, repetition_penalty=1.5))],
-    ids=["K1", "K3-rules"],
+    "K, options, lookup",
+    [
+        (1, dict(), False),
+        (3, dict(temperature=0.7, top_k=4, repetition_penalty=1.5), False),
+        (3, dict(temperature=0.7, top_k=4), True),
+    ],
+    ids=["K1", "K3-rules", "lookup"],
 )
-def test_sampling_draws_the_models_distribution(sampling_models, K, options):
+def test_sampling_draws_the_models_distribution(sampling_models, K, options, lookup):
     """4000 rows at once (the row loop vmapped): the first two tokens are distributed as the model's
     p(a) p(b | a), not the draft's. K = 1 keeps the bonus token after an accepted proposal; K = 3 with two
-    new tokens checks only the proposals up to the end."""
+    new tokens checks only the proposals up to the end. Prompt lookup proposes the second token after a
+    first one that the prompt holds (a = 1: 2; a = 2: 3), a proposal sure of itself."""
     R, prompt = 4000, SAMPLING_PROMPT
     ((params, cfg), logits), ((draft_params, draft_cfg), draft_logits) = sampling_models
     opts = GenerateOptions(max_new_tokens=2, **options)
     want = two_token_probs(logits, opts)
     draft_would = two_token_probs(draft_logits, opts)
     assert 0.5 * np.abs(want - draft_would).sum() > 0.4  # the draft alone would fail the test by far
+    if lookup:
+        draft_params, draft_cfg = None, None
 
     key = jax.random.key(0, impl="philox4x32")
     state = assisted.initial_state(params, cfg, draft_params, draft_cfg, prompt, 2, key, K)
@@ -170,7 +179,7 @@ def test_sampling_draws_the_models_distribution(sampling_models, K, options):
 
     def row(state, key):
         state = state.replace(key=key)
-        kwargs = dict(config=cfg, draft_config=draft_cfg, K=K, greedy=False)
+        kwargs = dict(config=cfg, draft_config=draft_cfg, K=K, greedy=False, ngram=2 if lookup else 0)
         return assisted.loop(params, draft_params, state, rules, no_eos, state.final, **kwargs)
 
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(R))
@@ -190,8 +199,8 @@ def test_sampling_draws_the_models_distribution(sampling_models, K, options):
     chi2 = sum(np.sum((o - e) ** 2 / e) for o, e in cells if e.sum() > 0)
     assert chi2 < chi_square_bound(int(big.sum())), (chi2, big.sum())
     assert counts[want == 0].sum() == 0  # nothing top-k rules out
-    accepted = np.asarray(out.accepted).sum() / np.asarray(out.proposed).sum()
-    assert 0.05 < accepted < 0.95  # both the acceptance and the residual draw were exercised
+    accepted, proposed = np.asarray(out.accepted).sum(), np.asarray(out.proposed).sum()
+    assert 20 < accepted < proposed - 20  # both the acceptance and the residual draw, many times
 
 
 # ----- Text: log-probabilities, streaming, stop strings -------------------------------------------------
@@ -315,3 +324,60 @@ def test_sample_script_with_an_assistant(tmp_path, text_models):
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     rate = record["acceptance_rate"]
     assert 0 <= rate <= 1 and f"{100 * rate:.1f}% of the assistant's proposals accepted" in done.stderr
+
+
+# ----- Prompt lookup: proposals from the text itself -------------------------------------------------------
+
+
+def test_prompt_lookup_proposes_what_transformers_finds():
+    """The proposals (tokens and count) are HF's PromptLookupCandidateGenerator's, over random texts of a
+    3-token vocabulary (many matches) and of 8 (few), for n-grams of up to 1, 2 and 3 tokens."""
+    import torch
+    from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+    K, L = 4, 24
+
+    @functools.partial(jax.jit, static_argnames="N")
+    def lookup(tokens_BL, cur, N):
+        state = types.SimpleNamespace(tokens_BL=tokens_BL, cur=cur)
+        tokens_BL, q_KV, count = assisted._lookup(state, K, N, 8)
+        return jax.lax.dynamic_slice_in_dim(tokens_BL[0], cur + 1, K), q_KV, count
+
+    rng, found = np.random.default_rng(0), 0
+    for trial in range(90):
+        vocab, N, cur = (3, 8)[trial % 2], 1 + trial % 3, int(rng.integers(0, L - K - 1))
+        row = rng.integers(0, vocab, L).astype(np.int32)
+        hf = PromptLookupCandidateGenerator(num_output_tokens=K, max_matching_ngram_size=N, max_length=99)
+        with_candidates, _ = hf.get_candidates(torch.tensor(row[None, : cur + 1], dtype=torch.long))
+        want = with_candidates[0, cur + 1 :].tolist()
+        x_K, q_KV, count = lookup(jnp.asarray(row[None]), jnp.int32(cur), N)
+        assert int(count) == len(want) and np.asarray(x_K)[: len(want)].tolist() == want, (row, cur, N)
+        np.testing.assert_array_equal(q_KV, np.eye(8)[np.asarray(x_K)] * (np.arange(K) < len(want))[:, None])
+        found += bool(want)
+    assert 20 < found < 85  # texts with and without a match
+
+
+def test_prompt_lookup_gives_the_models_greedy_text(text_models):
+    """Greedy decoding with prompt lookup: token for token the model's text, in fewer model calls where
+    the text repeats itself; the options' one-line errors."""
+    model, assistant = text_models
+    params, cfg, tokenizer = model
+    prompts = ["abcabcabca", "ponmlkj"]
+    options = dict(max_new_tokens=NEW, do_sample=False)
+    plain = sample.complete(model, prompts, **options)
+    looked = sample.complete(model, prompts, prompt_lookup_num_tokens=3, max_matching_ngram_size=3, **options)
+    assert [c.text for c in looked] == [c.text for c in plain]
+    for c, p in zip(looked, plain, strict=True):  # the model's own log-probabilities, as without lookup
+        np.testing.assert_allclose(c.logprobs, p.logprobs, atol=2e-5)
+    ids = [tokenizer.encode(p) for p in prompts]
+    out = sample._generate(
+        params, cfg, ids, GenerateOptions(prompt_lookup_num_tokens=3, **options), None, None
+    )
+    stats = [seqs[0][2] for seqs in out]
+    assert all(s["calls"] <= NEW for s in stats) and any(s["accepted"] > 0 for s in stats), stats
+    with pytest.raises(ValueError, match="not beam search .* drop prompt_lookup_num_tokens"):
+        sample.complete(model, prompts, prompt_lookup_num_tokens=3, num_beams=2, **options)
+    with pytest.raises(ValueError, match="give one of them"):
+        sample.complete(model, prompts, prompt_lookup_num_tokens=3, assistant=assistant, **options)
+    with pytest.raises(ValueError, match="max_matching_ngram_size=0 must be >= 1"):
+        GenerateOptions(max_matching_ngram_size=0)

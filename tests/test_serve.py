@@ -89,6 +89,13 @@ def test_streamed_pieces_join_to_the_whole_text_and_end_with_the_reason(url):
     pieces = [c["choices"][0]["text"] for c in chunks]
     assert "".join(pieces) == whole["choices"][0]["text"] and len(pieces) >= 7
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+    # Prompt lookup (a request's GenerateOptions field): greedy, the same text, streamed or not.
+    looked = {**body, "prompt": "abab", "max_tokens": 4, "prompt_lookup_num_tokens": 2}  # no slide: <= 8
+    want = post(url, "/v1/completions", {**looked, "prompt_lookup_num_tokens": None})[2]["choices"][0]["text"]
+    assert post(url, "/v1/completions", looked)[2]["choices"][0]["text"] == want
+    assert "".join(c["text"] for c in streamed(url, looked)) == want
+    status, _, out = post(url, "/v1/completions", {**looked, "prompt": ["ab", "ba"], "stream": True})
+    assert status == 400 and "prompt_lookup_num_tokens decodes one row at a time" in out["error"]["message"]
 
 
 def streamed(url: str, body: dict, path: str = "/v1/completions") -> list[dict]:
