@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -418,7 +419,7 @@ def style_pairs(n: int, seed: int = 0):
 
 
 @pytest.mark.slow
-def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp_path, tmp_cache):
+def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp_path, tmp_cache, capsys):
     """configs/sft.py:tiny learns both styles (each prompt answered one way or the other at random), so
     greedy decoding answers about half the prompts in each; DPO from it on pairs (first-letter answer
     chosen) makes the chosen style the answer. The run starts at ln 2, logs reward accuracy, saves the
@@ -470,11 +471,13 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
     )
     assert done.returncode != 0 and "--random_batches does not score" in done.stderr, done.stderr[-2000:]
 
-    # Interrupted at step 50, resumed (the reference read back): the same parameters.
-    config.max_iters = 50
+    # Interrupted at step 50 (its checkpoint, the next one gone), resumed (the reference read back): the
+    # same parameters.
+    shutil.copytree(tmp_path / "dpo", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "100")
+    capsys.readouterr()
     train_and_evaluate(config, tmp_path / "resumed")
-    config.max_iters = 100
-    train_and_evaluate(config, tmp_path / "resumed")
+    assert "/resumed/checkpoints at step 50" in capsys.readouterr().out
     whole, _, _, _ = load_params(tmp_path / "dpo")
     resumed, _, _, _ = load_params(tmp_path / "resumed")
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed), strict=True):
