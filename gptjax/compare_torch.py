@@ -33,11 +33,16 @@ PAUSE_S = 1.0
 
 def comparable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The config both frameworks can run identically: dropout off, one device; AdamW (the PyTorch side's
-    optimizer is torch.optim.AdamW)."""
+    optimizer is torch.optim.AdamW); a dense model (torch_gpt has no experts)."""
     if config.opt.get("name", "adamw") != "adamw":
         raise ValueError(
             f"opt.name={config.opt.name!r}: the PyTorch baselines train with AdamW only; compare with "
             "--config.opt.name=adamw"
+        )
+    if config.model.get("n_experts", 0):
+        raise ValueError(
+            f"model.n_experts={config.model.n_experts}: the PyTorch twin (gptjax.torch_gpt) has no "
+            "mixture of experts; compare a dense model, --config.model.n_experts=0"
         )
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.dropout = 0.0

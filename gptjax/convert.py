@@ -1,6 +1,5 @@
 """GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
-Llama-family models (Llama, Qwen2, Qwen3) go both ways through gptjax.llama (Mistral in only: it exports
-as the Llama it is).
+Llama-family models (Llama, Mistral, Qwen2, Qwen3, Mixtral) go both ways through gptjax.llama.
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -71,7 +70,7 @@ VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 SAME_MODEL_FIELDS = (
     "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "bias", "qkv_bias",
     "position", "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
-    "kernel_layout",
+    "kernel_layout", "n_experts", "n_experts_per_token",
 )  # fmt: skip
 
 WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]

@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from gptjax import attention
+from gptjax import attention, moe
 from gptjax.layers import LoRA, RopeScaling, default_mlp_width
 
 # Named sizes. baby = nanoGPT's shakespeare_char model, baby-cpu its CPU run; gpt2* = OpenAI's GPT-2
@@ -85,6 +85,18 @@ class GPTConfig:
     # MLP width F (HF GPT-2's n_inner); 0: 4 * n_embd for "gelu", and for "swiglu" 2/3 of that rounded up
     # to a multiple of 64, which keeps its parameter count near the GELU MLP's (as Llama's).
     n_inner: int = 0
+    # Mixture of experts (gptjax.moe, Mixtral's): n_experts > 0 puts in every block, in place of the MLP,
+    # n_experts SwiGLU experts of width F (n_inner's; no biases) and a router that sends each token to
+    # n_experts_per_token of them; 0: the dense MLP. The parameters grow about E times, a token's FLOPs K/E.
+    n_experts: int = 0
+    n_experts_per_token: int = 2  # K, the top-k experts of each token (Mixtral's num_experts_per_tok: 2)
+    # Weight of the routers' load-balancing loss (their mean over layers) in the training loss; 0.01 as
+    # Switch Transformer's alpha and MaxText's load_balance_loss_weight (HF MixtralConfig's default: 0.001).
+    router_aux_loss_coef: float = 0.01
+    # "ragged": each token's K experts alone, tokens sorted by expert through jax.lax.ragged_dot (dropless,
+    # MaxText's megablox path; on CPU JAX runs it as a masked product over all experts, K times "dense"'s
+    # work); "dense": every expert on every token, weighted 0 where not chosen (the reference).
+    moe_impl: str = "ragged"
     norm: str = "layer"  # "layer": LayerNorm (GPT-2); "rms": no mean subtracted, no bias (ImageGPT, Llama)
     norm_eps: float = 1e-5  # added to the variance (GPT-2's layer_norm_epsilon, Llama's rms_norm_eps)
     # Ids the LM head predicts: the first output_vocab (0: all vocab_size); the rest only ever start a
@@ -144,6 +156,21 @@ class GPTConfig:
             raise ValueError(f"mlp={self.mlp!r} is unknown; use one of {MLPS}")
         if self.n_inner < 0:
             raise ValueError(f"n_inner={self.n_inner} must be >= 0 (0: the MLP kind's default width)")
+        if self.n_experts < 0 or (self.n_experts and self.mlp != "swiglu"):
+            raise ValueError(
+                f"n_experts={self.n_experts} must be >= 0 (0: the dense MLP), and with experts mlp='swiglu' "
+                "(Mixtral's experts are SwiGLU MLPs); set model.mlp='swiglu'"
+            )
+        if self.n_experts and not 1 <= self.n_experts_per_token <= self.n_experts:
+            raise ValueError(
+                f"n_experts_per_token={self.n_experts_per_token} must be in [1, n_experts={self.n_experts}]"
+            )
+        if self.router_aux_loss_coef < 0:
+            raise ValueError(
+                f"router_aux_loss_coef={self.router_aux_loss_coef} must be >= 0 (0: no router loss)"
+            )
+        if self.moe_impl not in moe.IMPLEMENTATIONS:
+            raise ValueError(f"moe_impl={self.moe_impl!r} is unknown; use one of {moe.IMPLEMENTATIONS}")
         if self.gelu not in GELUS:
             raise ValueError(f"gelu={self.gelu!r} is unknown; use one of {GELUS}")
         if self.norm not in NORMS:
@@ -200,6 +227,11 @@ class GPTConfig:
             raise ValueError(f"lora_rank={self.lora_rank} must be >= 0 (0: no LoRA) with lora_targets set")
         if not set(targets) <= set(LORA_TARGETS):
             raise ValueError(f"lora_targets={list(targets)} must name layers of {LORA_TARGETS}")
+        if self.lora_rank and self.n_experts and set(targets) & {"fc", "gate", "proj"}:
+            raise ValueError(
+                f"lora_targets={list(targets)}: a MoE model's experts take no LoRA adapters; adapt the "
+                "attention alone, --config.model.lora_targets=c_attn,c_proj"
+            )
 
     @property
     def head_dim(self) -> int:

@@ -12,9 +12,14 @@ sliding window is off unless use_sliding_window, and read only when it is in eve
 Qwen3 is a Llama with RMS norms over each head's queries and keys before rope (GPTConfig.qk_norm: q_norm
 and k_norm, a [head_dim] weight each) and a head_dim of its own (GPTConfig.n_head_dim: Qwen3-0.6B's
 q_proj is [16 x 128, 1024]); its sliding window is Qwen2's. Any Llama's head_dim may differ from
-hidden_size / heads. gptjax.convert reads these directories through here, and exports a model of that
-shape (`is_llama`) as a Llama (with a sliding window as a Mistral), with qkv_bias as a Qwen2, with qk_norm
-as a Qwen3 (both at once: no HF class, refused).
+hidden_size / heads. A Mixtral (MixtralForCausalLM) is a Mistral whose MLPs are sparse mixtures of
+SwiGLU experts (GPTConfig.n_experts, gptjax.moe): a router `gate` [E, D] and per expert w1 (gate), w3 (up)
+and w2 (down), as save_pretrained writes them and the Hub has them (block_sparse_moe.experts.{j}.w1 ...);
+transformers 5's fused in-memory names (mlp.gate, mlp.experts.gate_up_proj [E, 2F, D], down_proj
+[E, D, F]: save_pretrained(save_original_format=False)) read too. gptjax.convert reads these directories
+through here, and exports a model of that shape (`is_llama`) as a Llama (with a sliding window as a
+Mistral, with experts as a Mixtral), with qkv_bias as a Qwen2, with qk_norm as a Qwen3 (both at once, or
+either with experts: no HF class, refused).
 """
 
 from typing import Any
@@ -25,14 +30,15 @@ from gptjax.layers import default_mlp_width
 from gptjax.model import GPTConfig, stack_layers
 
 # HF model_types read here: Mistral has Llama's weight names and shapes, Qwen2 (Qwen2, Qwen2.5) those plus
-# q, k and v biases, Qwen3 those plus q_norm and k_norm.
-LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# q, k and v biases, Qwen3 those plus q_norm and k_norm, Mixtral Mistral's attention and experts.
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
 # HF model_type -> its causal LM class, for export.
 HF_CLASSES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "partial_rotary_factor": 1.0}
@@ -54,6 +60,15 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
     H = hf.get("head_dim") or D // N
     K = hf.get("num_key_value_heads") or N
     F = hf["intermediate_size"]
+    # A Mixtral's experts. router_jitter_noise (HF: inputs scaled by U(1 - noise, 1 + noise) in training
+    # only) is not read: inference does without it, and fine-tuning here trains without it.
+    experts = {}
+    if model_type == "mixtral":
+        experts = dict(
+            n_experts=hf["num_local_experts"],
+            n_experts_per_token=hf["num_experts_per_tok"],
+            router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),  # MixtralConfig's default
+        )
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["max_position_embeddings"],
@@ -74,6 +89,7 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         n_inner=0 if F == default_mlp_width(D, "swiglu") else F,
         norm="rms",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        **experts,
     )
 
 
@@ -167,12 +183,15 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
             "ln_1": {"scale": take(f"{hf}.input_layernorm.weight", (D,))},
             "attn": attn,
             "ln_2": {"scale": take(f"{hf}.post_attention_layernorm.weight", (D,))},
-            "mlp": {
+        }
+        if cfg.n_experts:
+            params[f"h_{i}"]["moe"] = _experts_from_mixtral(take, hf, cfg, f"{hf}.mlp.gate.weight" in weights)
+        else:
+            params[f"h_{i}"]["mlp"] = {
                 "fc": {"kernel": take(f"{hf}.mlp.up_proj.weight", (F, D)).T},
                 "gate": {"kernel": take(f"{hf}.mlp.gate_proj.weight", (F, D)).T},
                 "proj": {"kernel": take(f"{hf}.mlp.down_proj.weight", (D, F)).T},
-            },
-        }
+            }
     params["ln_f"] = {"scale": take("model.norm.weight", (D,))}
     head = weights.pop("lm_head.weight", None)
     if not cfg.tie_embeddings:
@@ -187,15 +206,49 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
     return stack_layers(params, cfg.n_layer) if cfg.scan_layers else params
 
 
+def _experts_from_mixtral(take, hf: str, cfg: GPTConfig, fused: bool) -> dict[str, Any]:
+    """gptjax.moe.MoE params of a Mixtral layer `hf` ("model.layers.{i}"): its router and experts under the
+    names save_pretrained writes (block_sparse_moe.gate, .experts.{j}.w1/w2/w3), or transformers 5's fused
+    in-memory ones (`fused`: mlp.gate, mlp.experts.gate_up_proj with w1 | w3 rows, down_proj)."""
+    E, D, F = cfg.n_experts, cfg.n_embd, cfg.mlp_width
+    kernel = lambda w: {"kernel": np.ascontiguousarray(w)}  # noqa: E731
+    if fused:
+        gate_up = take(f"{hf}.mlp.experts.gate_up_proj", (E, 2 * F, D)).transpose(0, 2, 1)  # [E, D, 2F]
+        return {
+            "router": kernel(take(f"{hf}.mlp.gate.weight", (E, D)).T),
+            "expert_gate": kernel(gate_up[..., :F]),
+            "expert_fc": kernel(gate_up[..., F:]),
+            "expert_proj": kernel(take(f"{hf}.mlp.experts.down_proj", (E, D, F)).transpose(0, 2, 1)),
+        }
+    moe = f"{hf}.block_sparse_moe"
+    stacked = lambda w, shape: np.stack(  # noqa: E731
+        [take(f"{moe}.experts.{j}.{w}.weight", shape).T for j in range(E)]
+    )
+    return {
+        "router": kernel(take(f"{moe}.gate.weight", (E, D)).T),
+        "expert_gate": kernel(stacked("w1", (F, D))),
+        "expert_fc": kernel(stacked("w3", (F, D))),
+        "expert_proj": kernel(stacked("w2", (D, F))),
+    }
+
+
 def is_llama(cfg: GPTConfig) -> bool:
     """Whether `cfg` is a Llama's shape (and so exports as LlamaForCausalLM; with qkv_bias as
-    Qwen2ForCausalLM, with qk_norm as Qwen3ForCausalLM: `llama_type`)."""
+    Qwen2ForCausalLM, with qk_norm as Qwen3ForCausalLM, with experts as MixtralForCausalLM: `llama_type`)."""
     return (cfg.position, cfg.mlp, cfg.norm, cfg.bias) == ("rope", "swiglu", "rms", False)
 
 
 def llama_type(cfg: GPTConfig) -> str:
     """The HF model_type a Llama-shaped `cfg` exports as: "qwen3" with qk_norm, "qwen2" with qkv_bias,
-    else "llama"; a one-line error for both (no HF class has them together)."""
+    "mixtral" with experts, "mistral" with a sliding window, else "llama"; a one-line error for two of the
+    first three (no HF class has them together)."""
+    if cfg.n_experts and (cfg.qk_norm or cfg.qkv_bias):
+        raise ValueError(
+            f"n_experts={cfg.n_experts} with qk_norm={cfg.qk_norm}, qkv_bias={cfg.qkv_bias} cannot be "
+            "exported: Mixtral has no q/k norms or q/k/v biases; set both to False"
+        )
+    if cfg.n_experts:
+        return "mixtral"
     if cfg.qk_norm and cfg.qkv_bias:
         raise ValueError(
             "qk_norm=True with qkv_bias=True cannot be exported: Qwen3 has q/k norms and no q/k/v biases, "
@@ -246,7 +299,16 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
     }
     if model_type != "llama":  # no MLP biases to switch
         del config["mlp_bias"]
-    if model_type == "mistral":
+    if model_type == "mixtral":  # Mistral's window (None: none), and the experts
+        config.update(
+            sliding_window=cfg.sliding_window or None,
+            num_local_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.n_experts_per_token,
+            router_aux_loss_coef=cfg.router_aux_loss_coef,
+            router_jitter_noise=0.0,
+            output_router_logits=False,
+        )
+    elif model_type == "mistral":
         config["sliding_window"] = cfg.sliding_window
     elif model_type != "llama":  # a Qwen's window, in every layer or none
         window = cfg.sliding_window or None
@@ -259,8 +321,8 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
 
 
 def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
-    """HF Llama (Qwen2, Qwen3) weights (name -> float32 array) of per-layer gptjax params; params_from_llama's
-    inverse."""
+    """HF Llama (Qwen2, Qwen3, Mixtral) weights (name -> float32 array) of per-layer gptjax params;
+    params_from_llama's inverse."""
     llama_type(cfg)  # a one-line error for a model no HF class holds
     N, K, H, V = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.vocab_size
     f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))  # noqa: E731
@@ -276,11 +338,22 @@ def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
                 f"{hf}.self_attn.v_proj.weight": f32(v.T),
                 f"{hf}.self_attn.o_proj.weight": f32(layer["attn"]["c_proj"]["kernel"].T),
                 f"{hf}.post_attention_layernorm.weight": f32(layer["ln_2"]["scale"]),
-                f"{hf}.mlp.up_proj.weight": f32(layer["mlp"]["fc"]["kernel"].T),
-                f"{hf}.mlp.gate_proj.weight": f32(layer["mlp"]["gate"]["kernel"].T),
-                f"{hf}.mlp.down_proj.weight": f32(layer["mlp"]["proj"]["kernel"].T),
             }
         )
+        if cfg.n_experts:  # Mixtral's names, as save_pretrained writes them
+            moe, experts = f"{hf}.block_sparse_moe", layer["moe"]
+            out[f"{moe}.gate.weight"] = f32(np.asarray(experts["router"]["kernel"]).T)
+            for ours, w in (("expert_gate", "w1"), ("expert_fc", "w3"), ("expert_proj", "w2")):
+                kernels = np.asarray(experts[ours]["kernel"])  # [E, in, out]
+                out.update({f"{moe}.experts.{j}.{w}.weight": f32(k.T) for j, k in enumerate(kernels)})
+        else:
+            out.update(
+                {
+                    f"{hf}.mlp.up_proj.weight": f32(layer["mlp"]["fc"]["kernel"].T),
+                    f"{hf}.mlp.gate_proj.weight": f32(layer["mlp"]["gate"]["kernel"].T),
+                    f"{hf}.mlp.down_proj.weight": f32(layer["mlp"]["proj"]["kernel"].T),
+                }
+            )
         if cfg.qkv_bias:
             q, k, v = np.split(np.asarray(layer["attn"]["c_attn"]["bias"]), [N * H, (N + K) * H])
             out.update({f"{hf}.self_attn.{n}_proj.bias": f32(b) for n, b in (("q", q), ("k", k), ("v", v))})

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax import attention
+from gptjax import attention, moe
 from gptjax.gpt_config import REMAT_POLICIES, VARIANTS, GPTConfig  # noqa: F401 (VARIANTS: gptjax.model's API)
 from gptjax.layers import (
     BATCH_AXES,
@@ -39,8 +39,9 @@ def init_cache(config: GPTConfig, batch: int, max_len: int | None = None) -> lis
 
 
 class Block(nn.Module):
-    """x + attn(ln_1(x)), then x + mlp(ln_2(x)). Positional arguments and a static `deterministic`
-    field, as nn.remat and nn.scan need."""
+    """x + attn(ln_1(x)), then x + mlp(ln_2(x)) (or a mixture of experts, moe.MoE, whose load-balancing
+    loss the train step collects from the moe.AUX_LOSS collection). Positional arguments and a static
+    `deterministic` field, as nn.remat and nn.scan need."""
 
     config: GPTConfig
     deterministic: bool = True
@@ -80,20 +81,36 @@ class Block(nn.Module):
             deterministic=deterministic,
         )
         x_BTD = x_BTD + h_BTD
-        mlp = MLP(
-            c.n_embd,
-            c.n_layer,
-            c.bias,
-            c.dropout,
-            c.gelu,
-            c.dtype,
-            c.param_dtype,
-            c.kernel_layout == "out_in",
-            c.lora,
-            kind=c.mlp,
-            width=c.mlp_width,
-            name="mlp",
-        )
+        out_in = c.kernel_layout == "out_in"
+        if c.n_experts:  # Mixtral's sparse mixture of SwiGLU experts in place of the MLP (gptjax.moe)
+            mlp = moe.MoE(
+                c.n_embd,
+                c.n_layer,
+                c.n_experts,
+                c.n_experts_per_token,
+                c.mlp_width,
+                c.dropout,
+                c.dtype,
+                c.param_dtype,
+                out_in,
+                c.moe_impl,
+                name="moe",
+            )
+        else:
+            mlp = MLP(
+                c.n_embd,
+                c.n_layer,
+                c.bias,
+                c.dropout,
+                c.gelu,
+                c.dtype,
+                c.param_dtype,
+                out_in,
+                c.lora,
+                kind=c.mlp,
+                width=c.mlp_width,
+                name="mlp",
+            )
         x_BTD = x_BTD + mlp(ln("ln_2")(x_BTD), deterministic=deterministic)
         return x_BTD, cache
 
@@ -106,7 +123,7 @@ def stacked_layers(config: GPTConfig):
     if config.scan_layers:
         layer = nn.scan(
             layer,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, moe.AUX_LOSS: 0},  # the MoE layers' losses stacked [L] too
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * 4,  # cache, kv_mask_BS, segments_BT, positions_BT
             length=config.n_layer,

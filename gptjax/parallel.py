@@ -53,6 +53,18 @@ LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
 for (_module, _param), (_in, _out) in [(k, v) for k, v in LOGICAL_AXES.items() if k[1] == "kernel"]:
     LOGICAL_AXES[(_module, "lora_a")] = (_in, None)
     LOGICAL_AXES[(_module, "lora_b")] = (None, _out)
+# A mixture of experts (gptjax.moe): the router [D, E] and the experts' kernels stacked [E, in, out], their
+# D and F as the MLP's. "expert" (E) is in no default rule: each device holds every expert (sharded as the
+# MLP is); a rule such as ("expert", "data") spreads them over a mesh axis (expert parallelism left to GSPMD:
+# correct, not tuned; the ragged path sorts the whole batch's tokens).
+LOGICAL_AXES.update(
+    {
+        ("router", "kernel"): ("embed", None),
+        ("expert_gate", "kernel"): ("expert", "embed", "mlp"),
+        ("expert_fc", "kernel"): ("expert", "embed", "mlp"),
+        ("expert_proj", "kernel"): ("expert", "mlp", "embed"),
+    }
+)
 # An untied LM head is a single parameter named lm_head: [V, D].
 HEAD_AXES = ("vocab", "embed")
 

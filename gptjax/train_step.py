@@ -10,6 +10,7 @@ from flax.training import train_state
 
 from gptjax import dpo
 from gptjax.model import GPT, GPTConfig
+from gptjax.moe import AUX_LOSS, mean_aux_loss
 from gptjax.optim import freeze
 
 
@@ -24,6 +25,10 @@ class Objective:
     loss: str = "sigmoid"  # dpo.LOSSES
     rpo_alpha: float = 0.0
     simpo_gamma: float = 0.5
+    # "lm" on a mixture-of-experts model (GPTConfig.n_experts; create_train_state sets it): the loss trained
+    # on is the cross entropy + router_aux_coef * the layers' mean load-balancing loss (moe.mean_aux_loss),
+    # as HF MixtralForCausalLM adds its router_aux_loss_coef, and "router_aux_loss" a metric. None: dense.
+    router_aux_coef: float | None = None
 
     def __post_init__(self):
         if self.kind not in ("lm", "dpo"):
@@ -75,7 +80,7 @@ class Objective:
     def metrics(self) -> tuple[str, ...]:
         """Step metrics beside the loss."""
         if self.kind != "dpo":
-            return ()
+            return ("router_aux_loss",) if self.router_aux_coef is not None else ()
         return (*dpo.METRICS, "nll_loss") if self.nll_weight else dpo.METRICS
 
 
@@ -93,7 +98,10 @@ class TrainState(train_state.TrainState):
 def create_train_state(
     config: GPTConfig, tx: optax.GradientTransformation, seed: int, objective: Objective = LM
 ) -> TrainState:
-    """Initialises parameters and optimizer state (jit this, or `jax.eval_shape` it for the shapes)."""
+    """Initialises parameters and optimizer state (jit this, or `jax.eval_shape` it for the shapes). The LM
+    objective of a mixture-of-experts model gets its router loss weight, config.router_aux_loss_coef."""
+    if config.n_experts and objective.kind == "lm":
+        objective = dataclasses.replace(objective, router_aux_coef=config.router_aux_loss_coef)
     model = GPT(config)
     # A raw uint32 key (not a typed key array) so orbax can store it like any other array.
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
@@ -107,14 +115,25 @@ def create_train_state(
 
 
 def loss_fn(
-    params, apply_fn, batch, dropout_rng, deterministic: bool, objective: Objective = LM
+    params,
+    apply_fn,
+    batch,
+    dropout_rng,
+    deterministic: bool,
+    objective: Objective = LM,
+    router_aux: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss, the objective's metrics). "lm": the mean next-token cross entropy in float32 over the
     targets not IGNORE'd (the model computes it: GPTConfig.loss_chunk); `batch` is (x_BT, y_BT), or
     (x_BT, y_BT, segments_BT) for rows that pack several examples (GPT's segments_BT). "dpo": the mean
     DPO loss of the pairs of rows of (x_BT, y_BT, ref_BT) (gptjax.data.preference.get_pairs), from the
     rows' answer log-probabilities (GPT's row_logps; chunked with loss_chunk too). Parameters training
-    does not update (a LoRA model's base) get no gradient (optim.freeze)."""
+    does not update (a LoRA model's base) get no gradient (optim.freeze).
+
+    A mixture-of-experts model (objective.router_aux_coef) reports its routers' mean load-balancing loss
+    ("router_aux_loss", sown by gptjax.moe over every token), added to the "lm" loss weighted unless
+    `router_aux` is False (evaluation: the cross entropy alone, comparable with a dense model's). DPO
+    leaves it out, as TRL's DPOTrainer by default (it adds it only with output_router_logits)."""
     rngs = {"dropout": dropout_rng}
     if objective.kind == "dpo":
         x_BT, y_BT, ref_BT = batch
@@ -124,15 +143,21 @@ def loss_fn(
         )
         return dpo.pairs_loss(sum_B, jnp.sum(ref_BT, axis=-1), jnp.sum(y_BT >= 0, axis=-1), objective)
     x_BT, y_BT, *segments = batch
-    loss, _ = apply_fn(
+    moe = objective.router_aux_coef is not None
+    out = apply_fn(
         {"params": freeze(params)},
         x_BT,
         segments_BT=segments[0] if segments else None,
         deterministic=deterministic,
         rngs=rngs,
         targets_BT=y_BT,
+        mutable=[AUX_LOSS] if moe else False,
     )
-    return loss, {}
+    if not moe:
+        return out[0], {}
+    (loss, _), sown = out
+    aux = mean_aux_loss(sown)
+    return loss + objective.router_aux_coef * aux if router_aux else loss, {"router_aux_loss": aux}
 
 
 def _micro_batches(batch: tuple[jax.Array, ...], grad_accum: int) -> tuple[jax.Array, ...]:
@@ -227,12 +252,12 @@ def train_steps(
 
 def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1) -> dict[str, jax.Array]:
     """{"loss", the objective's metrics}: their means on a batch over its targets trained on (DPO: its
-    pairs; as train_step), dropout off, over `grad_accum` equal micro-batches one at a time (`lax.map`):
-    the activations of one micro-batch at once."""
+    pairs; as train_step), dropout off, the loss without a MoE's router loss (loss_fn), over `grad_accum`
+    equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
     micro_batches = _micro_batches(batch, grad_accum)
 
     def metrics(micro):
-        loss, aux = loss_fn(state.params, state.apply_fn, micro, state.rng, True, state.objective)
+        loss, aux = loss_fn(state.params, state.apply_fn, micro, state.rng, True, state.objective, False)
         return {"loss": loss, **aux}
 
     metrics_K = jax.lax.map(metrics, micro_batches)

@@ -621,7 +621,11 @@ def expected_param_count(cfg: GPTConfig) -> int:
     shapes = {"c_attn": (D, QKV), "c_proj": (NH, D), "fc": (D, F), "proj": (F, D)}
     if cfg.mlp == "swiglu":
         shapes["gate"] = (D, F)
-    block = 2 * layer_norm + sum(dense(*shape) for shape in shapes.values())
+    experts = 0
+    if cfg.n_experts:  # in place of the MLP: a D x E router and E experts' fc, gate and proj, no biases
+        shapes = {k: v for k, v in shapes.items() if k.startswith("c_")}
+        experts = cfg.n_experts * (D + 3 * D * F)
+    block = 2 * layer_norm + sum(dense(*shape) for shape in shapes.values()) + experts
     block += QKV if cfg.qkv_bias and not cfg.bias else 0  # c_attn's bias alone (Qwen2)
     block += 2 * cfg.head_dim if cfg.qk_norm else 0  # q_norm and k_norm's scales (Qwen3)
     block += sum(
@@ -735,6 +739,7 @@ def test_swiglu_mlp_is_llamas_gated_mlp_written_out(tiny_cfg):
 CONFIG_VARIANTS = {
     "shakespeare_char": ["", "cpu"],
     "llama_char": ["", "cpu"],
+    "moe_char": ["", "cpu"],
     "finetune_shakespeare": ["gpt2", "gpt2-medium", "gpt2-xl-lora"],
     "digits": [None, "uncond"],
     "cifar10": [None, "cond", "imagegpt"],
