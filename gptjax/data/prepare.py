@@ -14,6 +14,7 @@ parsed where they are encoded: in the worker processes when num_proc > 1.
 
 import collections
 import concurrent.futures
+import functools
 import gzip
 import json
 import multiprocessing
@@ -413,17 +414,12 @@ def prepare_files(
     out_dir = pathlib.Path(out_dir)
     if out_dir.is_dir() and (others := sorted({p.name for p in out_dir.iterdir()} - _FILES)):
         raise DataError(f"{out_dir} holds files other than token files ({others[0]}); give a new out_dir")
-    input_bytes = sum(f.stat().st_size for f in files)  # the progress bars' total
+    input_bytes = sum(f.stat().st_size for f in files)
+    bytes_bar = functools.partial(  # the passes over the inputs, as they go
+        tqdm, total=input_bytes, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress
+    )
     if documents:
-        bar = tqdm(
-            total=input_bytes,
-            desc="count",
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            disable=not progress,
-        )
-        with bar:
+        with bytes_bar(desc="count") as bar:
             file_counts = [_count_documents(f, text_field, bar) for f in files]
         total = sum(file_counts)
         if total == 0:
@@ -439,7 +435,7 @@ def prepare_files(
             )
         pieces = _document_pieces(files, file_counts, text_field, n_train, read_rows)
     else:
-        total = sum(f.stat().st_size for f in files)
+        total = input_bytes
         if total == 0:
             raise DataError("the input files are empty; give them some text")
         val_start = _val_start(files, int(total * (1 - val_fraction)))
@@ -455,14 +451,7 @@ def prepare_files(
     ended = {"train": 0, "val": 0}  # documents
     batches = _batches(pieces, chunk_bytes)
     with write_atomically(out_dir) as tmp:
-        bar = tqdm(
-            total=input_bytes,
-            desc="prepare",
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            disable=not progress,
-        )
+        bar = bytes_bar(desc="prepare")
         try:  # an error closes the bar first, so that its one line starts a line of its own
             with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
                 outs = {"train": train, "val": val}
