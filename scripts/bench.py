@@ -5,6 +5,7 @@
   python scripts/bench.py --mode=train --config=configs/gpt2.py --variant=model.loss_chunk=128 \
       --variant=model.remat=dots   # each variant measured after the base config, in the same run
   python scripts/bench.py --mode=assisted --model=TARGET_WORKDIR --assistant=DRAFT_WORKDIR
+  python scripts/bench.py --mode=assisted --model=TARGET_WORKDIR   # prompt lookup: no draft model
 
 train: gptjax.benchmark.benchmark_train on the config's model, batch and parallel mode with random
 tokens: compile time, step time (median of --steps calls after --warmup), tokens/s, model FLOPs per
@@ -23,9 +24,12 @@ assisted: assisted generation (gptjax.assisted) of the --model checkpoint with t
 by side with the model alone and the draft alone, greedy and sampling (temperature 1, no top-k), one
 prompt at a time (batch 1, prompt + new tokens = the smaller block_size): tokens/s as above (all prompts
 over the time of their calls, best of --repeats rounds that time every variant in turn), the share of
-proposals accepted, tokens per model call, and for greedy whether the text is the model's own.
+proposals accepted, tokens per model call, and for greedy whether the text is the model's own. Without
+--assistant the proposals come from prompt lookup (prompt_lookup_num_tokens = each --num_assistant_tokens,
+n-grams up to 2 tokens), the same measurements without a draft to time alone.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -65,7 +69,9 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_integer("vocab_size", None, "train: vocabulary (default: config.data.tokenizer's).")
 flags.DEFINE_string("model", None, "assisted: the model's workdir.")
-flags.DEFINE_string("assistant", None, "assisted: the draft model's workdir (the same tokenizer).")
+flags.DEFINE_string(
+    "assistant", None, "assisted: the draft model's workdir (the same tokenizer); none: prompt lookup."
+)
 flags.DEFINE_list("num_assistant_tokens", ["3", "5"], "assisted: tokens the draft proposes at a time.")
 flags.DEFINE_multi_string(
     "prompt", ["\n", "ROMEO:\n", "First Citizen:\n"], "assisted: prompts, each generated alone (repeatable)."
@@ -192,19 +198,25 @@ def benchmark_generate() -> dict:
 
 
 def benchmark_assisted() -> dict:
-    if not (FLAGS.model and FLAGS.assistant):
-        raise app.UsageError("--mode=assisted needs --model=WORKDIR and --assistant=WORKDIR")
+    if not FLAGS.model:
+        raise app.UsageError(
+            "--mode=assisted needs --model=WORKDIR (and --assistant=WORKDIR, or prompt lookup)"
+        )
     params, cfg, tokenizer, _ = sample.load(FLAGS.model)
-    draft_params, draft_cfg = assisted.load_assistant(FLAGS.assistant, tokenizer)
+    lookup = not FLAGS.assistant
+    draft_params, draft_cfg = (None, None) if lookup else assisted.load_assistant(FLAGS.assistant, tokenizer)
     prompts = [tokenizer.encode(cli.unescape(p)) for p in FLAGS.prompt]
-    new_tokens = min(cfg.block_size, draft_cfg.block_size) - max(map(len, prompts))
+    context = cfg.block_size if lookup else min(cfg.block_size, draft_cfg.block_size)
+    new_tokens = context - max(map(len, prompts))
     out = {
         "mode": "assisted",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, {jax.devices()[0]}",
         "model": dict(
             workdir=FLAGS.model, params=count_params(params), n_layer=cfg.n_layer, n_embd=cfg.n_embd
         ),
-        "assistant": dict(
+        "assistant": "prompt lookup"
+        if lookup
+        else dict(
             workdir=FLAGS.assistant,
             params=count_params(draft_params),
             n_layer=draft_cfg.n_layer,
@@ -218,14 +230,17 @@ def benchmark_assisted() -> dict:
     Ks = list(map(int, FLAGS.num_assistant_tokens))
     for decoding, options in [("greedy", dict(do_sample=False)), ("sample", dict(temperature=1.0))]:
         options = sample.GenerateOptions(max_new_tokens=new_tokens, seed=0, **options)
-        runs = {
-            "model": lambda p: sample.generate_ids(params, cfg, [p], options)[0][0],
-            "assistant": lambda p: sample.generate_ids(draft_params, draft_cfg, [p], options)[0][0],
-        }
+        runs = {"model": lambda p: sample.generate_ids(params, cfg, [p], options)[0][0]}
+        if not lookup:
+            runs["assistant"] = lambda p: sample.generate_ids(draft_params, draft_cfg, [p], options)[0][0]
         for K in Ks:
-            runs[K] = lambda p, K=K: assisted.generate(
-                params, cfg, draft_params, draft_cfg, [p], options, num_assistant_tokens=K
-            )[0][0]
+            if lookup:
+                with_K = dataclasses.replace(options, prompt_lookup_num_tokens=K)
+                runs[K] = lambda p, o=with_K: assisted.generate(params, cfg, None, None, [p], o)[0][0]
+            else:
+                runs[K] = lambda p, K=K: assisted.generate(
+                    params, cfg, draft_params, draft_cfg, [p], options, num_assistant_tokens=K
+                )[0][0]
         # Interleaved (model, assistant, each K, then again): a change in the machine's load hits all alike.
         load_before = os.getloadavg()[0]
         seconds, results = {name: [] for name in runs}, {}
@@ -240,14 +255,15 @@ def benchmark_assisted() -> dict:
             stats = {k: sum(r[2][k] for r in results[K]) for k in ("proposed", "accepted", "calls")}
             row = dict(
                 decoding=decoding,
-                num_assistant_tokens=K,
+                **{"prompt_lookup_num_tokens" if lookup else "num_assistant_tokens": K},
                 model_tok_s=tok_s["model"],
                 assisted_tok_s=tok_s[K],
                 speedup=round(tok_s[K] / tok_s["model"], 2),
-                acceptance_rate=round(stats["accepted"] / stats["proposed"], 3),
+                acceptance_rate=round(stats["accepted"] / max(stats["proposed"], 1), 3),
                 tokens_per_model_call=round(n_total / stats["calls"], 2),
-                assistant_alone_tok_s=tok_s["assistant"],
             )
+            if not lookup:
+                row["assistant_alone_tok_s"] = tok_s["assistant"]
             if decoding == "greedy":
                 row["same_text_as_model"] = all(
                     np.array_equal(a[0], b) for a, b in zip(results[K], results["model"], strict=True)

@@ -216,3 +216,15 @@ def test_bench_script_times_assisted_generation_beside_the_model_alone(tmp_path)
         assert r["speedup"] == pytest.approx(r["assisted_tok_s"] / r["model_tok_s"], abs=0.01)
         assert 1 <= r["tokens_per_model_call"] <= r["num_assistant_tokens"] + 1
     assert all(r["same_text_as_model"] for r in rows if r["decoding"] == "greedy")
+    # No --assistant: prompt lookup, its rows named by prompt_lookup_num_tokens, no draft timed alone.
+    args = [a for a in args if not a.startswith(("--assistant", "--prompt="))] + ["--prompt=abab"]
+    out = subprocess.run(
+        [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout[out.stdout.index("{\n") :])
+    assert report["assistant"] == "prompt lookup" and report["new_tokens"] == 32 - 4
+    rows = report["results"]
+    assert [(r["decoding"], r["prompt_lookup_num_tokens"]) for r in rows] == [("greedy", 3), ("sample", 3)]
+    assert all("assistant_alone_tok_s" not in r and r["assisted_tok_s"] > 0 for r in rows)
+    assert rows[0]["same_text_as_model"]
