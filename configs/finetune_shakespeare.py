@@ -34,7 +34,7 @@ FROM_SOURCE = (
     "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "sliding_window", "bias", "qkv_bias",
     "position", "rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
     "rope_original_context", "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
-    "n_experts", "n_experts_per_token",
+    "n_experts", "n_experts_per_token", "moe_norm_topk",
 )  # fmt: skip
 
 

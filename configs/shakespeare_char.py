@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.n_experts = 0  # E > 0: E SwiGLU experts (n_inner wide) in place of each MLP (Mixtral's MoE)
     c.model.n_experts_per_token = 2  # the top-k experts each token goes to (Mixtral's 2)
     c.model.router_aux_loss_coef = 0.01  # weight of the routers' load-balancing loss in the training loss
+    c.model.moe_norm_topk = True  # a token's K router weights renormalised to sum to 1 (Mixtral's)
     c.model.moe_impl = "ragged"  # "ragged": the chosen experts only (ragged_dot); "dense": all (reference)
     c.model.norm = "layer"  # "layer" (LayerNorm) or "rms" (ImageGPT's: no mean, no bias)
     c.model.norm_eps = 1e-5  # added to the variance in every norm (GPT-2's, torch.nn.LayerNorm's)

@@ -70,7 +70,7 @@ VOCAB_ROWS = (("wte", "embedding"), ("lm_head",))
 SAME_MODEL_FIELDS = (
     "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_head_dim", "qk_norm", "bias", "qkv_bias",
     "position", "tie_embeddings", "gelu", "mlp", "n_inner", "norm", "norm_eps", "output_vocab",
-    "kernel_layout", "n_experts", "n_experts_per_token",
+    "kernel_layout", "n_experts", "n_experts_per_token", "moe_norm_topk",
 )  # fmt: skip
 
 WeightMap = list[tuple[str, tuple[str, ...], tuple[int, ...]]]

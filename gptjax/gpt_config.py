@@ -97,6 +97,9 @@ class GPTConfig:
     # MaxText's megablox path; on CPU JAX runs it as a masked product over all experts, K times "dense"'s
     # work); "dense": every expert on every token, weighted 0 where not chosen (the reference).
     moe_impl: str = "ragged"
+    # Each token's K router probabilities renormalised to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob=True),
+    # or used as they are (False: Qwen3-MoE's norm_topk_prob=False, OLMoE).
+    moe_norm_topk: bool = True
     norm: str = "layer"  # "layer": LayerNorm (GPT-2); "rms": no mean subtracted, no bias (ImageGPT, Llama)
     norm_eps: float = 1e-5  # added to the variance (GPT-2's layer_norm_epsilon, Llama's rms_norm_eps)
     # Ids the LM head predicts: the first output_vocab (0: all vocab_size); the rest only ever start a

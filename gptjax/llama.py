@@ -1,5 +1,6 @@
 """Llama-family weights from Hugging Face (LlamaForCausalLM: Llama 2 and 3.x, TinyLlama, SmolLM;
-MistralForCausalLM; Qwen2ForCausalLM: Qwen2, Qwen2.5; Qwen3ForCausalLM) into gptjax.
+MistralForCausalLM; Qwen2ForCausalLM: Qwen2, Qwen2.5; Qwen3ForCausalLM; MixtralForCausalLM;
+Qwen3MoeForCausalLM) into gptjax.
 
 A Llama is a gptjax GPT with position="rope" (rope_theta, and Llama 3.1/3.2's "llama3" or the "linear"
 rope scaling), n_kv_head (num_key_value_heads), mlp="swiglu" (intermediate_size), norm="rms"
@@ -16,10 +17,14 @@ hidden_size / heads. A Mixtral (MixtralForCausalLM) is a Mistral whose MLPs are 
 SwiGLU experts (GPTConfig.n_experts, gptjax.moe): a router `gate` [E, D] and per expert w1 (gate), w3 (up)
 and w2 (down), as save_pretrained writes them and the Hub has them (block_sparse_moe.experts.{j}.w1 ...);
 transformers 5's fused in-memory names (mlp.gate, mlp.experts.gate_up_proj [E, 2F, D], down_proj
-[E, D, F]: save_pretrained(save_original_format=False)) read too. gptjax.convert reads these directories
-through here, and exports a model of that shape (`is_llama`) as a Llama (with a sliding window as a
-Mistral, with experts as a Mixtral), with qkv_bias as a Qwen2, with qk_norm as a Qwen3 (both at once, or
-either with experts: no HF class, refused).
+[E, D, F]: save_pretrained(save_original_format=False)) read too. A Qwen3-MoE (Qwen3MoeForCausalLM,
+Qwen3-30B-A3B) is a Qwen3 with such experts in every layer (mlp.gate, mlp.experts.{j}.gate_proj/up_proj/
+down_proj, moe_intermediate_size wide), whose router weights are renormalised only with norm_topk_prob
+(GPTConfig.moe_norm_topk); dense layers among them (mlp_only_layers, decoder_sparse_step > 1) are
+refused. gptjax.convert reads these directories through here, and exports a model of that shape
+(`is_llama`) as a Llama (with a sliding window as a Mistral, with experts as a Mixtral), with qkv_bias as
+a Qwen2, with qk_norm as a Qwen3 (with experts as a Qwen3-MoE); qk_norm with qkv_bias, or qkv_bias with
+experts: no HF class, refused.
 """
 
 from typing import Any
@@ -31,17 +36,25 @@ from gptjax.model import GPTConfig, stack_layers
 
 # HF model_types read here: Mistral has Llama's weight names and shapes, Qwen2 (Qwen2, Qwen2.5) those plus
 # q, k and v biases, Qwen3 those plus q_norm and k_norm, Mixtral Mistral's attention and experts.
-LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe")
 # HF model_type -> its causal LM class, for export.
 HF_CLASSES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
 }
 # Llama config fields gptjax does not implement: refused unless they ask for nothing (their value here).
 UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "partial_rotary_factor": 1.0}
+# The experts' weights of each mixture-of-experts model_type as save_pretrained writes them (and the Hub
+# holds them): the block holding the router (gate) and the experts, the names of each expert's gate, up and
+# down projections.
+EXPERT_NAMES = {
+    "mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
+    "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+}
 # HF rope_type -> GPTConfig.rope_scaling (gptjax.layers.RopeScaling computes them as HF does).
 ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}
 
@@ -69,6 +82,20 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
             n_experts_per_token=hf["num_experts_per_tok"],
             router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),  # MixtralConfig's default
         )
+    elif model_type == "qwen3_moe":
+        if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
+            raise ValueError(
+                f"mlp_only_layers={hf.get('mlp_only_layers')}, decoder_sparse_step="
+                f"{hf.get('decoder_sparse_step')}: dense layers among the experts are not supported (gptjax "
+                "puts experts in every layer)"
+            )
+        F = hf["moe_intermediate_size"]  # each expert's; intermediate_size is the dense layers' (none here)
+        experts = dict(
+            n_experts=hf.get("num_experts") or hf["num_local_experts"],  # the Hub's name, transformers 5's
+            n_experts_per_token=hf["num_experts_per_tok"],
+            moe_norm_topk=bool(hf.get("norm_topk_prob", False)),  # Qwen3MoeConfig's default
+            router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
+        )
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         block_size=hf["max_position_embeddings"],
@@ -78,7 +105,7 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         n_kv_head=0 if K == N else K,
         n_embd=D,
         n_head_dim=H,  # stored as 0 when it is D / N
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
         dropout=0.0,
         bias=False,
         qkv_bias=model_type == "qwen2",
@@ -98,7 +125,7 @@ def _sliding_window(hf: dict[str, Any]) -> int:
     puts it in every layer (layer_types, else from max_window_layers on), ignored (by HF too) when off,
     and a one-line error when some layers have it and others not (gptjax attends alike in every layer)."""
     window = hf.get("sliding_window") or 0
-    if hf.get("model_type") not in ("qwen2", "qwen3"):
+    if hf.get("model_type") not in ("qwen2", "qwen3", "qwen3_moe"):
         return window
     if not (hf.get("use_sliding_window") and window):
         return 0
@@ -185,7 +212,8 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
             "ln_2": {"scale": take(f"{hf}.post_attention_layernorm.weight", (D,))},
         }
         if cfg.n_experts:
-            params[f"h_{i}"]["moe"] = _experts_from_mixtral(take, hf, cfg, f"{hf}.mlp.gate.weight" in weights)
+            fused = f"{hf}.mlp.experts.gate_up_proj" in weights
+            params[f"h_{i}"]["moe"] = _experts_from_hf(take, hf, cfg, fused)
         else:
             params[f"h_{i}"]["mlp"] = {
                 "fc": {"kernel": take(f"{hf}.mlp.up_proj.weight", (F, D)).T},
@@ -206,10 +234,10 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
     return stack_layers(params, cfg.n_layer) if cfg.scan_layers else params
 
 
-def _experts_from_mixtral(take, hf: str, cfg: GPTConfig, fused: bool) -> dict[str, Any]:
-    """gptjax.moe.MoE params of a Mixtral layer `hf` ("model.layers.{i}"): its router and experts under the
-    names save_pretrained writes (block_sparse_moe.gate, .experts.{j}.w1/w2/w3), or transformers 5's fused
-    in-memory ones (`fused`: mlp.gate, mlp.experts.gate_up_proj with w1 | w3 rows, down_proj)."""
+def _experts_from_hf(take, hf: str, cfg: GPTConfig, fused: bool) -> dict[str, Any]:
+    """gptjax.moe.MoE params of a Mixtral or Qwen3-MoE layer `hf` ("model.layers.{i}"): its router and
+    experts under the names save_pretrained writes (EXPERT_NAMES), or transformers 5's fused in-memory ones
+    (`fused`: mlp.gate, mlp.experts.gate_up_proj with gate | up rows, down_proj)."""
     E, D, F = cfg.n_experts, cfg.n_embd, cfg.mlp_width
     kernel = lambda w: {"kernel": np.ascontiguousarray(w)}  # noqa: E731
     if fused:
@@ -220,15 +248,16 @@ def _experts_from_mixtral(take, hf: str, cfg: GPTConfig, fused: bool) -> dict[st
             "expert_fc": kernel(gate_up[..., F:]),
             "expert_proj": kernel(take(f"{hf}.mlp.experts.down_proj", (E, D, F)).transpose(0, 2, 1)),
         }
-    moe = f"{hf}.block_sparse_moe"
+    block, (gate, up, down) = EXPERT_NAMES[llama_type(cfg)]
+    moe = f"{hf}.{block}"
     stacked = lambda w, shape: np.stack(  # noqa: E731
         [take(f"{moe}.experts.{j}.{w}.weight", shape).T for j in range(E)]
     )
     return {
         "router": kernel(take(f"{moe}.gate.weight", (E, D)).T),
-        "expert_gate": kernel(stacked("w1", (F, D))),
-        "expert_fc": kernel(stacked("w3", (F, D))),
-        "expert_proj": kernel(stacked("w2", (D, F))),
+        "expert_gate": kernel(stacked(gate, (F, D))),
+        "expert_fc": kernel(stacked(up, (F, D))),
+        "expert_proj": kernel(stacked(down, (D, F))),
     }
 
 
@@ -239,16 +268,21 @@ def is_llama(cfg: GPTConfig) -> bool:
 
 
 def llama_type(cfg: GPTConfig) -> str:
-    """The HF model_type a Llama-shaped `cfg` exports as: "qwen3" with qk_norm, "qwen2" with qkv_bias,
-    "mixtral" with experts, "mistral" with a sliding window, else "llama"; a one-line error for two of the
-    first three (no HF class has them together)."""
-    if cfg.n_experts and (cfg.qk_norm or cfg.qkv_bias):
+    """The HF model_type a Llama-shaped `cfg` exports as: with experts "qwen3_moe" (qk_norm) or "mixtral",
+    else "qwen3" with qk_norm, "qwen2" with qkv_bias, "mistral" with a sliding window, else "llama"; a
+    one-line error for what no HF class holds."""
+    if cfg.n_experts and cfg.qkv_bias:
         raise ValueError(
-            f"n_experts={cfg.n_experts} with qk_norm={cfg.qk_norm}, qkv_bias={cfg.qkv_bias} cannot be "
-            "exported: Mixtral has no q/k norms or q/k/v biases; set both to False"
+            f"n_experts={cfg.n_experts} with qkv_bias=True cannot be exported: Mixtral and Qwen3-MoE have no "
+            "q/k/v biases; set qkv_bias to False"
+        )
+    if cfg.n_experts and not cfg.qk_norm and not cfg.moe_norm_topk:
+        raise ValueError(
+            "moe_norm_topk=False cannot be exported without qk_norm: Mixtral always renormalises the top-k "
+            "router weights (Qwen3-MoE, with qk_norm, has norm_topk_prob)"
         )
     if cfg.n_experts:
-        return "mixtral"
+        return "qwen3_moe" if cfg.qk_norm else "mixtral"
     if cfg.qk_norm and cfg.qkv_bias:
         raise ValueError(
             "qk_norm=True with qkv_bias=True cannot be exported: Qwen3 has q/k norms and no q/k/v biases, "
@@ -310,7 +344,18 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         )
     elif model_type == "mistral":
         config["sliding_window"] = cfg.sliding_window
-    elif model_type != "llama":  # a Qwen's window, in every layer or none
+    elif model_type != "llama":  # a Qwen's window, in every layer or none; a Qwen3-MoE's experts
+        if model_type == "qwen3_moe":
+            config.update(
+                num_experts=cfg.n_experts,
+                num_experts_per_tok=cfg.n_experts_per_token,
+                moe_intermediate_size=cfg.mlp_width,
+                norm_topk_prob=cfg.moe_norm_topk,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+                router_aux_loss_coef=cfg.router_aux_loss_coef,
+                output_router_logits=False,
+            )
         window = cfg.sliding_window or None
         kind = "sliding_attention" if window else "full_attention"
         config.update(use_sliding_window=bool(window), sliding_window=window, max_window_layers=0)
@@ -340,10 +385,11 @@ def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
                 f"{hf}.post_attention_layernorm.weight": f32(layer["ln_2"]["scale"]),
             }
         )
-        if cfg.n_experts:  # Mixtral's names, as save_pretrained writes them
-            moe, experts = f"{hf}.block_sparse_moe", layer["moe"]
+        if cfg.n_experts:  # the names save_pretrained writes
+            block, names = EXPERT_NAMES[llama_type(cfg)]
+            moe, experts = f"{hf}.{block}", layer["moe"]
             out[f"{moe}.gate.weight"] = f32(np.asarray(experts["router"]["kernel"]).T)
-            for ours, w in (("expert_gate", "w1"), ("expert_fc", "w3"), ("expert_proj", "w2")):
+            for ours, w in zip(("expert_gate", "expert_fc", "expert_proj"), names, strict=True):
                 kernels = np.asarray(experts[ours]["kernel"])  # [E, in, out]
                 out.update({f"{moe}.experts.{j}.{w}.weight": f32(k.T) for j, k in enumerate(kernels)})
         else:

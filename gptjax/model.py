@@ -94,6 +94,7 @@ class Block(nn.Module):
                 c.param_dtype,
                 out_in,
                 c.moe_impl,
+                c.moe_norm_topk,
                 name="moe",
             )
         else:

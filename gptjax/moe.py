@@ -32,12 +32,14 @@ IMPLEMENTATIONS = ("ragged", "dense")
 AUX_LOSS = "aux_loss"
 
 
-def route(logits_XE: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def route(logits_XE: jax.Array, k: int, normalize: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(probs_XE, weights_XK, experts_XK) as HF's MixtralTopKRouter: a float32 softmax over the E experts,
-    its K largest, and their probabilities renormalised to sum to 1."""
+    its K largest, and their probabilities renormalised to sum to 1 (`normalize`; else as they are, as
+    Qwen3-MoE's router with norm_topk_prob=False)."""
     probs_XE = jax.nn.softmax(logits_XE.astype(jnp.float32), axis=-1)
     top_XK, experts_XK = jax.lax.top_k(probs_XE, k)
-    return probs_XE, top_XK / jnp.sum(top_XK, axis=-1, keepdims=True), experts_XK
+    weights_XK = top_XK / jnp.sum(top_XK, axis=-1, keepdims=True) if normalize else top_XK
+    return probs_XE, weights_XK, experts_XK
 
 
 def load_balancing_loss(probs_XE: jax.Array, experts_XK: jax.Array) -> jax.Array:
@@ -118,6 +120,7 @@ class MoE(nn.Module):
     param_dtype: Dtype
     out_in: bool = False  # kernels stored [out, in] (see Dense, ExpertKernel)
     impl: str = "ragged"  # IMPLEMENTATIONS
+    norm_topk: bool = True  # the K router weights renormalised to sum to 1 (route)
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -125,7 +128,7 @@ class MoE(nn.Module):
         E, F = self.n_experts, self.width
         x_XD = x_BTD.reshape(B * T, D)
         router = Dense(E, False, normal_init(), self.dtype, self.param_dtype, self.out_in, name="router")
-        probs_XE, weights_XK, experts_XK = route(router(x_XD), self.top_k)
+        probs_XE, weights_XK, experts_XK = route(router(x_XD), self.top_k, self.norm_topk)
         self.sow(AUX_LOSS, "router_aux_loss", load_balancing_loss(probs_XE, experts_XK))
 
         def kernel(shape, init, name):

@@ -1,6 +1,7 @@
 """gptjax.moe: Mixtral's sparse mixture of experts. The router and its load-balancing loss against HF's,
 "ragged" (ragged_dot) = "dense" in value and gradient, causality, the KV cache, scan_layers, the train
-step's loss (cross entropy + coef * router loss), the mesh, HF Mixtral import/export and FLOPs."""
+step's loss (cross entropy + coef * router loss), the mesh, HF Mixtral and Qwen3-MoE import/export and
+FLOPs."""
 
 import dataclasses
 import functools
@@ -12,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from gptjax import benchmark, compare_torch, convert, moe, parallel
+from gptjax import benchmark, compare_torch, convert, llama, moe, parallel
 from gptjax.model import GPT, count_params, init_cache, stack_layers, unstack_layers
 from gptjax.optim import make_optimizer
 from gptjax.train import abstract_state, model_config
@@ -233,6 +234,49 @@ def test_hf_mixtral_imports_with_its_logits_and_exports_back(tmp_path, window):
         close(convert.load_hf(tmp_path / "fused")[0], params, atol=0)
 
 
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_hf_qwen3_moe_imports_with_its_logits_and_exports_back(tmp_path, norm_topk_prob):
+    """A random tiny Qwen3MoeForCausalLM (q/k norms, a head_dim of its own, 4 experts of width 16, top 2):
+    gptjax's logits are HF's with its router weights renormalised or not (norm_topk_prob: moe_norm_topk),
+    export writes its tensors back exactly; dense layers among the experts are refused in one line."""
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import Qwen3MoeForCausalLM
+
+    experts = dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, norm_topk_prob=norm_topk_prob
+    )
+    model = make_llama(tmp_path / "hf", "Qwen3Moe", num_key_value_heads=2, head_dim=16, **experts)
+    params, cfg = convert.load_hf(tmp_path / "hf")
+    assert (cfg.n_experts, cfg.n_experts_per_token, cfg.mlp_width) == (4, 2, 16) and cfg.qk_norm
+    assert (cfg.moe_norm_topk, cfg.n_head_dim) == (norm_topk_prob, 16)
+    x_BT = np.random.default_rng(0).integers(0, 50, size=(2, 16), dtype=np.int32)
+    with torch.no_grad():
+        want = model(torch.as_tensor(x_BT, dtype=torch.long)).logits.numpy()
+    got, _ = apply_with_aux(cfg, params, x_BT)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    other, _ = apply_with_aux(dataclasses.replace(cfg, moe_norm_topk=not norm_topk_prob), params, x_BT)
+    assert np.abs(np.asarray(other) - want).max() > 1e-2  # the flag matters
+
+    convert.save_hf(tmp_path / "out", params, cfg)
+    hf, written = (
+        load_file(tmp_path / "hf" / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
+    assert sorted(written) == sorted(hf)
+    for name in hf:
+        np.testing.assert_array_equal(written[name], hf[name], err_msg=name)
+    with torch.no_grad():
+        again = Qwen3MoeForCausalLM.from_pretrained(tmp_path / "out")(torch.as_tensor(x_BT, dtype=torch.long))
+    np.testing.assert_array_equal(again.logits.numpy(), want)
+    if not norm_topk_prob:
+        with pytest.raises(ValueError, match="Mixtral always renormalises the top-k router weights"):
+            convert.hf_config(dataclasses.replace(cfg, qk_norm=False))
+        hf_cfg = convert._config_json(tmp_path / "hf")
+        with pytest.raises(ValueError, match=r"mlp_only_layers=\[1\], .*dense layers among the experts"):
+            llama.config_from_llama({**hf_cfg, "mlp_only_layers": [1]})
+
+
 def test_flops_per_token_count_a_tokens_experts_and_the_router(cfg):
     """A MoE's FLOPs = a dense SwiGLU's K x F wide (a token's K experts) + the router's 6 D E per layer;
     the parameter count is every expert's."""
@@ -256,8 +300,8 @@ def test_what_a_mixture_of_experts_cannot_do_is_refused_in_one_line(cfg):
             dataclasses.replace(cfg, **changes)
         assert "\n" not in str(e.value)
     dataclasses.replace(cfg, lora_rank=2, lora_targets=("c_attn", "c_proj"))  # the attention alone: fine
-    with pytest.raises(ValueError, match="Mixtral has no q/k norms"):
-        convert.hf_config(dataclasses.replace(cfg, qk_norm=True))
+    with pytest.raises(ValueError, match="Mixtral and Qwen3-MoE have no q/k/v biases"):
+        convert.hf_config(dataclasses.replace(cfg, qkv_bias=True))
     config = tiny.get_config()
     config.model.update(MOE)
     with pytest.raises(ValueError, match="torch_gpt\\) has no mixture of experts; compare a dense model"):
