@@ -191,6 +191,22 @@ def test_mesh_step_equals_single_device():
     assert spread["expert_gate"]["kernel"].spec == P("data", "fsdp", "tensor")
 
 
+def exports_back(tmp_path, params, cfg, hf_class, x_BT, logits):
+    """save_hf writes tmp_path/"out" with exactly the tensors of tmp_path/"hf", and `hf_class` loads it
+    with the same `logits`."""
+    import torch
+    from safetensors.numpy import load_file
+
+    convert.save_hf(tmp_path / "out", params, cfg)
+    want, written = (load_file(tmp_path / d / "model.safetensors") for d in ("hf", "out"))
+    assert sorted(written) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(written[name], want[name], err_msg=name)
+    with torch.no_grad():
+        again = hf_class.from_pretrained(tmp_path / "out")(torch.as_tensor(x_BT, dtype=torch.long))
+    np.testing.assert_array_equal(again.logits.numpy(), logits)
+
+
 @pytest.mark.parametrize("window", [None, 8])
 def test_hf_mixtral_imports_with_its_logits_and_exports_back(tmp_path, window):
     """A random tiny MixtralForCausalLM (2 layers, 4 experts, top 2, hidden 32, vocab 64): gptjax's logits
@@ -215,17 +231,7 @@ def test_hf_mixtral_imports_with_its_logits_and_exports_back(tmp_path, window):
     hf_aux = np.mean([load_balancing_loss_func((r,), 4, 2).item() for r in out.router_logits])
     assert float(aux) == pytest.approx(hf_aux, rel=1e-5)
 
-    convert.save_hf(tmp_path / "out", params, cfg)
-    want, written = (
-        load_file(tmp_path / "hf" / "model.safetensors"),
-        load_file(tmp_path / "out" / "model.safetensors"),
-    )
-    assert sorted(written) == sorted(want)
-    for name in want:
-        np.testing.assert_array_equal(written[name], want[name], err_msg=name)
-    with torch.no_grad():
-        again = MixtralForCausalLM.from_pretrained(tmp_path / "out")(torch.as_tensor(x_BT, dtype=torch.long))
-    np.testing.assert_array_equal(again.logits.numpy(), out.logits.numpy())
+    exports_back(tmp_path, params, cfg, MixtralForCausalLM, x_BT, out.logits.numpy())
     if window:
         model.save_pretrained(tmp_path / "fused", save_original_format=False)
         assert "model.layers.0.mlp.experts.gate_up_proj" in load_file(
@@ -240,7 +246,6 @@ def test_hf_qwen3_moe_imports_with_its_logits_and_exports_back(tmp_path, norm_to
     gptjax's logits are HF's with its router weights renormalised or not (norm_topk_prob: moe_norm_topk),
     export writes its tensors back exactly; dense layers among the experts are refused in one line."""
     import torch
-    from safetensors.numpy import load_file
     from transformers import Qwen3MoeForCausalLM
 
     experts = dict(
@@ -258,17 +263,7 @@ def test_hf_qwen3_moe_imports_with_its_logits_and_exports_back(tmp_path, norm_to
     other, _ = apply_with_aux(dataclasses.replace(cfg, moe_norm_topk=not norm_topk_prob), params, x_BT)
     assert np.abs(np.asarray(other) - want).max() > 1e-2  # the flag matters
 
-    convert.save_hf(tmp_path / "out", params, cfg)
-    hf, written = (
-        load_file(tmp_path / "hf" / "model.safetensors"),
-        load_file(tmp_path / "out" / "model.safetensors"),
-    )
-    assert sorted(written) == sorted(hf)
-    for name in hf:
-        np.testing.assert_array_equal(written[name], hf[name], err_msg=name)
-    with torch.no_grad():
-        again = Qwen3MoeForCausalLM.from_pretrained(tmp_path / "out")(torch.as_tensor(x_BT, dtype=torch.long))
-    np.testing.assert_array_equal(again.logits.numpy(), want)
+    exports_back(tmp_path, params, cfg, Qwen3MoeForCausalLM, x_BT, want)
     if not norm_topk_prob:
         with pytest.raises(ValueError, match="Mixtral always renormalises the top-k router weights"):
             convert.hf_config(dataclasses.replace(cfg, qk_norm=False))
