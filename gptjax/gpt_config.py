@@ -95,8 +95,9 @@ class GPTConfig:
     router_aux_loss_coef: float = 0.01
     # "ragged": each token's K experts alone, tokens sorted by expert through jax.lax.ragged_dot (dropless,
     # MaxText's megablox path; on CPU JAX runs it as a masked product over all experts, K times "dense"'s
-    # work); "dense": every expert on every token, weighted 0 where not chosen (the reference).
-    moe_impl: str = "ragged"
+    # work); "dense": every expert on every token, weighted 0 where not chosen (the reference); "auto":
+    # dense on CPU, ragged on GPUs and TPUs.
+    moe_impl: str = "auto"
     # Each token's K router probabilities renormalised to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob=True),
     # or used as they are (False: Qwen3-MoE's norm_topk_prob=False, OLMoE).
     moe_norm_topk: bool = True

@@ -14,6 +14,7 @@ Two implementations of one function (GPTConfig.moe_impl), equal in value and gra
             alone (jax.vmap, jacrev or jacfwd of the model raise NotImplementedError): use "dense".
   "dense":  every expert on every token, weighted by gates that are 0 for the experts not chosen: E / K
             times the chosen experts' work; the simple reference.
+"auto" (the default) is "dense" on CPU, "ragged" on GPUs and TPUs.
 """
 
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from gptjax.layers import Dense, Dtype, normal_init, residual_init
 
-IMPLEMENTATIONS = ("ragged", "dense")
+IMPLEMENTATIONS = ("ragged", "dense", "auto")
 # The flax collection each MoE layer sows its load-balancing loss into ("router_aux_loss"): the train
 # step applies the model with it mutable and adds the layers' mean to the loss (mean_aux_loss); every
 # other call leaves it immutable, and the sow does nothing.
@@ -119,7 +120,7 @@ class MoE(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     out_in: bool = False  # kernels stored [out, in] (see Dense, ExpertKernel)
-    impl: str = "ragged"  # IMPLEMENTATIONS
+    impl: str = "auto"  # IMPLEMENTATIONS
     norm_topk: bool = True  # the K router weights renormalised to sum to 1 (route)
 
     @nn.compact
@@ -138,6 +139,7 @@ class MoE(nn.Module):
         gate_EDF = kernel((E, D, F), normal_init(), "expert_gate")
         fc_EDF = kernel((E, D, F), normal_init(), "expert_fc")
         proj_EFD = kernel((E, F, D), residual_init(self.n_layer), "expert_proj")
-        experts = ragged_experts if self.impl == "ragged" else dense_experts
+        impl = self.impl if self.impl != "auto" else "dense" if jax.default_backend() == "cpu" else "ragged"
+        experts = ragged_experts if impl == "ragged" else dense_experts
         out_XD = experts(x_XD.astype(self.dtype), weights_XK, experts_XK, gate_EDF, fc_EDF, proj_EFD)
         return nn.Dropout(self.dropout)(out_XD.reshape(B, T, D), deterministic=deterministic)

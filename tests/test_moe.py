@@ -25,8 +25,9 @@ from tests.test_parallel import close, run
 # The tiny model with Mixtral's block: 8 experts of width 24, each token to 2 of them; 8 experts for
 # 2 x 8 tokens leave some experts without any (ragged_dot's empty groups).
 MOE = dict(
-    position="rope", mlp="swiglu", norm="rms", bias=False, n_inner=24, n_experts=8, n_experts_per_token=2
-)
+    position="rope", mlp="swiglu", norm="rms", bias=False, n_inner=24, n_experts=8, n_experts_per_token=2,
+    moe_impl="ragged",  # "auto" would take "dense" on CPU
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,8 @@ def test_ragged_equals_dense_in_value_and_gradient():
     np.testing.assert_allclose(ragged_y, dense_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ragged, dense, rtol=1e-5)
     close(ragged_grads, dense_grads)
+    (auto, _), _ = loss("auto")
+    assert float(auto) == float(dense)  # "auto" is "dense" on CPU
     assert float(jnp.abs(ragged_grads[0]["expert_proj"]["kernel"]).sum()) > 0  # the chosen experts learn
 
 
