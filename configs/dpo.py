@@ -45,8 +45,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dpo.label_smoothing = 0.0  # > 0: conservative DPO, for labels that are sometimes wrong
     c.dpo.loss_type = "sigmoid"  # DPO; "ipo" (per-token means, no sigmoid), "hinge" (SLiC): TRL's names;
     # "simpo": no reference, per-token means, -log sigmoid(margin - simpo_gamma) (TRL's CPOTrainer; beta ~2);
-    # "orpo": no reference, the chosen NLL plus beta x an odds-ratio term (TRL's ORPOTrainer)
+    # "orpo": no reference, the chosen NLL plus beta x an odds-ratio term (TRL's ORPOTrainer); "kto":
+    # unpaired examples {"prompt", "completion", "label": true|false} (TRL's KTOTrainer)
     c.dpo.simpo_gamma = 0.5
+    c.dpo.desirable_weight = 1.0  # kto: the weight of a desirable example's loss (TRL's)
+    c.dpo.undesirable_weight = 1.0  # kto: an undesirable one's (raise it when they are fewer)
     c.dpo.rpo_alpha = 0.0  # > 0: plus rpo_alpha x the chosen answers' NLL per token (RPO; TRL's)
 
     c.model.dropout = 0.0  # the reference was computed without dropout

@@ -17,7 +17,12 @@ per-token means (SimPO, Meng et al. 2024; TRL's CPOTrainer loss_type="simpo", si
 TRL's rpo_alpha; CPO's cpo_alpha with simpo): the chosen answers' own probability kept up. "orpo"
 (ORPO, Hong et al. 2024; TRL's ORPOTrainer, beta its lambda) is that NLL (weight 1) plus -beta * log
 sigmoid(log odds(chosen) - log odds(rejected)), odds(a) = p / (1 - p) of a's per-token mean
-probability p: no reference, fine-tuning and preference in one loss.
+probability p: no reference, fine-tuning and preference in one loss. "kto" (KTO, Ethayarajh et al. 2024;
+TRL's KTOTrainer) learns from unpaired examples, each labelled desirable or not
+(gptjax.data.preference's unpaired format): with r = log pi(a) - log ref(a) of the example's answer and
+KL = max(0, mean over the batch of r of the mismatched answers), no gradient, a desirable answer costs
+desirable_weight * (1 - sigmoid(beta (r - KL))), an undesirable one undesirable_weight * (1 - sigmoid(beta
+(KL - r))); `reward_margin` is then the mean reward of the desirable answers minus the undesirable ones'.
 
 beta * (log pi(a) - log ref(a)) is a's implicit reward: `reward_margin` logs the mean margin,
 `reward_accuracy` the share of pairs whose chosen answer has the larger reward. At the start the policy
@@ -38,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 METRICS = ("reward_accuracy", "reward_margin")  # per step, beside the loss
-LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")  # TRL's loss_type names (see the module doc)
+LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo", "kto")  # TRL's loss_type names (see the module doc)
+KTO_METRICS = ("reward_margin", "kl")
 REFERENCE_FREE = ("simpo", "orpo")  # the losses that compare no reference model
 MEAN_LOSSES = ("ipo", "simpo", "orpo")  # on per-token mean log-probabilities (as TRL), not sums
 REFERENCE_FILE = "reference_logps.npz"  # in the workdir: the reference's log-probabilities of the answers
@@ -71,13 +77,38 @@ def dpo_loss(
     return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
+def kto_loss(
+    policy_B: jax.Array,
+    ref_B: jax.Array,
+    desirable_b: jax.Array,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """KTO's mean loss (module doc) of the pairs of rows (an example's answer, a mismatched answer, ...)
+    labelled `desirable_b` (1 or 0), and KTO_METRICS."""
+    ratio_b2 = (policy_B - ref_B).reshape(-1, 2)
+    kl = jax.lax.stop_gradient(jnp.maximum(jnp.mean(ratio_b2[:, 1]), 0.0))
+    r_b, good_b = ratio_b2[:, 0], desirable_b > 0.5
+    loss_b = jnp.where(
+        good_b,
+        desirable_weight * (1 - jax.nn.sigmoid(beta * (r_b - kl))),
+        undesirable_weight * (1 - jax.nn.sigmoid(beta * (kl - r_b))),
+    )
+    mean_reward = lambda m_b: beta * jnp.sum(jnp.where(m_b, r_b, 0)) / jnp.maximum(jnp.sum(m_b), 1)  # noqa: E731
+    metrics = {"reward_margin": mean_reward(good_b) - mean_reward(~good_b), "kl": kl}
+    return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
+
+
 def pairs_loss(
-    sum_B: jax.Array, ref_B: jax.Array, tokens_B: jax.Array, objective: Any
+    sum_B: jax.Array, ref_B: jax.Array, tokens_B: jax.Array, objective: Any, labels_b: jax.Array | None = None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The loss of `objective` (gptjax.train_step.Objective: beta, label_smoothing, loss, simpo_gamma,
-    nll_weight) and its metrics, from the rows' summed answer log-probabilities `sum_B`, the
-    reference's `ref_B` and the answers' lengths `tokens_B`."""
+    nll_weight, KTO's weights) and its metrics, from the rows' summed answer log-probabilities `sum_B`,
+    the reference's `ref_B`, the answers' lengths `tokens_B` and (KTO) each pair's label `labels_b`."""
     o, policy_B = objective, sum_B
+    if o.loss == "kto":
+        return kto_loss(sum_B, ref_B, labels_b, o.beta, o.desirable_weight, o.undesirable_weight)
     if o.loss in MEAN_LOSSES:
         per_token = jnp.maximum(tokens_B, 1).astype(jnp.float32)
         policy_B, ref_B = sum_B / per_token, ref_B / per_token
@@ -117,7 +148,8 @@ def reference_logps(
 
 
 def with_reference(dataset: Any, workdir: pathlib.Path, logps: Callable | None) -> Any:
-    """`dataset` (gptjax.data.Dataset of pairs) with each split's reference log-probabilities [N, 2]:
+    """`dataset` (gptjax.data.Dataset of pairs) with each split's reference log-probabilities [N, 2] (KTO's
+    unpaired examples: and their labels, a third column):
     `logps(rows_N2R)` (reference_logps by the starting model) saved in the workdir (by process 0,
     atomically), or read back from there when `logps` is None (a resumed run: its starting model is no
     longer at hand)."""
@@ -145,4 +177,6 @@ def with_reference(dataset: Any, workdir: pathlib.Path, logps: Callable | None) 
                     f"{path} holds the reference of {len(reference[s])} {s} pairs, the data has "
                     f"{len(getattr(dataset, s))}: resume with the data the run started with"
                 )
+    if dataset.train_labels is not None:  # KTO's: get_pairs puts them in the batch
+        reference = {s: np.column_stack([reference[s], getattr(dataset, f"{s}_labels")]) for s in splits}
     return dataclasses.replace(dataset, train_reference=reference["train"], val_reference=reference["val"])

@@ -284,6 +284,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             "directory or Hub id> (or lora_rank=0 to train from scratch)"
         )
     objective = Objective.from_config(config)
+    if objective.kind == "dpo" and (objective.loss == "kto") != (dataset.train_labels is not None):
+        raise ValueError(
+            "dpo.loss_type='kto' learns from unpaired examples (prompt, completion, label), the other losses "
+            "from pairs (prompt, chosen, rejected): set --config.dpo.loss_type to kto or another to match"
+        )
     init, abstract = abstract_state(cfg, config.opt, config.seed, objective)
     placement = parallel.make_placement(config.parallel, abstract, batch_rows(config))
     per_device = config.batch_size // jax.device_count()

@@ -25,6 +25,8 @@ class Objective:
     loss: str = "sigmoid"  # dpo.LOSSES
     rpo_alpha: float = 0.0
     simpo_gamma: float = 0.5
+    desirable_weight: float = 1.0  # KTO's
+    undesirable_weight: float = 1.0
     # "lm" on a mixture-of-experts model (GPTConfig.n_experts; create_train_state sets it): the loss trained
     # on is the cross entropy + router_aux_coef * the layers' mean load-balancing loss (moe.mean_aux_loss),
     # as HF MixtralForCausalLM adds its router_aux_loss_coef, and "router_aux_loss" a metric. None: dense.
@@ -42,6 +44,13 @@ class Objective:
             )
         if self.loss not in dpo.LOSSES:
             raise ValueError(f"dpo.loss_type={self.loss!r} is unknown; use one of {dpo.LOSSES}")
+        if self.loss == "kto" and (
+            self.rpo_alpha or min(self.desirable_weight, self.undesirable_weight) <= 0
+        ):
+            raise ValueError(
+                f"dpo.loss_type='kto' takes no rpo_alpha ({self.rpo_alpha}) and weights > 0 "
+                f"(desirable_weight={self.desirable_weight}, undesirable_weight={self.undesirable_weight})"
+            )
         if self.loss == "orpo" and self.rpo_alpha:
             raise ValueError(
                 "dpo.loss_type='orpo' has its NLL term (weight 1) already; set dpo.rpo_alpha to 0"
@@ -64,6 +73,8 @@ class Objective:
             c.get("loss_type", "sigmoid"),
             c.get("rpo_alpha", 0.0),
             c.get("simpo_gamma", 0.5),
+            c.get("desirable_weight", 1.0),
+            c.get("undesirable_weight", 1.0),
         )
 
     @property
@@ -81,6 +92,8 @@ class Objective:
         """Step metrics beside the loss."""
         if self.kind != "dpo":
             return ("router_aux_loss",) if self.router_aux_coef is not None else ()
+        if self.loss == "kto":
+            return dpo.KTO_METRICS
         return (*dpo.METRICS, "nll_loss") if self.nll_weight else dpo.METRICS
 
 
@@ -141,7 +154,8 @@ def loss_fn(
         sum_B, _ = apply_fn(
             variables, x_BT, deterministic=deterministic, rngs=rngs, targets_BT=y_BT, row_logps=True
         )
-        return dpo.pairs_loss(sum_B, jnp.sum(ref_BT, axis=-1), jnp.sum(y_BT >= 0, axis=-1), objective)
+        ref_B, labels_b = ref_BT[:, 0], ref_BT[0::2, 1]  # KTO's labels (gptjax.data.preference.get_pairs)
+        return dpo.pairs_loss(sum_B, ref_B, jnp.sum(y_BT >= 0, axis=-1), objective, labels_b)
     x_BT, y_BT, *segments = batch
     moe = objective.router_aux_coef is not None
     out = apply_fn(

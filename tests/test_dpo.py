@@ -113,7 +113,9 @@ def test_mean_losses_take_per_token_means_and_rpo_orpo_add_the_chosen_nll():
 @pytest.mark.parametrize(
     "objective, message",
     [
-        (dict(loss="kto"), "dpo.loss_type='kto' is unknown"),
+        (dict(loss="kpo"), "dpo.loss_type='kpo' is unknown"),
+        (dict(loss="kto", rpo_alpha=1.0), "dpo.loss_type='kto' takes no rpo_alpha"),
+        (dict(loss="kto", undesirable_weight=0.0), "and weights > 0"),
         (dict(rpo_alpha=-1.0), "rpo_alpha=-1.0 >= 0"),
         (dict(loss="orpo", rpo_alpha=1.0), "has its NLL term"),
         (dict(beta=0.0), "dpo.beta=0.0 must be > 0"),
@@ -123,6 +125,76 @@ def test_mean_losses_take_per_token_means_and_rpo_orpo_add_the_chosen_nll():
 def test_bad_objectives_are_one_line(objective, message):
     with pytest.raises(ValueError, match=message):
         Objective("dpo", **objective)
+
+
+def test_kto_loss_is_the_papers_with_a_kl_estimate_that_gets_no_gradient():
+    """KTO (TRL's KTOTrainer): desirable answers cost w_d (1 - sigmoid(beta (r - KL))), undesirable ones
+    w_u (1 - sigmoid(beta (KL - r))), KL the mismatched rows' mean log-ratio, clipped at 0, constant."""
+    rng = np.random.default_rng(0)
+    policy, ref = rng.normal(size=12) * 3, rng.normal(size=12) * 3
+    policy[1::2] += 3  # the mismatched rows' mean log-ratio > 0: a KL that the clip keeps
+    labels = np.array([1, 0, 1, 1, 0, 0])
+    objective = Objective("dpo", beta=0.5, loss="kto", desirable_weight=1.5, undesirable_weight=0.7)
+
+    def loss_of(policy):
+        return dpo.pairs_loss(policy, jnp.asarray(ref), jnp.ones(12), objective, jnp.asarray(labels))
+
+    (loss, metrics), grad = jax.value_and_grad(loss_of, has_aux=True)(jnp.asarray(policy))
+    r, kl = (policy - ref)[0::2], max((policy - ref)[1::2].mean(), 0.0)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    want = np.where(labels == 1, 1.5 * (1 - sigmoid(0.5 * (r - kl))), 0.7 * (1 - sigmoid(0.5 * (kl - r))))
+    np.testing.assert_allclose(loss, want.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["reward_margin"], 0.5 * (r[labels == 1].mean() - r[labels == 0].mean()), rtol=1e-5
+    )
+    assert not np.asarray(grad)[1::2].any() and np.asarray(grad)[0::2].all()  # KL: no gradient
+    assert kl > 0
+    policy[1::2] -= 20  # a negative mean: KL clipped to 0
+    assert float(loss_of(jnp.asarray(policy))[1]["kl"]) == 0.0
+
+
+def test_unpaired_examples_pair_with_the_next_completion_of_their_split(tmp_path):
+    """KTO's data: each example's row, then its prompt with the next example's completion in its split (the
+    last with the first's); the labels beside; get_pairs puts each pair's label at its first row's
+    position 1. Bad labels and a loss that does not match the data are one line."""
+    examples = [("ab>", "aa", True), ("ba>", "b", False), ("aa>", "ab", True), ("bb>", "ba", False)]
+    lines = [{"prompt": p, "completion": c, "label": label} for p, c, label in examples]
+    data = load_preference_dataset(
+        write_lines(tmp_path / "kto.jsonl", lines), block_size=15, val_fraction=0.5
+    )
+    assert data.train.shape == (2, 2, 16) and data.val.shape == (2, 2, 16)
+    assert list(data.train_labels) == [1, 0] and list(data.val_labels) == [1, 0]
+    tok = data.tokenizer
+
+    def prompt_and_answer(row):
+        first = int(np.argmax(row >= 0))
+        return tok.decode(-row[:first] - 1), tok.decode(row[row >= 0])
+
+    train = [[prompt_and_answer(row) for row in pair] for pair in data.train]
+    assert train == [[("ab>", "aa"), ("ab>", "b")], [("ba>", "b"), ("ba>", "aa")]]  # the split wraps
+    val = [[prompt_and_answer(row) for row in pair] for pair in data.val]
+    assert val == [[("aa>", "ab"), ("aa>", "ba")], [("bb>", "ba"), ("bb>", "ab")]]
+
+    ref = np.column_stack([np.arange(4, dtype=np.float32).reshape(2, 2), data.train_labels])
+    _, _, ref_BT = get_pairs(data.train, ref, batch_size=4, block_size=15, seed=0, step=0)
+    assert (ref_BT[0::2, 0] % 2 == 0).all() and (ref_BT[0::2, 1] == 1 - ref_BT[0::2, 0] / 2).all()
+    assert not ref_BT[1::2, 1].any() and not ref_BT[:, 2:].any()
+
+    said = [
+        {"prompt": [user(p)], "completion": [assistant(c)], "label": label} for p, c, label in examples[:2]
+    ]
+    data = load_preference_dataset(
+        write_lines(tmp_path / "chat.jsonl", said), block_size=95, val_fraction=0.5
+    )
+    chatml = "<|im_start|>user\nab><|im_end|>\n<|im_start|>assistant\n"
+    (pair,) = data.train  # one example in train: its own completion is the mismatched one
+    assert [data.tokenizer.decode(row[row >= 0]) for row in pair] == ["aa<|im_end|>"] * 2
+    assert data.tokenizer.decode(-pair[0][: int(np.argmax(pair[0] >= 0))] - 1) == chatml
+
+    bad = write_lines(tmp_path / "bad.jsonl", [{**lines[0], "label": 1}, lines[1]])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: label is 1; write true \(desirable\) or false"):
+        load_preference_dataset(bad, block_size=15, val_fraction=0.5)
 
 
 def test_answer_logps_sum_the_answers_tokens_only():
@@ -483,6 +555,25 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
+    # KTO from the same model on the pairs unpaired (chosen answers desirable, rejected ones not), each
+    # split shuffled so that an example's mismatched completion is another prompt's.
+    unpaired = [
+        [
+            {"prompt": p, "completion": a, "label": good}
+            for p, c, r in part
+            for a, good in ((c, True), (r, False))
+        ]
+        for part in (pairs[:900], pairs[900:])
+    ]
+    lines = [line for part in unpaired for line in rng.permutation(part).tolist()]
+    config.data.source = write_lines(tmp_path / "kto.jsonl", lines)
+    config.dpo.loss_type = "kto"
+    train_and_evaluate(config, tmp_path / "kto")
+    records = read_metrics(tmp_path / "kto")
+    margins = [r["val_reward_margin"] for r in records if "val_reward_margin" in r]
+    assert margins[0] == 0 and margins[-1] > 0 and all("kl" in r for r in records if "train_loss" in r)
+    assert chosen_share(tmp_path / "kto") > 0.9, (before, margins)
+
 
 def scratch_config(source: str):
     """configs/dpo.py:tiny from scratch: char tokens, the model fields init_from would fill set to
@@ -501,6 +592,10 @@ def test_dpo_needs_a_starting_model(tmp_path):
     config = scratch_config(
         write_lines(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 4)
     )
+    config.dpo.loss_type = "kto"
+    with pytest.raises(ValueError, match="'kto' learns from unpaired examples .* to kto or another to match"):
+        train_and_evaluate(config, tmp_path / "kto")
+    config.dpo.loss_type = "sigmoid"
     with pytest.raises(ValueError, match="DPO .* fine-tunes a trained model, its own reference: set"):
         train_and_evaluate(config, tmp_path / "w")
 

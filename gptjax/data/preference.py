@@ -11,9 +11,16 @@ one row as a prompt/completion example does (gptjax.data.sft: the prompt masked,
 <|im_end|>, trained, an example too long cut the same way), so a pair is two rows: the split is
 [N, 2, block_size + 1] int32, chosen then rejected. The val split is the last val_fraction of the pairs.
 
+Unpaired preference data (TRL's KTO format: {"prompt": "...", "completion": "...", "label": true}, label
+true for a desirable completion, false for an undesirable one; conversational as above with "completion"
+the assistant messages) gives pairs too, for dpo.loss_type="kto": each example's row, then the row of its
+prompt with the completion of the next example of its split (the last: the first's), the mismatched pair
+KTO estimates its KL term with; Dataset.train_labels / val_labels hold each example's label (1, 0).
+
 `get_pairs` draws pairs as get_batch draws rows, from (seed, step, split) only: (x_BT, y_BT, ref_BT) with
 B = 2 x pairs, each pair's two rows adjacent (chosen first), and ref_BT the reference model's
-log-probability of each row's answer at its position 0, zeros elsewhere: every array is [B, T], so a pair
+log-probability of each row's answer at its position 0 (with labels, a KTO example's label at the first
+row's position 1), zeros elsewhere: every array is [B, T], so a pair
 batch splits over devices and micro-batches as a token batch does (pairs stay whole when each part has
 an even number of rows: gptjax.train checks it).
 """
@@ -40,7 +47,9 @@ from gptjax.data.tokenizers import CharTokenizer
 from gptjax.data.tokens import _SPLIT_CODES, Dataset
 
 ANSWERS = ("chosen", "rejected")
+UNPAIRED = ("prompt", "completion", "label")  # TRL's unpaired preference (KTO) fields
 _EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
+_UNPAIRED_EXAMPLE = '{"prompt": "...", "completion": "...", "label": true}'
 
 
 def _conversation(obj: dict, where: str, tokenizer) -> list[list[tuple[str, bool]]]:
@@ -64,6 +73,42 @@ def _implicit_prompt(obj: dict) -> dict:
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
     return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+
+
+def _answer(where: str, prompt, completion, tokenizer) -> tuple[list[tuple[str, bool]], bool]:
+    """(pieces, whether EOS ends the answer) of a prompt and one answer: strings, or messages (chat.render,
+    the answer's assistant turns trained)."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [(prompt, False), (completion, True)], True
+    if not (isinstance(prompt, list) and isinstance(completion, list)):
+        raise DataError(f"{where}: prompt and completion must be both strings or both lists of messages")
+    prompt = chat.check_messages(prompt, f"{where}: prompt")
+    completion = chat.check_messages(completion, f"{where}: completion")
+    if any(m["role"] != "assistant" for m in completion):
+        raise DataError(f"{where}: completion must hold assistant messages only (the reply to the prompt)")
+    return chat.render(prompt + completion, tokenizer, trained_from=len(prompt)), False
+
+
+def read_unpaired(files: list[pathlib.Path], val_fraction: float, tokenizer=None):
+    """(pairs as read_pairs gives them, labels [N] int32, train count) of unpaired examples (see the module
+    doc): each example with the next one's completion in its split."""
+    examples = []
+    for where, obj in records(files, _UNPAIRED_EXAMPLE, UNPAIRED):
+        if not isinstance(obj, dict) or any(k not in obj for k in UNPAIRED):
+            raise DataError(f"{where}: every line needs {_UNPAIRED_EXAMPLE} (or lists of messages)")
+        if not isinstance(obj["label"], bool):
+            raise DataError(
+                f"{where}: label is {obj['label']!r}; write true (desirable) or false (undesirable)"
+            )
+        examples.append((where, obj["prompt"], obj["completion"], obj["label"]))
+    n_train = train_count(files_name(files), len(examples), val_fraction, "example")
+    pairs = []
+    for split in (examples[:n_train], examples[n_train:]):
+        for i, (where, prompt, completion, _) in enumerate(split):
+            answer, eos = _answer(where, prompt, completion, tokenizer)
+            mismatched, _ = _answer(where, prompt, split[(i + 1) % len(split)][2], tokenizer)
+            pairs.append((where, [answer, mismatched], eos))
+    return pairs, np.array([e[3] for e in examples], np.int32), n_train
 
 
 def read_pairs(
@@ -133,13 +178,22 @@ def load_preference_dataset(
     """The preference data `source` (source_files) as train/val pairs of rows [N, 2, block_size + 1] (see
     module doc). `tokenizer` None: the characters of every prompt and answer."""
     files = source_files(source)
-    pairs = read_pairs(files, tokenizer)
-    n_train = train_count(files_name(files), len(pairs), val_fraction, "pair")
+    reading = records(files, _EXAMPLE, (*ANSWERS, *UNPAIRED))
+    first = next(reading, (None, {}))[1]
+    reading.close()
+    labels = None
+    if isinstance(first, dict) and "completion" in first and "label" in first:  # KTO's unpaired examples
+        pairs, labels, n_train = read_unpaired(files, val_fraction, tokenizer)
+    else:
+        pairs = read_pairs(files, tokenizer)
+        n_train = train_count(files_name(files), len(pairs), val_fraction, "pair")
     if tokenizer is None:
         text = "".join(t for _, answers, _ in pairs for pieces in answers for t, _ in pieces)
         tokenizer = CharTokenizer.from_text(text)
     rows = _rows(files_name(files), pairs, tokenizer, block_size + 1)
-    return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)
+    if labels is None:
+        return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)
+    return Dataset(rows[:n_train], rows[n_train:], tokenizer, labels[:n_train], labels[n_train:])
 
 
 def get_pairs(
@@ -153,7 +207,8 @@ def get_pairs(
     split: str = "train",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`batch_size` random pairs as (x_BT, y_BT, ref_BT), B = 2 * batch_size (see module doc); `ref_N2`
-    the reference log-probabilities of the rows' answers (gptjax.dpo.reference_logps)."""
+    the reference log-probabilities of the rows' answers (gptjax.dpo.reference_logps), and for KTO a
+    third column, the labels (gptjax.dpo.with_reference)."""
     if rows_N2R.shape[-1] != block_size + 1:
         raise DataError(
             f"{split} preference rows are {rows_N2R.shape[-1]} tokens, built for block_size="
@@ -163,5 +218,8 @@ def get_pairs(
     pick_B = rng.integers(0, len(rows_N2R), size=batch_size)
     x_BT, y_BT = decode_rows(rows_N2R[pick_B].reshape(2 * batch_size, block_size + 1))
     ref_BT = np.zeros(x_BT.shape, np.float32)
-    ref_BT[:, 0] = np.asarray(ref_N2, np.float32)[pick_B].reshape(-1)
+    ref = np.asarray(ref_N2, np.float32)[pick_B]
+    ref_BT[:, 0] = ref[:, :2].reshape(-1)
+    if ref.shape[1] == 3:
+        ref_BT[0::2, 1] = ref[:, 2]
     return x_BT, y_BT, ref_BT
