@@ -259,10 +259,10 @@ run = jax.jit(
 
 def check(config: GPTConfig, draft_config: GPTConfig | None, options: GenerateOptions, K: int) -> None:
     """One-line errors for what assisted generation (draft_config None: prompt lookup) does not do."""
-    if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
-        raise ValueError(f"num_assistant_tokens={K!r} must be an integer >= 1")
     if draft_config is None:
         return check_lookup(config, options)
+    if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
+        raise ValueError(f"num_assistant_tokens={K!r} must be an integer >= 1")
     if options.mode in BEAM_MODES:
         raise ValueError(
             f"assisted generation does greedy decoding or sampling, not beam search (num_beams="
@@ -286,6 +286,9 @@ def check(config: GPTConfig, draft_config: GPTConfig | None, options: GenerateOp
 
 def check_lookup(config: GPTConfig, options: GenerateOptions) -> None:
     """One-line errors for what prompt lookup does not do."""
+    K, n = options.prompt_lookup_num_tokens, options.max_matching_ngram_size
+    if K < 1 or (n is not None and n < 1):
+        raise ValueError(f"prompt_lookup_num_tokens={K} and max_matching_ngram_size={n} must be >= 1")
     if options.mode in BEAM_MODES:
         raise ValueError(
             "prompt lookup does greedy decoding or sampling, not beam search (num_beams="

@@ -126,14 +126,6 @@ class GenerateOptions:
                 self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
                 "no_repeat_ngram_size={} < 0",
             ),
-            (
-                self.prompt_lookup_num_tokens is None or self.prompt_lookup_num_tokens >= 0,
-                "prompt_lookup_num_tokens={} must be >= 0 (0 or None: off)",
-            ),
-            (
-                self.max_matching_ngram_size is None or self.max_matching_ngram_size >= 1,
-                "max_matching_ngram_size={} must be >= 1",
-            ),
             (self.num_return_sequences >= 1, "num_return_sequences={} must be >= 1"),
             (self.num_beams >= 1, "num_beams={} must be >= 1"),
             (0 <= self.seed < 2**32, "seed={} must be in [0, 2**32) (the Philox key holds 32 bits)"),

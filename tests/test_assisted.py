@@ -379,5 +379,5 @@ def test_prompt_lookup_gives_the_models_greedy_text(text_models):
         sample.complete(model, prompts, prompt_lookup_num_tokens=3, num_beams=2, **options)
     with pytest.raises(ValueError, match="give one of them"):
         sample.complete(model, prompts, prompt_lookup_num_tokens=3, assistant=assistant, **options)
-    with pytest.raises(ValueError, match="max_matching_ngram_size=0 must be >= 1"):
-        GenerateOptions(max_matching_ngram_size=0)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens=3 and max_matching_ngram_size=0 must be"):
+        sample.complete(model, prompts, prompt_lookup_num_tokens=3, max_matching_ngram_size=0, **options)
