@@ -52,19 +52,6 @@ _EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
 _UNPAIRED_EXAMPLE = '{"prompt": "...", "completion": "...", "label": true}'
 
 
-def _conversation(obj: dict, where: str, tokenizer) -> list[list[tuple[str, bool]]]:
-    """The chosen and rejected (text, trained) pieces of a conversational pair: the prompt read only,
-    then the answer's assistant turns trained (chat.render: ChatML, or the tokenizer's chat template)."""
-    prompt = chat.check_messages(obj["prompt"], f"{where}: prompt")
-    out = []
-    for name in ANSWERS:
-        answer = chat.check_messages(obj[name], f"{where}: {name}")
-        if any(m["role"] != "assistant" for m in answer):
-            raise DataError(f"{where}: {name} must hold assistant messages only (the reply to the prompt)")
-        out.append(chat.render(prompt + answer, tokenizer, trained_from=len(prompt)))
-    return out
-
-
 def _implicit_prompt(obj: dict) -> dict:
     """A conversational pair without "prompt": the messages chosen and rejected begin with alike are the
     prompt, the rest the answers (TRL's extract_prompt)."""
@@ -75,18 +62,19 @@ def _implicit_prompt(obj: dict) -> dict:
     return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
 
 
-def _answer(where: str, prompt, completion, tokenizer) -> tuple[list[tuple[str, bool]], bool]:
-    """(pieces, whether EOS ends the answer) of a prompt and one answer: strings, or messages (chat.render,
-    the answer's assistant turns trained)."""
-    if isinstance(prompt, str) and isinstance(completion, str):
-        return [(prompt, False), (completion, True)], True
-    if not (isinstance(prompt, list) and isinstance(completion, list)):
-        raise DataError(f"{where}: prompt and completion must be both strings or both lists of messages")
+def _answer(where: str, prompt, answer, tokenizer, name: str = "completion") -> tuple[list, bool]:
+    """((text, trained) pieces, whether EOS ends the answer) of a prompt and one answer (field `name`):
+    strings, or messages, the prompt read only and the answer's assistant turns trained (chat.render:
+    ChatML, or the tokenizer's chat template)."""
+    if isinstance(prompt, str) and isinstance(answer, str):
+        return [(prompt, False), (answer, True)], True
+    if not (isinstance(prompt, list) and isinstance(answer, list)):
+        raise DataError(f"{where}: prompt and {name} must be both strings or both lists of messages")
     prompt = chat.check_messages(prompt, f"{where}: prompt")
-    completion = chat.check_messages(completion, f"{where}: completion")
-    if any(m["role"] != "assistant" for m in completion):
-        raise DataError(f"{where}: completion must hold assistant messages only (the reply to the prompt)")
-    return chat.render(prompt + completion, tokenizer, trained_from=len(prompt)), False
+    answer = chat.check_messages(answer, f"{where}: {name}")
+    if any(m["role"] != "assistant" for m in answer):
+        raise DataError(f"{where}: {name} must hold assistant messages only (the reply to the prompt)")
+    return chat.render(prompt + answer, tokenizer, trained_from=len(prompt)), False
 
 
 def read_unpaired(files: list[pathlib.Path], val_fraction: float, tokenizer=None):
@@ -130,15 +118,13 @@ def read_pairs(
                 f'{_EXAMPLE} (or lists of messages: "prompt" the conversation, "chosen" and "rejected" '
                 "assistant replies)"
             )
-        if all(isinstance(obj[k], list) for k in ("prompt", *ANSWERS)):
-            pairs.append((where, _conversation(obj, where, tokenizer), False))
-        elif all(isinstance(obj[k], str) for k in ("prompt", *ANSWERS)):
-            pairs.append((where, [[(obj["prompt"], False), (obj[k], True)] for k in ANSWERS], True))
-        else:
+        if not any(all(isinstance(obj[k], t) for k in ("prompt", *ANSWERS)) for t in (str, list)):
             kinds = ", ".join(f"{k}: {type(obj[k]).__name__}" for k in ("prompt", *ANSWERS))
             raise DataError(
                 f"{where}: prompt, chosen and rejected must be all strings or all lists ({kinds})"
             )
+        answers = [_answer(where, obj["prompt"], obj[k], tokenizer, k) for k in ANSWERS]
+        pairs.append((where, [pieces for pieces, _ in answers], answers[0][1]))
     if not pairs:
         raise DataError(f"{files_name(files)} holds no pairs; give it one JSON object per line, {_EXAMPLE}")
     return pairs
