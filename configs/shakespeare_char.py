@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.rope_high_freq_factor = 4.0  # original_max_position_embeddings
     c.model.rope_original_context = 8192
     c.model.tie_embeddings = True
+    c.model.score_head = False  # True: a reward model, one score per text in place of the LM head
     c.model.vocab_multiple = 1  # pad the embedding rows to a multiple of this (64 for GPT-2's vocab)
     c.model.gelu = "exact"  # nanoGPT uses torch's exact GELU (GPT-2 checkpoints use "tanh")
     c.model.mlp = "gelu"  # "gelu" (GPT-2's MLP) or "swiglu" (Llama's gated MLP)

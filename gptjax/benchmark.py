@@ -38,12 +38,13 @@ def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
     """Training FLOPs per token: 6 per parameter that multiplies (forward 2, backward 4) plus attention's
     12·L·T·n·H (nanoGPT, PaLM appendix B: 12·L·T·D, where n·H = D). Lookup tables do no matmul: the
     position table, and the token table when the LM head is a matrix of its own (tied, the table is the head
-    and counts once). A mixture of experts multiplies by its router and a token's n_experts_per_token
-    experts only (3 D x F SwiGLU matrices each): the other experts' parameters do no work for it."""
+    and counts once) or a reward model's score vector replaces the head. A mixture of experts multiplies by
+    its router and a token's n_experts_per_token experts only (3 D x F SwiGLU matrices each): the other
+    experts' parameters do no work for it."""
     n = n_params - (cfg.block_size * cfg.n_embd if cfg.position == "learned" else 0)
     if cfg.n_experts:
         n -= cfg.n_layer * (cfg.n_experts - cfg.n_experts_per_token) * 3 * cfg.n_embd * cfg.mlp_width
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings or cfg.score_head:  # a reward model's table is a lookup only
         n -= cfg.padded_vocab * cfg.n_embd
     keys = min(cfg.block_size, cfg.sliding_window or cfg.block_size)  # that a query may attend to
     return 6 * n + 12 * cfg.n_layer * keys * cfg.n_head * cfg.head_dim

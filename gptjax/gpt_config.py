@@ -77,6 +77,10 @@ class GPTConfig:
     rope_high_freq_factor: float = 4.0  # llama3: wavelengths under rope_original_context / this are kept
     rope_original_context: int = 8192  # llama3: the pretraining context (original_max_position_embeddings)
     tie_embeddings: bool = True  # LM head = token embedding transposed (GPT-2)
+    # A reward model (TRL's RewardTrainer; HF *ForSequenceClassification with num_labels=1): in place of the
+    # LM head a `score` vector [D] gives every position a float32 score (GPT returns scores_BT), a sequence's
+    # reward is its last token's (gptjax.reward).
+    score_head: bool = False
     vocab_multiple: int = (
         1  # embedding rows padded to a multiple (64: faster matmuls); pads get no probability
     )

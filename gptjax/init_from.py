@@ -70,12 +70,14 @@ def fill_model(config: Any, model: dict[str, Any], origin: str) -> Any:
 
 def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: Any) -> Any:
     """The params a fine-tuning run starts from (`init_source`'s), checked against config.model (`cfg`);
-    without LoRA adapters, which start fresh (model.with_lora)."""
+    without LoRA adapters, which start fresh (model.with_lora), nor a reward model's score head when the
+    source is a language model (its LM head dropped)."""
     cfg, abstract_params = dataclasses.replace(cfg, lora_rank=0), drop_lora(abstract_params)
     if kind == "hf":
         from gptjax import convert  # here: gptjax.convert imports this module
 
-        into = _cropping(convert.read_hf_config(path), cfg, path)
+        src_cfg = convert.read_hf_config(path)
+        into = dataclasses.replace(_cropping(src_cfg, cfg, path), score_head=src_cfg.score_head)
         params, src_cfg = convert.load_hf(path, into=into)  # raises naming each field that differs
     else:
         from gptjax.train import load_params  # here: gptjax.train imports this module
@@ -87,6 +89,15 @@ def init_params(kind: str, path: pathlib.Path, cfg: GPTConfig, abstract_params: 
             params = unstack_layers(params)
         elif cfg.scan_layers and not src_cfg.scan_layers:
             params = stack_layers(params, cfg.n_layer)
+    if "score" in params and not cfg.score_head:
+        raise ValueError(
+            f"init_from={path} is a reward model (score_head=True), it has no LM head; fine-tune it as one "
+            "with --config.model.score_head=True"
+        )
+    if cfg.score_head and "score" not in params:  # a language model becomes a reward model: a new head
+        params = {k: v for k, v in params.items() if k != "lm_head"}
+        abstract_params = {k: v for k, v in abstract_params.items() if k != "score"}
+        print(f"init_from={path}: a language model; the reward model's score head starts fresh", flush=True)
     if into.block_size != cfg.block_size and "wpe" in params:  # learned positions: keep the first ones
         params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][: cfg.block_size]}}
     if jax.tree_util.tree_map(np.shape, params) != jax.tree_util.tree_map(np.shape, abstract_params):
@@ -125,7 +136,7 @@ def check_resumable(saved: GPTConfig, cfg: GPTConfig, workdir: pathlib.Path) -> 
     """check_same_architecture, and the fields that fix the saved state's layout or scale (scan_layers,
     LoRA's): one-line ValueError when `cfg` cannot resume the checkpoint in `workdir` trained as `saved`."""
     check_same_architecture(saved, cfg, f"the checkpoint in {workdir}")
-    for field in ("scan_layers", "lora_rank", "lora_targets", "lora_alpha"):
+    for field in ("scan_layers", "lora_rank", "lora_targets", "lora_alpha", "score_head"):
         if getattr(saved, field) != getattr(cfg, field):
             value = getattr(saved, field)
             value = ",".join(value) if isinstance(value, tuple) else value

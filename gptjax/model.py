@@ -174,7 +174,8 @@ class GPT(nn.Module):
         targets_BT: jax.Array | None = None,
         row_logps: bool = False,
     ) -> tuple[jax.Array, list[attention.Cache] | None]:
-        """Returns float32 logits_BTV and the updated cache (None when no cache was given); with
+        """Returns float32 logits_BTV (a reward model, config.score_head: scores_BT) and the updated
+        cache (None when no cache was given); with
         `targets_BT` (as nanoGPT's forward), the mean next-token cross entropy instead of the logits (over
         the targets that are not lm_head.IGNORE), or with `row_logps` each row's summed log-probability of
         its targets [B] (DPO's); both chunked with loss_chunk.
@@ -249,6 +250,12 @@ class GPT(nn.Module):
         ln_f = norm("ln_f", c.norm, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype, eps=c.norm_eps)
         x_BTD = ln_f(x_BTD)
 
+        if c.score_head:  # a reward model: every position's score, float32 (gptjax.reward reads the last)
+            if targets_BT is not None:
+                raise ValueError("a reward model (score_head=True) has no LM head to score targets with")
+            score_D = jnp.asarray(self.param("score", normal_init(), (c.n_embd,), c.param_dtype), c.dtype)
+            scores_BT = jnp.einsum("BTD,D->BT", x_BTD, score_D, preferred_element_type=jnp.float32)
+            return constrain(scores_BT, BATCH_AXES, None), new_cache
         if c.tie_embeddings:
             head_VD = wte.embedding
         else:
@@ -298,10 +305,12 @@ def drop_lora(params: Any) -> Any:
 
 
 def with_lora(params: Any, adapted: Any) -> Any:
-    """`params` (a model without adapters) with the LoRA adapters of `adapted` (the adapted model's)."""
+    """`params` (a model without adapters) with the LoRA adapters of `adapted` (the adapted model's), and
+    every other param of `adapted` that `params` lacks (a reward model's score head: fresh, as the
+    adapters)."""
     if not isinstance(adapted, Mapping):
         return params
-    return {k: adapted[k] if k in ("lora_a", "lora_b") else with_lora(params[k], adapted[k]) for k in adapted}
+    return {k: with_lora(params[k], adapted[k]) if k in params else adapted[k] for k in adapted}
 
 
 def count_params(params: Any) -> int:

@@ -51,8 +51,11 @@ def lr_schedule(opt: Any) -> optax.Schedule:
 # The parameters that weight decay shrinks, by name: Dense kernels, embeddings, an untied LM head, LoRA's
 # matrices (as HF's Trainer decays PEFT's). Never biases or LayerNorm scales, whatever their rank
 # (scan_layers stacks them into [L, D] matrices).
-DECAYED_PARAMS = ("kernel", "embedding", "lm_head", "lora_a", "lora_b")
+DECAYED_PARAMS = ("kernel", "embedding", "lm_head", "score", "lora_a", "lora_b")
 LORA_PARAMS = ("lora_a", "lora_b")
+# Trained beside the adapters of a LoRA model: a reward model's new score head (PEFT's modules_to_save of a
+# SEQ_CLS task).
+WITH_LORA = (*LORA_PARAMS, "score")
 
 
 def has_lora(params: Any) -> bool:
@@ -60,9 +63,10 @@ def has_lora(params: Any) -> bool:
 
 
 def trainable(params: Any) -> Any:
-    """True for the parameters training updates: the LoRA adapters when there are any, else all."""
+    """True for the parameters training updates: the LoRA adapters (and a score head) when there are
+    adapters, else all."""
     lora = has_lora(params)
-    return jax.tree_util.tree_map_with_path(lambda path, p: not lora or path[-1].key in LORA_PARAMS, params)
+    return jax.tree_util.tree_map_with_path(lambda path, p: not lora or path[-1].key in WITH_LORA, params)
 
 
 def freeze(params: Any) -> Any:

@@ -38,8 +38,9 @@ from gptjax.init_from import (
 )
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params, drop_lora, merge_lora, with_lora
+from gptjax.objective import LM, Objective, check_run
 from gptjax.optim import lr_schedule, make_optimizer
-from gptjax.train_step import LM, Objective, answer_logps_steps, create_train_state
+from gptjax.train_step import answer_logps_steps, create_train_state
 
 # Evaluation batches come from their own seed, so they never coincide with the training batches.
 EVAL_SEED_OFFSET = 1_000_003
@@ -284,29 +285,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             "directory or Hub id> (or lora_rank=0 to train from scratch)"
         )
     objective = Objective.from_config(config)
-    if objective.kind == "dpo" and (objective.loss == "kto") != (dataset.train_labels is not None):
-        raise ValueError(
-            "dpo.loss_type='kto' learns from unpaired examples (prompt, completion, label), the other losses "
-            "from pairs (prompt, chosen, rejected): set --config.dpo.loss_type to kto or another to match"
-        )
     init, abstract = abstract_state(cfg, config.opt, config.seed, objective)
     placement = parallel.make_placement(config.parallel, abstract, batch_rows(config))
+    check_run(objective, dataset, config, placement.mode, latest is not None or source is not None)
     per_device = config.batch_size // jax.device_count()
-    if objective.kind == "dpo" and placement.mode == "pmap" and config.batch_size % jax.device_count():
-        raise ValueError(
-            f"pmap mode splits batch_size={config.batch_size} preference pairs over {jax.device_count()} "
-            "devices, each pair on one: use a batch_size divisible by the device count"
-        )
     if placement.mode == "pmap" and per_device % config.grad_accum:
         raise ValueError(
             f"pmap mode gives each of the {jax.device_count()} devices {per_device} rows of batch_size="
             f"{config.batch_size}, not divisible by grad_accum={config.grad_accum}; use a grad_accum that "
             "divides it"
-        )
-    if objective.reference and latest is None and source is None:
-        raise ValueError(
-            "DPO (data.format='preference') fine-tunes a trained model, its own reference: set "
-            "--config.init_from=<workdir, HF directory or Hub id>"
         )
     rows = placement.process_rows(batch_rows(config))
     n_params = count_params(abstract.params)
@@ -331,7 +318,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             params, initial = init_params(*source, cfg, abstract.params), placement.get_state(state)
             state = placement.put_state(initial.replace(params=with_lora(params, initial.params)))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
-    if not objective.reference and objective.kind == "dpo":  # SimPO: no reference
+    if objective.pairs and not objective.reference:  # SimPO, a reward model: no reference
         zeros = {
             f"{s}_reference": np.zeros((len(getattr(dataset, s)), 2), np.float32) for s in ("train", "val")
         }

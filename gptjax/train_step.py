@@ -8,96 +8,11 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from gptjax import dpo
+from gptjax import dpo, reward
 from gptjax.model import GPT, GPTConfig
 from gptjax.moe import AUX_LOSS, mean_aux_loss
+from gptjax.objective import LM, Objective  # noqa: F401 (Objective: gptjax.train_step's API)
 from gptjax.optim import freeze
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """What training minimises: "lm", the next-token cross entropy (pretraining, supervised fine-tuning),
-    or "dpo", a preference loss of pairs (gptjax.dpo: its beta, label smoothing, loss type, rpo_alpha)."""
-
-    kind: str = "lm"
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    loss: str = "sigmoid"  # dpo.LOSSES
-    rpo_alpha: float = 0.0
-    simpo_gamma: float = 0.5
-    desirable_weight: float = 1.0  # KTO's
-    undesirable_weight: float = 1.0
-    # "lm" on a mixture-of-experts model (GPTConfig.n_experts; create_train_state sets it): the loss trained
-    # on is the cross entropy + router_aux_coef * the layers' mean load-balancing loss (moe.mean_aux_loss),
-    # as HF MixtralForCausalLM adds its router_aux_loss_coef, and "router_aux_loss" a metric. None: dense.
-    router_aux_coef: float | None = None
-
-    def __post_init__(self):
-        if self.kind not in ("lm", "dpo"):
-            raise ValueError(f"objective {self.kind!r} is unknown; use 'lm' or 'dpo'")
-        if self.kind != "dpo":
-            return
-        if not (self.beta > 0 and 0 <= self.label_smoothing < 0.5 and self.rpo_alpha >= 0):
-            raise ValueError(
-                f"dpo.beta={self.beta} must be > 0, dpo.label_smoothing={self.label_smoothing} in [0, 0.5) "
-                f"and dpo.rpo_alpha={self.rpo_alpha} >= 0; TRL's defaults are 0.1, 0 and 0 (off)"
-            )
-        if self.loss not in dpo.LOSSES:
-            raise ValueError(f"dpo.loss_type={self.loss!r} is unknown; use one of {dpo.LOSSES}")
-        if self.loss == "kto" and (
-            self.rpo_alpha or min(self.desirable_weight, self.undesirable_weight) <= 0
-        ):
-            raise ValueError(
-                f"dpo.loss_type='kto' takes no rpo_alpha ({self.rpo_alpha}) and weights > 0 "
-                f"(desirable_weight={self.desirable_weight}, undesirable_weight={self.undesirable_weight})"
-            )
-        if self.loss == "orpo" and self.rpo_alpha:
-            raise ValueError(
-                "dpo.loss_type='orpo' has its NLL term (weight 1) already; set dpo.rpo_alpha to 0"
-            )
-        if self.label_smoothing and self.loss not in ("sigmoid", "simpo"):
-            raise ValueError(
-                f"dpo.label_smoothing smooths the sigmoid and simpo losses, not {self.loss!r}; set it to 0"
-            )
-
-    @classmethod
-    def from_config(cls, config) -> "Objective":
-        """DPO for preference pairs (config.data.format="preference", config.dpo), else the LM loss."""
-        if config.data.get("format") != "preference":
-            return cls()
-        c = config.get("dpo") or {}
-        return cls(
-            "dpo",
-            c.get("beta", 0.1),
-            c.get("label_smoothing", 0.0),
-            c.get("loss_type", "sigmoid"),
-            c.get("rpo_alpha", 0.0),
-            c.get("simpo_gamma", 0.5),
-            c.get("desirable_weight", 1.0),
-            c.get("undesirable_weight", 1.0),
-        )
-
-    @property
-    def reference(self) -> bool:
-        """Whether the loss compares with a reference model (not SimPO's or ORPO's)."""
-        return self.kind == "dpo" and self.loss not in dpo.REFERENCE_FREE
-
-    @property
-    def nll_weight(self) -> float:
-        """The weight of the chosen answers' NLL in the loss: rpo_alpha, ORPO's 1."""
-        return 1.0 if self.loss == "orpo" else self.rpo_alpha
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """Step metrics beside the loss."""
-        if self.kind != "dpo":
-            return ("router_aux_loss",) if self.router_aux_coef is not None else ()
-        if self.loss == "kto":
-            return dpo.KTO_METRICS
-        return (*dpo.METRICS, "nll_loss") if self.nll_weight else dpo.METRICS
-
-
-LM = Objective()  # the default: next-token cross entropy
 
 
 class TrainState(train_state.TrainState):
@@ -148,6 +63,10 @@ def loss_fn(
     `router_aux` is False (evaluation: the cross entropy alone, comparable with a dense model's). DPO
     leaves it out, as TRL's DPOTrainer by default (it adds it only with output_router_logits)."""
     rngs = {"dropout": dropout_rng}
+    if objective.kind == "reward":  # each row's score at its last answer token (gptjax.reward)
+        x_BT, y_BT = batch[:2]
+        scores_BT, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
+        return reward.reward_loss(reward.row_rewards(scores_BT, y_BT), objective.center_rewards_coef)
     if objective.kind == "dpo":
         x_BT, y_BT, ref_BT = batch
         variables = {"params": freeze(params)}
@@ -185,8 +104,8 @@ def _micro_batches(batch: tuple[jax.Array, ...], grad_accum: int) -> tuple[jax.A
 
 def weights(y_KBT: jax.Array, objective: Objective) -> jax.Array:
     """What each batch of y_KBT ([..., B, T]) counts for in a mean over several, as float32: "lm" the
-    targets trained on (not IGNORE), "dpo" its pairs (each one loss)."""
-    if objective.kind == "dpo":
+    targets trained on (not IGNORE), "dpo" and "reward" its pairs (each one loss)."""
+    if objective.pairs:
         return jnp.full(y_KBT.shape[:-2], y_KBT.shape[-2] / 2, jnp.float32)
     return jnp.sum(y_KBT >= 0, axis=(-2, -1)).astype(jnp.float32)
 

@@ -636,7 +636,7 @@ def expected_param_count(cfg: GPTConfig) -> int:
         + (C * D if cfg.position == "learned" else 0)  # wpe
         + L * block
         + layer_norm  # ln_f
-        + (0 if cfg.tie_embeddings else V * D)  # lm_head
+        + (D if cfg.score_head else 0 if cfg.tie_embeddings else V * D)  # a reward model's score, lm_head
     )
 
 
@@ -744,6 +744,7 @@ CONFIG_VARIANTS = {
     "digits": [None, "uncond"],
     "cifar10": [None, "cond", "imagegpt"],
     "sft": [None, "tiny"],
+    "reward": [None, "tiny"],
 }
 CONFIGS = [
     (path.stem, arg)
