@@ -1,5 +1,6 @@
 """GPT-2 and ImageGPT weights between Hugging Face directories (config.json + model.safetensors) and gptjax;
-Llama-family models (Llama, Mistral, Qwen2, Qwen3, Mixtral) go both ways through gptjax.llama.
+Llama-family models (Llama, Mistral, Qwen2, Qwen3, Mixtral) go both ways through gptjax.llama; reward
+models (GPTConfig.score_head: HF's *ForSequenceClassification with num_labels=1) too, via gptjax.hf_reward.
 
 One table, `weight_map`, names every weight on both sides with its shape; import and export both read
 it, so export -> import is exact. HF's Conv1D stores weights [in, out] like a flax Dense kernel, and
@@ -34,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from configs import shakespeare_char
+from gptjax import hf_reward
 from gptjax.checkpoint import Checkpointer
 from gptjax.data.tokens import write_atomically
 from gptjax.hf_hub import resolve_hf_dir
@@ -101,7 +103,7 @@ def weight_map(cfg: GPTConfig) -> WeightMap:
         rows += dense(f"{hf}.mlp.c_fc", (ours, "mlp", "fc"), D, cfg.mlp_width)
         rows += dense(f"{hf}.mlp.c_proj", (ours, "mlp", "proj"), cfg.mlp_width, D)
     rows += norm("transformer.ln_f", ("ln_f",))
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings and not cfg.score_head:  # a reward model's score: hf_reward.score_from_hf
         rows.append(("lm_head.weight", ("lm_head",), (cfg.predicted_vocab, D)))
     return rows
 
@@ -149,6 +151,7 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
         norm="rms" if image else "layer",
         norm_eps=float(hf.get("layer_norm_epsilon", LAYER_NORM_EPS)),
         output_vocab=hf["vocab_size"] - 1 if image else 0,  # ImageGPT never predicts its start token
+        score_head=hf_reward.is_reward_model(hf),  # a GPT2ForSequenceClassification with one label
     )
 
 
@@ -188,7 +191,7 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         )
     gelu = {v: k for k, v in reversed(HF_GELUS.items())}[cfg.gelu]  # the first HF name of each form
     model_type = "imagegpt" if image else "gpt2"
-    return {
+    config = {
         "architectures": [HF_CLASSES[model_type]],
         "model_type": model_type,
         "vocab_size": cfg.vocab_size,
@@ -208,6 +211,7 @@ def hf_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         "eos_token_id": getattr(tokenizer, "eos_id", None),
         "dtype": "float32",
     }
+    return hf_reward.reward_config(config, cfg, tokenizer)  # a reward model's: GPT2ForSequenceClassification
 
 
 def check_same_model(
@@ -266,8 +270,9 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, 
 
     Token rows are padded with zeros to cfg.padded_vocab; layers are stacked when cfg.scan_layers.
     """
+    roots = ("transformer.", "lm_head.", "score.")  # GPT2Model's names have no "transformer."
     weights = {
-        (k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v  # GPT2Model: no prefix
+        (k if k.startswith(roots) else f"transformer.{k}"): v
         for k, v in weights.items()
         if not k.endswith(_BUFFER_SUFFIXES)
     }
@@ -287,6 +292,7 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[str, 
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = w
+    params.update(hf_reward.score_from_hf(weights, cfg))  # a reward model's score (score.weight)
     if weights:
         raise ValueError(
             f"HF weights {sorted(weights)[:5]} ({len(weights)} in all) have no gptjax counterpart"
@@ -318,7 +324,7 @@ def params_to_hf(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
             got = None if node is None else tuple(np.shape(node))
             raise ValueError(f"param {'/'.join(path)} has shape {got}, expected {ours} for {cfg}")
         out[hf] = np.ascontiguousarray(np.asarray(node, np.float32)[: shape[0]])  # pad rows dropped
-    return out
+    return {**out, **hf_reward.score_to_hf(params, cfg)}
 
 
 def _config_json(directory: str | pathlib.Path) -> dict[str, Any]:
@@ -375,8 +381,9 @@ def refuse_other_files(directory: pathlib.Path, ours: Sequence[str], export: str
 
 
 def save_hf(directory: str | pathlib.Path, params: Any, cfg: GPTConfig, tokenizer: Any = None) -> None:
-    """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads,
-    and the tokenizer's files when it has an HF equivalent (`save_hf_tokenizer`).
+    """Writes config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads
+    (or hf_config's class: a Llama's, a reward model's *ForSequenceClassification), and the tokenizer's
+    files when it has an HF equivalent (`save_hf_tokenizer`).
 
     The directory is written whole and swapped in at once (`write_atomically`): a killed export leaves
     an earlier one as it was, and no file of an earlier export (another tokenizer's) outlives it. A
@@ -480,7 +487,8 @@ def hf_to_workdir(
 def workdir_to_hf(
     workdir: str | pathlib.Path, hf_dir: str | pathlib.Path, step: int | None = None
 ) -> GPTConfig:
-    """Exports a gptjax checkpoint's params as an HF GPT-2 (or, for norm="rms", ImageGPT) directory."""
+    """Exports a gptjax checkpoint's params as an HF directory (save_hf): a GPT-2, for norm="rms" an
+    ImageGPT, for a Llama's shape a Llama, for a reward model its *ForSequenceClassification."""
     params, cfg, tokenizer, _ = load_params(workdir, step)
     save_hf(hf_dir, params, cfg, tokenizer)
     return cfg

@@ -24,13 +24,15 @@ down_proj, moe_intermediate_size wide), whose router weights are renormalised on
 refused. gptjax.convert reads these directories through here, and exports a model of that shape
 (`is_llama`) as a Llama (with a sliding window as a Mistral, with experts as a Mixtral), with qkv_bias as
 a Qwen2, with qk_norm as a Qwen3 (with experts as a Qwen3-MoE); qk_norm with qkv_bias, or qkv_bias with
-experts: no HF class, refused.
+experts: no HF class, refused. Their reward models (GPTConfig.score_head: LlamaForSequenceClassification
+and the others' with num_labels=1: `model.*` weights and score.weight) go both ways too (gptjax.hf_reward).
 """
 
 from typing import Any
 
 import numpy as np
 
+from gptjax import hf_reward
 from gptjax.layers import default_mlp_width
 from gptjax.model import GPTConfig, stack_layers
 
@@ -116,6 +118,7 @@ def config_from_llama(hf: dict[str, Any]) -> GPTConfig:
         n_inner=0 if F == default_mlp_width(D, "swiglu") else F,
         norm="rms",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        score_head=hf_reward.is_reward_model(hf),  # a *ForSequenceClassification with one label
         **experts,
     )
 
@@ -222,7 +225,8 @@ def params_from_llama(weights: dict[str, np.ndarray], cfg: GPTConfig) -> dict[st
             }
     params["ln_f"] = {"scale": take("model.norm.weight", (D,))}
     head = weights.pop("lm_head.weight", None)
-    if not cfg.tie_embeddings:
+    params.update(hf_reward.score_from_hf(weights, cfg))  # a reward model's score, in place of the head
+    if not cfg.tie_embeddings and not cfg.score_head:
         if head is None:
             raise ValueError(f"HF weights have no 'lm_head.weight' (an untied head) for {cfg}")
         weights["lm_head.weight"] = head
@@ -362,7 +366,7 @@ def llama_config(cfg: GPTConfig, tokenizer: Any = None) -> dict[str, Any]:
         config["layer_types"] = [kind] * cfg.n_layer
     if model_type == "qwen2":  # its biases are on q, k and v only, where attention_bias adds o_proj's
         del config["attention_bias"]
-    return config
+    return hf_reward.reward_config(config, cfg, tokenizer)  # a reward model's: *ForSequenceClassification
 
 
 def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
@@ -408,6 +412,6 @@ def params_to_llama(params: Any, cfg: GPTConfig) -> dict[str, np.ndarray]:
                 {f"{hf}.self_attn.{n}_norm.weight": f32(layer["attn"][f"{n}_norm"]["scale"]) for n in "qk"}
             )
     out["model.norm.weight"] = f32(params["ln_f"]["scale"])
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings and not cfg.score_head:
         out["lm_head.weight"] = f32(params["lm_head"][:V])
-    return out
+    return {**out, **hf_reward.score_to_hf(params, cfg)}
