@@ -296,6 +296,18 @@ class Completion:
 
 
 def load(model: Any) -> tuple[Any, GPTConfig, Any, dict]:
+    """load_any's (params, config, tokenizer, saved defaults); a reward model (score_head) is refused."""
+    params, config, tokenizer, saved = load_any(model)
+    if config.score_head:
+        name = model if isinstance(model, str | os.PathLike) else "the model"
+        raise ValueError(
+            f"{name} is a reward model (model.score_head): it scores texts, it does not generate; pass it "
+            "as --reward_model to scripts/sample.py (gptjax.scoring)"
+        )
+    return params, config, tokenizer, saved
+
+
+def load_any(model: Any) -> tuple[Any, GPTConfig, Any, dict]:
     """(params, config, tokenizer, saved sample defaults) of a workdir, an HF model directory (config.json
     and weights, read as scripts/convert.py --from_hf reads it; the defaults HF generate() takes from its
     generation_config.json) or a (params, config, tokenizer)."""

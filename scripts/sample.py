@@ -5,10 +5,13 @@
   python scripts/sample.py --workdir=W --assistant=DRAFT_WORKDIR --num_assistant_tokens=5 --temperature=1
   python scripts/sample.py --workdir=W --prompt=FILE:article.txt --prompt_lookup_num_tokens=10   # no draft
   python scripts/sample.py --workdir=W --chat --prompt="What is 2+2?"   # a model fine-tuned on conversations
+  python scripts/sample.py --workdir=W --reward_model=RM --best_of=16 --num_samples=2   # best-of-n
 
 Options left unset take the values saved with the model's config (config.sample), then the defaults of
 gptjax.sample.GenerateOptions (HF generate() names and meanings). One sample streams to the terminal as
 it is generated; several are printed when done. --out=F.jsonl also writes one JSON object per sample.
+With --reward_model (a configs/reward.py workdir) each prompt's samples are scored by it (gptjax.scoring)
+and printed best first, each with its reward; --best_of=N generates N and prints the best --num_samples.
 """
 
 import contextlib
@@ -18,7 +21,7 @@ import sys
 
 from absl import flags
 
-from gptjax import cli, sample
+from gptjax import cli, sample, scoring
 from gptjax.data import chat
 
 flags.DEFINE_string(
@@ -85,6 +88,17 @@ flags.DEFINE_integer(
     " rate to stderr.",
 )
 flags.DEFINE_integer("max_matching_ngram_size", None, "Prompt lookup: the longest n-gram looked up (2).")
+flags.DEFINE_string(
+    "reward_model",
+    None,
+    "A reward model's workdir (configs/reward.py): it scores each prompt's samples, printed best first with"
+    " their rewards (best-of-n). Its own tokenizer reads the texts.",
+)
+flags.DEFINE_integer(
+    "best_of",
+    None,
+    "With --reward_model: generate this many samples per prompt, print the best --num_samples.",
+)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -100,7 +114,9 @@ def read_prompt(prompt: str) -> str:
 
 def main(argv):
     del argv
+    n = scoring.samples_to_draw(FLAGS.num_samples, FLAGS.best_of, FLAGS.reward_model)
     model = sample.load(FLAGS.workdir)
+    rm = scoring.RewardModel.load(FLAGS.reward_model) if FLAGS.reward_model else None
     prompts = [read_prompt(p) for p in FLAGS.prompt or [model[3].get("prompt") or "\n"]]
     options = {name: FLAGS[name].value for name in OPTIONS if FLAGS[name].value is not None}
     if "early_stopping" in options:
@@ -110,6 +126,7 @@ def main(argv):
     if "stop" in options:
         options["stop"] = [cli.unescape(s) for s in options["stop"]]
     shown_prompt = "" if FLAGS.chat else prompts[0]  # printed before a single sample's text
+    asked = [[{"role": "user", "content": p}] if FLAGS.chat else p for p in prompts]  # what rm reads
     if FLAGS.chat:
         prompts = [chat.generation_prompt([{"role": "user", "content": p}], model[2]) for p in prompts]
         options["stop"] = [*options.get("stop", []), *chat.stops(model[2])]
@@ -121,8 +138,8 @@ def main(argv):
             )
         options["bad_words_ids"] = words
     # Stream one sample as it comes; the saved defaults count too (a saved num_beams > 1 is beam search).
-    merged = sample.merged_options(model[3], model[2], num_return_sequences=FLAGS.num_samples, **options)
-    single = len(prompts) == 1 and merged.num_return_sequences == 1 and merged.mode not in sample.BEAM_MODES
+    merged = sample.merged_options(model[3], model[2], num_return_sequences=n, **options)
+    single = len(prompts) == 1 and n == 1 and merged.mode not in sample.BEAM_MODES and not rm
     # A bad --out fails now, not after generating; "a" keeps an old file until there is something to write.
     out = open(FLAGS.out, "a", encoding="utf-8") if FLAGS.out else contextlib.nullcontext()
     shown = False
@@ -142,7 +159,7 @@ def main(argv):
             model,
             prompts,
             stream=single and stream,
-            num_return_sequences=FLAGS.num_samples,
+            num_return_sequences=n,
             **assisted,
             **options,
         )
@@ -150,9 +167,17 @@ def main(argv):
             print(shown_prompt, end="", flush=True)
         if single:
             print(flush=True)  # the streamed text ends its line
+        rewards = [None] * len(completions)
+        if rm:  # each prompt's best FLAGS.num_samples of its n, best first
+            answers = [
+                [{"role": "assistant", "content": c.text}] if FLAGS.chat else c.text for c in completions
+            ]
+            best = scoring.best_of_n(rm, [a for a in asked for _ in range(n)], answers, n, FLAGS.num_samples)
+            completions, rewards = [completions[i] for i, _ in best], [r for _, r in best]
         if not single:
-            for i, c in enumerate(completions):
-                print(f"----- sample {i} -----\n{'' if FLAGS.chat else c.prompt}{c.text}", flush=True)
+            for i, (c, r) in enumerate(zip(completions, rewards, strict=True)):
+                head = f"sample {i}" if r is None else f"sample {i}, reward {r:.4f}"
+                print(f"----- {head} -----\n{'' if FLAGS.chat else c.prompt}{c.text}", flush=True)
         if FLAGS.assistant or merged.prompt_lookup_num_tokens:  # on stderr: stdout stays the text
             rates = [c.acceptance_rate for c in completions]
             if FLAGS.assistant:
@@ -169,7 +194,7 @@ def main(argv):
             )
         if FLAGS.out:
             out.truncate(0)
-            for c in completions:
+            for c, r in zip(completions, rewards, strict=True):
                 record = dict(
                     prompt=c.prompt,
                     text=c.text,
@@ -179,6 +204,8 @@ def main(argv):
                 )
                 if c.acceptance_rate is not None:
                     record["acceptance_rate"] = round(c.acceptance_rate, 4)
+                if r is not None:
+                    record["reward"] = round(r, 6)
                 out.write(json.dumps(record) + "\n")
 
 
