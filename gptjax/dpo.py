@@ -84,31 +84,50 @@ def kto_loss(
     beta: float,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """KTO's mean loss (module doc) of the pairs of rows (an example's answer, a mismatched answer, ...)
-    labelled `desirable_b` (1 or 0), and KTO_METRICS."""
+    labelled `desirable_b` (1 or 0), and KTO_METRICS. Under pmap, `axis_name` names the device axis: the
+    KL estimate is the mean over every device's mismatched pairs (TRL's, gathered over processes), and
+    the reward margin over every device's examples, as one device computes them on the whole batch."""
     ratio_b2 = (policy_B - ref_B).reshape(-1, 2)
-    kl = jax.lax.stop_gradient(jnp.maximum(jnp.mean(ratio_b2[:, 1]), 0.0))
+    mean = jnp.mean(ratio_b2[:, 1])
+    if axis_name is not None:  # each device holds an equal share of the pairs
+        mean = jax.lax.pmean(mean, axis_name)
+    kl = jax.lax.stop_gradient(jnp.maximum(mean, 0.0))
     r_b, good_b = ratio_b2[:, 0], desirable_b > 0.5
     loss_b = jnp.where(
         good_b,
         desirable_weight * (1 - jax.nn.sigmoid(beta * (r_b - kl))),
         undesirable_weight * (1 - jax.nn.sigmoid(beta * (kl - r_b))),
     )
-    mean_reward = lambda m_b: beta * jnp.sum(jnp.where(m_b, r_b, 0)) / jnp.maximum(jnp.sum(m_b), 1)  # noqa: E731
+
+    def mean_reward(m_b):  # over every device's examples too
+        total, count = beta * jnp.sum(jnp.where(m_b, r_b, 0)), jnp.sum(m_b)
+        if axis_name is not None:
+            total, count = jax.lax.psum((total, count), axis_name)
+        return total / jnp.maximum(count, 1)
+
     metrics = {"reward_margin": mean_reward(good_b) - mean_reward(~good_b), "kl": kl}
     return jnp.mean(loss_b), {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
 def pairs_loss(
-    sum_B: jax.Array, ref_B: jax.Array, tokens_B: jax.Array, objective: Any, labels_b: jax.Array | None = None
+    sum_B: jax.Array,
+    ref_B: jax.Array,
+    tokens_B: jax.Array,
+    objective: Any,
+    labels_b: jax.Array | None = None,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The loss of `objective` (gptjax.train_step.Objective: beta, label_smoothing, loss, simpo_gamma,
     nll_weight, KTO's weights) and its metrics, from the rows' summed answer log-probabilities `sum_B`,
-    the reference's `ref_B`, the answers' lengths `tokens_B` and (KTO) each pair's label `labels_b`."""
+    the reference's `ref_B`, the answers' lengths `tokens_B` and (KTO) each pair's label `labels_b`
+    (and pmap's `axis_name`, for KTO's KL estimate over every device)."""
     o, policy_B = objective, sum_B
     if o.loss == "kto":
-        return kto_loss(sum_B, ref_B, labels_b, o.beta, o.desirable_weight, o.undesirable_weight)
+        weights = (o.desirable_weight, o.undesirable_weight)
+        return kto_loss(sum_B, ref_B, labels_b, o.beta, *weights, axis_name=axis_name)
     if o.loss in MEAN_LOSSES:
         per_token = jnp.maximum(tokens_B, 1).astype(jnp.float32)
         policy_B, ref_B = sum_B / per_token, ref_B / per_token

@@ -282,7 +282,7 @@ def _pmap_eval(grad_accum: int):
     def fn(state, batches):  # each device's means count by its share of the targets trained on (pairs)
         weights_K = weights(batches[1], state.objective)
         total_K = jnp.maximum(jax.lax.psum(weights_K, "devices"), 1.0)
-        means = eval_steps(state, batches, grad_accum)
+        means = eval_steps(state, batches, grad_accum, axis_name="devices")
         return {k: jax.lax.psum(v_K * weights_K, "devices") / total_K for k, v_K in means.items()}
 
     pmapped = jax.pmap(fn, axis_name="devices")

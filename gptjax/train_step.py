@@ -50,6 +50,7 @@ def loss_fn(
     deterministic: bool,
     objective: Objective = LM,
     router_aux: bool = True,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss, the objective's metrics). "lm": the mean next-token cross entropy in float32 over the
     targets not IGNORE'd (the model computes it: GPTConfig.loss_chunk); `batch` is (x_BT, y_BT), or
@@ -74,7 +75,8 @@ def loss_fn(
             variables, x_BT, deterministic=deterministic, rngs=rngs, targets_BT=y_BT, row_logps=True
         )
         ref_B, labels_b = ref_BT[:, 0], ref_BT[0::2, 1]  # KTO's labels (gptjax.data.preference.get_pairs)
-        return dpo.pairs_loss(sum_B, ref_B, jnp.sum(y_BT >= 0, axis=-1), objective, labels_b)
+        tokens_B = jnp.sum(y_BT >= 0, axis=-1)
+        return dpo.pairs_loss(sum_B, ref_B, tokens_B, objective, labels_b, axis_name)
     x_BT, y_BT, *segments = batch
     moe = objective.router_aux_coef is not None
     out = apply_fn(
@@ -141,8 +143,9 @@ def train_step(
     def micro_step(carry, micro):
         loss_sum, aux_sum, grad_sum = carry
         i, micro_batch = micro
+        rng = jax.random.fold_in(step_rng, i)
         (loss, aux), grads = grad_fn(
-            state.params, state.apply_fn, micro_batch, jax.random.fold_in(step_rng, i), False, objective
+            state.params, state.apply_fn, micro_batch, rng, False, objective, axis_name=axis_name
         )
         share = weights(micro_batch[1], objective) / total
         grad_sum = jax.tree_util.tree_map(lambda a, g: a + g * share.astype(g.dtype), grad_sum, grads)
@@ -183,14 +186,18 @@ def train_steps(
     return jax.lax.scan(step, state, batches)
 
 
-def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1) -> dict[str, jax.Array]:
+def eval_step(
+    state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int = 1, axis_name: str | None = None
+) -> dict[str, jax.Array]:
     """{"loss", the objective's metrics}: their means on a batch over its targets trained on (DPO: its
     pairs; as train_step), dropout off, the loss without a MoE's router loss (loss_fn), over `grad_accum`
-    equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once."""
+    equal micro-batches one at a time (`lax.map`): the activations of one micro-batch at once. `axis_name`:
+    pmap's device axis (KTO's KL estimate is over every device)."""
     micro_batches = _micro_batches(batch, grad_accum)
 
     def metrics(micro):
-        loss, aux = loss_fn(state.params, state.apply_fn, micro, state.rng, True, state.objective, False)
+        objective = state.objective
+        loss, aux = loss_fn(state.params, state.apply_fn, micro, state.rng, True, objective, False, axis_name)
         return {"loss": loss, **aux}
 
     metrics_K = jax.lax.map(metrics, micro_batches)
@@ -200,10 +207,10 @@ def eval_step(state: TrainState, batch: tuple[jax.Array, ...], grad_accum: int =
 
 
 def eval_steps(
-    state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1
+    state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1, axis_name: str | None = None
 ) -> dict[str, jax.Array]:
     """eval_step's metrics [K] of K batches (x_KBT, y_KBT[, segments_KBT or ref_KBT]), one at a time."""
-    return jax.lax.map(lambda batch: eval_step(state, batch, grad_accum), batches)
+    return jax.lax.map(lambda batch: eval_step(state, batch, grad_accum, axis_name), batches)
 
 
 def answer_logps_steps(state: TrainState, batches: tuple[jax.Array, ...], grad_accum: int = 1) -> jax.Array:
