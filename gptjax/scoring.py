@@ -18,7 +18,8 @@ length bucket. Causal attention never lets a text see the padding after it, and 
 text's reward does not depend on what it is batched with.
 
 `best_of_n` keeps the best k of each prompt's n samples (HF's and OpenAI's best_of): scripts/sample.py
---reward_model=WORKDIR [--best_of=N] prints them best first with their rewards.
+--reward_model=WORKDIR [--best_of=N] prints them best first with their rewards. `pair_accuracy` is how
+well it ranks preference pairs: scripts/eval.py --workdir=RM --pairs=FILE.
 """
 
 import dataclasses
@@ -165,3 +166,19 @@ def best_of_n(
         order = np.argsort(-rewards[start : start + n], kind="stable")[:k]
         best += [(start + int(i), float(rewards[start + i])) for i in order]
     return best
+
+
+def pair_accuracy(reward_model: Any, pairs: Sequence, batch_size: int = BATCH_ROWS) -> dict[str, float]:
+    """How a reward model ranks preference pairs (where, prompt, chosen, rejected) as
+    gptjax.data.preference.pair_records reads them (RewardBench's accuracy): the share of pairs whose
+    chosen answer scores strictly higher, the mean margin r(chosen) - r(rejected), the mean reward."""
+    rm = RewardModel.load(reward_model)
+    prompts = [p for _, p, _, _ in pairs]
+    chosen = rm.score(prompts, [c for _, _, c, _ in pairs], batch_size)
+    rejected = rm.score(prompts, [r for _, _, _, r in pairs], batch_size)
+    return {
+        "pairs": len(pairs),
+        "accuracy": float(np.mean(chosen > rejected)),
+        "margin": float(np.mean(chosen - rejected)),
+        "mean_reward": float(np.mean([chosen, rejected])),
+    }

@@ -5,6 +5,7 @@ on multiple-choice questions (HellaSwag): accuracy.
   python scripts/eval.py --workdir=W --split=val --random_batches=2000 [--group=20]
   python scripts/eval.py --workdir=W --split=val     # an image model: every val image, bits per dim
   python scripts/eval.py --workdir=W --choices=hellaswag_val.jsonl [--limit=1000]
+  python scripts/eval.py --workdir=RM --pairs=PAIRS.jsonl [--split=val]   # a reward model: accuracy
 
 --text is a file, a glob or "tiny_shakespeare"; --split=val|train takes the part of it that training
 used as that split (config.data.val_fraction, cut by characters), default all. --random_batches=N
@@ -13,7 +14,10 @@ workdir's own data split, and how much the mean of --group of them (eval_iters) 
 model (configs/digits.py) is evaluated on every image of its own data's --split: nats and bits per
 pixel. --choices scores every choice of every example as the continuation of its context
 (gptjax.evaluate.read_choices names the formats: HellaSwag's jsonl as published, or context/choices/label)
-and gives acc and acc_norm as lm-eval defines them. Prints one JSON object.
+and gives acc and acc_norm as lm-eval defines them. A reward model (configs/reward.py) is evaluated on
+preference pairs (--pairs: a file, glob or directory as config.data.source takes them; --split=train|val
+the part training used as that split): the share ranked right, as RewardBench counts it, the mean margin
+and reward. Prints one JSON object.
 """
 
 import json
@@ -23,9 +27,11 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from gptjax import cli, evaluate
+from gptjax import cli, evaluate, scoring
 from gptjax.data import load_text
 from gptjax.data.from_config import image_source, load_data
+from gptjax.data.preference import pair_records
+from gptjax.data.sft import files_name, source_files, train_count
 from gptjax.data.sources import BUILTINS
 from gptjax.train import load_params
 
@@ -45,6 +51,7 @@ flags.DEFINE_integer(
 flags.DEFINE_string("source", None, "An image model: images to evaluate on (default: its training data).")
 flags.DEFINE_string("choices", None, "A JSON-lines file of multiple-choice examples (HellaSwag's).")
 flags.DEFINE_integer("limit", None, "--choices: the first N examples only.", lower_bound=1)
+flags.DEFINE_string("pairs", None, "A reward model: preference pairs to rank (JSON lines, Parquet, a glob).")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -52,6 +59,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     params, cfg, tokenizer, config = load_params(FLAGS.workdir, FLAGS.step)
+    if cfg.score_head or FLAGS.pairs:
+        pairs = _pairs(cfg, config)
+        result = scoring.pair_accuracy((params, cfg, tokenizer), pairs, FLAGS.batch_size)
+        print(json.dumps({"workdir": FLAGS.workdir, "pairs": FLAGS.pairs, "split": FLAGS.split, **result}))
+        return
     if FLAGS.choices:
         if tokenizer.kind == "palette":
             raise ValueError("--choices scores text; this is an image model")
@@ -103,6 +115,27 @@ def main(argv):
         text = text[:n] if FLAGS.split == "train" else text[n:]
     result = evaluate.text_loss(params, cfg, tokenizer, text, FLAGS.batch_size)
     print(json.dumps({"workdir": FLAGS.workdir, "text": FLAGS.text, "split": FLAGS.split, **result}))
+
+
+def _pairs(cfg, config) -> list:
+    """The --pairs a reward model ranks (their --split, cut as training splits them); one line for a
+    language model given --pairs, or a reward model given anything else."""
+    if not cfg.score_head:
+        raise ValueError(
+            f"--pairs ranks preference pairs by a reward model's scores; {FLAGS.workdir} is a language "
+            "model: evaluate it with --text, --random_batches or --choices"
+        )
+    if not FLAGS.pairs or FLAGS.text or FLAGS.choices or FLAGS.random_batches:
+        raise ValueError(
+            f"{FLAGS.workdir} is a reward model: evaluate it on preference pairs with --pairs=FILE.jsonl "
+            "(and no --text, --choices or --random_batches)"
+        )
+    files = source_files(FLAGS.pairs)
+    pairs = pair_records(files)
+    if FLAGS.split != "all":
+        n = train_count(files_name(files), len(pairs), config.data.get("val_fraction", 0.1), "pair")
+        pairs = pairs[:n] if FLAGS.split == "train" else pairs[n:]
+    return pairs
 
 
 if __name__ == "__main__":

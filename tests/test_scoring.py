@@ -20,7 +20,7 @@ from configs import reward as reward_config
 from configs import sft
 from gptjax import reward, sample, scoring
 from gptjax.data import CharTokenizer
-from gptjax.data.preference import load_preference_dataset
+from gptjax.data.preference import load_preference_dataset, pair_records
 from gptjax.data.sft import decode_rows
 from gptjax.metric_writer import read_metrics
 from gptjax.model import GPT
@@ -184,6 +184,25 @@ def test_best_of_n_prints_each_prompts_best_samples_with_their_rewards(runs, tmp
     assert np.mean(texts_P3[:, 0] == [c for _, c, _ in held_out]) >= 0.85, texts_P3
 
 
+@pytest.mark.slow
+def test_eval_ranks_the_val_pairs_as_training_split_them(runs):
+    """scripts/eval.py --workdir=RM --pairs=F --split=val: the val pairs of F as the run split them (its
+    val_fraction), ranked as pair_accuracy ranks them; the chosen answer wins nearly always."""
+    pairs, rm_dir, _ = runs
+    source = rm_dir.parent / "pairs.jsonl"
+    args = [f"--workdir={rm_dir}", f"--pairs={source}", "--split=val", "--batch_size=32"]
+    done = subprocess.run(
+        [sys.executable, "scripts/eval.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    records = pair_records([source])[900:]
+    assert [(p, c, r) for _, p, c, r in records] == pairs[900:]
+    want = scoring.pair_accuracy(rm_dir, records)
+    assert got["pairs"] == want["pairs"] == 100 and got["accuracy"] == want["accuracy"] > 0.9, got
+    assert got["margin"] == pytest.approx(want["margin"], rel=1e-5) and got["margin"] > 0
+
+
 def test_best_of_needs_a_reward_model_and_enough_samples():
     assert scoring.samples_to_draw(2, None, None) == 2 and scoring.samples_to_draw(2, 8, "rm") == 8
     with pytest.raises(ValueError, match="--best_of=4 keeps the samples a reward model rates best; pass"):
@@ -196,7 +215,7 @@ def test_best_of_needs_a_reward_model_and_enough_samples():
 def test_a_model_of_the_wrong_kind_is_one_line(runs):
     """A language model is no reward model, a reward model does not generate (gptjax.sample.load, so
     complete, generate and the server refuse it), and scripts/sample.py says either in one line, as it
-    does --best_of's misuse."""
+    does --best_of's misuse; scripts/eval.py ranks pairs with a reward model only, and only pairs."""
     _, rm_dir, policy_dir = runs
     with pytest.raises(ValueError, match="is a language model, not a reward model .*; train one with config"):
         scoring.RewardModel.load(policy_dir)
@@ -208,17 +227,20 @@ def test_a_model_of_the_wrong_kind_is_one_line(runs):
         ([f"--workdir={rm_dir}"], f"{rm_dir} {message}"),
         ([f"--workdir={policy_dir}", f"--reward_model={policy_dir}"], f"{policy_dir} is a language model"),
         ([f"--workdir={policy_dir}", "--best_of=4"], "--best_of=4 keeps the samples"),
+        ([f"--workdir={policy_dir}", "--pairs=p.jsonl"], "--pairs ranks preference pairs by a reward"),
+        ([f"--workdir={rm_dir}", "--text=tiny_shakespeare"], f"{rm_dir} is a reward model: evaluate it on"),
     ]
     running = [
         subprocess.Popen(
-            [sys.executable, "scripts/sample.py", "--prompt=abcd>", *args],
+            [sys.executable, *(["scripts/eval.py"] if i > 2 else ["scripts/sample.py", "--prompt=abcd>"])]
+            + args,
             cwd=REPO,
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for args, _ in cases
+        for i, (args, _) in enumerate(cases)
     ]
     for process, (_, start) in zip(running, cases, strict=True):
         stdout, stderr = process.communicate(timeout=120)

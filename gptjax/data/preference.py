@@ -104,6 +104,16 @@ def read_pairs(
 ) -> list[tuple[str, list[list[tuple[str, bool]]], bool]]:
     """(where, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair in `files`."""
     pairs = []
+    for where, prompt, *answers in pair_records(files):
+        answers = [_answer(where, prompt, a, tokenizer, k) for k, a in zip(ANSWERS, answers, strict=True)]
+        pairs.append((where, [pieces for pieces, _ in answers], answers[0][1]))
+    return pairs
+
+
+def pair_records(files: list[pathlib.Path]) -> list[tuple[str, object, object, object]]:
+    """(where, prompt, chosen, rejected) of every pair in `files`, checked (strings, or lists of messages
+    with the implicit prompt taken out); a one-line DataError for a bad one or none."""
+    pairs = []
     for where, obj in records(files, _EXAMPLE, ("prompt", *ANSWERS)):
         if (
             isinstance(obj, dict)
@@ -123,8 +133,7 @@ def read_pairs(
             raise DataError(
                 f"{where}: prompt, chosen and rejected must be all strings or all lists ({kinds})"
             )
-        answers = [_answer(where, obj["prompt"], obj[k], tokenizer, k) for k in ANSWERS]
-        pairs.append((where, [pieces for pieces, _ in answers], answers[0][1]))
+        pairs.append((where, obj["prompt"], *(obj[k] for k in ANSWERS)))
     if not pairs:
         raise DataError(f"{files_name(files)} holds no pairs; give it one JSON object per line, {_EXAMPLE}")
     return pairs
