@@ -196,15 +196,25 @@ def test_a_llama_exports_exactly_and_transformers_loads_it(tmp_path):
     np.testing.assert_allclose(got[..., :50], want, atol=1e-4, rtol=0)
 
 
-def test_a_llama_lora_run_is_not_exported_as_gpt2_adapters():
+def test_a_llama_reward_models_lora_run_is_not_exported_as_peft_adapters():
+    """Its score head trains beside the adapters, and a causal LM adapter does not hold it
+    (Llama adapters export and import: tests/test_peft_llama.py)."""
     from gptjax.hf_lora import adapters_to_peft
     from gptjax.model import GPTConfig
 
     cfg = GPTConfig(
-        vocab_size=8, n_embd=16, n_head=2, position="rope", mlp="swiglu", norm="rms", bias=False, lora_rank=2
+        vocab_size=8,
+        n_embd=16,
+        n_head=2,
+        position="rope",
+        mlp="swiglu",
+        norm="rms",
+        bias=False,
+        lora_rank=2,
+        score_head=True,
     )
     with pytest.raises(
-        ValueError, match="PEFT export names GPT-2's layers, not a Llama's; export the merged"
+        ValueError, match="trains its score head too, .* export the merged model with --to_hf"
     ):
         adapters_to_peft({}, cfg)
 
