@@ -60,10 +60,10 @@ def test_a_rows_reward_is_its_last_answer_tokens_score_whatever_follows():
     x_BT, y_BT = decode_rows(rows_BR)
     np.testing.assert_array_equal(reward.last_positions(jnp.asarray(y_BT)), [5, 7, 0])
 
-    params = GPT(CFG).init(jax.random.key(0), x_BT)["params"]
+    params = jax.jit(GPT(CFG).init)(jax.random.key(0), x_BT)["params"]
+    apply = jax.jit(lambda x_BT: GPT(CFG).apply({"params": params}, x_BT)[0])
     x_BT = np.where(np.arange(8) >= 6, 33, x_BT)  # any padding token
-    scores_BT, _ = GPT(CFG).apply({"params": params}, jnp.asarray(x_BT))
-    alone, _ = GPT(CFG).apply({"params": params}, jnp.asarray(text[None]))
+    scores_BT, alone = apply(jnp.asarray(x_BT)), apply(jnp.asarray(text[None]))
     got = reward.row_rewards(scores_BT, jnp.asarray(y_BT))
     np.testing.assert_allclose(got[0], alone[0, -1], rtol=1e-5)
     assert scores_BT.shape == (3, 8) and scores_BT.dtype == jnp.float32
@@ -71,10 +71,9 @@ def test_a_rows_reward_is_its_last_answer_tokens_score_whatever_follows():
         GPT(CFG).apply({"params": params}, jnp.asarray(x_BT), targets_BT=jnp.asarray(y_BT))
 
 
-@pytest.mark.parametrize("mode", ["pmap", "mesh"])
-def test_reward_steps_on_every_placement_equal_one_device(mode):
-    """The reward step over 8 devices (pmap: a pair per device; mesh: data=2, fsdp=2, tensor=2), its
-    evaluation, and 2 micro-batches all give what one device gives on the same pairs."""
+def test_reward_steps_under_pmap_and_in_micro_batches_equal_one_device():
+    """The reward step over 8 devices (pmap: a pair per device), its evaluation, and 2 micro-batches give
+    what one device gives on the same pairs. (A mesh places pairs as DPO's: tests/test_dpo.py.)"""
     config = reward_config.get_config("tiny")
     config.opt.lr = 3e-4  # Adam's first steps are +-lr wherever a gradient is float noise: keep them small
     init, abstract = abstract_state(CFG, config.opt, 0, Objective("reward", center_rewards_coef=0.01))
@@ -86,7 +85,7 @@ def test_reward_steps_on_every_placement_equal_one_device(mode):
     close(accumulated.params, single.params)
     assert not np.allclose(single.params["score"], jax.jit(init)().params["score"])
 
-    config.parallel.update(mode=mode, mesh=dict(data=2, fsdp=2, tensor=2))
+    config.parallel.mode = "pmap"
     placement = parallel.make_placement(config.parallel, abstract, 16)
     state = placement.put_state(jax.jit(init)())
     state, metrics = placement.step_fn(grad_accum=1)(state, placement.put_batch(batches))
@@ -100,11 +99,12 @@ def test_lora_trains_the_score_head_beside_the_adapters():
     """A LoRA reward model (PEFT's SEQ_CLS task): the adapters and the new score head train, the base does
     not; the loss gives the head a gradient."""
     cfg = dataclasses.replace(CFG, lora_rank=4)
-    state = create_train_state(cfg, make_optimizer(reward_config.get_config().opt, lora=True), 0, REWARD)
+    tx = make_optimizer(reward_config.get_config().opt, lora=True)
+    state = jax.jit(functools.partial(create_train_state, cfg, tx, 0, REWARD))()
     mask = trainable(state.params)
     assert mask["score"] and not mask["wte"]["embedding"] and mask["h_0"]["attn"]["c_attn"]["lora_b"]
     x, y, ref = (jnp.asarray(a[0]) for a in dpo_batches())
-    grads = jax.grad(lambda p: loss_fn(p, state.apply_fn, (x, y, ref), state.rng, True, REWARD)[0])(
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, state.apply_fn, (x, y, ref), state.rng, True, REWARD)[0]))(
         state.params
     )
     assert np.abs(grads["score"]).max() > 0 and np.abs(grads["h_0"]["attn"]["c_attn"]["kernel"]).max() == 0
@@ -116,16 +116,16 @@ def test_an_hf_language_model_starts_a_reward_model_without_its_lm_head(tmp_path
     make_llama(tmp_path / "hf", tie_word_embeddings=False)
     lm, lm_cfg = convert.load_hf(tmp_path / "hf")
     cfg = dataclasses.replace(lm_cfg, score_head=True)
-    _, abstract = abstract_state(cfg, reward_config.get_config().opt, 0, REWARD)
+    init, abstract = abstract_state(cfg, reward_config.get_config().opt, 0, REWARD)
     start = init_params("hf", tmp_path / "hf", cfg, abstract.params)
     assert "lm_head" in lm and start.keys() == lm.keys() - {"lm_head"}
     close(start, {k: v for k, v in lm.items() if k != "lm_head"})
-    fresh = create_train_state(cfg, make_optimizer(reward_config.get_config().opt), 0, REWARD).params
+    fresh = jax.jit(init)().params
     params = with_lora(start, fresh)
     np.testing.assert_array_equal(params["score"], fresh["score"])
     x_BT = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 6)), jnp.int32)
-    scores_BT, _ = GPT(cfg).apply({"params": params}, x_BT)
-    hidden = GPT(lm_cfg).apply({"params": lm}, x_BT, capture_intermediates=True)  # ln_f's output . score
+    scores_BT, _ = jax.jit(GPT(cfg).apply)({"params": params}, x_BT)
+    hidden = jax.jit(functools.partial(GPT(lm_cfg).apply, capture_intermediates=True))({"params": lm}, x_BT)
     ln_f_BTD = hidden[1]["intermediates"]["ln_f"]["__call__"][0]
     np.testing.assert_allclose(scores_BT, ln_f_BTD @ params["score"], rtol=1e-4, atol=1e-5)
 
