@@ -33,8 +33,8 @@ import jax
 import numpy as np
 
 from gptjax import decode, reward
-from gptjax.data.preference import _answer
-from gptjax.data.sft import _encode, _example, decode_rows, pad, with_bos
+from gptjax.data.preference import _answer, answer_row
+from gptjax.data.sft import decode_rows, pad
 from gptjax.model import GPT, GPTConfig
 
 BATCH_ROWS = 16  # rows per forward pass (one compilation per length bucket; pass 1 for single long texts)
@@ -82,16 +82,11 @@ class RewardModel:
                 f"{len(prompts)} prompts and {len(completions)} completions; give one prompt per completion"
             )
         tokenizer, length = self.tokenizer, self.config.block_size + 1
-        eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
         values, cut = [], 0
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             where = f"text {i} scored by {self.name}"
             pieces, ends_with_eos = _answer(where, prompt, completion, tokenizer)
-            ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
-            ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
-            if ends_with_eos:
-                ids[-1] = (ids[-1][0] + eos, True)
-            row, how = _example(ids, length)
+            row, how = answer_row(where, pieces, ends_with_eos, tokenizer, length)
             if not len(row):
                 raise ValueError(f"{where}: the prompt and the completion are both empty; give one some text")
             if len(row) > 1 and not (row[1:] >= 0).any():  # nothing after the prompt: read its last token

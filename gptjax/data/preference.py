@@ -139,17 +139,23 @@ def pair_records(files: list[pathlib.Path]) -> list[tuple[str, object, object, o
     return pairs
 
 
+def answer_row(where: str, pieces, ends_with_eos: bool, tokenizer, length: int) -> tuple[np.ndarray, int]:
+    """(row values, how it was cut: sft._example's) of one answer's (text, trained) pieces: BOS where the
+    tokenizer adds one, the answer's EOS when `ends_with_eos`, at most `length` values. gptjax.scoring
+    reads a text with a reward model through here, so its rows are training's."""
+    ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
+    ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
+    if ends_with_eos and tokenizer.eos_id is not None:
+        ids[-1] = (ids[-1][0] + [tokenizer.eos_id], True)
+    return _example(ids, length)
+
+
 def _rows(name: str, pairs, tokenizer, length: int) -> np.ndarray:
     """[N, 2, length] rows of the pairs; warns once with how many answers' rows were cut."""
-    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     values, cut = [], 0
     for where, answers, ends_with_eos in pairs:
         for pieces in answers:
-            ids = [(_encode(where, tokenizer, text), trained) for text, trained in pieces]
-            ids[0] = (with_bos(tokenizer, ids[0][0]), ids[0][1])
-            if ends_with_eos:
-                ids[-1] = (ids[-1][0] + eos, True)
-            row, how = _example(ids, length)
+            row, how = answer_row(where, pieces, ends_with_eos, tokenizer, length)
             if not (row[1:] >= 0).any():  # a row's first value is only read, never a target
                 raise DataError(
                     f"{where}: an answer gives no token to train on after its prompt; give every answer "
