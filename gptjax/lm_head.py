@@ -58,11 +58,16 @@ def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(valid_BT, loss_BT, 0.0)) / jnp.maximum(jnp.sum(valid_BT), 1)
 
 
-def target_logps(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-    """[B] float32: each row's summed log-probability of its targets (>= 0; DPO's answer tokens)."""
+def token_logps(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """[B, T] float32: the log-probability of each target (>= 0; GRPO's completion tokens), 0 elsewhere."""
     logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
     logp_BT = jnp.take_along_axis(logp_BTV, jnp.maximum(targets_BT, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(targets_BT >= 0, logp_BT, 0.0), axis=-1)
+    return jnp.where(targets_BT >= 0, logp_BT, 0.0)
+
+
+def target_logps(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """[B] float32: each row's summed log-probability of its targets (>= 0; DPO's answer tokens)."""
+    return jnp.sum(token_logps(logits_BTV, targets_BT), axis=-1)
 
 
 def _chunks(x_BT_: jax.Array, chunk: int, fill) -> jax.Array:

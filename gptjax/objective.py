@@ -1,22 +1,24 @@
-"""What training minimises (Objective: the LM loss, a DPO-family preference loss, or a reward model's
-pairwise loss), read from the config, and the one-line checks that the data, the starting model and the
-placement fit it. The steps themselves are gptjax.train_step's."""
+"""What training minimises (Objective: the LM loss, a DPO-family preference loss, a reward model's
+pairwise loss, or GRPO's policy loss), read from the config, and the one-line checks that the data, the
+starting model and the placement fit it. The steps themselves are gptjax.train_step's."""
 
 import dataclasses
 from typing import Any
 
 import jax
 
-from gptjax import dpo, reward
+from gptjax import dpo, grpo, reward
 
-KINDS = ("lm", "dpo", "reward")
+KINDS = ("lm", "dpo", "reward", "grpo")
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """What training minimises: "lm", the next-token cross entropy (pretraining, supervised fine-tuning),
     "dpo", a preference loss of pairs (gptjax.dpo: its beta, label smoothing, loss type, rpo_alpha), or
-    "reward", a reward model's loss of the same pairs (gptjax.reward: its center_rewards_coef)."""
+    "reward", a reward model's loss of the same pairs (gptjax.reward: its center_rewards_coef), or "grpo",
+    the clipped policy loss of the policy's own samples (gptjax.grpo: beta its KL weight, and the grpo_*
+    fields below)."""
 
     kind: str = "lm"
     beta: float = 0.1
@@ -31,10 +33,19 @@ class Objective:
     # as HF MixtralForCausalLM adds its router_aux_loss_coef, and "router_aux_loss" a metric. None: dense.
     router_aux_coef: float | None = None
     center_rewards_coef: float = 0.0  # "reward": TRL's center_rewards_coefficient (0: off)
+    grpo_loss: str = "dapo"  # "grpo": how token losses average (grpo.LOSSES)
+    epsilon: float = 0.2  # "grpo": the ratio's clip range below 1
+    epsilon_high: float = 0.2  # and above 1
+    importance_level: str = "token"  # "grpo": per-token ratios, or "sequence" (GSPO)
+    temperature: float = 1.0  # "grpo": the sampling temperature, which divides the logits of the loss too
+    max_completion: int = 1  # "grpo": max_new_tokens, dr_grpo's denominator
+    on_policy: bool = True  # "grpo": num_iterations == 1, the sampler is the policy
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"objective {self.kind!r} is unknown; use one of {KINDS}")
+        if self.kind == "grpo":
+            self._check_grpo()
         if self.center_rewards_coef < 0:
             raise ValueError(
                 f"reward.center_rewards_coefficient={self.center_rewards_coef} must be >= 0 (0: off; TRL "
@@ -65,11 +76,27 @@ class Objective:
                 f"dpo.label_smoothing smooths the sigmoid and simpo losses, not {self.loss!r}; set it to 0"
             )
 
+    def _check_grpo(self) -> None:
+        if self.grpo_loss not in grpo.LOSSES:
+            raise ValueError(f"grpo.loss_type={self.grpo_loss!r} is unknown; use one of {grpo.LOSSES}")
+        if self.importance_level not in grpo.LEVELS:
+            raise ValueError(
+                f"grpo.importance_sampling_level={self.importance_level!r} is unknown; use one of "
+                f"{grpo.LEVELS}"
+            )
+        if not (self.beta >= 0 and self.epsilon > 0 and self.epsilon_high > 0 and self.temperature > 0):
+            raise ValueError(
+                f"grpo.beta={self.beta} must be >= 0, grpo.epsilon={self.epsilon}, epsilon_high="
+                f"{self.epsilon_high} and temperature={self.temperature} > 0 (TRL's: 0, 0.2, 0.2, 1)"
+            )
+
     @classmethod
     def from_config(cls, config: Any) -> "Objective":
         """A reward model's loss for a score-head model (config.model.score_head, config.reward), DPO's for
         preference data (config.data.format="preference", config.dpo), else the LM loss."""
         score_head = config.model.get("score_head")
+        if config.get("grpo") is not None:
+            return cls.from_grpo(config.grpo)
         if config.data.get("format") != "preference":
             if score_head:
                 raise ValueError(
@@ -92,6 +119,21 @@ class Objective:
             undesirable_weight=c.get("undesirable_weight", 1.0),
         )
 
+    @classmethod
+    def from_grpo(cls, g: Any) -> "Objective":
+        """GRPO's, from config.grpo (configs/grpo.py; epsilon_high 0: epsilon's)."""
+        return cls(
+            "grpo",
+            beta=g.beta,
+            grpo_loss=g.loss_type,
+            epsilon=g.epsilon,
+            epsilon_high=g.epsilon_high or g.epsilon,
+            importance_level=g.importance_sampling_level,
+            temperature=g.temperature,
+            max_completion=g.max_new_tokens,
+            on_policy=g.num_iterations == 1,
+        )
+
     @property
     def pairs(self) -> bool:
         """Whether batches are preference pairs (gptjax.data.preference.get_pairs): DPO's and rewards'."""
@@ -112,6 +154,8 @@ class Objective:
         """Step metrics beside the loss."""
         if self.kind == "reward":
             return reward.METRICS
+        if self.kind == "grpo":
+            return ("kl", *grpo.METRICS) if self.beta > 0 else grpo.METRICS
         if self.kind != "dpo":
             return ("router_aux_loss",) if self.router_aux_coef is not None else ()
         if self.loss == "kto":
@@ -126,6 +170,8 @@ def check_run(objective: Objective, dataset: Any, config: Any, mode: str, starts
     """One-line ValueErrors, before anything runs, for an objective that cannot learn from `dataset`
     (gptjax.data.Dataset: unpaired examples carry train_labels), be placed in parallel.mode `mode`, or
     start from scratch (not `starts_trained`: no checkpoint to resume, no init_from model)."""
+    if objective.kind == "grpo":  # gptjax.grpo.check_config checked the run before its data was read
+        return
     unpaired = dataset.train_labels is not None
     if objective.kind == "reward" and unpaired:
         raise ValueError(

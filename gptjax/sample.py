@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import decode
+from gptjax.data.prompts import prompt_ids
 from gptjax.model import GPTConfig
 from gptjax.sampling import (  # noqa: F401  (re-exported: gptjax.sample.TopK etc.)
     BEAM_MODES,
@@ -364,20 +365,6 @@ def merged_options(saved: dict, tokenizer: Any, **options: Any) -> GenerateOptio
     options = {**defaults, **{k: v for k, v in options.items() if v is not None}}
     options.setdefault("eos_token_id", tokenizer.eos_id)
     return GenerateOptions(**options)
-
-
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """A prompt's token ids as HF's tokenizer(prompt) gives them: BOS first for a tokenizer that adds it
-    (a Llama's: HFTokenizer.with_bos); an empty prompt starts from the BOS (else EOS) token."""
-    ids = tokenizer.encode(prompt)
-    if hasattr(tokenizer, "with_bos"):
-        ids = tokenizer.with_bos(ids)
-    if not ids:
-        start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-        if start is None:
-            raise ValueError("the prompt is empty and the tokenizer has no BOS/EOS token to start from")
-        ids = [start]
-    return ids
 
 
 def complete(

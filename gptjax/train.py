@@ -23,11 +23,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from gptjax import benchmark, dpo, image, parallel, profiling
+from gptjax import benchmark, dpo, grpo, image, parallel, profiling
 from gptjax import data as data_lib
 from gptjax.checkpoint import Checkpointer, StepVanished
 from gptjax.data.from_config import check_format, check_same_images, load_data, make_tokenizer
 from gptjax.data.preference import get_pairs
+from gptjax.data.prompts import load_prompts
 from gptjax.init_from import (
     check_resumable,
     fill_model,
@@ -36,6 +37,7 @@ from gptjax.init_from import (
     saved_model,
     source_model,
 )
+from gptjax.loop_checks import check_finite, check_loop, check_resume
 from gptjax.metric_writer import MetricWriter, plot_losses
 from gptjax.model import GPTConfig, count_params, drop_lora, merge_lora, with_lora
 from gptjax.objective import LM, Objective, check_run
@@ -134,57 +136,12 @@ def evaluate(state, dataset: data_lib.Dataset, config: Any, placement: parallel.
     return out
 
 
-def _check_finite(step: int, metrics: dict) -> None:
-    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-    if bad:
-        raise FloatingPointError(
-            f"training diverged at step {step}: {bad}; the last good checkpoint is kept. "
-            "Lower config.opt.lr or raise config.opt.warmup_iters"
-        )
-
-
-def _check_loop(config: Any) -> int:
-    """One-line errors for loop settings that cannot work, before anything runs; returns steps_per_call."""
-    counts = ("batch_size", "grad_accum", "steps_per_call", "eval_interval", "eval_iters", "log_interval")
-    for name in (*counts, "checkpoint_interval", "keep_checkpoints"):  # keep 0: every checkpoint deleted
-        if config[name] < 1:
-            raise ValueError(f"{name}={config[name]} must be >= 1")
-    if config.max_iters < 0:
-        raise ValueError(f"max_iters={config.max_iters} must be >= 0")
-    if config.batch_size % config.grad_accum:
-        raise ValueError(
-            f"batch_size={config.batch_size} is not divisible by grad_accum={config.grad_accum}; "
-            "use a grad_accum that divides it"
-        )
-    k = config.steps_per_call
-    for name in ("eval_interval", "checkpoint_interval", "max_iters"):
-        if config[name] % k:
-            raise ValueError(f"{name}={config[name]} must be a multiple of steps_per_call={k}")
-    return k
-
-
-def _check_resume(step: int, config: Any, workdir: pathlib.Path) -> None:
-    """A run resumes at a multiple of steps_per_call (the calls must land on the intervals and end at
-    max_iters: a shorter first call would compile a second step) and no later than max_iters."""
-    if step > config.max_iters:
-        raise ValueError(
-            f"{workdir} holds step {step}, past max_iters={config.max_iters}; set max_iters >= {step} "
-            "or use a fresh workdir"
-        )
-    k = config.steps_per_call
-    if step < config.max_iters and step % k:
-        raise ValueError(
-            f"resuming at step {step}, which is not a multiple of steps_per_call={k}; "
-            f"set steps_per_call={math.gcd(step, k)} (it divides the step and the intervals)"
-        )
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
 
     Returns a summary: final step, best and last val loss, wall time and training tokens/s.
     """
-    K = _check_loop(config)
+    K = check_loop(config)
     parallel.init_distributed(config.parallel)
     if "://" in str(workdir):  # pathlib would make gs://B/x a local directory "gs:/B/x"
         raise ValueError(
@@ -243,7 +200,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     check_format(config.data)  # before fetching a model to fine-tune
     meta: dict[str, Any] = {}
     if latest is not None:
-        _check_resume(latest, config, workdir)
+        check_resume(latest, config, workdir)
         saved = resumed.restore_json(latest)
         check_same_images(saved["config"].get("data", {}), config.data, workdir)
         tokenizer = data_lib.tokenizer_from_json(saved["tokenizer"])
@@ -267,9 +224,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         config = fill_model(config, source_model(*source), f"init_from={config.init_from}")
 
     # ----- Data. -----
-    dataset = load_data(config.data, tokenizer, block_size=config.model.block_size)
+    if config.get("grpo") is not None:  # prompts, whose completions the loop samples (gptjax.grpo)
+        grpo.check_config(config, latest is not None or source is not None)
+        room = config.model.block_size + 1 - config.grpo.max_new_tokens  # a row holds prompt + completion
+        dataset = load_prompts(
+            config.data.source, val_fraction=config.data.val_fraction, tokenizer=tokenizer, max_tokens=room
+        )
+    else:
+        dataset = load_data(config.data, tokenizer, block_size=config.model.block_size)
     tokenizer = dataset.tokenizer
-    for split in ("train", "val"):  # fail now, with one clear line, rather than in the loop
+    for split in ("train", "val") if config.get("grpo") is None else ():  # one clear line now, not later
         pairs = getattr(dataset, split) if config.data.get("format") == "preference" else None
         reference = None if pairs is None else np.zeros((len(pairs), 2), np.float32)  # not computed yet
         batches(getattr(dataset, split), config, seed=0, steps=range(1), split=split, reference=reference)
@@ -303,6 +267,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         lora = f" ({n_lora:,} trained: LoRA rank {cfg.lora_rank} on {','.join(cfg.lora_targets)})"
     print(f"model: {n_params / 1e6:.2f}M parameters{lora}, {cfg}", flush=True)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mode {placement.mode}", flush=True)
+    start_params = None  # a fine-tuning run's starting weights (GRPO's reference)
     if latest is not None:
         if placement.mode == "mesh":  # restore each shard straight onto its device
             abstract = jax.tree_util.tree_map(
@@ -316,6 +281,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             state = placement.put_state(jax.jit(init)())
         if source is not None:
             params, initial = init_params(*source, cfg, abstract.params), placement.get_state(state)
+            start_params = params
             state = placement.put_state(initial.replace(params=with_lora(params, initial.params)))
             print(f"fine-tuning from {config.init_from} ({source[1]})", flush=True)
     if objective.pairs and not objective.reference:  # SimPO, a reward model: no reference
@@ -328,6 +294,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         put = lambda xy: logps_fn(state, placement.put_batch(xy, batch_rows(config)))  # noqa: E731
         logps = functools.partial(dpo.reference_logps, put, batch_pairs=config.batch_size, rows=rows)
         dataset = dpo.with_reference(dataset, workdir, logps if latest is None else None)  # resumed: read
+    rollouts = None  # GRPO: batches sampled by the policy
+    if objective.kind == "grpo":
+        reference = None  # beta > 0 with every weight trained: the init_from model, read again on resume
+        if config.grpo.beta > 0 and not cfg.lora_rank:
+            reference = start_params
+            if reference is None:
+                reference = init_params(*init_source(config.init_from, tokenizer)[0], cfg, abstract.params)
+        rollouts = grpo.Rollouts(config, dataset, cfg, reference)
     if resumed is not None:
         resumed.close()
     ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -340,9 +314,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     lr_by_step = np.asarray(jax.jit(jax.vmap(lr_schedule(config.opt)))(jnp.arange(config.max_iters + 1)))
     writer = MetricWriter(workdir, resume_step=start)
     tokens_per_step = batch_rows(config) * config.model.block_size
-    best_val = meta.get("best_val_loss", float("inf"))
+    # The best val loss, or for GRPO the best val reward (higher is better).
+    best_key, better, worst = (
+        ("best_val_reward", max, -math.inf) if rollouts else ("best_val_loss", min, math.inf)
+    )
+    best_val = meta.get(best_key, worst)
     saved_config = config.to_dict()
     eval_records: dict[int, dict] = {}
+    rollout_records: dict[int, dict] = {}  # GRPO: each step's rewards, logged with its metrics
 
     def save(step: int) -> None:
         ckpt.save(
@@ -350,23 +329,31 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             placement.state_to_save(state),
             config=saved_config,
             tokenizer=tokenizer.to_json(),
-            meta={"best_val_loss": best_val, "n_params": n_params},
+            meta={best_key: best_val, "n_params": n_params},
         )
 
-    def evaluate_and_log(step: int) -> dict:
+    def evaluate_and_log(step: int) -> float:
+        """Evaluates, logs and returns the val loss (GRPO: the val prompts' mean reward)."""
         nonlocal best_val
-        means = evaluate(state, dataset, config, placement)
-        losses = {split: means[split]["loss"] for split in means}
-        _check_finite(step, losses)
-        best_val = min(best_val, losses["val"])
-        record = {"eval_train_loss": losses["train"], **{f"val_{k}": v for k, v in means["val"].items()}}
+        if rollouts is not None:
+            means = rollouts.evaluate(placement.get_state(state).params, step)
+            val, record, text = means["reward"], {f"val_{k}": v for k, v in means.items()}, ""
+        else:
+            means = evaluate(state, dataset, config, placement)
+            losses = {split: means[split]["loss"] for split in means}
+            check_finite(step, losses)
+            val = losses["val"]
+            record = {"eval_train_loss": losses["train"], **{f"val_{k}": v for k, v in means["val"].items()}}
+            means, text = means["val"], f"train loss {losses['train']:.4f}, "
+        best_val = better(best_val, val)
         if step % config.log_interval == 0 and step < config.max_iters:
             eval_records[step] = record  # joins this step's training metrics in one record
         else:
             writer.write(step, record)
-        more = "".join(f", val {k.replace('_', ' ')} {v:.4f}" for k, v in means["val"].items() if k != "loss")
-        tqdm.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{more}")
-        return losses
+        tqdm.write(
+            f"step {step}: {text}" + ", ".join(f"val {k.replace('_', ' ')} {v:.4f}" for k, v in means.items())
+        )
+        return val
 
     t_start = time.time()
     t_log, tokens_since_log = time.time(), 0
@@ -383,7 +370,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         values_K = {k: np.asarray(v) for k, v in jax.device_get(placement.metrics(metrics)).items()}
         try:
             for j in range(K) if check else logged:
-                _check_finite(first + j, {k: float(v[j]) for k, v in values_K.items()})
+                check_finite(first + j, {k: float(v[j]) for k, v in values_K.items()})
         except FloatingPointError:  # keep the evaluation that waited for this step's metrics
             for step, record in eval_records.items():
                 writer.write(step, record)
@@ -407,7 +394,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             }
             if utilisation is not None:
                 record["mfu"] = utilisation
-            writer.write(step, {**record, **values, **eval_records.pop(step, {})})
+            writer.write(
+                step, {**record, **values, **rollout_records.pop(step, {}), **eval_records.pop(step, {})}
+            )
+        for step in [s for s in rollout_records if s < first + K]:  # steps not logged
+            del rollout_records[step]
         mfu_text = {"mfu": f"{utilisation:.1%}"} if utilisation is not None else {}
         pbar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{tok_s:,.0f}", **mfu_text)
 
@@ -436,14 +427,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                 t_log, tokens_since_log = time.time(), 0  # evaluation time is not training time
             if due_save:
                 save(step)
-            xy = batches(
-                dataset.train,
-                config,
-                seed=config.seed,
-                steps=range(step, step + K),
-                rows=rows,
-                reference=dataset.train_reference,
-            )
+            if rollouts is not None:  # sampled by the policy as it is now (K is 1)
+                xy, rollout_records[step] = rollouts.batch(placement.get_state(state).params, step, rows)
+            else:
+                xy = batches(
+                    dataset.train,
+                    config,
+                    seed=config.seed,
+                    steps=range(step, step + K),
+                    rows=rows,
+                    reference=dataset.train_reference,
+                )
             if step == profile_from:
                 profiling.start_trace(workdir / "profile")
                 tracing = True
@@ -470,6 +464,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
 
     # ----- Final evaluation, checkpoint and loss curve. -----
     final = evaluate_and_log(config.max_iters)
+    val_key = "val_reward" if rollouts else "val_loss"
     save(config.max_iters)
     writer.close()
     ckpt.close()
@@ -478,8 +473,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         tqdm.write(image.samples_png(placement.get_state(state).params, cfg, tokenizer, config, workdir))
     summary = {
         "step": config.max_iters,
-        "val_loss": final["val"],
-        "best_val_loss": best_val,
+        val_key: final,
+        best_key: best_val,
         "wall_seconds": time.time() - t_start,
         "train_tokens_per_sec": train_tokens / train_seconds if train_seconds else None,
     }

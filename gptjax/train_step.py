@@ -8,7 +8,8 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from gptjax import dpo, reward
+from gptjax import dpo, grpo, reward
+from gptjax.lm_head import token_logps
 from gptjax.model import GPT, GPTConfig
 from gptjax.moe import AUX_LOSS, mean_aux_loss
 from gptjax.objective import LM, Objective  # noqa: F401 (Objective: gptjax.train_step's API)
@@ -68,6 +69,11 @@ def loss_fn(
         x_BT, y_BT = batch[:2]
         scores_BT, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
         return reward.reward_loss(reward.row_rewards(scores_BT, y_BT), objective.center_rewards_coef)
+    if objective.kind == "grpo":  # the completions' tokens, their advantages, old and reference logps
+        x_BT, y_BT, adv_BT, old_BT, ref_BT = batch
+        logits_BTV, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
+        logp_BT = token_logps(logits_BTV / objective.temperature, y_BT)
+        return grpo.grpo_loss(logp_BT, old_BT, ref_BT, adv_BT[:, 0], y_BT >= 0, objective)
     if objective.kind == "dpo":
         x_BT, y_BT, ref_BT = batch
         variables = {"params": freeze(params)}
@@ -106,9 +112,12 @@ def _micro_batches(batch: tuple[jax.Array, ...], grad_accum: int) -> tuple[jax.A
 
 def weights(y_KBT: jax.Array, objective: Objective) -> jax.Array:
     """What each batch of y_KBT ([..., B, T]) counts for in a mean over several, as float32: "lm" the
-    targets trained on (not IGNORE), "dpo" and "reward" its pairs (each one loss)."""
+    targets trained on (not IGNORE), "dpo" and "reward" its pairs (each one loss), "grpo" its completions
+    (its tokens for loss_type "dapo", a mean over the batch's tokens)."""
     if objective.pairs:
         return jnp.full(y_KBT.shape[:-2], y_KBT.shape[-2] / 2, jnp.float32)
+    if objective.kind == "grpo" and objective.grpo_loss != "dapo":
+        return jnp.full(y_KBT.shape[:-2], y_KBT.shape[-2], jnp.float32)
     return jnp.sum(y_KBT >= 0, axis=(-2, -1)).astype(jnp.float32)
 
 

@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import fcntl
 import os
 import pathlib
 
@@ -117,3 +118,61 @@ def tiny_batch():
 
     tokens = np.random.default_rng(0).integers(0, TINY_VOCAB, size=(4, 9), dtype=np.int32)
     return jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
+
+
+# ----- Models trained once per test run (the SFT policy of the scoring and DPO end-to-end tests). -----
+@pytest.fixture(scope="session")
+def made_once(tmp_path_factory):
+    """A function (name, make) -> directory: the directory `name` of this test run, which make(directory)
+    fills once. Under pytest-xdist every worker sees the same one (under the run's base temp directory):
+    the first to lock it makes it while the others wait, then use what it made; a make that fails leaves
+    it to the next. Without xdist, a fresh temp directory made at once."""
+
+    def once(name: str, make) -> pathlib.Path:
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            path = tmp_path_factory.mktemp(name)
+            make(path)
+            return path
+        path = tmp_path_factory.getbasetemp().parent / name  # the run's, shared by its workers
+        path.mkdir(exist_ok=True)
+        with open(path / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (path / "done").is_file():
+                make(path)
+                (path / "done").touch()
+        return path
+
+    return once
+
+
+def train_policy(tmp: pathlib.Path, pairs: list) -> None:
+    """In `tmp`: sft.jsonl, each pair's prompt answered in one style or the other at random, and policy/,
+    configs/sft.py:tiny trained on it."""
+    import numpy as np
+
+    from configs import sft
+    from gptjax.train import train_and_evaluate
+    from tests.test_dpo import write_lines
+
+    rng = np.random.default_rng(1)
+    mixed = [{"prompt": p, "completion": [c, r][rng.integers(2)]} for p, c, r in pairs]
+    config = sft.get_config("tiny")
+    config.data.source = write_lines(tmp / "sft.jsonl", mixed)
+    config.update(eval_interval=200, checkpoint_interval=200)
+    config.parallel.mode = "single"  # compiles faster than a mesh of the 8 test devices
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTJAX_CACHE_DIR", str(tmp / "cache"))  # never ~/.cache
+        train_and_evaluate(config, tmp / "policy")
+
+
+@pytest.fixture(scope="session")
+def sft_policy(made_once):
+    """(pairs, policy workdir, its sft.jsonl): configs/sft.py:tiny trained once per test run on the "two
+    answer styles" task (tests/test_dpo.py's style_pairs: 1,000 pairs, no ties, the first-letter answer
+    chosen, the last-letter one rejected), each prompt answered in one style or the other at random, so
+    the policy writes both. The tests only read it: a fine-tune init_from it writes its own workdir."""
+    from tests.test_dpo import style_pairs
+
+    pairs = [pair for pair in style_pairs(1200) if pair[1] != pair[2]][:1000]
+    tmp = made_once("sft_policy", lambda path: train_policy(path, pairs))
+    return pairs, tmp / "policy", tmp / "sft.jsonl"

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from configs import dpo as dpo_config
-from configs import sft
 from gptjax import dpo, parallel
 from gptjax import train_step as train_step_lib
 from gptjax.data import CharTokenizer, DataError
@@ -491,6 +490,21 @@ def test_against_itself_a_step_prefers_the_chosen_rows(objective, at_start):
     assert (delta[:, 0] > delta[:, 1]).all(), delta  # chosen up relative to rejected, every pair
 
 
+def assert_resumes_exactly(config, workdir, at: int, capsys) -> None:
+    """A copy of `workdir` without its last checkpoint (config.max_iters), as if killed after step `at`,
+    resumes there and ends with the uninterrupted run's parameters."""
+    resumed = workdir.parent / f"{workdir.name}_resumed"
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / str(config.max_iters))
+    capsys.readouterr()
+    train_and_evaluate(config, resumed)
+    assert f"/{resumed.name}/checkpoints at step {at}" in capsys.readouterr().out
+    whole, _, _, _ = load_params(workdir)
+    again, _, _, _ = load_params(resumed)
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def style_pairs(n: int, seed: int = 0):
     """Prompts of 4 letters a-h and ">"; two answer styles: the first letter three times (chosen) or the
     last one (rejected)."""
@@ -500,18 +514,14 @@ def style_pairs(n: int, seed: int = 0):
 
 
 @pytest.mark.slow
-def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp_path, tmp_cache, capsys):
-    """configs/sft.py:tiny learns both styles (each prompt answered one way or the other at random), so
-    greedy decoding answers about half the prompts in each; DPO from it on pairs (first-letter answer
-    chosen) makes the chosen style the answer. The run starts at ln 2, logs reward accuracy, saves the
-    reference, and a resumed run ends with the uninterrupted run's parameters."""
-    pairs = style_pairs(1000)
-    rng = np.random.default_rng(1)
-    mixed = [{"prompt": p, "completion": [c, r][rng.integers(2)]} for p, c, r in pairs]
-    config = sft.get_config("tiny")
-    config.data.source = write_lines(tmp_path / "sft.jsonl", mixed)
-    train_and_evaluate(config, tmp_path / "sft")
-
+def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(
+    sft_policy, tmp_path, tmp_cache, capsys
+):
+    """configs/sft.py:tiny learns both styles (conftest's sft_policy: each prompt answered one way or the
+    other at random), so greedy decoding answers about half the prompts in each; DPO from it on pairs
+    (first-letter answer chosen) makes the chosen style the answer. The run starts at ln 2, logs reward
+    accuracy, saves the reference, and a resumed run ends with the uninterrupted run's parameters."""
+    pairs, policy_dir, _ = sft_policy  # shared with other tests: only read here
     val = pairs[900:]
     prompts = [p for p, _, _ in val[:50]]
 
@@ -519,12 +529,12 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
         got = complete(workdir, prompts, max_new_tokens=4, do_sample=False)
         return np.mean([g.text == c for g, (_, c, _) in zip(got, val, strict=False)])
 
-    before = chosen_share(tmp_path / "sft")
+    before = chosen_share(policy_dir)
     assert 0.2 < before < 0.8, before  # both styles learned
 
     lines = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs]
     config = dpo_config.get_config("tiny")
-    config.update(init_from=str(tmp_path / "sft"))
+    config.update(init_from=str(policy_dir))
     config.data.source = write_lines(tmp_path / "pairs.jsonl", lines)
     summary = train_and_evaluate(config, tmp_path / "dpo")
     records = read_metrics(tmp_path / "dpo")
@@ -554,15 +564,7 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
 
     # Interrupted at step 50 (its checkpoint, the next one gone), resumed (the reference read back): the
     # same parameters.
-    shutil.copytree(tmp_path / "dpo", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "100")
-    capsys.readouterr()
-    train_and_evaluate(config, tmp_path / "resumed")
-    assert "/resumed/checkpoints at step 50" in capsys.readouterr().out
-    whole, _, _, _ = load_params(tmp_path / "dpo")
-    resumed, _, _, _ = load_params(tmp_path / "resumed")
-    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(resumed), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_resumes_exactly(config, tmp_path / "dpo", 50, capsys)
 
     # KTO from the same model on the pairs unpaired (chosen answers desirable, rejected ones not), each
     # split shuffled so that an example's mismatched completion is another prompt's.
@@ -574,6 +576,7 @@ def test_dpo_teaches_a_fine_tuned_model_the_chosen_style_and_resumes_exactly(tmp
         ]
         for part in (pairs[:900], pairs[900:])
     ]
+    rng = np.random.default_rng(1)
     lines = [line for part in unpaired for line in rng.permutation(part).tolist()]
     config.data.source = write_lines(tmp_path / "kto.jsonl", lines)
     config.dpo.loss_type = "kto"

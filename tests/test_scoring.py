@@ -3,7 +3,6 @@
 position), whatever it is batched with; a reward model trained from scratch ranks held-out pairs; best-of-n
 picks the chosen style from a policy that writes both; misuse is one line."""
 
-import fcntl
 import json
 import os
 import pathlib
@@ -25,57 +24,39 @@ from gptjax.data.sft import decode_rows
 from gptjax.metric_writer import read_metrics
 from gptjax.model import GPT
 from gptjax.train import load_params, train_and_evaluate
-from tests.test_dpo import style_pairs, write_lines
+from tests.test_dpo import write_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
 
-def train_models(tmp: pathlib.Path, pairs: list) -> None:
-    """In `tmp`: policy/, configs/sft.py:tiny trained on both answer styles (each prompt answered one way or
-    the other at random), and rm/, configs/reward.py:tiny fine-tuned from it on the pairs (first-letter
-    answer chosen, no ties), as a reward model is usually made (from scratch, it ranks pairs as well but
-    rates the malformed samples a policy also writes at random)."""
-    rng = np.random.default_rng(1)
-    mixed = [{"prompt": p, "completion": [c, r][rng.integers(2)]} for p, c, r in pairs]
-    config = sft.get_config("tiny")
-    config.data.source = write_lines(tmp / "sft.jsonl", mixed)
-    config.update(eval_interval=200, checkpoint_interval=200)
-    config.parallel.mode = "single"  # compiles faster than a mesh of the 8 test devices
-    train_and_evaluate(config, tmp / "policy")
-
+def train_reward_model(tmp: pathlib.Path, pairs: list, policy_dir: pathlib.Path) -> None:
+    """In `tmp`: pairs.jsonl (first-letter answer chosen, no ties) and rm/, configs/reward.py:tiny
+    fine-tuned on it from the policy (conftest's sft_policy: configs/sft.py:tiny trained on both answer
+    styles), as a reward model is usually made (from scratch, it ranks pairs as well but rates the malformed
+    samples a policy also writes at random)."""
     config = reward_config.get_config("tiny")
-    config.init_from = str(tmp / "policy")
+    config.init_from = str(policy_dir)
     for field in ("n_layer", "n_head", "n_embd", "block_size"):
         config.model[field] = None  # the policy's
     lines = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs]
     config.data.source = write_lines(tmp / "pairs.jsonl", lines)
     config.update(eval_interval=200, checkpoint_interval=200)
-    config.parallel.mode = "single"
+    config.parallel.mode = "single"  # compiles faster than a mesh of the 8 test devices
     train_and_evaluate(config, tmp / "rm")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """(pairs, reward-model workdir, policy workdir), trained once per test run: the pytest-xdist workers
-    share one directory, the first to lock it trains the models while the others wait."""
-    pairs = [pair for pair in style_pairs(1200) if pair[1] != pair[2]][:1000]
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        tmp = tmp_path_factory.mktemp("scoring")
-        train_models(tmp, pairs)
-        return pairs, tmp / "rm", tmp / "policy"
-    tmp = tmp_path_factory.getbasetemp().parent / "scoring_models"  # the run's, shared by its workers
-    tmp.mkdir(exist_ok=True)
-    with open(tmp / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (tmp / "done").is_file():
-            train_models(tmp, pairs)
-            (tmp / "done").touch()
-    return pairs, tmp / "rm", tmp / "policy"
+def runs(sft_policy, made_once):
+    """(pairs, reward-model workdir, policy workdir): the policy is conftest's sft_policy, the reward
+    model trained from it once per test run (shared by the pytest-xdist workers as the policy is)."""
+    pairs, policy_dir, _ = sft_policy
+    tmp = made_once("scoring_models", lambda path: train_reward_model(path, pairs, policy_dir))
+    return pairs, tmp / "rm", policy_dir
 
 
 @pytest.mark.slow
-def test_a_reward_model_fine_tuned_from_a_language_model_learns_the_pairs(runs, tmp_path):
+def test_a_reward_model_fine_tuned_from_a_language_model_learns_the_pairs(runs, sft_policy, tmp_path):
     """configs/reward.py:tiny from the policy (configs/sft.py:tiny, both styles): its fresh score head
     starts every pair near ln 2, and 200 steps rank the val pairs right; the workdir is a reward model, and
     a language model cannot be fine-tuned from it by mistake."""
@@ -88,7 +69,7 @@ def test_a_reward_model_fine_tuned_from_a_language_model_learns_the_pairs(runs, 
     assert params.keys() == policy.keys() | {"score"}
     config = sft.get_config("tiny")
     config.update(init_from=str(rm_dir), max_iters=10, eval_interval=10, checkpoint_interval=10)
-    config.data.source = str(rm_dir.parent / "sft.jsonl")
+    config.data.source = str(sft_policy[2])
     with pytest.raises(ValueError, match="is a reward model .* fine-tune it as one with --config.model"):
         train_and_evaluate(config, tmp_path / "lm")
 

@@ -237,11 +237,11 @@ def test_load_data_with_the_sft_config(tmp_path, tmp_cache, data_dir, variant, k
 
 
 def test_sft_configs_pass_the_training_loop_checks():
-    from gptjax.train import _check_loop
+    from gptjax.loop_checks import check_loop
 
     for variant in ("tiny", None):
         config = sft_config(variant, "s.jsonl")
-        assert _check_loop(config) == config.steps_per_call == 10
+        assert check_loop(config) == config.steps_per_call == 10
     with pytest.raises(ValueError, match="unknown variant 'big' of configs/sft.py"):
         sft_config("big", "s.jsonl")
 
@@ -251,8 +251,13 @@ def test_load_data_refuses_an_unknown_format(tmp_path):
     config.data.format = "chat"
     with pytest.raises(
         ValueError,
-        match=r"^data.format='chat' is unknown; use one of \['text', 'prompt_completion', 'preference'\]$",
+        match=r"^data.format='chat' is unknown; use one of "
+        r"\['text', 'prompt_completion', 'preference', 'prompt'\]$",
     ):
+        load_data(config.data, None, block_size=32)
+    config.data.format = "prompt"  # GRPO's prompts: read by its loop, which samples their completions
+    (tmp_path / "s.jsonl").write_text('{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r"^data.format='prompt' holds prompts for GRPO"):
         load_data(config.data, None, block_size=32)
 
 

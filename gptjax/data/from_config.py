@@ -13,7 +13,7 @@ from gptjax.data.sft import load_sft_dataset, source_files
 from gptjax.data.tokens import Dataset, load_dataset
 
 # config.data.format: a corpus, SFT examples, or preference pairs (DPO) (JSON lines or Parquet)
-FORMATS = ("text", "prompt_completion", "preference")
+FORMATS = ("text", "prompt_completion", "preference", "prompt")  # prompt: GRPO's (gptjax.data.prompts)
 
 
 def make_tokenizer(data: Any):
@@ -35,7 +35,7 @@ def check_format(data: Any) -> str:
     kind = data.get("format", "text")
     if kind not in FORMATS:
         raise ValueError(f"data.format={kind!r} is unknown; use one of {list(FORMATS)}")
-    if kind in ("prompt_completion", "preference"):
+    if kind in ("prompt_completion", "preference", "prompt"):
         source_files(data.get("source"))
     if data.get("packing") and kind != "prompt_completion":
         raise ValueError(f"data.packing packs prompt/completion examples, not data.format={kind!r}; drop it")
@@ -53,6 +53,11 @@ def load_data(data: Any, tokenizer: Any, *, block_size: int | None = None) -> Da
             f"the checkpoint's model reads {tokenizer.kind!r} tokens, and config.data.tokenizer is "
             f"{data.get('tokenizer', 'char')!r}: one is an image model, the other a text model; use the "
             "config the model was trained with, or a fresh --workdir"
+        )
+    if kind == "prompt":
+        raise ValueError(
+            "data.format='prompt' holds prompts for GRPO, which samples their completions: train it with "
+            "configs/grpo.py (its grpo section), or give prompt/completion data"
         )
     if kind in ("prompt_completion", "preference") and block_size is None:
         raise ValueError(f"load_data needs block_size (the model's) for data.format={kind!r}")
