@@ -292,7 +292,7 @@ class Rollouts:
         g = config.grpo
         self.config, self.dataset, self.cfg, self.tokenizer = config, dataset, cfg, dataset.tokenizer
         self.G, self.mu = g.num_generations, g.num_iterations
-        self.reference = reference  # full fine-tuning with beta > 0: the starting params
+        self.reference = None if reference is None else jax.device_put(reference)  # placed once
         self.rewards = Rewards.from_config(g)
         self.stop = (
             chat.stops(self.tokenizer) if any(isinstance(p.prompt, list) for p in dataset.train) else []

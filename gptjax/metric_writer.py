@@ -77,7 +77,8 @@ def _plain(v: Any) -> Any:
 
 
 def plot_losses(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path | None:
-    """Writes workdir/loss.png: train loss per log step and val loss per evaluation."""
+    """Writes workdir/loss.png: train loss per log step and val loss per evaluation; for a GRPO run (its
+    records hold rewards), the mean reward of each logged step's samples and of each evaluation's."""
     records = read_metrics(workdir)
     if not records or jax.process_index() != 0:
         return None
@@ -87,13 +88,17 @@ def plot_losses(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path | 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for key, style in (("train_loss", "-"), ("eval_train_loss", "--"), ("val_loss", "o-")):
+    curves = (("train_loss", "-"), ("eval_train_loss", "--"), ("val_loss", "o-"))
+    label = "cross entropy (nats/token)"
+    if any("reward" in r for r in records):  # GRPO: its loss is near 0 by design; its rewards are the curve
+        curves, label = (("reward", "-"), ("val_reward", "o-")), "mean reward"
+    for key, style in curves:
         points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), float)]
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, style, label=key, markersize=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross entropy (nats/token)")
+    ax.set_ylabel(label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

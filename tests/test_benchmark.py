@@ -201,14 +201,15 @@ def test_bench_script_times_assisted_generation_beside_the_model_alone(tmp_path)
         save_checkpoint(tmp_path / name, params, cfg, tokenizer)
     repo = pathlib.Path(__file__).resolve().parents[1]
     args = ["scripts/bench.py", "--mode=assisted", f"--model={tmp_path / 'model'}", "--repeats=1"]
-    args += [f"--assistant={tmp_path / 'draft'}", "--num_assistant_tokens=3", "--prompt=ab", "--prompt=c"]
+    # Prompts of 2 lengths, none of 1 token (that one skips prefill, and its decode loop compiles again).
+    args += [f"--assistant={tmp_path / 'draft'}", "--num_assistant_tokens=3", "--prompt=abc", "--prompt=de"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     out = subprocess.run(
         [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout[out.stdout.index("{\n") :])  # the rows stream first, one line each
-    assert (report["new_tokens"], report["prompts"]) == (24 - 2, 2)
+    assert (report["new_tokens"], report["prompts"]) == (24 - 3, 2)
     rows = report["results"]
     assert [(r["decoding"], r["num_assistant_tokens"]) for r in rows] == [("greedy", 3), ("sample", 3)]
     for r in rows:

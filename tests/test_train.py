@@ -91,12 +91,15 @@ def test_tiny_config_learns(tmp_path, data_dir, tmp_cache):
 
 
 def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, tmp_cache, monkeypatch):
-    """profile_steps=15, 10 steps a call: the calls at steps 10 and 20 are traced into workdir/profile,
+    """profile_steps=8, 5 steps a call: the calls at steps 5 and 10 are traced into workdir/profile,
     with no compilation inside; top_ops reads back op kinds, not Python frames. The logged lr is the
     schedule's, and tokens/s counts the traced calls but not the writing of the trace (made slow here)."""
     stop_trace = profiling.stop_trace
     monkeypatch.setattr(profiling, "stop_trace", lambda: (stop_trace(), time.sleep(2.0)))
-    c = tiny_config(max_iters=40, eval_interval=40, checkpoint_interval=40, profile_steps=15)
+    # Short calls of a 1-layer model: the trace (its writing, reading) grows with the steps and ops in it.
+    c = tiny_config(max_iters=20, eval_interval=20, checkpoint_interval=20, profile_steps=8)
+    c.steps_per_call = c.log_interval = 5
+    c.model.n_layer = 1
     train_and_evaluate(c, tmp_path)
     tok_s = [r["tokens_per_sec"] for r in read_metrics(tmp_path) if "tokens_per_sec" in r and r["step"] > 0]
     assert len(tok_s) == 3 and max(tok_s) < 4 * min(tok_s), tok_s  # it was 20x off (the traced call left out)
@@ -106,14 +109,15 @@ def test_profile_steps_trace_whole_calls_after_compilation(tmp_path, data_dir, t
     steps = sorted(
         int(e["args"]["step_num"]) for e in events if e.get("name") == "train" and e.get("ph") == "X"
     )
-    assert steps == [10, 20]
+    assert steps == [5, 10]
     assert not [e for e in events if "compile" in e.get("name", "").lower()]
     rows = profiling.top_ops(tmp_path / "profile", n=10)
     assert rows and not [r for r in rows if r["op"].startswith("$") or r["op"] == "train"]
     assert all(0 < r["share"] <= 1 for r in rows)
     lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path) if "lr" in r}
     schedule = lr_schedule(c.opt)
-    assert lrs == pytest.approx({step: float(schedule(step)) for step in range(0, 40, 10)}, rel=1e-6)
+    # Steps 0 and 5 in the warm-up (10 steps), 10 and 15 after it.
+    assert lrs == pytest.approx({step: float(schedule(step)) for step in range(0, 20, 5)}, rel=1e-6)
 
 
 def test_logs_mfu_where_the_device_peak_is_known(tmp_path, data_dir, tmp_cache, monkeypatch):
@@ -152,9 +156,9 @@ def test_sigkill_then_rerun_ends_like_uninterrupted(tmp_path, data_dir, tmp_cach
     args = [
         "scripts/train.py",
         "--config=configs/tiny.py",
-        "--config.max_iters=300",
+        "--config.max_iters=120",
         "--config.checkpoint_interval=20",
-        "--config.eval_interval=100",
+        "--config.eval_interval=60",
         "--config.model.dropout=0.1",
     ]
     run_script(*args, f"--workdir={tmp_path / 'straight'}")
@@ -178,7 +182,7 @@ def test_sigkill_then_rerun_ends_like_uninterrupted(tmp_path, data_dir, tmp_cach
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()]
-    assert steps and max(steps) < 300, f"the run was not killed mid-way: {steps}"
+    assert steps and max(steps) < 120, f"the run was not killed mid-way: {steps}"
 
     run_script(*args, f"--workdir={killed}")
     assert_params_equal(load_params(tmp_path / "straight")[0], load_params(killed)[0])

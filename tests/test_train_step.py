@@ -234,24 +234,30 @@ def test_dropout_is_a_function_of_rng_and_step(tiny_cfg, tiny_opt, tiny_batch):
     assert float(jit_eval_step(copy(state), tiny_batch)["loss"]) == pytest.approx(float(plain), rel=1e-6)
 
 
-def test_each_micro_batch_and_each_device_draws_its_own_masks(tiny_cfg, tiny_opt, tiny_batch):
+def test_each_micro_batch_and_each_device_draws_its_own_masks(tiny_state, tiny_cfg, tiny_batch):
     """The rows twice, as 2 micro-batches (or on 2 devices), average two different dropout masks: not the
     loss of the rows once, which one shared mask would reproduce (as it does without dropout)."""
     x_BT, y_BT = tiny_batch
     twice = (jnp.concatenate([x_BT, x_BT]), jnp.concatenate([y_BT, y_BT]))
-    pmapped = jax.pmap(
-        lambda s, b: train_step(s, b, axis_name="d")[1]["loss"], axis_name="d", devices=jax.devices()[:2]
-    )
-    for dropout in (0.5, 0.0):
-        state = create_train_state(
-            dataclasses.replace(tiny_cfg, dropout=dropout), make_optimizer(tiny_opt), 0
+
+    # The three losses of one state in one program (one compilation per dropout rate, of the losses only:
+    # no update to compile): the rows once and twice as 2 micro-batches without a device axis (each device
+    # computes them alike), and the rows once on each of 2 devices with the axis.
+    def losses(state, batch, twice):
+        return (
+            train_step(state, batch)[1]["loss"],
+            train_step(state, twice, grad_accum=2)[1]["loss"],
+            train_step(state, batch, axis_name="d")[1]["loss"],
         )
-        copy = lambda s: jax.tree_util.tree_map(jnp.copy, s)  # noqa: E731
-        once = float(jit_train_step(copy(state), tiny_batch)[1]["loss"])
-        accumulated = float(jit_train_step(copy(state), twice, grad_accum=2)[1]["loss"])
-        replicated = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), state)
-        devices = float(
-            pmapped(replicated, jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), tiny_batch))[0]
+
+    pmapped = jax.pmap(losses, axis_name="d", devices=jax.devices()[:2])
+    # On the host: the tiny state lies on one device (committed), and pmap places each row on its own.
+    stack = lambda tree: jax.tree_util.tree_map(lambda a: np.stack([a, a]), tree)  # noqa: E731
+    for dropout in (0.5, 0.0):
+        # The tiny state (seed 0), its model with this dropout rate.
+        state = tiny_state().replace(apply_fn=GPT(dataclasses.replace(tiny_cfg, dropout=dropout)).apply)
+        once, accumulated, devices = (
+            float(loss[0]) for loss in pmapped(*map(stack, (state, tiny_batch, twice)))
         )
         if dropout:
             assert accumulated != pytest.approx(once, rel=1e-4) and devices != pytest.approx(once, rel=1e-4)
