@@ -2,7 +2,9 @@
 from (init_from: a gptjax workdir, e.g. of configs/sft.py, an HF directory or Hub id) gets a score head in
 place of its LM head (model.score_head) and learns to score each pair's chosen answer above its rejected
 one. The data is DPO's (configs/dpo.py): JSON lines {"prompt": "...", "chosen": "...", "rejected": "..."}
-or lists of messages, or Parquet files with those columns; the last 10% of the pairs are the val split.
+or lists of messages, or Parquet files with those columns, each with an optional "margin" (how much better
+the chosen answer is: subtracted inside the sigmoid, TRL's margin); the last 10% of the pairs are the val
+split.
   python scripts/train.py --config=configs/reward.py --workdir=runs/rm --config.init_from=runs/sft \
       --config.data.source=PAIRS.jsonl
   python scripts/sample.py --workdir=runs/sft --reward_model=runs/rm --num_samples=8 --prompt=...

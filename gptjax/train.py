@@ -288,6 +288,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         zeros = {
             f"{s}_reference": np.zeros((len(getattr(dataset, s)), 2), np.float32) for s in ("train", "val")
         }
+        for s in ("train", "val") if objective.kind == "reward" else ():  # its pairs' margins, if any
+            if getattr(dataset, f"{s}_margins") is not None:  # ride where a chosen row's reference would
+                zeros[f"{s}_reference"][:, 0] = getattr(dataset, f"{s}_margins")
         dataset = dataclasses.replace(dataset, **zeros)
     elif objective.kind == "dpo":  # the reference: the starting model's log-probability of every answer
         logps_fn = placement.rows_fn(functools.partial(answer_logps_steps, grad_accum=config.grad_accum))

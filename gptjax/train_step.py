@@ -67,8 +67,10 @@ def loss_fn(
     rngs = {"dropout": dropout_rng}
     if objective.kind == "reward":  # each row's score at its last answer token (gptjax.reward)
         x_BT, y_BT = batch[:2]
+        margin_b = batch[2][0::2, 0] if len(batch) > 2 else 0.0  # each pair's margin, at its chosen row
         scores_BT, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)
-        return reward.reward_loss(reward.row_rewards(scores_BT, y_BT), objective.center_rewards_coef)
+        rewards_B = reward.row_rewards(scores_BT, y_BT)
+        return reward.reward_loss(rewards_B, objective.center_rewards_coef, margin_b)
     if objective.kind == "grpo":  # the completions' tokens, their advantages, old and reference logps
         x_BT, y_BT, adv_BT, old_BT, ref_BT = batch
         logits_BTV, _ = apply_fn({"params": freeze(params)}, x_BT, deterministic=deterministic, rngs=rngs)

@@ -13,8 +13,11 @@ import pytest
 
 from configs import reward as reward_config
 from gptjax import convert, parallel, reward
+from gptjax.data import DataError
+from gptjax.data.preference import load_preference_dataset
 from gptjax.data.sft import decode_rows
 from gptjax.init_from import init_params
+from gptjax.metric_writer import read_metrics
 from gptjax.model import GPT, GPTConfig, with_lora
 from gptjax.objective import Objective
 from gptjax.optim import make_optimizer, trainable
@@ -47,6 +50,43 @@ def test_the_loss_is_trls_and_its_metrics_rank_the_pairs():
     np.testing.assert_allclose(metrics["mean_reward"], np.mean(r), rtol=1e-5)
     loss, _ = reward.reward_loss(jnp.zeros(4))
     np.testing.assert_allclose(loss, np.log(2), rtol=1e-6)
+
+
+def test_a_pairs_margin_is_subtracted_as_trls_margin_column(tmp_path):
+    """TRL's optional "margin" field (Llama 2's margin loss): -log sigmoid(r(chosen) - r(rejected) -
+    margin); read from the pairs into training (a pair without one: 0), where a large margin keeps the
+    loss high at the start (~4 for 4, ln 2 without); a margin that is not a number is one line."""
+    rng = np.random.default_rng(1)
+    r, m = rng.normal(size=10), rng.uniform(0, 3, size=5)
+    loss, metrics = reward.reward_loss(jnp.asarray(r), 0.0, jnp.asarray(m))
+    np.testing.assert_allclose(loss, -np.mean(log_sigmoid(r[0::2] - r[1::2] - m)), rtol=1e-5)
+    np.testing.assert_allclose(metrics["reward_margin"], np.mean(r[0::2] - r[1::2]), rtol=1e-5)
+
+    pairs = [{"prompt": "ab", "chosen": "cd", "rejected": "dc"}] + [
+        {"prompt": "ab", "chosen": "cd", "rejected": "dc", "margin": 4}
+    ] * 9
+    source = write_lines(tmp_path / "pairs.jsonl", pairs)
+    data = load_preference_dataset(source, block_size=8, val_fraction=0.5)
+    np.testing.assert_array_equal(data.train_margins, [0, 4, 4, 4, 4])
+    np.testing.assert_array_equal(data.val_margins, [4] * 5)
+    val_loss = {}
+    for name, lines in (
+        ("margin", pairs),
+        ("none", [{k: v for k, v in p.items() if k != "margin"} for p in pairs]),
+    ):
+        config = reward_config.get_config("tiny")
+        config.data.source = write_lines(tmp_path / f"{name}.jsonl", lines)
+        config.update(max_iters=0, eval_iters=1)
+        train_and_evaluate(config, tmp_path / name)
+        val_loss[name] = next(r["val_loss"] for r in read_metrics(tmp_path / name) if "val_loss" in r)
+    assert 3.5 < val_loss["margin"] < 4.5 and abs(val_loss["none"] - np.log(2)) < 0.2, val_loss
+    for margin in ("big", True, None):
+        source = write_lines(tmp_path / "bad.jsonl", [{**pairs[1], "margin": margin}] * 4)
+        if margin is None:  # JSON null: no margin
+            assert load_preference_dataset(source, block_size=8, val_fraction=0.5).train_margins is None
+            continue
+        with pytest.raises(DataError, match=f"bad.jsonl:1: margin is {margin!r}; give a number"):
+            load_preference_dataset(source, block_size=8, val_fraction=0.5)
 
 
 def test_a_rows_reward_is_its_last_answer_tokens_score_whatever_follows():

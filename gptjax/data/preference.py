@@ -1,8 +1,9 @@
 """Preference pairs for DPO (gptjax.dpo): a prompt, the answer preferred and the answer rejected.
 
 The data is JSON lines, one pair per non-empty line: {"prompt": "...", "chosen": "...", "rejected":
-"..."} (TRL's preference format with an explicit prompt), or the conversational form: "prompt" a list of
-messages and "chosen" and "rejected" each a list of assistant messages, written in ChatML
+"..."} (TRL's preference format with an explicit prompt; an optional "margin" number, how much better
+the chosen answer is, goes to a reward model's loss: Dataset.train_margins), or the conversational form:
+"prompt" a list of messages and "chosen" and "rejected" each a list of assistant messages, written in ChatML
 (gptjax.data.chat; the prompt's own assistant turns are read, not trained). A conversational pair without
 "prompt" (TRL's implicit prompt, as trl-lib/ultrafeedback_binarized has it) takes the messages that chosen
 and rejected begin with alike as its prompt. It may also be Parquet files whose rows hold the same fields,
@@ -59,7 +60,7 @@ def _implicit_prompt(obj: dict) -> dict:
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
-    return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+    return {**obj, "prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
 
 
 def _answer(where: str, prompt, answer, tokenizer, name: str = "completion") -> tuple[list, bool]:
@@ -101,20 +102,25 @@ def read_unpaired(files: list[pathlib.Path], val_fraction: float, tokenizer=None
 
 def read_pairs(
     files: list[pathlib.Path], tokenizer=None
-) -> list[tuple[str, list[list[tuple[str, bool]]], bool]]:
-    """(where, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair in `files`."""
-    pairs = []
-    for where, prompt, *answers in pair_records(files):
+) -> tuple[list[tuple[str, list[list[tuple[str, bool]]], bool]], np.ndarray | None]:
+    """((where, [chosen pieces, rejected pieces], whether EOS ends each answer) of every pair in `files`,
+    their "margin" fields [N] float32 (0 where a pair has none; None when no pair has one))."""
+    pairs, margins = [], []
+    for where, prompt, *answers, margin in pair_records(files, margins=True):
         answers = [_answer(where, prompt, a, tokenizer, k) for k, a in zip(ANSWERS, answers, strict=True)]
         pairs.append((where, [pieces for pieces, _ in answers], answers[0][1]))
-    return pairs
+        margins.append(margin)
+    if all(m is None for m in margins):
+        return pairs, None
+    return pairs, np.array([m or 0.0 for m in margins], np.float32)
 
 
-def pair_records(files: list[pathlib.Path]) -> list[tuple[str, object, object, object]]:
+def pair_records(files: list[pathlib.Path], margins: bool = False) -> list[tuple]:
     """(where, prompt, chosen, rejected) of every pair in `files`, checked (strings, or lists of messages
-    with the implicit prompt taken out); a one-line DataError for a bad one or none."""
+    with the implicit prompt taken out), and with `margins` its "margin" (a number, or None without one);
+    a one-line DataError for a bad one or none."""
     pairs = []
-    for where, obj in records(files, _EXAMPLE, ("prompt", *ANSWERS)):
+    for where, obj in records(files, _EXAMPLE, ("prompt", *ANSWERS, "margin")):
         if (
             isinstance(obj, dict)
             and "prompt" not in obj
@@ -133,7 +139,14 @@ def pair_records(files: list[pathlib.Path]) -> list[tuple[str, object, object, o
             raise DataError(
                 f"{where}: prompt, chosen and rejected must be all strings or all lists ({kinds})"
             )
-        pairs.append((where, obj["prompt"], *(obj[k] for k in ANSWERS)))
+        margin = obj.get("margin")
+        if margin is not None and not (
+            isinstance(margin, int | float) and not isinstance(margin, bool) and np.isfinite(margin)
+        ):
+            raise DataError(
+                f"{where}: margin is {margin!r}; give a number (how much better chosen is) or none"
+            )
+        pairs.append((where, obj["prompt"], *(obj[k] for k in ANSWERS), *((margin,) if margins else ())))
     if not pairs:
         raise DataError(f"{files_name(files)} holds no pairs; give it one JSON object per line, {_EXAMPLE}")
     return pairs
@@ -182,18 +195,21 @@ def load_preference_dataset(
     reading = records(files, _EXAMPLE, (*ANSWERS, *UNPAIRED))
     first = next(reading, (None, {}))[1]
     reading.close()
-    labels = None
+    labels = margins = None
     if isinstance(first, dict) and "completion" in first and "label" in first:  # KTO's unpaired examples
         pairs, labels, n_train = read_unpaired(files, val_fraction, tokenizer)
     else:
-        pairs = read_pairs(files, tokenizer)
+        pairs, margins = read_pairs(files, tokenizer)
         n_train = train_count(files_name(files), len(pairs), val_fraction, "pair")
     if tokenizer is None:
         text = "".join(t for _, answers, _ in pairs for pieces in answers for t, _ in pieces)
         tokenizer = CharTokenizer.from_text(text)
     rows = _rows(files_name(files), pairs, tokenizer, block_size + 1)
     if labels is None:
-        return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer)
+        margin = (
+            {} if margins is None else dict(train_margins=margins[:n_train], val_margins=margins[n_train:])
+        )
+        return Dataset(train=rows[:n_train], val=rows[n_train:], tokenizer=tokenizer, **margin)
     return Dataset(rows[:n_train], rows[n_train:], tokenizer, labels[:n_train], labels[n_train:])
 
 

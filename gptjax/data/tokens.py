@@ -33,6 +33,9 @@ class Dataset:
     # Preference pairs (DPO): each pair's reference log-probabilities [N, 2] (gptjax.dpo.reference_logps)
     train_reference: np.ndarray | None = None
     val_reference: np.ndarray | None = None
+    # Preference pairs with a "margin" field (TRL's, for reward models): each pair's [N]
+    train_margins: np.ndarray | None = None
+    val_margins: np.ndarray | None = None
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
