@@ -305,9 +305,14 @@ class Rollouts:
         out = []
         for g in range(index * n, (index + 1) * n):
             epoch, i = divmod(g, len(prompts))
-            order = np.random.default_rng([self.config.seed, _SPLITS[split], epoch]).permutation(len(prompts))
-            out.append(prompts[order[i]])
+            out.append(prompts[self._order(split, epoch)[i]])
         return out
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (one Rollouts per run: the cache dies with it)
+    def _order(self, split: str, epoch: int) -> np.ndarray:
+        """The order of `split`'s prompts in pass `epoch`, from the seed alone."""
+        n = len(getattr(self.dataset, split))
+        return np.random.default_rng([self.config.seed, _SPLITS[split], epoch]).permutation(n)
 
     def sample(
         self, params: Any, prompts: list[Prompt], seed: int
